@@ -1,0 +1,1 @@
+//! Goertzel filter bank over the DTMF frequencies and their talk-off guards.

@@ -1,0 +1,11 @@
+//! tonewall: a SIP/RTP media relay that keeps payment-card DTMF out of the contact centre.
+//!
+//! The protocol and DSP modules (`dsp`, `rtp`, `sip`, `payment`) are sans-IO cores: they take
+//! input and the current time and return outputs. The tokio shells live in `net`.
+
+pub mod digit;
+pub mod dsp;
+pub mod payment;
+pub mod rtp;
+pub mod sip;
+pub mod wav;

@@ -1,0 +1,1 @@
+//! Payment sessions, card capture and the sealed vault. Sans-IO except the Redis store.

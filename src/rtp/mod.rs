@@ -1,0 +1,5 @@
+//! Pure RTP logic: header views, RFC 4733 events and the per-direction scrubber.
+
+pub mod packet;
+pub mod event;
+pub mod scrubber;

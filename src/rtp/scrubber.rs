@@ -1,0 +1,1 @@
+//! The per-direction scrubber: RTP in → sanitized RTP out, plus digit events.

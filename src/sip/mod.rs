@@ -1,0 +1,1 @@
+//! SIP signalling, sans-IO: message layer, SDP, transactions and the B2BUA call state machine.
