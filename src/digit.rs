@@ -116,6 +116,18 @@ impl fmt::Display for Digit {
     }
 }
 
+/// Which signalling path a key arrived on. A key sent both in-band and as RFC 4733 events is
+/// one key; the source says which copy was kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DigitSource {
+    /// Dual tone in the G.711 audio.
+    InBand,
+    /// RFC 4733 telephone-event packets.
+    Rfc4733,
+    /// SIP INFO (`application/dtmf-relay` or `application/dtmf`).
+    SipInfo,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,3 +3,4 @@
 pub mod packet;
 pub mod event;
 pub mod scrubber;
+pub mod trunk;

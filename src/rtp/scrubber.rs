@@ -1,1 +1,610 @@
-//! The per-direction scrubber: RTP in → sanitized RTP out, plus digit events.
+//! The per-direction scrubber: one caller→agent RTP stream in, sanitized RTP out, plus the
+//! digits it heard (for capture).
+//!
+//! It owns the delay line that makes zero-leak masking possible (DESIGN.md §3.1, §3.3): output
+//! packet N carries the audio D samples behind input packet N under the same RTP header, so the
+//! presence detector has D samples of look-ahead and can mask a tone from its first sample.
+//! RFC 4733 telephone-event packets never leave while scrubbing is on: each becomes a frame of
+//! masking audio in the audio payload type, with the stream's sequence, timestamp and SSRC kept
+//! continuous.
+//!
+//! It must never allocate, lock, log or panic per packet; it never reads a clock (time arrives as
+//! an argument). Digits it reports are `Digit`s, which never print.
+
+use crate::digit::{Digit, DigitSource};
+use crate::dsp::dtmf::{DetectorConfig, DigitEvent, DtmfDetector, PresenceConfig, PresenceDetector};
+use crate::dsp::g711::Codec;
+use crate::dsp::mask::{MaskKind, Masker};
+use crate::rtp::event::{EventError, TelephoneEvent};
+use crate::rtp::packet::{RtpError, RtpView, write_header};
+
+/// Largest audio frame accepted, in samples (200 ms at 8 kHz); larger payloads are dropped.
+pub const MAX_FRAME: usize = 1600;
+/// Largest delay line the scrubber supports, in samples (20 ms).
+pub const MAX_DELAY: usize = 160;
+/// RTP static payload type for comfort noise (RFC 3389).
+const PT_CN: u8 = 13;
+
+/// How the scrubber is set up for one stream.
+#[derive(Clone, Debug)]
+pub struct ScrubberConfig {
+    /// Negotiated telephone-event payload type, if any.
+    pub event_pt: Option<u8>,
+    /// Codec assumed for masking frames before any audio packet has been seen.
+    pub default_codec: Codec,
+    pub mask: MaskKind,
+    pub presence: PresenceConfig,
+    pub detector: DetectorConfig,
+    /// An event with no packet for this long has lost its end packets (RFC 4733 §2.5.2.2).
+    pub event_timeout_ms: u64,
+    /// Scrubbing state at start.
+    pub enabled: bool,
+}
+
+impl Default for ScrubberConfig {
+    fn default() -> Self {
+        ScrubberConfig {
+            event_pt: Some(101),
+            default_codec: Codec::Pcmu,
+            mask: MaskKind::default(),
+            presence: PresenceConfig::default(),
+            detector: DetectorConfig::default(),
+            event_timeout_ms: 250,
+            enabled: true,
+        }
+    }
+}
+
+/// What to do with one input packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the first `len` bytes of the output buffer.
+    Forward(usize),
+    /// Send nothing; counted under the reason.
+    Drop(DropReason),
+}
+
+/// Why a packet was not forwarded. Each has a counter in [`ScrubStats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DropReason {
+    #[error("malformed RTP: {0}")]
+    Malformed(#[from] RtpError),
+    #[error("malformed telephone-event: {0}")]
+    BadEvent(#[from] EventError),
+    /// A payload the scrubber cannot inspect while scrubbing is on (fail closed).
+    #[error("payload type {0} cannot be inspected")]
+    UnsupportedPayload(u8),
+    #[error("audio frame longer than the scrubber accepts")]
+    Oversize,
+    #[error("output buffer too small")]
+    OutputTooSmall,
+    /// An event packet sent alongside in-band audio for the same span: the audio is masked,
+    /// the event has no slot of its own in the agent's timeline.
+    #[error("telephone-event duplicated by concurrent audio")]
+    EventWithAudio,
+    /// The same packet again (same sequence number and timestamp as the previous one).
+    #[error("duplicate packet")]
+    Duplicate,
+}
+
+/// A digit the scrubber heard, placed on its own sample timeline (samples fed since start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScrubbedDigit {
+    pub digit: Digit,
+    pub source: DigitSource,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Counters; never contain digits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubStats {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub dropped_malformed: u64,
+    pub dropped_bad_event: u64,
+    pub dropped_unsupported: u64,
+    pub dropped_oversize: u64,
+    pub dropped_event_with_audio: u64,
+    pub dropped_duplicate: u64,
+    /// Telephone-event packets turned into masking audio.
+    pub events_converted: u64,
+    pub digits_inband: u64,
+    pub digits_rfc4733: u64,
+    /// Copies of one key arriving on both paths, reported once.
+    pub digits_deduplicated: u64,
+    /// Samples whose output differs from input because of masking.
+    pub samples_masked: u64,
+    /// Masked spans started.
+    pub mask_spans: u64,
+}
+
+/// Two reports of the same key from different paths this close (samples) are one key.
+const DEDUP_GAP: u64 = 1600;
+
+/// The RFC 4733 event currently sounding.
+#[derive(Clone, Copy, Debug)]
+struct ActiveEvent {
+    digit: Option<Digit>,
+    rtp_ts: u32,
+    /// Largest duration seen so far.
+    duration: u32,
+    ended: bool,
+    /// Audio packets are arriving inside the event's span: the sender sends both.
+    with_audio: bool,
+    start_pos: u64,
+    last_seen_ms: u64,
+    reported: bool,
+}
+
+pub struct Scrubber {
+    cfg: ScrubberConfig,
+    enabled: bool,
+    presence: PresenceDetector,
+    detector: DtmfDetector,
+    masker: Masker,
+    delay: usize,
+    /// Delay line plus the frame being processed: codec bytes and "must mask" flags.
+    work: [u8; MAX_DELAY + MAX_FRAME],
+    forced: [bool; MAX_DELAY + MAX_FRAME],
+    lin_in: [i16; MAX_FRAME],
+    lin_out: [i16; MAX_FRAME],
+    mask: [bool; MAX_FRAME],
+    /// Codec of the bytes in the delay line.
+    codec: Option<Codec>,
+    /// Samples pushed through the pipeline since start: the digit timeline.
+    pos: u64,
+    last_ssrc: Option<u32>,
+    last_audio_pt: Option<u8>,
+    /// Timestamp just after the last packet sent: where a synthesized frame goes.
+    next_ts: Option<u32>,
+    last_frame_len: usize,
+    /// (sequence, timestamp) of the last packet received while scrubbing.
+    last_in: Option<(u16, u32)>,
+    event: Option<ActiveEvent>,
+    last_digit: Option<ScrubbedDigit>,
+    was_masking: bool,
+    stats: ScrubStats,
+}
+
+impl Scrubber {
+    pub fn new(cfg: ScrubberConfig) -> Scrubber {
+        let presence = PresenceDetector::new(cfg.presence.clone());
+        let delay = presence.delay().min(MAX_DELAY);
+        let mut s = Scrubber {
+            enabled: cfg.enabled,
+            detector: DtmfDetector::new(cfg.detector.clone()),
+            masker: Masker::new(cfg.mask),
+            presence,
+            delay,
+            work: [0; MAX_DELAY + MAX_FRAME],
+            forced: [false; MAX_DELAY + MAX_FRAME],
+            lin_in: [0; MAX_FRAME],
+            lin_out: [0; MAX_FRAME],
+            mask: [false; MAX_FRAME],
+            codec: None,
+            pos: 0,
+            last_ssrc: None,
+            last_audio_pt: None,
+            next_ts: None,
+            last_frame_len: 160,
+            last_in: None,
+            event: None,
+            last_digit: None,
+            was_masking: false,
+            stats: ScrubStats::default(),
+            cfg,
+        };
+        s.prime_delay_line();
+        s
+    }
+
+    /// The added delay in samples (D).
+    pub fn delay_samples(&self) -> usize {
+        self.delay
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn stats(&self) -> &ScrubStats {
+        &self.stats
+    }
+
+    /// Changes the negotiated telephone-event payload type (re-INVITE).
+    pub fn set_event_pt(&mut self, pt: Option<u8>) {
+        self.cfg.event_pt = pt;
+    }
+
+    /// Switches scrubbing on or off between packets. Off is a bit-exact pass-through; switching
+    /// on starts a fresh delay line (D samples of silence), so the agent hears a D-sample gap
+    /// once rather than a click or a digit fragment.
+    pub fn set_enabled(&mut self, on: bool, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        if on == self.enabled {
+            return;
+        }
+        if !on {
+            self.finish_event(on_digit);
+            self.detector.finish(&mut |ev| {
+                let _ = ev;
+            });
+        } else {
+            self.presence.reset();
+            self.detector = DtmfDetector::new(self.cfg.detector.clone());
+            self.masker = Masker::new(self.cfg.mask);
+            self.prime_delay_line();
+            self.event = None;
+            self.was_masking = false;
+        }
+        self.enabled = on;
+    }
+
+    fn prime_delay_line(&mut self) {
+        let silence = self.codec.unwrap_or(self.cfg.default_codec).encode(0);
+        self.work[..self.delay].fill(silence);
+        self.forced[..self.delay].fill(false);
+    }
+
+    /// Processes one datagram received at `now_ms`; writes the packet to send into `out`.
+    pub fn process(
+        &mut self,
+        now_ms: u64,
+        input: &[u8],
+        out: &mut [u8],
+        on_digit: &mut dyn FnMut(ScrubbedDigit),
+    ) -> Verdict {
+        self.stats.packets_in += 1;
+        let verdict = self.process_inner(now_ms, input, out, on_digit);
+        match verdict {
+            Verdict::Forward(_) => self.stats.packets_out += 1,
+            Verdict::Drop(reason) => match reason {
+                DropReason::Malformed(_) => self.stats.dropped_malformed += 1,
+                DropReason::BadEvent(_) => self.stats.dropped_bad_event += 1,
+                DropReason::UnsupportedPayload(_) => self.stats.dropped_unsupported += 1,
+                DropReason::Oversize | DropReason::OutputTooSmall => {
+                    self.stats.dropped_oversize += 1
+                }
+                DropReason::EventWithAudio => self.stats.dropped_event_with_audio += 1,
+                DropReason::Duplicate => self.stats.dropped_duplicate += 1,
+            },
+        }
+        verdict
+    }
+
+    /// Lets time pass without packets: ends an event whose end packets were all lost.
+    pub fn tick(&mut self, now_ms: u64, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        if let Some(ev) = self.event
+            && !ev.ended
+            && now_ms.saturating_sub(ev.last_seen_ms) >= self.cfg.event_timeout_ms
+        {
+            self.finish_event(on_digit);
+        }
+    }
+
+    fn process_inner(
+        &mut self,
+        now_ms: u64,
+        input: &[u8],
+        out: &mut [u8],
+        on_digit: &mut dyn FnMut(ScrubbedDigit),
+    ) -> Verdict {
+        let view = match RtpView::parse(input) {
+            Ok(v) => v,
+            Err(e) => return Verdict::Drop(e.into()),
+        };
+        if !self.enabled {
+            let Some(dst) = out.get_mut(..input.len()) else {
+                return Verdict::Drop(DropReason::OutputTooSmall);
+            };
+            dst.copy_from_slice(input);
+            return Verdict::Forward(input.len());
+        }
+        let id = (view.sequence(), view.timestamp());
+        if self.last_in == Some(id) {
+            return Verdict::Drop(DropReason::Duplicate);
+        }
+        self.last_in = Some(id);
+        self.tick(now_ms, on_digit);
+        let pt = view.payload_type();
+        if Some(pt) == self.cfg.event_pt {
+            return self.process_event(now_ms, &view, out, on_digit);
+        }
+        if let Some(codec) = Codec::from_payload_type(pt) {
+            return self.process_audio(codec, &view, out, on_digit);
+        }
+        if pt == PT_CN {
+            // Comfort noise carries a level, never a tone.
+            let Some(dst) = out.get_mut(..input.len()) else {
+                return Verdict::Drop(DropReason::OutputTooSmall);
+            };
+            dst.copy_from_slice(input);
+            self.note_sent(view.ssrc(), view.timestamp(), 0);
+            return Verdict::Forward(input.len());
+        }
+        Verdict::Drop(DropReason::UnsupportedPayload(pt))
+    }
+
+    fn process_audio(
+        &mut self,
+        codec: Codec,
+        view: &RtpView<'_>,
+        out: &mut [u8],
+        on_digit: &mut dyn FnMut(ScrubbedDigit),
+    ) -> Verdict {
+        let payload = view.payload();
+        let n = payload.len();
+        if n > MAX_FRAME {
+            return Verdict::Drop(DropReason::Oversize);
+        }
+        let input = view.as_bytes();
+        let hl = view.header_len();
+        if out.len() < input.len() {
+            return Verdict::Drop(DropReason::OutputTooSmall);
+        }
+        self.switch_codec(codec);
+
+        // Audio inside a live event's span: the sender sends both, so this audio is the key.
+        let mut force = false;
+        if let Some(ev) = self.event.as_mut()
+            && !ev.ended
+        {
+            let offset = view.timestamp().wrapping_sub(ev.rtp_ts);
+            if offset < ev.duration.saturating_add(n as u32) {
+                ev.with_audio = true;
+                force = true;
+            } else {
+                // Audio resumed past the event: its end packets were lost.
+                self.finish_event(on_digit);
+            }
+        }
+
+        let d = self.delay;
+        self.work[d..d + n].copy_from_slice(payload);
+        self.forced[d..d + n].fill(force);
+        for (l, &b) in self.lin_in[..n].iter_mut().zip(payload) {
+            *l = codec.decode(b);
+        }
+        self.run_pipeline(codec, n, on_digit);
+
+        out[..input.len()].copy_from_slice(input);
+        out[hl..hl + n].copy_from_slice(&self.work[..n]);
+        self.shift_delay_line(n);
+        self.last_audio_pt = Some(view.payload_type());
+        self.last_frame_len = n.max(1);
+        self.note_sent(view.ssrc(), view.timestamp(), n);
+        Verdict::Forward(input.len())
+    }
+
+    fn process_event(
+        &mut self,
+        now_ms: u64,
+        view: &RtpView<'_>,
+        out: &mut [u8],
+        on_digit: &mut dyn FnMut(ScrubbedDigit),
+    ) -> Verdict {
+        let ev = match TelephoneEvent::parse(view.payload()) {
+            Ok(ev) => ev,
+            Err(e) => return Verdict::Drop(e.into()),
+        };
+        let ts = view.timestamp();
+        let same = matches!(self.event, Some(a) if a.rtp_ts == ts);
+        if !same {
+            // A new event (RFC 4733 §2.5.1.2: a new timestamp starts a new event).
+            self.finish_event(on_digit);
+            self.event = Some(ActiveEvent {
+                digit: Digit::from_event_code(ev.event),
+                rtp_ts: ts,
+                duration: 0,
+                ended: false,
+                with_audio: false,
+                start_pos: self.pos,
+                last_seen_ms: now_ms,
+                reported: false,
+            });
+        }
+        let Some(active) = self.event.as_mut() else {
+            return Verdict::Drop(DropReason::BadEvent(EventError::BadLength));
+        };
+        active.last_seen_ms = now_ms;
+        let dur = u32::from(ev.duration);
+        let grew = dur > active.duration;
+        let prev_dur = active.duration;
+        if grew {
+            active.duration = dur;
+        }
+        let with_audio = active.with_audio;
+        if ev.end {
+            active.ended = true;
+        }
+        if with_audio {
+            if ev.end {
+                self.finish_event(on_digit);
+            }
+            return Verdict::Drop(DropReason::EventWithAudio);
+        }
+
+        // The slot this packet fills on the agent's timeline: the newly covered part of the
+        // event, or (for duplicates and redundant end packets) the next frame after what was sent.
+        // A growing duration covers new time: its slot is the newly covered part. Repeated end
+        // packets (RFC 4733 §2.5.1.4 sends the final packet three times) take the slots after
+        // what was sent, where the sender has no audio. A reordered or repeated update goes back
+        // to its own slot, as a late audio packet would, so the timeline does not drift.
+        let frame = self.last_frame_len;
+        let (out_ts, n) = if grew {
+            let n = (dur - prev_dur) as usize;
+            let n = if n > MAX_FRAME { frame } else { n };
+            (ts.wrapping_add(prev_dur), n)
+        } else if ev.end {
+            (self.next_ts.unwrap_or(ts.wrapping_add(dur)), frame)
+        } else {
+            (ts.wrapping_add(dur.saturating_sub(frame as u32)), frame)
+        };
+        let codec = self.codec.unwrap_or(self.cfg.default_codec);
+        let pt = self.last_audio_pt.unwrap_or(codec.payload_type());
+        let ssrc = self.last_ssrc.unwrap_or(view.ssrc());
+        if out.len() < 12 + n {
+            return Verdict::Drop(DropReason::OutputTooSmall);
+        }
+
+        let d = self.delay;
+        let silence = codec.encode(0);
+        self.work[d..d + n].fill(silence);
+        self.forced[d..d + n].fill(true);
+        self.lin_in[..n].fill(0);
+        self.run_pipeline(codec, n, on_digit);
+
+        let hl = write_header(out, false, pt, view.sequence(), out_ts, ssrc);
+        out[hl..hl + n].copy_from_slice(&self.work[..n]);
+        self.shift_delay_line(n);
+        self.stats.events_converted += 1;
+        self.note_sent(ssrc, out_ts, n);
+        if ev.end {
+            self.report_event(on_digit);
+        }
+        Verdict::Forward(hl + n)
+    }
+
+    /// Runs detectors over `lin_in[..n]` and masks the `n` delayed samples at `work[..n]`.
+    fn run_pipeline(&mut self, codec: Codec, n: usize, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        self.presence.process(&self.lin_in[..n], &mut self.mask[..n]);
+        let last_digit = &mut self.last_digit;
+        let stats = &mut self.stats;
+        self.detector.process(&self.lin_in[..n], &mut |ev: DigitEvent| {
+            let d = ScrubbedDigit {
+                digit: ev.digit,
+                source: DigitSource::InBand,
+                start: ev.start,
+                end: ev.end,
+            };
+            emit_digit(last_digit, stats, d, on_digit);
+        });
+        self.pos += n as u64;
+
+        let mut any = false;
+        for i in 0..n {
+            let m = self.mask[i] || self.forced[i];
+            self.mask[i] = m;
+            any |= m;
+        }
+        if !any && !self.was_masking {
+            return;
+        }
+        if any && !self.was_masking {
+            self.stats.mask_spans += 1;
+        }
+        for (l, &b) in self.lin_out[..n].iter_mut().zip(&self.work[..n]) {
+            *l = codec.decode(b);
+        }
+        self.masker.apply(&mut self.lin_out[..n], &self.mask[..n]);
+        for i in 0..n {
+            let original = codec.decode(self.work[i]);
+            if self.lin_out[i] != original {
+                self.work[i] = codec.encode(self.lin_out[i]);
+                self.stats.samples_masked += 1;
+            }
+        }
+        // A span (and its ramp) may continue into the next frame.
+        self.was_masking = self.mask[n - 1];
+    }
+
+    fn shift_delay_line(&mut self, n: usize) {
+        let d = self.delay;
+        self.work.copy_within(n..n + d, 0);
+        self.forced.copy_within(n..n + d, 0);
+    }
+
+    /// Re-encodes the delay line when the sender changes G.711 law mid-stream.
+    fn switch_codec(&mut self, codec: Codec) {
+        match self.codec {
+            Some(old) if old != codec => {
+                for b in &mut self.work[..self.delay] {
+                    *b = codec.encode(old.decode(*b));
+                }
+            }
+            None => {
+                let silence = codec.encode(0);
+                let old_silence = self.cfg.default_codec.encode(0);
+                for b in &mut self.work[..self.delay] {
+                    if *b == old_silence {
+                        *b = silence;
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.codec = Some(codec);
+    }
+
+    fn note_sent(&mut self, ssrc: u32, ts: u32, n: usize) {
+        self.last_ssrc = Some(ssrc);
+        self.next_ts = Some(ts.wrapping_add(n as u32));
+    }
+
+    fn report_event(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        let Some(ev) = self.event.as_mut() else {
+            return;
+        };
+        if ev.reported {
+            return;
+        }
+        ev.reported = true;
+        let Some(digit) = ev.digit else {
+            return;
+        };
+        let d = ScrubbedDigit {
+            digit,
+            source: DigitSource::Rfc4733,
+            start: ev.start_pos,
+            end: ev.start_pos + u64::from(ev.duration),
+        };
+        emit_digit(&mut self.last_digit, &mut self.stats, d, on_digit);
+    }
+
+    /// Ends the current event (end packets seen, lost, or superseded) and reports its key.
+    fn finish_event(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        self.report_event(on_digit);
+        self.event = None;
+    }
+
+    /// Flushes at the end of a stream: reports a digit still sounding.
+    pub fn finish(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        self.finish_event(on_digit);
+        let last_digit = &mut self.last_digit;
+        let stats = &mut self.stats;
+        self.detector.finish(&mut |ev: DigitEvent| {
+            let d = ScrubbedDigit {
+                digit: ev.digit,
+                source: DigitSource::InBand,
+                start: ev.start,
+                end: ev.end,
+            };
+            emit_digit(last_digit, stats, d, on_digit);
+        });
+    }
+}
+
+/// Reports a digit unless it is the other path's copy of the key just reported.
+fn emit_digit(
+    last: &mut Option<ScrubbedDigit>,
+    stats: &mut ScrubStats,
+    d: ScrubbedDigit,
+    on_digit: &mut dyn FnMut(ScrubbedDigit),
+) {
+    if let Some(prev) = *last
+        && prev.digit == d.digit
+        && prev.source != d.source
+        && d.start <= prev.end + DEDUP_GAP
+        && prev.start <= d.end + DEDUP_GAP
+    {
+        stats.digits_deduplicated += 1;
+        return;
+    }
+    match d.source {
+        DigitSource::InBand => stats.digits_inband += 1,
+        DigitSource::Rfc4733 => stats.digits_rfc4733 += 1,
+        DigitSource::SipInfo => {}
+    }
+    *last = Some(d);
+    on_digit(d);
+}
