@@ -8,4 +8,5 @@ pub mod dsp;
 pub mod payment;
 pub mod rtp;
 pub mod sip;
+pub mod tools;
 pub mod wav;

@@ -1,1 +1,233 @@
-fn main() {}
+//! The `tonewall` command line: parses arguments, loads input and starts the tools and shells.
+//! This is the binary edge, the only place `anyhow` is used.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tonewall::dsp::g711::Codec;
+use tonewall::dsp::mask::MaskKind;
+use tonewall::dsp::spectrum;
+use tonewall::tools::{ScrubOptions, scrub_audio};
+use tonewall::wav;
+
+#[derive(Parser)]
+#[command(name = "tonewall", version, about = "SIP/RTP relay that keeps card digits out of the contact centre")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a recording through the relay's scrubber as a trunk would send it; write what the agent hears.
+    Scrub {
+        /// Caller audio: 8 kHz mono WAV, PCM16 or G.711.
+        input: PathBuf,
+        /// Agent-side audio to write (8 kHz mono PCM16 WAV).
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t = CodecArg::Pcmu)]
+        codec: CodecArg,
+        #[arg(long, value_enum, default_value_t = MaskArg::Noise)]
+        mask: MaskArg,
+        /// Delay line in ms (look-ahead for masking); default is the detector's (10 ms).
+        #[arg(long)]
+        delay_ms: Option<f64>,
+        /// Packet duration in ms.
+        #[arg(long, default_value_t = 20)]
+        ptime: usize,
+        /// Send keys as RFC 4733 telephone-events instead of in-band tones.
+        #[arg(long)]
+        events: bool,
+    },
+    /// Audit a recording for DTMF: digits with start and end times, or any dual-tone residue.
+    Scan {
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Look for any fragment of dual-tone energy, however short (FFT analysis).
+        #[arg(long)]
+        sensitive: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CodecArg {
+    Pcmu,
+    Pcma,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MaskArg {
+    Silence,
+    Noise,
+    Tone,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Scrub {
+            input,
+            output,
+            codec,
+            mask,
+            delay_ms,
+            ptime,
+            events,
+        } => scrub(input, output, codec, mask, delay_ms, ptime, events),
+        Command::Scan {
+            file,
+            json,
+            sensitive,
+        } => scan(file, json, sensitive),
+    }
+}
+
+fn scrub(
+    input: PathBuf,
+    output: PathBuf,
+    codec: CodecArg,
+    mask: MaskArg,
+    delay_ms: Option<f64>,
+    ptime: usize,
+    events: bool,
+) -> Result<()> {
+    let audio = wav::read_wav(&input).with_context(|| format!("reading {}", input.display()))?;
+    let delay = match delay_ms {
+        Some(ms) if !(0.0..=1000.0).contains(&ms) => {
+            anyhow::bail!("--delay-ms must be between 0 and 20, got {ms}")
+        }
+        Some(ms) => Some((ms * 8.0).round() as usize),
+        None => None,
+    };
+    let opts = ScrubOptions {
+        codec: match codec {
+            CodecArg::Pcmu => Codec::Pcmu,
+            CodecArg::Pcma => Codec::Pcma,
+        },
+        mask: match mask {
+            MaskArg::Silence => MaskKind::Silence,
+            MaskArg::Noise => MaskKind::Noise,
+            MaskArg::Tone => MaskKind::Tone,
+        },
+        delay,
+        ptime: ptime.saturating_mul(8),
+        events,
+    };
+    let report = scrub_audio(&audio, &opts)?;
+    wav::write_wav_pcm16(&output, &report.agent_audio)
+        .with_context(|| format!("writing {}", output.display()))?;
+    let masked_ms: f64 = report
+        .masked_spans
+        .iter()
+        .map(|(a, b)| (b - a) as f64 / 8.0)
+        .sum();
+    println!("scrubbed {} -> {}", input.display(), output.display());
+    println!(
+        "  digits detected: {} ({} in-band, {} RFC 4733)",
+        report.digits_detected, report.digits_inband, report.digits_rfc4733
+    );
+    println!(
+        "  masked spans:    {} ({masked_ms:.1} ms in all)",
+        report.masked_spans.len()
+    );
+    println!(
+        "  added delay:     {:.1} ms ({} samples)",
+        report.delay_samples as f64 / 8.0,
+        report.delay_samples
+    );
+    println!(
+        "  packets:         {} in, {} out, {} telephone-events reached the agent",
+        report.packets_in, report.packets_out, report.events_leaked
+    );
+    Ok(())
+}
+
+fn scan(file: PathBuf, json: bool, sensitive: bool) -> Result<()> {
+    let audio = wav::read_wav(&file).with_context(|| format!("reading {}", file.display()))?;
+    // A progress bar only where a person watches and the file is long enough to wait for.
+    let bar = (std::io::stderr().is_terminal() && audio.len() > 8000 * 60).then(|| {
+        let b = indicatif::ProgressBar::new(1000);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {percent}% {elapsed}/{eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut progress = |f: f32| {
+        if let Some(b) = &bar {
+            b.set_position((f.clamp(0.0, 1.0) * 1000.0) as u64);
+        }
+    };
+    if sensitive {
+        let found = spectrum::sensitive_scan(&audio, &mut progress);
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        if json {
+            let items: Vec<_> = found
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "start_ms": r.start_ms,
+                        "end_ms": r.end_ms,
+                        "low_hz": r.low_hz,
+                        "high_hz": r.high_hz,
+                        "level_dbm0": r.level_dbm0,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(items));
+        } else if found.is_empty() {
+            println!("{}: no dual-tone residue found", file.display());
+        } else {
+            println!("{}: {} dual-tone fragments", file.display(), found.len());
+            for r in &found {
+                println!(
+                    "  {:>10.1} ms - {:>10.1} ms  {:>6.0} Hz + {:>6.0} Hz  {:>6.1} dBm0",
+                    r.start_ms, r.end_ms, r.low_hz, r.high_hz, r.level_dbm0
+                );
+            }
+        }
+        if !found.is_empty() {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let found = spectrum::fft_decode(&audio, &mut progress);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if json {
+        let items: Vec<_> = found
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "digit": d.digit.reveal().to_string(),
+                    "start_ms": d.start_ms,
+                    "end_ms": d.end_ms,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(items));
+    } else if found.is_empty() {
+        println!("{}: no DTMF digits found", file.display());
+    } else {
+        println!("{}: {} DTMF digits", file.display(), found.len());
+        for d in &found {
+            println!(
+                "  {}  {:>10.1} ms - {:>10.1} ms",
+                d.digit.reveal(),
+                d.start_ms,
+                d.end_ms
+            );
+        }
+    }
+    if !found.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}

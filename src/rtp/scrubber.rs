@@ -608,3 +608,256 @@ fn emit_digit(
     *last = Some(d);
     on_digit(d);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtp::trunk::{KeySpan, TrunkConfig, depacketize, packetize};
+
+    fn key(c: char) -> Digit {
+        Digit::from_char(c).unwrap()
+    }
+
+    /// A dual tone at about -10 dBm0 per component.
+    fn tone(d: Digit, len: usize) -> Vec<i16> {
+        let (lo, hi) = d.freqs();
+        (0..len)
+            .map(|i| {
+                let t = i as f64 / 8000.0;
+                let v = 7000.0 * (2.0 * std::f64::consts::PI * f64::from(lo) * t).sin()
+                    + 7000.0 * (2.0 * std::f64::consts::PI * f64::from(hi) * t).sin();
+                v as i16
+            })
+            .collect()
+    }
+
+    /// Speech-like filler: a few drifting harmonics of a low voice, nothing dual-tone-like.
+    fn voice(len: usize, seed: u32) -> Vec<i16> {
+        let f0 = 110.0 + f64::from(seed % 40);
+        (0..len)
+            .map(|i| {
+                let t = i as f64 / 8000.0;
+                let env = 0.5 + 0.5 * (2.0 * std::f64::consts::PI * 3.0 * t).sin();
+                let mut v = 0.0;
+                for h in 1..6 {
+                    v += (2.0 * std::f64::consts::PI * f0 * f64::from(h) * t).sin() / f64::from(h);
+                }
+                (3000.0 * env * v) as i16
+            })
+            .collect()
+    }
+
+    fn run(scrubber: &mut Scrubber, packets: &[Vec<u8>]) -> (Vec<Vec<u8>>, Vec<ScrubbedDigit>) {
+        let mut out = Vec::new();
+        let mut digits = Vec::new();
+        let mut buf = [0u8; 2048];
+        for (i, p) in packets.iter().enumerate() {
+            let now = i as u64 * 20;
+            if let Verdict::Forward(len) =
+                scrubber.process(now, p, &mut buf, &mut |d| digits.push(d))
+            {
+                out.push(buf[..len].to_vec());
+            }
+        }
+        scrubber.finish(&mut |d| digits.push(d));
+        (out, digits)
+    }
+
+    fn assert_continuous(out: &[Vec<u8>]) {
+        let views: Vec<RtpView<'_>> = out.iter().map(|p| RtpView::parse(p).unwrap()).collect();
+        for w in views.windows(2) {
+            assert_eq!(w[1].sequence(), w[0].sequence().wrapping_add(1), "sequence gap");
+            let step = w[0].payload().len() as u32;
+            assert_eq!(w[1].timestamp(), w[0].timestamp().wrapping_add(step), "timestamp jump");
+            assert_eq!(w[1].ssrc(), w[0].ssrc(), "SSRC change");
+            assert!(Codec::from_payload_type(w[1].payload_type()).is_some());
+        }
+    }
+
+    #[test]
+    fn off_is_a_bit_exact_pass_through() {
+        let mut s = Scrubber::new(ScrubberConfig {
+            enabled: false,
+            ..ScrubberConfig::default()
+        });
+        let mut audio = voice(4000, 1);
+        audio.extend(tone(key('5'), 800));
+        let spans = [KeySpan {
+            digit: key('7'),
+            start: 1600,
+            end: 2400,
+        }];
+        let packets = packetize(&audio, &TrunkConfig::default(), Some(&spans));
+        let (out, digits) = run(&mut s, &packets);
+        assert_eq!(out, packets);
+        assert!(digits.is_empty());
+    }
+
+    #[test]
+    fn speech_leaves_bit_exact_behind_the_delay_line() {
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let d = s.delay_samples();
+        let audio = voice(8000, 7);
+        let cfg = TrunkConfig::default();
+        let packets = packetize(&audio, &cfg, None);
+        let (out, digits) = run(&mut s, &packets);
+        assert!(digits.is_empty());
+        assert_eq!(out.len(), packets.len());
+        for (o, i) in out.iter().zip(&packets) {
+            assert_eq!(o[..12], i[..12], "audio keeps its header");
+        }
+        let sent: Vec<u8> = packets.iter().flat_map(|p| p[12..].to_vec()).collect();
+        let got: Vec<u8> = out.iter().flat_map(|p| p[12..].to_vec()).collect();
+        assert_eq!(got[d..], sent[..sent.len() - d], "speech must pass bit-exact, delayed by D");
+        assert_eq!(s.stats().samples_masked, 0);
+    }
+
+    #[test]
+    fn events_become_masked_audio_with_continuous_timing() {
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let mut audio = voice(16000, 3);
+        let mut spans = Vec::new();
+        for (k, c) in "4111".chars().enumerate() {
+            let start = 2000 + k as u64 * 1600;
+            spans.push(KeySpan {
+                digit: key(c),
+                start,
+                end: start + 800,
+            });
+        }
+        for sp in &spans {
+            let t = tone(sp.digit, 800);
+            audio[sp.start as usize..sp.end as usize].copy_from_slice(&t);
+        }
+        let packets = packetize(&audio, &TrunkConfig::default(), Some(&spans));
+        let (out, digits) = run(&mut s, &packets);
+        assert_eq!(out.len(), packets.len(), "packet count in = packet count out");
+        assert_continuous(&out);
+        let rx = depacketize(out.iter().map(|p| p.as_slice()), 80_000);
+        assert_eq!(rx.non_audio_packets, 0, "no telephone-event reaches the agent");
+        let keys: String = digits.iter().map(|d| d.digit.reveal()).collect();
+        assert_eq!(keys, "4111");
+        assert!(digits.iter().all(|d| d.source == DigitSource::Rfc4733));
+        assert!(s.stats().events_converted > 0);
+    }
+
+    #[test]
+    fn lost_end_packets_time_out_into_one_digit() {
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let spans = [KeySpan {
+            digit: key('9'),
+            start: 800,
+            end: 1600,
+        }];
+        let packets = packetize(&voice(4000, 2), &TrunkConfig::default(), Some(&spans));
+        // Keep only the packets before the end packets: the E-bit copies are all lost.
+        let cut: Vec<Vec<u8>> = packets
+            .iter()
+            .take_while(|p| {
+                let v = RtpView::parse(p).unwrap();
+                v.payload_type() != 101 || !TelephoneEvent::parse(v.payload()).unwrap().end
+            })
+            .cloned()
+            .collect();
+        let mut digits = Vec::new();
+        let mut buf = [0u8; 2048];
+        for (i, p) in cut.iter().enumerate() {
+            s.process(i as u64 * 20, p, &mut buf, &mut |d| digits.push(d));
+        }
+        assert!(digits.is_empty(), "not reported before the timeout");
+        s.tick(cut.len() as u64 * 20 + 1000, &mut |d| digits.push(d));
+        assert_eq!(digits.len(), 1);
+        assert_eq!(digits[0].digit, key('9'));
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_reordered_updates_keep_the_timeline() {
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let spans = [KeySpan {
+            digit: key('3'),
+            start: 800,
+            end: 2400,
+        }];
+        let mut packets = packetize(&voice(4800, 5), &TrunkConfig::default(), Some(&spans));
+        packets.insert(7, packets[6].clone());
+        let mut buf = [0u8; 2048];
+        let mut digits = Vec::new();
+        let mut dropped = 0;
+        for (i, p) in packets.iter().enumerate() {
+            if let Verdict::Drop(DropReason::Duplicate) =
+                s.process(i as u64 * 20, p, &mut buf, &mut |d| digits.push(d))
+            {
+                dropped += 1;
+            }
+        }
+        assert_eq!(dropped, 1);
+        assert_eq!(digits.len(), 1);
+    }
+
+    #[test]
+    fn a_key_sent_in_band_and_as_events_is_one_digit() {
+        // Sender sends the tone in its audio and RFC 4733 events for the same span.
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let mut audio = voice(6400, 4);
+        audio[1600..2400].copy_from_slice(&tone(key('6'), 800));
+        let cfg = TrunkConfig::default();
+        let inband = packetize(&audio, &cfg, None);
+        let spans = [KeySpan {
+            digit: key('6'),
+            start: 1600,
+            end: 2400,
+        }];
+        let with_events = packetize(&audio, &cfg, Some(&spans));
+        let events: Vec<Vec<u8>> = with_events
+            .into_iter()
+            .filter(|p| RtpView::parse(p).unwrap().payload_type() == 101)
+            .collect();
+        // Interleave: each event packet right after the audio packet of its time.
+        let mut mixed = Vec::new();
+        let mut ev = events.into_iter();
+        for (i, p) in inband.into_iter().enumerate() {
+            mixed.push(p);
+            if (10..=14).contains(&i) {
+                mixed.extend(ev.next());
+            }
+        }
+        mixed.extend(ev);
+        let (out, digits) = run(&mut s, &mixed);
+        assert_eq!(digits.len(), 1, "one key, reported once");
+        assert_eq!(digits[0].digit, key('6'));
+        let rx = depacketize(out.iter().map(|p| p.as_slice()), 80_000);
+        assert_eq!(rx.non_audio_packets, 0);
+    }
+
+    #[test]
+    fn malformed_packets_are_dropped_and_counted() {
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let mut buf = [0u8; 2048];
+        let bad: [&[u8]; 4] = [
+            &[0x80, 0, 0],
+            &[0x40, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[0x8f, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[0x80, 101, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2],
+        ];
+        for p in bad {
+            assert!(matches!(
+                s.process(0, p, &mut buf, &mut |_| {}),
+                Verdict::Drop(_)
+            ));
+        }
+        assert_eq!(s.stats().dropped_malformed + s.stats().dropped_bad_event, 4);
+        assert_eq!(s.stats().packets_out, 0);
+    }
+
+    #[test]
+    fn uninspectable_payloads_are_dropped_while_scrubbing() {
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let mut pkt = vec![0u8; 32];
+        write_header(&mut pkt, false, 18, 1, 160, 7);
+        let mut buf = [0u8; 2048];
+        assert_eq!(
+            s.process(0, &pkt, &mut buf, &mut |_| {}),
+            Verdict::Drop(DropReason::UnsupportedPayload(18))
+        );
+    }
+}
