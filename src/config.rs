@@ -1,0 +1,426 @@
+//! TOML configuration → a validated, typed `Config`.
+//!
+//! Every key has a default that works on one machine (loopback), so `tonewall run` without a
+//! file behaves like `config/tonewall.toml`. Unknown keys are errors (`deny_unknown_fields`), and
+//! validation names the key and says what is wrong. Never holds key material itself: the vault
+//! master key is named (file or environment variable), read by the shell.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::dsp::mask::MaskKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    pub api: ApiConfig,
+    pub vault: VaultConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: SipConfig::default(),
+            media: MediaConfig::default(),
+            routes: vec![RouteConfig::default()],
+            api: ApiConfig::default(),
+            vault: VaultConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// Address SIP listens on, for every transport in `transports`.
+    pub listen: SocketAddr,
+    pub transports: Vec<Transport>,
+    /// Host put in Via, Contact and Record-Route; defaults to the listen address.
+    pub advertised_host: Option<String>,
+    /// Calls in progress beyond which new INVITEs get 503 with Retry-After.
+    pub max_calls: usize,
+    /// Seconds suggested in Retry-After when over the call limit.
+    pub retry_after_s: u32,
+    pub max_message_size: usize,
+    /// Headers carried from the A-leg INVITE to the B-leg (besides From/To users and P-Asserted-Identity).
+    pub carry_headers: Vec<String>,
+    pub user_agent: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            transports: vec![Transport::Udp, Transport::Tcp],
+            advertised_host: None,
+            max_calls: 1000,
+            retry_after_s: 5,
+            max_message_size: 65_535,
+            carry_headers: vec!["X-Agent".into(), "X-Locator".into(), "X-Call-Ref".into()],
+            user_agent: concat!("tonewall/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Address RTP sockets bind to and that SDP advertises.
+    pub address: IpAddr,
+    /// Even first port of the RTP range; RTCP uses port + 1.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Both legs are hung up after this long without media from either side.
+    pub inactivity_timeout_s: u64,
+    /// Delay line (look-ahead for masking) in milliseconds.
+    pub delay_ms: f64,
+    pub mask: MaskName,
+    /// Where per-call stereo recordings are written (none when unset).
+    pub record_dir: Option<PathBuf>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            address: IpAddr::from([127, 0, 0, 1]),
+            port_min: 30_000,
+            port_max: 39_999,
+            inactivity_timeout_s: 60,
+            delay_ms: 10.0,
+            mask: MaskName::Noise,
+            record_dir: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskName {
+    Silence,
+    Noise,
+    Tone,
+}
+
+impl From<MaskName> for MaskKind {
+    fn from(m: MaskName) -> MaskKind {
+        match m {
+            MaskName::Silence => MaskKind::Silence,
+            MaskName::Noise => MaskKind::Noise,
+            MaskName::Tone => MaskKind::Tone,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteMode {
+    /// The trunk points at tonewall; every call passes through.
+    Inline,
+    /// The contact centre transfers calls to tonewall's loop number with a locator.
+    Loop,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScrubMode {
+    /// Caller→agent audio is scrubbed for the whole call.
+    Always,
+    /// Scrubbing is switched on and off at run time (control API).
+    OnDemand,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    pub name: String,
+    pub mode: RouteMode,
+    /// Source networks allowed to use this route (trunk allow-list); empty = any source.
+    pub sources: Vec<IpNet>,
+    /// Request-URI user this route matches; unset = any user.
+    pub user: Option<String>,
+    /// Contact-centre URI the B-leg is sent to.
+    pub target: String,
+    pub target_transport: Transport,
+    pub scrub: ScrubMode,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            name: "inline".into(),
+            mode: RouteMode::Inline,
+            sources: vec!["127.0.0.0/8".parse().unwrap_or_else(|_| IpNet::default())],
+            user: None,
+            target: "sip:agents@127.0.0.1:5080".into(),
+            target_transport: Transport::Udp,
+            scrub: ScrubMode::Always,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Environment variable holding the bearer tokens (comma-separated `name:token` pairs).
+    pub tokens_env: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens_env: "TONEWALL_API_TOKENS".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// File holding the 32-byte master key (hex or base64); takes precedence over `master_key_env`.
+    pub master_key_file: Option<PathBuf>,
+    pub master_key_env: String,
+    pub ttl_s: u64,
+    pub max_tries: u32,
+    pub store: StoreName,
+    pub redis_url: String,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            master_key_file: None,
+            master_key_env: "TONEWALL_MASTER_KEY".into(),
+            ttl_s: 120,
+            max_tries: 3,
+            store: StoreName::Memory,
+            redis_url: "redis://127.0.0.1:6379/".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreName {
+    Memory,
+    Redis,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `tonewall=debug`.
+    pub level: String,
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.sip.transports.is_empty() {
+            return Err(invalid("sip.transports", "needs at least one of \"udp\", \"tcp\""));
+        }
+        if self.sip.max_calls == 0 {
+            return Err(invalid("sip.max_calls", "must be at least 1"));
+        }
+        if !(1024..=1_048_576).contains(&self.sip.max_message_size) {
+            return Err(invalid(
+                "sip.max_message_size",
+                "must be between 1024 and 1048576 bytes",
+            ));
+        }
+        for h in &self.sip.carry_headers {
+            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(invalid(
+                    "sip.carry_headers",
+                    format!("{h:?} is not a header name"),
+                ));
+            }
+        }
+        let m = &self.media;
+        if m.port_min % 2 != 0 {
+            return Err(invalid("media.port_min", "must be even (RTP even, RTCP odd)"));
+        }
+        if m.port_min < 1024 || m.port_max <= m.port_min {
+            return Err(invalid(
+                "media.port_max",
+                format!(
+                    "range {}..{} must lie above 1023 and hold at least one RTP/RTCP pair",
+                    m.port_min, m.port_max
+                ),
+            ));
+        }
+        if m.address.is_unspecified() {
+            return Err(invalid(
+                "media.address",
+                "must be a concrete address: it is advertised in SDP",
+            ));
+        }
+        if !(0.0..=20.0).contains(&m.delay_ms) {
+            return Err(invalid("media.delay_ms", "must be between 0 and 20"));
+        }
+        if m.inactivity_timeout_s == 0 {
+            return Err(invalid("media.inactivity_timeout_s", "must be at least 1"));
+        }
+        if self.routes.is_empty() {
+            return Err(invalid("route", "at least one [[route]] is needed"));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("route[{i}] ({})", r.name);
+            if !(r.target.starts_with("sip:") || r.target.starts_with("sips:")) {
+                return Err(invalid(
+                    format!("{key}.target"),
+                    format!("{:?} is not a sip: URI", r.target),
+                ));
+            }
+            if let Some(u) = &r.user
+                && u.is_empty()
+            {
+                return Err(invalid(format!("{key}.user"), "must not be empty"));
+            }
+        }
+        if self.vault.ttl_s == 0 || self.vault.ttl_s > 3600 {
+            return Err(invalid("vault.ttl_s", "must be between 1 and 3600 seconds"));
+        }
+        if self.vault.max_tries == 0 {
+            return Err(invalid("vault.max_tries", "must be at least 1"));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Delay line length in samples (8 kHz).
+    pub fn delay_samples(&self) -> usize {
+        (self.media.delay_ms * 8.0).round() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_on_loopback() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert!(c.sip.listen.ip().is_loopback());
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].scrub, ScrubMode::Always);
+        assert_eq!(c.delay_samples(), 80);
+    }
+
+    #[test]
+    fn the_sample_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../config/tonewall.toml");
+        let c = Config::parse(text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.sip.listen, d.sip.listen);
+        assert_eq!(c.routes[0].target, "sip:agents@127.0.0.1:5080");
+        assert_eq!(c.media.port_min, d.media.port_min);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let e = Config::parse("[sip]\nlisten = \"127.0.0.1:5060\"\nlistne = 1\n").unwrap_err();
+        assert!(e.to_string().contains("listne"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("[media]\nport_min = 30001\n", "media.port_min"),
+            ("[media]\nport_min = 30000\nport_max = 29000\n", "media.port_max"),
+            ("[media]\naddress = \"0.0.0.0\"\n", "media.address"),
+            ("[media]\ndelay_ms = 50\n", "media.delay_ms"),
+            ("[[route]]\ntarget = \"http://x\"\n", "target"),
+            ("[sip]\ntransports = []\n", "sip.transports"),
+            ("[vault]\nttl_s = 0\n", "vault.ttl_s"),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(text).unwrap_err();
+            assert!(e.to_string().contains(key), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn source_networks_parse_as_cidr() {
+        let c = Config::parse(
+            "[[route]]\nname = \"trunk\"\nsources = [\"192.0.2.0/24\", \"2001:db8::/32\"]\ntarget = \"sip:cc@127.0.0.1:5080\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].sources.len(), 2);
+        assert!(Config::parse("[[route]]\nsources = [\"300.1.1.0/24\"]\n").is_err());
+    }
+}
