@@ -288,7 +288,10 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.sip.transports.is_empty() {
-            return Err(invalid("sip.transports", "needs at least one of \"udp\", \"tcp\""));
+            return Err(invalid(
+                "sip.transports",
+                "needs at least one of \"udp\", \"tcp\"",
+            ));
         }
         if self.sip.max_calls == 0 {
             return Err(invalid("sip.max_calls", "must be at least 1"));
@@ -309,7 +312,10 @@ impl Config {
         }
         let m = &self.media;
         if m.port_min % 2 != 0 {
-            return Err(invalid("media.port_min", "must be even (RTP even, RTCP odd)"));
+            return Err(invalid(
+                "media.port_min",
+                "must be even (RTP even, RTCP odd)",
+            ));
         }
         if m.port_min < 1024 || m.port_max <= m.port_min {
             return Err(invalid(
@@ -401,7 +407,10 @@ mod tests {
     fn bad_values_name_the_key() {
         let cases = [
             ("[media]\nport_min = 30001\n", "media.port_min"),
-            ("[media]\nport_min = 30000\nport_max = 29000\n", "media.port_max"),
+            (
+                "[media]\nport_min = 30000\nport_max = 29000\n",
+                "media.port_max",
+            ),
             ("[media]\naddress = \"0.0.0.0\"\n", "media.address"),
             ("[media]\ndelay_ms = 50\n", "media.delay_ms"),
             ("[[route]]\ntarget = \"http://x\"\n", "target"),

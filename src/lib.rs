@@ -9,5 +9,6 @@ pub mod dsp;
 pub mod payment;
 pub mod rtp;
 pub mod sip;
+pub mod spectrogram;
 pub mod tools;
 pub mod wav;

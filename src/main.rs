@@ -13,7 +13,11 @@ use tonewall::tools::{ScrubOptions, scrub_audio};
 use tonewall::wav;
 
 #[derive(Parser)]
-#[command(name = "tonewall", version, about = "SIP/RTP relay that keeps card digits out of the contact centre")]
+#[command(
+    name = "tonewall",
+    version,
+    about = "SIP/RTP relay that keeps card digits out of the contact centre"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

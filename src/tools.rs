@@ -121,7 +121,11 @@ pub fn scrub_audio(audio: &[i16], opts: &ScrubOptions) -> Result<ScrubReport, To
     let mut masked_spans = Vec::new();
     let mut open: Option<usize> = None;
     for (i, &s) in rx.audio.iter().enumerate() {
-        let orig = if i >= d { sent.get(i - d).copied() } else { None };
+        let orig = if i >= d {
+            sent.get(i - d).copied()
+        } else {
+            None
+        };
         let differs = i >= d && orig != Some(s);
         match (differs, open) {
             (true, None) => open = Some(i),

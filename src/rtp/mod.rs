@@ -1,6 +1,6 @@
 //! Pure RTP logic: header views, RFC 4733 events and the per-direction scrubber.
 
-pub mod packet;
 pub mod event;
+pub mod packet;
 pub mod scrubber;
 pub mod trunk;

@@ -12,7 +12,9 @@
 //! an argument). Digits it reports are `Digit`s, which never print.
 
 use crate::digit::{Digit, DigitSource};
-use crate::dsp::dtmf::{DetectorConfig, DigitEvent, DtmfDetector, PresenceConfig, PresenceDetector};
+use crate::dsp::dtmf::{
+    DetectorConfig, DigitEvent, DtmfDetector, PresenceConfig, PresenceDetector,
+};
 use crate::dsp::g711::Codec;
 use crate::dsp::mask::{MaskKind, Masker};
 use crate::rtp::event::{EventError, TelephoneEvent};
@@ -467,18 +469,20 @@ impl Scrubber {
 
     /// Runs detectors over `lin_in[..n]` and masks the `n` delayed samples at `work[..n]`.
     fn run_pipeline(&mut self, codec: Codec, n: usize, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
-        self.presence.process(&self.lin_in[..n], &mut self.mask[..n]);
+        self.presence
+            .process(&self.lin_in[..n], &mut self.mask[..n]);
         let last_digit = &mut self.last_digit;
         let stats = &mut self.stats;
-        self.detector.process(&self.lin_in[..n], &mut |ev: DigitEvent| {
-            let d = ScrubbedDigit {
-                digit: ev.digit,
-                source: DigitSource::InBand,
-                start: ev.start,
-                end: ev.end,
-            };
-            emit_digit(last_digit, stats, d, on_digit);
-        });
+        self.detector
+            .process(&self.lin_in[..n], &mut |ev: DigitEvent| {
+                let d = ScrubbedDigit {
+                    digit: ev.digit,
+                    source: DigitSource::InBand,
+                    start: ev.start,
+                    end: ev.end,
+                };
+                emit_digit(last_digit, stats, d, on_digit);
+            });
         self.pos += n as u64;
 
         let mut any = false;
@@ -666,9 +670,17 @@ mod tests {
     fn assert_continuous(out: &[Vec<u8>]) {
         let views: Vec<RtpView<'_>> = out.iter().map(|p| RtpView::parse(p).unwrap()).collect();
         for w in views.windows(2) {
-            assert_eq!(w[1].sequence(), w[0].sequence().wrapping_add(1), "sequence gap");
+            assert_eq!(
+                w[1].sequence(),
+                w[0].sequence().wrapping_add(1),
+                "sequence gap"
+            );
             let step = w[0].payload().len() as u32;
-            assert_eq!(w[1].timestamp(), w[0].timestamp().wrapping_add(step), "timestamp jump");
+            assert_eq!(
+                w[1].timestamp(),
+                w[0].timestamp().wrapping_add(step),
+                "timestamp jump"
+            );
             assert_eq!(w[1].ssrc(), w[0].ssrc(), "SSRC change");
             assert!(Codec::from_payload_type(w[1].payload_type()).is_some());
         }
@@ -708,7 +720,11 @@ mod tests {
         }
         let sent: Vec<u8> = packets.iter().flat_map(|p| p[12..].to_vec()).collect();
         let got: Vec<u8> = out.iter().flat_map(|p| p[12..].to_vec()).collect();
-        assert_eq!(got[d..], sent[..sent.len() - d], "speech must pass bit-exact, delayed by D");
+        assert_eq!(
+            got[d..],
+            sent[..sent.len() - d],
+            "speech must pass bit-exact, delayed by D"
+        );
         assert_eq!(s.stats().samples_masked, 0);
     }
 
@@ -731,10 +747,17 @@ mod tests {
         }
         let packets = packetize(&audio, &TrunkConfig::default(), Some(&spans));
         let (out, digits) = run(&mut s, &packets);
-        assert_eq!(out.len(), packets.len(), "packet count in = packet count out");
+        assert_eq!(
+            out.len(),
+            packets.len(),
+            "packet count in = packet count out"
+        );
         assert_continuous(&out);
         let rx = depacketize(out.iter().map(|p| p.as_slice()), 80_000);
-        assert_eq!(rx.non_audio_packets, 0, "no telephone-event reaches the agent");
+        assert_eq!(
+            rx.non_audio_packets, 0,
+            "no telephone-event reaches the agent"
+        );
         let keys: String = digits.iter().map(|d| d.digit.reveal()).collect();
         assert_eq!(keys, "4111");
         assert!(digits.iter().all(|d| d.source == DigitSource::Rfc4733));

@@ -108,9 +108,20 @@ pub fn packetize(audio: &[i16], cfg: &TrunkConfig, events: Option<&[KeySpan]>) -
         let lo = f * n;
         let hi = (lo + n).min(audio.len());
         let mut pkt = vec![0u8; 12 + n];
-        write_header(&mut pkt, next_marker, cfg.codec.payload_type(), seq, ts, cfg.ssrc);
+        write_header(
+            &mut pkt,
+            next_marker,
+            cfg.codec.payload_type(),
+            seq,
+            ts,
+            cfg.ssrc,
+        );
         for (i, b) in pkt[12..].iter_mut().enumerate() {
-            let s = audio.get(lo + i).copied().filter(|_| lo + i < hi).unwrap_or(0);
+            let s = audio
+                .get(lo + i)
+                .copied()
+                .filter(|_| lo + i < hi)
+                .unwrap_or(0);
             *b = cfg.codec.encode(s);
         }
         packets.push(pkt);
