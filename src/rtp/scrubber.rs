@@ -433,7 +433,14 @@ impl Scrubber {
         // what was sent, where the sender has no audio. A reordered or repeated update goes back
         // to its own slot, as a late audio packet would, so the timeline does not drift.
         let frame = self.last_frame_len;
-        let (out_ts, n) = if grew {
+        let (out_ts, n) = if !same && !grew {
+            // Some senders open an event with duration 0 (sipp's dtmf_2833 captures do): the
+            // first packet still stands for the event's first frame.
+            if let Some(a) = self.event.as_mut() {
+                a.duration = frame as u32;
+            }
+            (ts, frame)
+        } else if grew {
             let n = (dur - prev_dur) as usize;
             let n = if n > MAX_FRAME { frame } else { n };
             (ts.wrapping_add(prev_dur), n)
