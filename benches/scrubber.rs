@@ -1,0 +1,74 @@
+//! Per-packet cost of the relay's hot path: one 20 ms G.711 packet through the `Scrubber`
+//! (speech, an in-band tone, an RFC 4733 event), and a bare copy for comparison.
+
+use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use tonewall::digit::Digit;
+use tonewall::rtp::scrubber::{Scrubber, ScrubberConfig, Verdict};
+use tonewall::rtp::trunk::{KeySpan, TrunkConfig, packetize};
+
+fn speech() -> Vec<i16> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/speech_en_hello.wav");
+    tonewall::wav::read_wav(&path).expect("speech fixture")
+}
+
+fn tone(len: usize) -> Vec<i16> {
+    let (lo, hi) = Digit::from_char('5').expect("key").freqs();
+    (0..len)
+        .map(|i| {
+            let t = i as f64 / 8000.0;
+            (5000.0 * (2.0 * std::f64::consts::PI * f64::from(lo) * t).sin()
+                + 5000.0 * (2.0 * std::f64::consts::PI * f64::from(hi) * t).sin()) as i16
+        })
+        .collect()
+}
+
+/// Cycles through `packets` forever, as a long call would, and measures one packet at a time.
+fn bench_stream(c: &mut Criterion, name: &str, packets: &[Vec<u8>]) {
+    let mut s = Scrubber::new(ScrubberConfig::default());
+    let mut out = [0u8; 2048];
+    let mut i = 0usize;
+    let mut now = 0u64;
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            let p = &packets[i % packets.len()];
+            i += 1;
+            now += 20;
+            let v = s.process(now, black_box(p), &mut out, &mut |d| {
+                black_box(d);
+            });
+            black_box(matches!(v, Verdict::Forward(_)))
+        })
+    });
+}
+
+fn scrubber(c: &mut Criterion) {
+    let cfg = TrunkConfig::default();
+    let speech = packetize(&speech(), &cfg, None);
+    bench_stream(c, "scrubber/speech_packet", &speech);
+
+    let tone_packets = packetize(&tone(8000), &cfg, None);
+    bench_stream(c, "scrubber/tone_packet", &tone_packets);
+
+    let spans = [KeySpan {
+        digit: Digit::from_char('8').expect("key"),
+        start: 0,
+        end: 8000,
+    }];
+    let events = packetize(&vec![0i16; 8000], &cfg, Some(&spans));
+    bench_stream(c, "scrubber/event_packet", &events);
+
+    // The floor: copying a packet, which any relay does.
+    let mut out = [0u8; 2048];
+    let mut i = 0usize;
+    c.bench_function("scrubber/bare_copy", |b| {
+        b.iter(|| {
+            let p = &speech[i % speech.len()];
+            i += 1;
+            out[..p.len()].copy_from_slice(black_box(p));
+            black_box(&out);
+        })
+    });
+}
+
+criterion_group!(benches, scrubber);
+criterion_main!(benches);
