@@ -6,6 +6,7 @@
 pub mod config;
 pub mod digit;
 pub mod dsp;
+pub mod logging;
 pub mod payment;
 pub mod rtp;
 pub mod sip;
