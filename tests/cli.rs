@@ -1,0 +1,136 @@
+//! The offline tools as a user runs them: `tonewall scrub` and `tonewall scan` on WAV files.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+fn tonewall(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tonewall"))
+        .args(args)
+        .output()
+        .expect("run tonewall")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Caller audio: the test card keyed in-band over quiet speech.
+fn write_caller(path: &Path) -> usize {
+    let (mut sig, spans) = tones(&card_keys(), ToneParams::default(), 800.0, 11);
+    sig.extend(std::iter::repeat_n(0.0, 8000));
+    mix_under(&mut sig, &fixture("speech_en_hello.wav"), -8.0);
+    tonewall::wav::write_wav_pcm16(path, &to_i16(&sig)).unwrap();
+    spans.len()
+}
+
+#[test]
+fn scan_finds_the_card_in_the_caller_audio_with_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let caller = dir.path().join("caller.wav");
+    let n = write_caller(&caller);
+    let o = tonewall(&["scan", caller.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(1), "scan exits 1 when it finds DTMF: {}", text(&o));
+    let found: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let found = found.as_array().unwrap();
+    assert_eq!(found.len(), n);
+    let keys: String = found.iter().map(|d| d["digit"].as_str().unwrap()).collect();
+    assert_eq!(keys, card_keys());
+    // First key starts after the 800 ms lead-in and lasts about 60 ms.
+    let start = found[0]["start_ms"].as_f64().unwrap();
+    let end = found[0]["end_ms"].as_f64().unwrap();
+    assert!((start - 800.0).abs() < 15.0, "start {start}");
+    assert!((end - start - 60.0).abs() < 20.0, "duration {}", end - start);
+}
+
+#[test]
+fn scrub_writes_agent_audio_that_scans_clean_and_prints_no_digit() {
+    let dir = tempfile::tempdir().unwrap();
+    let caller = dir.path().join("caller.wav");
+    let n = write_caller(&caller);
+    for extra in [&[][..], &["--events"][..], &["--codec", "pcma", "--mask", "tone"][..]] {
+        let agent = dir.path().join("agent.wav");
+        let mut args = vec!["scrub", caller.to_str().unwrap(), agent.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = tonewall(&args);
+        let out = text(&o);
+        assert!(o.status.success(), "{extra:?}: {out}");
+        assert!(out.contains(&format!("digits detected: {n}")), "{extra:?}: {out}");
+        assert!(out.contains("added delay:     10.0 ms"), "{out}");
+        assert!(!out.contains(TEST_CARD) && !out.contains("4111"), "digits printed: {out}");
+
+        let o = tonewall(&["scan", agent.to_str().unwrap(), "--json"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+        let o = tonewall(&["scan", agent.to_str().unwrap(), "--sensitive"]);
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", text(&o));
+        assert!(text(&o).contains("no dual-tone residue"));
+    }
+}
+
+#[test]
+fn sensitive_scan_reports_a_short_fragment_that_the_decoder_ignores() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fragment.wav");
+    let p = ToneParams {
+        tone_ms: 10.0,
+        ..ToneParams::default()
+    };
+    let (mut sig, _) = tones("7", p, 500.0, 5);
+    sig.extend(std::iter::repeat_n(0.0, 4000));
+    tonewall::wav::write_wav_pcm16(&path, &to_i16(&sig)).unwrap();
+    let o = tonewall(&["scan", path.to_str().unwrap(), "--json"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]", "10 ms is not a digit");
+    let o = tonewall(&["scan", path.to_str().unwrap(), "--sensitive", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let found: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let first = &found.as_array().unwrap()[0];
+    let start = first["start_ms"].as_f64().unwrap();
+    assert!((start - 500.0).abs() < 15.0, "fragment at {start} ms");
+    assert!((first["low_hz"].as_f64().unwrap() - 852.0).abs() < 40.0);
+    assert!((first["high_hz"].as_f64().unwrap() - 1209.0).abs() < 60.0);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = tonewall(&["scan", dir.path().join("missing.wav").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("missing.wav"), "{}", text(&o));
+
+    let stereo = dir.path().join("cd.wav");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 44_100,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&stereo, spec).unwrap();
+    for _ in 0..1000 {
+        w.write_sample(0i16).unwrap();
+    }
+    w.finalize().unwrap();
+    let o = tonewall(&["scrub", stereo.to_str().unwrap(), dir.path().join("o.wav").to_str().unwrap()]);
+    assert!(!o.status.success());
+    let msg = text(&o);
+    assert!(msg.contains("8000") && msg.contains("44100"), "{msg}");
+
+    let caller = dir.path().join("caller.wav");
+    write_caller(&caller);
+    let o = tonewall(&[
+        "scrub",
+        caller.to_str().unwrap(),
+        dir.path().join("o.wav").to_str().unwrap(),
+        "--delay-ms",
+        "50",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("delay"), "{}", text(&o));
+}
