@@ -101,8 +101,8 @@ fn scrub(
 ) -> Result<()> {
     let audio = wav::read_wav(&input).with_context(|| format!("reading {}", input.display()))?;
     let delay = match delay_ms {
-        Some(ms) if !(0.0..=1000.0).contains(&ms) => {
-            anyhow::bail!("--delay-ms must be between 0 and 20, got {ms}")
+        Some(ms) if !(0.0..=20.0).contains(&ms) => {
+            anyhow::bail!("--delay-ms must be between 0 and 20 ms, got {ms}")
         }
         Some(ms) => Some((ms * 8.0).round() as usize),
         None => None,
