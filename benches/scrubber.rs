@@ -7,7 +7,8 @@ use tonewall::rtp::scrubber::{Scrubber, ScrubberConfig, Verdict};
 use tonewall::rtp::trunk::{KeySpan, TrunkConfig, packetize};
 
 fn speech() -> Vec<i16> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/speech_en_hello.wav");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/speech_en_hello.wav");
     tonewall::wav::read_wav(&path).expect("speech fixture")
 }
 
@@ -17,7 +18,8 @@ fn tone(len: usize) -> Vec<i16> {
         .map(|i| {
             let t = i as f64 / 8000.0;
             (5000.0 * (2.0 * std::f64::consts::PI * f64::from(lo) * t).sin()
-                + 5000.0 * (2.0 * std::f64::consts::PI * f64::from(hi) * t).sin()) as i16
+                + 5000.0 * (2.0 * std::f64::consts::PI * f64::from(hi) * t).sin())
+                as i16
         })
         .collect()
 }

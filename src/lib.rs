@@ -4,6 +4,7 @@
 //! input and the current time and return outputs. The tokio shells live in `net`.
 
 pub mod config;
+pub mod demo;
 pub mod digit;
 pub mod dsp;
 pub mod logging;

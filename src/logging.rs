@@ -15,8 +15,9 @@ pub enum LoggingError {
 /// Installs the global subscriber. Safe to call once per process; later calls are ignored.
 pub fn init(cfg: &LogConfig) -> Result<(), LoggingError> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v)
-            .map_err(|e| LoggingError::BadFilter(v.clone(), e.to_string()))?,
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(&v).map_err(|e| LoggingError::BadFilter(v.clone(), e.to_string()))?
+        }
         _ => EnvFilter::try_new(&cfg.level)
             .map_err(|e| LoggingError::BadFilter(cfg.level.clone(), e.to_string()))?,
     };

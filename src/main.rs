@@ -25,6 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a self-contained payment call on the media path and show that no digit reaches the agent.
+    Demo {
+        /// Folder for the audio and the spectrogram.
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+    },
     /// Run a recording through the relay's scrubber as a trunk would send it; write what the agent hears.
     Scrub {
         /// Caller audio: 8 kHz mono WAV, PCM16 or G.711.
@@ -73,6 +79,17 @@ enum MaskArg {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo { out } => {
+            let summary = tonewall::demo::run(&out, &mut std::io::stdout())?;
+            if summary.decoded_on_agent_side
+                + summary.residue_on_agent_side
+                + summary.events_reaching_agent
+                > 0
+            {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Scrub {
             input,
             output,

@@ -37,7 +37,12 @@ fn scan_finds_the_card_in_the_caller_audio_with_times() {
     let caller = dir.path().join("caller.wav");
     let n = write_caller(&caller);
     let o = tonewall(&["scan", caller.to_str().unwrap(), "--json"]);
-    assert_eq!(o.status.code(), Some(1), "scan exits 1 when it finds DTMF: {}", text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "scan exits 1 when it finds DTMF: {}",
+        text(&o)
+    );
     let found: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let found = found.as_array().unwrap();
     assert_eq!(found.len(), n);
@@ -47,7 +52,11 @@ fn scan_finds_the_card_in_the_caller_audio_with_times() {
     let start = found[0]["start_ms"].as_f64().unwrap();
     let end = found[0]["end_ms"].as_f64().unwrap();
     assert!((start - 800.0).abs() < 15.0, "start {start}");
-    assert!((end - start - 60.0).abs() < 20.0, "duration {}", end - start);
+    assert!(
+        (end - start - 60.0).abs() < 20.0,
+        "duration {}",
+        end - start
+    );
 }
 
 #[test]
@@ -55,16 +64,26 @@ fn scrub_writes_agent_audio_that_scans_clean_and_prints_no_digit() {
     let dir = tempfile::tempdir().unwrap();
     let caller = dir.path().join("caller.wav");
     let n = write_caller(&caller);
-    for extra in [&[][..], &["--events"][..], &["--codec", "pcma", "--mask", "tone"][..]] {
+    for extra in [
+        &[][..],
+        &["--events"][..],
+        &["--codec", "pcma", "--mask", "tone"][..],
+    ] {
         let agent = dir.path().join("agent.wav");
         let mut args = vec!["scrub", caller.to_str().unwrap(), agent.to_str().unwrap()];
         args.extend_from_slice(extra);
         let o = tonewall(&args);
         let out = text(&o);
         assert!(o.status.success(), "{extra:?}: {out}");
-        assert!(out.contains(&format!("digits detected: {n}")), "{extra:?}: {out}");
+        assert!(
+            out.contains(&format!("digits detected: {n}")),
+            "{extra:?}: {out}"
+        );
         assert!(out.contains("added delay:     10.0 ms"), "{out}");
-        assert!(!out.contains(TEST_CARD) && !out.contains("4111"), "digits printed: {out}");
+        assert!(
+            !out.contains(TEST_CARD) && !out.contains("4111"),
+            "digits printed: {out}"
+        );
 
         let o = tonewall(&["scan", agent.to_str().unwrap(), "--json"]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -87,7 +106,11 @@ fn sensitive_scan_reports_a_short_fragment_that_the_decoder_ignores() {
     sig.extend(std::iter::repeat_n(0.0, 4000));
     tonewall::wav::write_wav_pcm16(&path, &to_i16(&sig)).unwrap();
     let o = tonewall(&["scan", path.to_str().unwrap(), "--json"]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]", "10 ms is not a digit");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "[]",
+        "10 ms is not a digit"
+    );
     let o = tonewall(&["scan", path.to_str().unwrap(), "--sensitive", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let found: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -117,7 +140,11 @@ fn bad_input_gets_a_clear_error() {
         w.write_sample(0i16).unwrap();
     }
     w.finalize().unwrap();
-    let o = tonewall(&["scrub", stereo.to_str().unwrap(), dir.path().join("o.wav").to_str().unwrap()]);
+    let o = tonewall(&[
+        "scrub",
+        stereo.to_str().unwrap(),
+        dir.path().join("o.wav").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     let msg = text(&o);
     assert!(msg.contains("8000") && msg.contains("44100"), "{msg}");

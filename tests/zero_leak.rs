@@ -46,7 +46,10 @@ fn scrub(audio: &[i16], spans: &[KeySpan], codec: Codec, events: bool, mask: Mas
     }
     s.finish(&mut |d| digits.push(d));
     let agent = depacketize(out.iter().map(|p| p.as_slice()), trunk.first_ts);
-    assert_eq!(agent.non_audio_packets, 0, "a telephone-event packet reached the agent");
+    assert_eq!(
+        agent.non_audio_packets, 0,
+        "a telephone-event packet reached the agent"
+    );
     let caller = depacketize(packets.iter().map(|p| p.as_slice()), trunk.first_ts).audio;
     Run {
         caller,
@@ -60,7 +63,11 @@ fn scrub(audio: &[i16], spans: &[KeySpan], codec: Codec, events: bool, mask: Mas
 
 /// Invariant 3: continuous sequence, timestamps and SSRC; one packet out per packet in.
 fn assert_timing(run: &Run) {
-    assert_eq!(run.out.len(), run.packets_in, "packet count in = packet count out");
+    assert_eq!(
+        run.out.len(),
+        run.packets_in,
+        "packet count in = packet count out"
+    );
     let views: Vec<RtpView<'_>> = run.out.iter().map(|p| RtpView::parse(p).unwrap()).collect();
     for w in views.windows(2) {
         assert_eq!(w[1].sequence(), w[0].sequence().wrapping_add(1));
@@ -100,8 +107,17 @@ fn assert_spans_masked(run: &Run, spans: &[KeySpan], mask: MaskKind, label: &str
 
 /// Invariant 2 outside the guard zones: speech arrives bit-exact, delayed by D.
 /// Returns the fraction of samples outside the guards that were altered (should be 0).
-fn assert_bit_exact_outside(run: &Run, spans: &[KeySpan], before: usize, after: usize, label: &str) {
-    let n = run.caller.len().min(run.agent.len().saturating_sub(run.delay));
+fn assert_bit_exact_outside(
+    run: &Run,
+    spans: &[KeySpan],
+    before: usize,
+    after: usize,
+    label: &str,
+) {
+    let n = run
+        .caller
+        .len()
+        .min(run.agent.len().saturating_sub(run.delay));
     let mut inside = vec![false; n];
     for s in spans {
         let lo = (s.start as usize).saturating_sub(before);
@@ -116,12 +132,19 @@ fn assert_bit_exact_outside(run: &Run, spans: &[KeySpan], before: usize, after: 
             altered += 1;
         }
     }
-    assert_eq!(altered, 0, "{label}: {altered} samples altered outside masked spans");
+    assert_eq!(
+        altered, 0,
+        "{label}: {altered} samples altered outside masked spans"
+    );
 }
 
 fn assert_scans_clean(run: &Run, label: &str) {
     let found = spectrum::fft_decode(&run.agent, &mut |_| {});
-    assert!(found.is_empty(), "{label}: independent decoder found {} digits on the agent side", found.len());
+    assert!(
+        found.is_empty(),
+        "{label}: independent decoder found {} digits on the agent side",
+        found.len()
+    );
     let residue = spectrum::sensitive_scan(&run.agent, &mut |_| {});
     assert!(
         residue.is_empty(),
@@ -131,7 +154,12 @@ fn assert_scans_clean(run: &Run, label: &str) {
     );
 }
 
-fn card_over_speech(p: ToneParams, speech_gain_db: Option<f64>, snr_db: Option<f64>, seed: u64) -> (Vec<i16>, Vec<KeySpan>) {
+fn card_over_speech(
+    p: ToneParams,
+    speech_gain_db: Option<f64>,
+    snr_db: Option<f64>,
+    seed: u64,
+) -> (Vec<i16>, Vec<KeySpan>) {
     let (mut sig, spans) = tones(&card_keys(), p, 500.0, seed);
     sig.extend(std::iter::repeat_n(0.0, 4000));
     if let Some(snr) = snr_db {
@@ -204,9 +232,13 @@ fn accept_matrix_as_rfc4733_events_leaves_no_trace() {
 
 #[test]
 fn keys_over_speech_and_noise_are_masked_from_first_to_last_sample() {
-    for (i, (speech_gain, snr)) in [(Some(-6.0), None), (Some(-12.0), Some(15.0)), (None, Some(15.0))]
-        .into_iter()
-        .enumerate()
+    for (i, (speech_gain, snr)) in [
+        (Some(-6.0), None),
+        (Some(-12.0), Some(15.0)),
+        (None, Some(15.0)),
+    ]
+    .into_iter()
+    .enumerate()
     {
         for level in [-10.0, -25.0] {
             let p = ToneParams {

@@ -81,7 +81,10 @@ pub fn tones(text: &str, p: ToneParams, lead_ms: f64, seed: u64) -> (Vec<f64>, V
     for c in text.chars() {
         let d = Digit::from_char(c).expect("keypad character");
         let (lo, hi) = d.freqs();
-        let (lo, hi) = (f64::from(lo) * (1.0 + p.offset), f64::from(hi) * (1.0 + p.offset));
+        let (lo, hi) = (
+            f64::from(lo) * (1.0 + p.offset),
+            f64::from(hi) * (1.0 + p.offset),
+        );
         // Random phases: real phones do not start tones at a zero crossing.
         let (ph1, ph2) = (rng.unit() * 6.283, rng.unit() * 6.283);
         let start = out.len();
@@ -138,12 +141,17 @@ pub fn to_i16(signal: &[f64]) -> Vec<i16> {
 
 /// Encodes and decodes through G.711, as a trunk's audio arrives.
 pub fn g711_round_trip(audio: &[i16], codec: Codec) -> Vec<i16> {
-    audio.iter().map(|&s| codec.decode(codec.encode(s))).collect()
+    audio
+        .iter()
+        .map(|&s| codec.decode(codec.encode(s)))
+        .collect()
 }
 
 /// Reads an 8 kHz mono PCM16 fixture from `fixtures/`.
 pub fn fixture(name: &str) -> Vec<i16> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     tonewall::wav::read_wav(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
