@@ -573,9 +573,13 @@ impl Scrubber {
     }
 
     /// Ends the current event (end packets seen, lost, or superseded) and reports its key.
+    /// The event is kept, marked ended, so late copies of its packets (same timestamp) are
+    /// recognised as stragglers rather than a new key.
     fn finish_event(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
         self.report_event(on_digit);
-        self.event = None;
+        if let Some(ev) = self.event.as_mut() {
+            ev.ended = true;
+        }
     }
 
     /// Flushes at the end of a stream: reports a digit still sounding.
