@@ -1,7 +1,7 @@
 //! Per-packet cost of the relay's hot path: one 20 ms G.711 packet through the `Scrubber`
 //! (speech, an in-band tone, an RFC 4733 event), and a bare copy for comparison.
 
-use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use tonewall::digit::Digit;
 use tonewall::rtp::scrubber::{Scrubber, ScrubberConfig, Verdict};
 use tonewall::rtp::trunk::{KeySpan, TrunkConfig, packetize};
@@ -35,10 +35,10 @@ fn bench_stream(c: &mut Criterion, name: &str, packets: &[Vec<u8>]) {
             let p = &packets[i % packets.len()];
             i += 1;
             now += 20;
-            let v = s.process(now, black_box(p), &mut out, &mut |d| {
-                black_box(d);
+            let v = s.process(now, std::hint::black_box(p), &mut out, &mut |d| {
+                std::hint::black_box(d);
             });
-            black_box(matches!(v, Verdict::Forward(_)))
+            std::hint::black_box(matches!(v, Verdict::Forward(_)))
         })
     });
 }
@@ -66,8 +66,8 @@ fn scrubber(c: &mut Criterion) {
         b.iter(|| {
             let p = &speech[i % speech.len()];
             i += 1;
-            out[..p.len()].copy_from_slice(black_box(p));
-            black_box(&out);
+            out[..p.len()].copy_from_slice(std::hint::black_box(p));
+            std::hint::black_box(&out);
         })
     });
 }
