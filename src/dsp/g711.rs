@@ -44,15 +44,161 @@ impl Codec {
     }
 }
 
-pub fn ulaw_decode(_b: u8) -> i16 {
-    0
+// ITU-T G.711 companding, written from the standard's segment tables: 8 segments of 16 steps,
+// μ-law with a bias of 33 (in 14-bit units, 132 in 16-bit), A-law with its even bits inverted.
+
+const ULAW_BIAS: i32 = 0x84;
+const ULAW_CLIP: i32 = 32_635;
+
+/// μ-law byte → linear sample (16-bit scale).
+pub fn ulaw_decode(b: u8) -> i16 {
+    ULAW_TABLE[b as usize]
 }
-pub fn ulaw_encode(_s: i16) -> u8 {
-    0xff
+
+/// Linear sample → μ-law byte.
+pub fn ulaw_encode(s: i16) -> u8 {
+    let mut v = i32::from(s);
+    let sign = if v < 0 {
+        v = -v;
+        0x80
+    } else {
+        0
+    };
+    v = v.min(ULAW_CLIP) + ULAW_BIAS;
+    // Segment = position of the highest set bit above bit 7.
+    let seg = (31 - (v as u32).leading_zeros()).saturating_sub(7).min(7);
+    let mantissa = (v >> (seg + 3)) & 0x0F;
+    !(sign | ((seg as i32) << 4) as u8 | mantissa as u8)
 }
-pub fn alaw_decode(_b: u8) -> i16 {
-    0
+
+/// A-law byte → linear sample (16-bit scale).
+pub fn alaw_decode(b: u8) -> i16 {
+    ALAW_TABLE[b as usize]
 }
-pub fn alaw_encode(_s: i16) -> u8 {
-    0xd5
+
+/// Linear sample → A-law byte.
+pub fn alaw_encode(s: i16) -> u8 {
+    // A-law works on 13-bit magnitudes.
+    let mut v = i32::from(s) >> 3;
+    let sign = if v >= 0 {
+        0x80
+    } else {
+        v = -v - 1;
+        0
+    };
+    let v = v.min(0x0FFF);
+    let code = if v < 32 {
+        (v >> 1) as u8
+    } else {
+        let seg = 31 - (v as u32).leading_zeros() - 4; // 1..=7
+        ((seg as u8) << 4) | ((v >> seg) & 0x0F) as u8
+    };
+    (sign | code) ^ 0x55
+}
+
+const fn ulaw_expand(b: u8) -> i16 {
+    let u = !b;
+    let seg = ((u >> 4) & 7) as i32;
+    let mantissa = (u & 0x0F) as i32;
+    let mag = (((mantissa << 3) + ULAW_BIAS) << seg) - ULAW_BIAS;
+    if u & 0x80 != 0 {
+        -mag as i16
+    } else {
+        mag as i16
+    }
+}
+
+const fn alaw_expand(b: u8) -> i16 {
+    let a = b ^ 0x55;
+    let seg = ((a >> 4) & 7) as i32;
+    let mantissa = (a & 0x0F) as i32;
+    let mag = if seg == 0 {
+        (mantissa << 4) + 8
+    } else {
+        ((mantissa << 4) + 0x108) << (seg - 1)
+    };
+    if a & 0x80 != 0 {
+        mag as i16
+    } else {
+        -mag as i16
+    }
+}
+
+const fn build_table(alaw: bool) -> [i16; 256] {
+    let mut t = [0i16; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = if alaw {
+            alaw_expand(i as u8)
+        } else {
+            ulaw_expand(i as u8)
+        };
+        i += 1;
+    }
+    t
+}
+
+static ULAW_TABLE: [i16; 256] = build_table(false);
+static ALAW_TABLE: [i16; 256] = build_table(true);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_code_points() {
+        // Silence and full scale, per G.711 Tables 1a/2a scaled to 16 bits.
+        assert_eq!(ulaw_encode(0), 0xFF);
+        assert_eq!(ulaw_decode(0xFF), 0);
+        assert_eq!(ulaw_decode(0x7F), 0);
+        assert_eq!(ulaw_decode(0x00), -32_124);
+        assert_eq!(ulaw_decode(0x80), 32_124);
+        assert_eq!(alaw_encode(0), 0xD5);
+        assert_eq!(alaw_decode(0xD5), 8);
+        assert_eq!(alaw_decode(0x55), -8);
+        assert_eq!(alaw_decode(0xAA), 32_256);
+        assert_eq!(alaw_decode(0x2A), -32_256);
+        assert_eq!(ulaw_encode(i16::MAX), 0x80);
+        assert_eq!(ulaw_encode(i16::MIN), 0x00);
+        assert_eq!(alaw_encode(i16::MAX), 0xAA);
+        assert_eq!(alaw_encode(i16::MIN), 0x2A);
+    }
+
+    #[test]
+    fn every_code_survives_decode_encode() {
+        for b in 0..=255u8 {
+            let u = ulaw_decode(b);
+            // μ-law has two zero codes (0x7F, 0xFF); both decode to 0, which encodes as 0xFF.
+            if u != 0 {
+                assert_eq!(ulaw_encode(u), b, "μ-law {b:#04x}");
+            }
+            assert_eq!(alaw_encode(alaw_decode(b)), b, "A-law {b:#04x}");
+        }
+    }
+
+    #[test]
+    fn quantisation_error_stays_within_half_a_step() {
+        for codec in [Codec::Pcmu, Codec::Pcma] {
+            for s in (i16::MIN..=i16::MAX).step_by(7) {
+                let r = codec.decode(codec.encode(s));
+                let err = (i32::from(r) - i32::from(s)).abs();
+                // Steps double per segment; the error is at most half a step (plus the clip).
+                let mag = i32::from(s).abs();
+                let bound = (mag / 16).max(16) + if mag > 32_000 { 800 } else { 0 };
+                assert!(err <= bound, "{codec:?}: {s} -> {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn encoding_is_monotonic() {
+        for codec in [Codec::Pcmu, Codec::Pcma] {
+            let mut last = i16::MIN;
+            for s in (i16::MIN..=i16::MAX).step_by(3) {
+                let r = codec.decode(codec.encode(s));
+                assert!(r >= last, "{codec:?} not monotonic at {s}");
+                last = r;
+            }
+        }
+    }
 }
