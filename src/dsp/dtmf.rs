@@ -1,6 +1,15 @@
 //! DTMF detection. Two signals from one Goertzel front end (DESIGN.md §4):
 //! a strict Q.24 digit decision for capture and scan, and a fast presence signal for masking.
+//!
+//! Both work on 8-sample sub-blocks from [`Bank`], phase-referenced to the absolute sample
+//! index. The strict detector sums them into 96-sample blocks (12 ms) and measures each tone's
+//! frequency from the phase advance between the block's halves, which is what lets it accept
+//! ±1.5 % and reject ±3.5 % with a block far too short to resolve that by magnitude alone.
+//! The presence detector sums the last six sub-blocks (48 samples) every millisecond: coarse in
+//! frequency but quick, so with `delay` samples of look-ahead it can mask a tone from before its
+//! first sample. Neither allocates or reads a clock; sample offsets are the only time.
 
+use super::goertzel::{Bank, DTMF_HZ, SUB, SubBlock, dbm0_power, goertzel_power};
 use crate::digit::Digit;
 
 /// A digit decided by the strict detector, with exact sample offsets (absolute, from the
@@ -16,27 +25,377 @@ pub struct DigitEvent {
 
 /// Strict digit detector configuration (ITU-T Q.24 figures by default).
 #[derive(Clone, Debug)]
-pub struct DetectorConfig {}
+pub struct DetectorConfig {
+    /// Weakest tone accepted, per tone. Q.24 asks for −36 dBm0 (and twist can put the other
+    /// tone 8 dB lower); −55 dBm0 must be rejected.
+    pub min_level_dbm0: f32,
+    /// How much louder the high-group tone may be (dB). Q.24: 4 dB accepted.
+    pub max_reverse_twist_db: f32,
+    /// How much louder the low-group tone may be (dB). Q.24: 8 dB accepted.
+    pub max_normal_twist_db: f32,
+    /// Largest relative frequency error accepted (Q.24: accept 1.5 %, reject 3.5 %).
+    pub max_freq_dev: f32,
+    /// Share of the block's energy the two tones must carry (talk-off guard).
+    pub min_energy_ratio: f32,
+    /// Largest second-harmonic power relative to its fundamental (talk-off guard).
+    pub max_harmonic_ratio: f32,
+    /// Shortest tone reported, in samples (Q.24 accepts 40 ms and rejects 23 ms or less).
+    pub min_tone_samples: u64,
+}
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        DetectorConfig {}
+        DetectorConfig {
+            min_level_dbm0: -47.0,
+            // Margins over Q.24 cover G.711 quantisation and the estimator's spread, so the
+            // boundary cases (exactly 4 and 8 dB) pass.
+            max_reverse_twist_db: 5.5,
+            max_normal_twist_db: 9.5,
+            max_freq_dev: 0.025,
+            min_energy_ratio: 0.80,
+            max_harmonic_ratio: 0.10,
+            min_tone_samples: 240,
+        }
     }
 }
 
+/// Block length of the strict detector: 12 sub-blocks, 12 ms. Two whole blocks fit in any
+/// 38 ms tone but not in a 23 ms one, and the halves give 48-sample phase steps that stay
+/// unambiguous up to ±83 Hz.
+const BLOCK_SUBS: usize = 12;
+const BLOCK: usize = BLOCK_SUBS * SUB;
+const HALF_SUBS: usize = BLOCK_SUBS / 2;
+/// Sub-block energies remembered for refining edges (four blocks).
+const HIST: usize = 4 * BLOCK_SUBS;
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Idle,
+    /// One block matched `key`; a second confirms it.
+    Pending { key: Digit, first: u64, steady: f32 },
+    Active {
+        key: Digit,
+        start: u64,
+        last_hit: u64,
+        misses: u8,
+        steady: f32,
+    },
+}
+
 /// Strict detector: reports each key exactly once, with its span.
-pub struct DtmfDetector {}
+pub struct DtmfDetector {
+    cfg: DetectorConfig,
+    bank: Bank,
+    /// Complex sums of the current block's halves.
+    half: [[(f32, f32); 8]; 2],
+    energy: f32,
+    samples: [f32; BLOCK],
+    subs_in_block: usize,
+    hist: [f32; HIST],
+    /// Index of the next sub-block (absolute).
+    sub_index: u64,
+    pos: u64,
+    state: State,
+    min_power: f32,
+}
+
+/// What one block looked like to the strict detector.
+#[derive(Clone, Copy, Debug)]
+struct BlockHit {
+    key: Digit,
+    /// Energy of the two tones per sub-block, for edge refinement.
+    steady: f32,
+}
 
 impl DtmfDetector {
-    pub fn new(_cfg: DetectorConfig) -> Self {
-        DtmfDetector {}
+    pub fn new(cfg: DetectorConfig) -> Self {
+        let min_power = dbm0_power(cfg.min_level_dbm0);
+        DtmfDetector {
+            cfg,
+            bank: Bank::new(DTMF_HZ),
+            half: [[(0.0, 0.0); 8]; 2],
+            energy: 0.0,
+            samples: [0.0; BLOCK],
+            subs_in_block: 0,
+            hist: [0.0; HIST],
+            sub_index: 0,
+            pos: 0,
+            state: State::Idle,
+            min_power,
+        }
     }
 
     /// Feeds linear samples (8 kHz); calls `on_digit` for every digit that has ended.
-    pub fn process(&mut self, _samples: &[i16], _on_digit: &mut dyn FnMut(DigitEvent)) {}
+    pub fn process(&mut self, samples: &[i16], on_digit: &mut dyn FnMut(DigitEvent)) {
+        for &x in samples {
+            let at = self.subs_in_block * SUB + (self.pos as usize % SUB);
+            self.samples[at] = f32::from(x);
+            self.pos += 1;
+            if let Some(sb) = self.bank.push(x) {
+                self.on_sub_block(&sb, on_digit);
+            }
+        }
+    }
+
+    fn on_sub_block(&mut self, sb: &SubBlock, on_digit: &mut dyn FnMut(DigitEvent)) {
+        let h = usize::from(self.subs_in_block >= HALF_SUBS);
+        for k in 0..8 {
+            self.half[h][k].0 += sb.re[k];
+            self.half[h][k].1 += sb.im[k];
+        }
+        self.energy += sb.energy;
+        self.hist[(self.sub_index % HIST as u64) as usize] = sb.energy;
+        self.sub_index += 1;
+        self.subs_in_block += 1;
+        if self.subs_in_block < BLOCK_SUBS {
+            return;
+        }
+        let block_start = self.pos - BLOCK as u64;
+        let hit = self.evaluate();
+
+        self.half = [[(0.0, 0.0); 8]; 2];
+        self.energy = 0.0;
+        self.subs_in_block = 0;
+        self.step(block_start, hit, on_digit);
+    }
+
+    /// The Q.24 block test.
+    fn evaluate(&self) -> Option<BlockHit> {
+        let n = BLOCK as f32;
+        let e = self.energy;
+        if e <= 0.0 {
+            return None;
+        }
+        let mut p = [0f32; 8];
+        for k in 0..8 {
+            let (re, im) = (
+                self.half[0][k].0 + self.half[1][k].0,
+                self.half[0][k].1 + self.half[1][k].1,
+            );
+            // Energy of a sine that would give this DFT term: |X|² · 2 / N.
+            p[k] = 2.0 * (re * re + im * im) / n;
+        }
+        let l = argmax(&p[..4]);
+        let h = 4 + argmax(&p[4..]);
+        // Each tone must stand clear of its group's other frequencies (6 dB).
+        for k in 0..4 {
+            if k != l && p[k] * 4.0 > p[l] {
+                return None;
+            }
+            if k + 4 != h && p[k + 4] * 4.0 > p[h] {
+                return None;
+            }
+        }
+        let (dl, pl) = self.offset_and_power(l, p[l]);
+        let (dh, ph) = self.offset_and_power(h, p[h]);
+
+        if dl.abs() > self.cfg.max_freq_dev || dh.abs() > self.cfg.max_freq_dev {
+            return None;
+        }
+        if pl / n < self.min_power || ph / n < self.min_power {
+            return None;
+        }
+        let twist = 10.0 * (ph / pl).log10();
+        if twist > self.cfg.max_reverse_twist_db || -twist > self.cfg.max_normal_twist_db {
+            return None;
+        }
+        if (pl + ph) < self.cfg.min_energy_ratio * e {
+            return None;
+        }
+        // Voiced speech carries harmonics; a keypad's sines do not.
+        for (k, pk) in [(l, pl), (h, ph)] {
+            let f2 = 2.0 * DTMF_HZ[k];
+            // For keys 2, 6 and C the low tone's octave sits within 71 Hz of the high tone,
+            // which a 12 ms block cannot separate: the check would reject the key itself.
+            if f2 < 3900.0 && (f2 - DTMF_HZ[h]).abs() > 120.0 {
+                let p2 = 2.0 * goertzel_power(&self.samples, f2) / n;
+                if p2 > self.cfg.max_harmonic_ratio * pk {
+                    return None;
+                }
+            }
+        }
+        let key = Digit::from_position(l, h - 4)?;
+        Some(BlockHit {
+            key,
+            steady: (pl + ph) / n * SUB as f32,
+        })
+    }
+
+    /// Relative frequency error of tone `k` (from the phase step between the block's halves)
+    /// and its energy corrected for the DFT's roll-off at that offset.
+    fn offset_and_power(&self, k: usize, p: f32) -> (f32, f32) {
+        let (a, b) = (self.half[0][k], self.half[1][k]);
+        let dphi = (b.1 * a.0 - b.0 * a.1).atan2(b.0 * a.0 + b.1 * a.1);
+        let half = (HALF_SUBS * SUB) as f32;
+        let df = dphi * super::goertzel::RATE / (2.0 * std::f32::consts::PI * half);
+        let x = std::f32::consts::PI * df * BLOCK as f32 / super::goertzel::RATE;
+        let sinc = if x.abs() < 1e-4 { 1.0 } else { x.sin() / x };
+        (df / DTMF_HZ[k], p / (sinc * sinc).max(0.05))
+    }
+
+    fn step(&mut self, block_start: u64, hit: Option<BlockHit>, on_digit: &mut dyn FnMut(DigitEvent)) {
+        self.state = match (self.state, hit) {
+            (State::Idle, None) => State::Idle,
+            (State::Idle, Some(h)) => State::Pending {
+                key: h.key,
+                first: block_start,
+                steady: h.steady,
+            },
+            (State::Pending { key, first, steady }, Some(h)) if h.key == key => State::Active {
+                key,
+                start: self.refine_onset(first, steady.max(h.steady)),
+                last_hit: block_start,
+                misses: 0,
+                steady: steady.max(h.steady),
+            },
+            (State::Pending { .. }, Some(h)) => State::Pending {
+                key: h.key,
+                first: block_start,
+                steady: h.steady,
+            },
+            (State::Pending { .. }, None) => State::Idle,
+            (State::Active { key, start, steady, .. }, Some(h)) if h.key == key => State::Active {
+                key,
+                start,
+                last_hit: block_start,
+                misses: 0,
+                steady,
+            },
+            (
+                State::Active {
+                    key,
+                    start,
+                    last_hit,
+                    misses,
+                    steady,
+                },
+                hit,
+            ) => {
+                // One missed block is a dropout bridged (Q.24: interruptions up to 10 ms);
+                // two, or another key, end the tone.
+                if hit.is_none() && misses == 0 {
+                    State::Active {
+                        key,
+                        start,
+                        last_hit,
+                        misses: 1,
+                        steady,
+                    }
+                } else {
+                    let end = self.refine_end(last_hit, steady);
+                    self.emit(key, start, end, on_digit);
+                    match hit {
+                        Some(h) => State::Pending {
+                            key: h.key,
+                            first: block_start,
+                            steady: h.steady,
+                        },
+                        None => State::Idle,
+                    }
+                }
+            }
+        };
+    }
+
+    fn emit(&self, digit: Digit, start: u64, end: u64, on_digit: &mut dyn FnMut(DigitEvent)) {
+        if end.saturating_sub(start) >= self.cfg.min_tone_samples {
+            on_digit(DigitEvent { digit, start, end });
+        }
+    }
+
+    fn hist_at(&self, sub: u64) -> Option<f32> {
+        (sub < self.sub_index && sub + HIST as u64 >= self.sub_index)
+            .then(|| self.hist[(sub % HIST as u64) as usize])
+    }
+
+    /// Energy of the 32 samples starting at sub-block `j`: long enough to hold a full beat
+    /// of any two grid tones (the closest pair, 941 and 1209 Hz, beats every 30 samples).
+    fn window_energy(&self, j: u64) -> Option<f32> {
+        let mut e = 0.0;
+        for i in j..j + 4 {
+            e += self.hist_at(i)?;
+        }
+        Some(e)
+    }
+
+    /// First sample of the tone: walk back from inside the first matching block while the
+    /// 32-sample energy holds half the tone's, then interpolate where it crossed half.
+    fn refine_onset(&self, first: u64, steady: f32) -> u64 {
+        let full = 4.0 * steady;
+        let half = 0.5 * full;
+        let mut j = first / SUB as u64 + BLOCK_SUBS as u64 - 4;
+        let Some(mut wj) = self.window_energy(j) else {
+            return first;
+        };
+        loop {
+            match j.checked_sub(1).and_then(|p| self.window_energy(p)) {
+                Some(w) if w >= half => {
+                    j -= 1;
+                    wj = w;
+                }
+                Some(w) => {
+                    let frac = ((half - w) / (wj - w).max(1e-6)).clamp(0.0, 1.0);
+                    let c = (j - 1) as f32 + frac;
+                    return (c * SUB as f32 + 16.0).round().max(0.0) as u64;
+                }
+                None => return j * SUB as u64,
+            }
+        }
+    }
+
+    /// One past the tone's last sample, found forwards from the last matching block.
+    fn refine_end(&self, last_hit: u64, steady: f32) -> u64 {
+        let full = 4.0 * steady;
+        let half = 0.5 * full;
+        let mut j = last_hit / SUB as u64;
+        let Some(mut wj) = self.window_energy(j) else {
+            return last_hit + BLOCK as u64;
+        };
+        loop {
+            match self.window_energy(j + 1) {
+                Some(w) if w >= half => {
+                    j += 1;
+                    wj = w;
+                }
+                Some(w) => {
+                    let frac = ((wj - half) / (wj - w).max(1e-6)).clamp(0.0, 1.0);
+                    let c = j as f32 + frac;
+                    return ((c * SUB as f32 + 16.0).round() as u64).min(self.pos);
+                }
+                None => return ((j + 4) * SUB as u64).min(self.pos),
+            }
+        }
+    }
 
     /// Ends the stream: reports a digit still sounding at the last sample.
-    pub fn finish(&mut self, _on_digit: &mut dyn FnMut(DigitEvent)) {}
+    pub fn finish(&mut self, on_digit: &mut dyn FnMut(DigitEvent)) {
+        if let State::Active {
+            key,
+            start,
+            last_hit,
+            misses,
+            steady,
+        } = self.state
+        {
+            let end = if misses == 0 {
+                self.pos
+            } else {
+                self.refine_end(last_hit, steady)
+            };
+            self.emit(key, start, end, on_digit);
+        }
+        self.state = State::Idle;
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 /// Presence detector configuration.
@@ -45,22 +404,67 @@ pub struct PresenceConfig {
     /// Decision latency in samples: the mask for sample `n` is known once sample `n + delay`
     /// has been fed. This is the scrubber's delay line length D.
     pub delay: usize,
+    /// Weakest tone that triggers masking, per tone.
+    pub min_level_dbm0: f32,
+    /// Share of a 48-sample window's energy that two grid tones must carry.
+    pub min_energy_ratio: f32,
+    /// Share of the window's energy each of the two tones must carry on its own, so a single
+    /// tone (a 1 kHz test tone, a ringback cadence) does not count as two.
+    pub min_tone_share: f32,
+    /// Samples masked after the last window that saw a tone.
+    pub hang: usize,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        PresenceConfig { delay: 80 }
+        PresenceConfig {
+            delay: 80,
+            min_level_dbm0: -50.0,
+            min_energy_ratio: 0.75,
+            min_tone_share: 0.08,
+            hang: 24,
+        }
     }
 }
 
+/// Window of the presence detector, in sub-blocks (48 samples).
+const WIN_SUBS: usize = 6;
+const WIN: usize = WIN_SUBS * SUB;
+/// Ring of pending mask marks; must exceed delay + hang.
+const MARKS: usize = 256;
+
 /// Fast, generous presence detector that drives masking.
 pub struct PresenceDetector {
+    cfg: PresenceConfig,
     delay: usize,
+    pre: usize,
+    bank: Bank,
+    window: [SubBlock; WIN_SUBS],
+    subs: u64,
+    pos: u64,
+    marks: [bool; MARKS],
+    min_power: f32,
 }
 
 impl PresenceDetector {
     pub fn new(cfg: PresenceConfig) -> Self {
-        PresenceDetector { delay: cfg.delay }
+        let delay = cfg.delay.min(MARKS - 1 - cfg.hang.min(64));
+        PresenceDetector {
+            delay,
+            // Pre-roll: as much of the look-ahead as the window leaves, capped so speech
+            // before a key is not eaten needlessly.
+            pre: delay.saturating_sub(WIN).min(48),
+            min_power: dbm0_power(cfg.min_level_dbm0),
+            cfg: PresenceConfig {
+                hang: cfg.hang.min(64),
+                ..cfg
+            },
+            bank: Bank::new(DTMF_HZ),
+            window: [SubBlock::default(); WIN_SUBS],
+            subs: 0,
+            pos: 0,
+            marks: [false; MARKS],
+        }
     }
 
     /// Samples of look-ahead this detector needs (D).
@@ -72,10 +476,138 @@ impl PresenceDetector {
     /// `input[i]` must be masked. `mask.len()` must equal `input.len()`. Samples before the
     /// start of the stream are reported unmasked. Never allocates.
     pub fn process(&mut self, input: &[i16], mask: &mut [bool]) {
-        let _ = input;
-        mask.iter_mut().for_each(|m| *m = false);
+        for (&x, m) in input.iter().zip(mask.iter_mut()) {
+            let at = self.pos;
+            self.pos += 1;
+            if let Some(sb) = self.bank.push(x) {
+                self.window[(self.subs % WIN_SUBS as u64) as usize] = sb;
+                self.subs += 1;
+                if self.subs >= WIN_SUBS as u64 && self.tone_in_window() {
+                    self.mark_window();
+                }
+            }
+            *m = match at.checked_sub(self.delay as u64) {
+                Some(out) => {
+                    let slot = &mut self.marks[(out % MARKS as u64) as usize];
+                    std::mem::take(slot)
+                }
+                None => false,
+            };
+        }
+    }
+
+    fn tone_in_window(&self) -> bool {
+        let mut p = [0f32; 8];
+        let mut e = 0.0;
+        for sb in &self.window {
+            e += sb.energy;
+        }
+        if e <= 0.0 {
+            return false;
+        }
+        for (k, pk) in p.iter_mut().enumerate() {
+            let (mut re, mut im) = (0.0, 0.0);
+            for sb in &self.window {
+                re += sb.re[k];
+                im += sb.im[k];
+            }
+            *pk = 2.0 * (re * re + im * im) / WIN as f32;
+        }
+        let pl = p[argmax(&p[..4])];
+        let ph = p[4 + argmax(&p[4..])];
+        let n = WIN as f32;
+        pl / n >= self.min_power
+            && ph / n >= self.min_power
+            && pl + ph >= self.cfg.min_energy_ratio * e
+            && pl >= self.cfg.min_tone_share * e
+            && ph >= self.cfg.min_tone_share * e
+    }
+
+    /// Marks the window just completed, with pre-roll before it and hang-over after it.
+    fn mark_window(&mut self) {
+        let end = self.pos;
+        let released = end.saturating_sub(self.delay as u64);
+        let from = end
+            .saturating_sub((WIN + self.pre) as u64)
+            .max(released);
+        let to = end + self.cfg.hang as u64;
+        for s in from..to {
+            self.marks[(s % MARKS as u64) as usize] = true;
+        }
     }
 
     /// Forgets all history (used when scrubbing is switched on mid-stream).
-    pub fn reset(&mut self) {}
+    pub fn reset(&mut self) {
+        *self = PresenceDetector::new(self.cfg.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dsp::goertzel::DBM0_PEAK;
+
+    /// A key at `dbm0` per tone for `len` samples after `lead` samples of silence, with a trail.
+    fn key(d: Digit, dbm0: f32, lead: usize, len: usize, trail: usize) -> Vec<i16> {
+        let (lo, hi) = d.freqs();
+        let a = DBM0_PEAK * 10f32.powf(dbm0 / 20.0);
+        let mut v = vec![0i16; lead];
+        for i in 0..len {
+            let t = i as f32 / 8000.0;
+            let x = a * ((2.0 * std::f32::consts::PI * lo * t + 0.7).sin()
+                + (2.0 * std::f32::consts::PI * hi * t + 2.1).sin());
+            v.push(x.round().clamp(-32768.0, 32767.0) as i16);
+        }
+        v.extend(std::iter::repeat_n(0, trail));
+        v
+    }
+
+    fn presence_mask(audio: &[i16]) -> (Vec<bool>, usize) {
+        let mut p = PresenceDetector::new(PresenceConfig::default());
+        let d = p.delay();
+        let mut mask = vec![false; audio.len()];
+        for (a, m) in audio.chunks(160).zip(mask.chunks_mut(160)) {
+            p.process(a, m);
+        }
+        // mask[i] is for sample i - d.
+        (mask[d..].to_vec(), d)
+    }
+
+    #[test]
+    fn presence_covers_a_tone_with_pre_roll_and_hang_over() {
+        for (lead, len) in [(403, 480), (400, 40), (1001, 184), (997, 333)] {
+            let audio = key(Digit::ALL[5], -10.0, lead, len, 800);
+            let (mask, _) = presence_mask(&audio);
+            let first = mask.iter().position(|&m| m).expect("masked");
+            let last = mask.iter().rposition(|&m| m).unwrap();
+            assert!(first + 16 <= lead, "{lead}/{len}: mask starts at {first}");
+            assert!(first + 160 >= lead, "{lead}/{len}: mask starts at {first}");
+            assert!(last >= lead + len, "{lead}/{len}: mask ends at {last}");
+            assert!(last <= lead + len + 200, "{lead}/{len}: mask ends at {last}");
+            assert!(mask[first..=last].iter().all(|&m| m), "{lead}/{len}: gap");
+        }
+    }
+
+    #[test]
+    fn strict_detector_reports_each_key_once_with_its_span() {
+        let mut audio = Vec::new();
+        let mut truth = Vec::new();
+        for (i, &d) in Digit::ALL.iter().enumerate() {
+            let lead = 320 + i * 7;
+            let start = audio.len() + lead;
+            audio.extend(key(d, -20.0, lead, 400 + i * 3, 0));
+            truth.push((d, start as u64, audio.len() as u64));
+        }
+        audio.extend(std::iter::repeat_n(0, 400));
+        let mut det = DtmfDetector::new(DetectorConfig::default());
+        let mut got = Vec::new();
+        det.process(&audio, &mut |e| got.push(e));
+        det.finish(&mut |e| got.push(e));
+        assert_eq!(got.len(), 16, "{:?}", got.iter().map(|e| (e.digit.reveal(), e.start, e.end)).collect::<Vec<_>>());
+        for (e, (d, s, t)) in got.iter().zip(truth) {
+            assert_eq!(e.digit, d);
+            assert!(e.start.abs_diff(s) <= 8, "{d:?}: start {} vs {s}", e.start);
+            assert!(e.end.abs_diff(t) <= 8, "{d:?}: end {} vs {t}", e.end);
+        }
+    }
 }
