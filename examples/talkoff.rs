@@ -17,7 +17,14 @@ fn main() {
                 continue;
             }
         };
-        let mut det = DtmfDetector::new(DetectorConfig::default());
+        let mut dcfg = DetectorConfig::default();
+        if let Some(v) = std::env::var("DRATIO")
+            .ok()
+            .and_then(|v| v.parse::<f32>().ok())
+        {
+            dcfg.min_energy_ratio = v;
+        }
+        let mut det = DtmfDetector::new(dcfg);
         let mut digits = Vec::new();
         det.process(&audio, &mut |d| digits.push(d));
         det.finish(&mut |d| digits.push(d));

@@ -311,7 +311,7 @@ impl Config {
             }
         }
         let m = &self.media;
-        if m.port_min % 2 != 0 {
+        if !m.port_min.is_multiple_of(2) {
             return Err(invalid(
                 "media.port_min",
                 "must be even (RTP even, RTCP odd)",

@@ -30,9 +30,11 @@ pub fn write_wav_pcm16(path: &Path, samples: &[i16]) -> Result<(), WavError> {
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
-    let mut w = hound::WavWriter::create(path, spec).map_err(|e| WavError::Format(e.to_string()))?;
+    let mut w =
+        hound::WavWriter::create(path, spec).map_err(|e| WavError::Format(e.to_string()))?;
     for &s in samples {
-        w.write_sample(s).map_err(|e| WavError::Format(e.to_string()))?;
+        w.write_sample(s)
+            .map_err(|e| WavError::Format(e.to_string()))?;
     }
     w.finalize().map_err(|e| WavError::Format(e.to_string()))
 }

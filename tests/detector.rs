@@ -93,7 +93,11 @@ fn rejects_what_q24_says_is_not_a_digit() {
                 audio = g711_round_trip(&audio, c);
             }
             let found = detect(&audio);
-            assert!(found.is_empty(), "{label} {codec:?}: {} digits", found.len());
+            assert!(
+                found.is_empty(),
+                "{label} {codec:?}: {} digits",
+                found.len()
+            );
         }
     };
     for offset in [-0.035, 0.035, -0.05, 0.05] {
@@ -145,7 +149,9 @@ fn steady(freqs: &[f64], dbm0: f64, ms: f64) -> Vec<i16> {
 #[test]
 fn rejects_single_tones_dial_tone_and_off_grid_pairs() {
     let mut cases: Vec<(String, Vec<f64>)> = Vec::new();
-    for f in [697.0, 770.0, 852.0, 941.0, 1209.0, 1336.0, 1477.0, 1633.0, 1000.0] {
+    for f in [
+        697.0, 770.0, 852.0, 941.0, 1209.0, 1336.0, 1477.0, 1633.0, 1000.0,
+    ] {
         cases.push((format!("single {f}"), vec![f]));
     }
     cases.push(("dial tone 350+440".into(), vec![350.0, 440.0]));
@@ -159,7 +165,11 @@ fn rejects_single_tones_dial_tone_and_off_grid_pairs() {
         for level in [-5.0, -20.0] {
             let audio = steady(&f, level, 500.0);
             let found = detect(&audio);
-            assert!(found.is_empty(), "{label} at {level}: {} digits", found.len());
+            assert!(
+                found.is_empty(),
+                "{label} at {level}: {} digits",
+                found.len()
+            );
         }
     }
 }
@@ -178,5 +188,8 @@ fn talk_off_no_digit_in_real_speech_and_music() {
             clips += 1;
         }
     }
-    assert!(clips >= 2, "talk-off needs speech and music clips in fixtures/");
+    assert!(
+        clips >= 2,
+        "talk-off needs speech and music clips in fixtures/"
+    );
 }

@@ -49,11 +49,11 @@ impl Default for DetectorConfig {
             min_level_dbm0: -47.0,
             // Margins over Q.24 cover G.711 quantisation and the estimator's spread, so the
             // boundary cases (exactly 4 and 8 dB) pass.
-            max_reverse_twist_db: 5.5,
-            max_normal_twist_db: 9.5,
-            max_freq_dev: 0.025,
-            min_energy_ratio: 0.80,
-            max_harmonic_ratio: 0.10,
+            max_reverse_twist_db: 6.5,
+            max_normal_twist_db: 10.0,
+            max_freq_dev: 0.03,
+            min_energy_ratio: 0.70,
+            max_harmonic_ratio: 0.15,
             min_tone_samples: 240,
         }
     }
@@ -74,8 +74,14 @@ const HIST: usize = 4 * BLOCK_SUBS;
 #[derive(Clone, Copy, Debug)]
 enum State {
     Idle,
-    /// One block matched `key`; a second confirms it.
-    Pending { key: Digit, first: u64, steady: f32 },
+    /// One block matched `key`; a second confirms it (one miss between is bridged: speech
+    /// over a key can spoil a single block).
+    Pending {
+        key: Digit,
+        first: u64,
+        steady: f32,
+        missed: bool,
+    },
     Active {
         key: Digit,
         start: u64,
@@ -192,13 +198,13 @@ impl DtmfDetector {
             return Err(Reject::Silent);
         }
         let mut p = [0f32; 8];
-        for k in 0..8 {
+        for (k, pk) in p.iter_mut().enumerate() {
             let (re, im) = (
                 self.half[0][k].0 + self.half[1][k].0,
                 self.half[0][k].1 + self.half[1][k].1,
             );
             // Energy of a sine that would give this DFT term: |X|² · 2 / N.
-            p[k] = 2.0 * (re * re + im * im) / n;
+            *pk = 2.0 * (re * re + im * im) / n;
         }
         let l = argmax(&p[..4]);
         let h = 4 + argmax(&p[4..]);
@@ -279,15 +285,26 @@ impl DtmfDetector {
         (df / f, amp * amp / 2.0 * BLOCK as f32)
     }
 
-    fn step(&mut self, block_start: u64, hit: Option<BlockHit>, on_digit: &mut dyn FnMut(DigitEvent)) {
+    fn step(
+        &mut self,
+        block_start: u64,
+        hit: Option<BlockHit>,
+        on_digit: &mut dyn FnMut(DigitEvent),
+    ) {
         self.state = match (self.state, hit) {
             (State::Idle, None) => State::Idle,
             (State::Idle, Some(h)) => State::Pending {
                 key: h.key,
                 first: block_start,
                 steady: h.steady,
+                missed: false,
             },
-            (State::Pending { key, first, steady }, Some(h)) if h.key == key => State::Active {
+            (
+                State::Pending {
+                    key, first, steady, ..
+                },
+                Some(h),
+            ) if h.key == key => State::Active {
                 key,
                 start: self.refine_onset(first, steady.max(h.steady)),
                 last_hit: block_start,
@@ -298,9 +315,29 @@ impl DtmfDetector {
                 key: h.key,
                 first: block_start,
                 steady: h.steady,
+                missed: false,
+            },
+            (
+                State::Pending {
+                    key,
+                    first,
+                    steady,
+                    missed: false,
+                },
+                None,
+            ) => State::Pending {
+                key,
+                first,
+                steady,
+                missed: true,
             },
             (State::Pending { .. }, None) => State::Idle,
-            (State::Active { key, start, steady, .. }, Some(h)) if h.key == key => State::Active {
+            (
+                State::Active {
+                    key, start, steady, ..
+                },
+                Some(h),
+            ) if h.key == key => State::Active {
                 key,
                 start,
                 last_hit: block_start,
@@ -335,6 +372,7 @@ impl DtmfDetector {
                             key: h.key,
                             first: block_start,
                             steady: h.steady,
+                            missed: false,
                         },
                         None => State::Idle,
                     }
@@ -499,6 +537,8 @@ impl Default for PresenceConfig {
 /// Window of the presence detector, in sub-blocks (48 samples).
 const WIN_SUBS: usize = 6;
 const WIN: usize = WIN_SUBS * SUB;
+/// How long (sub-blocks) a seen pair stays eligible for the relaxed test.
+const HOLD_SUBS: u8 = 8;
 /// Ring of pending mask marks; must exceed delay + hang.
 const MARKS: usize = 256;
 
@@ -513,6 +553,8 @@ pub struct PresenceDetector {
     pos: u64,
     marks: [bool; MARKS],
     min_power: f32,
+    /// The grid pair last seen, and sub-blocks since.
+    held: Option<(usize, usize, u8)>,
 }
 
 impl PresenceDetector {
@@ -533,6 +575,7 @@ impl PresenceDetector {
             subs: 0,
             pos: 0,
             marks: [false; MARKS],
+            held: None,
         }
     }
 
@@ -565,7 +608,7 @@ impl PresenceDetector {
         }
     }
 
-    fn tone_in_window(&self) -> bool {
+    fn tone_in_window(&mut self) -> bool {
         let mut p = [0f32; 8];
         let mut e = 0.0;
         for sb in &self.window {
@@ -582,23 +625,39 @@ impl PresenceDetector {
             }
             *pk = 2.0 * (re * re + im * im) / WIN as f32;
         }
-        let pl = p[argmax(&p[..4])];
-        let ph = p[4 + argmax(&p[4..])];
+        let l = argmax(&p[..4]);
+        let h = 4 + argmax(&p[4..]);
+        let (pl, ph) = (p[l], p[h]);
         let n = WIN as f32;
-        pl / n >= self.min_power
-            && ph / n >= self.min_power
+        let loud = pl / n >= self.min_power && ph / n >= self.min_power;
+        let onset = loud
             && pl + ph >= self.cfg.min_energy_ratio * e
             && pl >= self.cfg.min_tone_share * e
-            && ph >= self.cfg.min_tone_share * e
+            && ph >= self.cfg.min_tone_share * e;
+        // Once a pair has been seen, the same pair keeps masking at half the energy share:
+        // speech over a sounding key must not open holes in the mask.
+        let held = matches!(self.held, Some((hl, hh, _)) if hl == l && hh == h)
+            && loud
+            && pl + ph >= 0.5 * self.cfg.min_energy_ratio * e
+            && pl >= 0.5 * self.cfg.min_tone_share * e
+            && ph >= 0.5 * self.cfg.min_tone_share * e;
+        if onset || held {
+            self.held = Some((l, h, 0));
+            true
+        } else {
+            self.held = match self.held {
+                Some((hl, hh, age)) if age < HOLD_SUBS => Some((hl, hh, age + 1)),
+                _ => None,
+            };
+            false
+        }
     }
 
     /// Marks the window just completed, with pre-roll before it and hang-over after it.
     fn mark_window(&mut self) {
         let end = self.pos;
         let released = end.saturating_sub(self.delay as u64);
-        let from = end
-            .saturating_sub((WIN + self.pre) as u64)
-            .max(released);
+        let from = end.saturating_sub((WIN + self.pre) as u64).max(released);
         let to = end + self.cfg.hang as u64;
         for s in from..to {
             self.marks[(s % MARKS as u64) as usize] = true;
@@ -623,8 +682,9 @@ mod tests {
         let mut v = vec![0i16; lead];
         for i in 0..len {
             let t = i as f32 / 8000.0;
-            let x = a * ((2.0 * std::f32::consts::PI * lo * t + 0.7).sin()
-                + (2.0 * std::f32::consts::PI * hi * t + 2.1).sin());
+            let x = a
+                * ((2.0 * std::f32::consts::PI * lo * t + 0.7).sin()
+                    + (2.0 * std::f32::consts::PI * hi * t + 2.1).sin());
             v.push(x.round().clamp(-32768.0, 32767.0) as i16);
         }
         v.extend(std::iter::repeat_n(0, trail));
@@ -652,7 +712,10 @@ mod tests {
             assert!(first + 16 <= lead, "{lead}/{len}: mask starts at {first}");
             assert!(first + 160 >= lead, "{lead}/{len}: mask starts at {first}");
             assert!(last >= lead + len, "{lead}/{len}: mask ends at {last}");
-            assert!(last <= lead + len + 200, "{lead}/{len}: mask ends at {last}");
+            assert!(
+                last <= lead + len + 200,
+                "{lead}/{len}: mask ends at {last}"
+            );
             assert!(mask[first..=last].iter().all(|&m| m), "{lead}/{len}: gap");
         }
     }
@@ -672,7 +735,14 @@ mod tests {
         let mut got = Vec::new();
         det.process(&audio, &mut |e| got.push(e));
         det.finish(&mut |e| got.push(e));
-        assert_eq!(got.len(), 16, "{:?}", got.iter().map(|e| (e.digit.reveal(), e.start, e.end)).collect::<Vec<_>>());
+        assert_eq!(
+            got.len(),
+            16,
+            "{:?}",
+            got.iter()
+                .map(|e| (e.digit.reveal(), e.start, e.end))
+                .collect::<Vec<_>>()
+        );
         for (e, (d, s, t)) in got.iter().zip(truth) {
             assert_eq!(e.digit, d);
             assert!(e.start.abs_diff(s) <= 8, "{d:?}: start {} vs {s}", e.start);

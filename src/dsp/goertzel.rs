@@ -99,9 +99,9 @@ impl Bank {
         };
         for k in 0..8 {
             let (mut c, mut s) = (0.0f32, 0.0f32);
-            for m in 0..SUB {
-                c += x[m] * self.cos[k][m];
-                s += x[m] * self.sin[k][m];
+            for ((&v, &cm), &sm) in x.iter().zip(&self.cos[k]).zip(&self.sin[k]) {
+                c += v * cm;
+                s += v * sm;
             }
             // (pr + j·pi)(c − j·s), with pr + j·pi = e^{-jω n0}.
             let (pr, pi) = (self.phasor[k].0 as f32, self.phasor[k].1 as f32);
@@ -112,7 +112,7 @@ impl Bank {
             self.phasor[k] = (a * c2 - b * d2, a * d2 + b * c2);
         }
         self.blocks += 1;
-        if self.blocks % 1024 == 0 {
+        if self.blocks.is_multiple_of(1024) {
             for p in &mut self.phasor {
                 let n = (p.0 * p.0 + p.1 * p.1).sqrt();
                 *p = (p.0 / n, p.1 / n);
@@ -142,7 +142,9 @@ mod tests {
 
     fn sine(f: f32, amp: f32, n: usize, phase: f32) -> Vec<i16> {
         (0..n)
-            .map(|i| (amp * (2.0 * std::f32::consts::PI * f * i as f32 / RATE + phase).sin()) as i16)
+            .map(|i| {
+                (amp * (2.0 * std::f32::consts::PI * f * i as f32 / RATE + phase).sin()) as i16
+            })
             .collect()
     }
 
@@ -166,8 +168,14 @@ mod tests {
                 dr += f64::from(s) * (w * n as f64).cos();
                 di -= f64::from(s) * (w * n as f64).sin();
             }
-            assert!((f64::from(re[k]) - dr).abs() < 1.0 + dr.abs() * 1e-4, "k={k}");
-            assert!((f64::from(im[k]) - di).abs() < 1.0 + di.abs() * 1e-4, "k={k}");
+            assert!(
+                (f64::from(re[k]) - dr).abs() < 1.0 + dr.abs() * 1e-4,
+                "k={k}"
+            );
+            assert!(
+                (f64::from(im[k]) - di).abs() < 1.0 + di.abs() * 1e-4,
+                "k={k}"
+            );
         }
         // A sine of amplitude a gives |X| = a·N/2 at its own frequency.
         let mag = (re[1] * re[1] + im[1] * im[1]).sqrt();
@@ -185,7 +193,7 @@ mod tests {
             if let Some(b) = bank.push(s) {
                 re += b.re[3];
                 im += b.im[3];
-                if bank.blocks() % 6 == 0 {
+                if bank.blocks().is_multiple_of(6) {
                     halves.push((re, im));
                     (re, im) = (0.0, 0.0);
                 }

@@ -49,7 +49,7 @@ impl std::fmt::Debug for TelephoneEvent {
 fn check_len(payload: &[u8]) -> Result<(), EventError> {
     if payload.is_empty() {
         Err(EventError::Empty)
-    } else if payload.len() % EVENT_BLOCK_LEN != 0 {
+    } else if !payload.len().is_multiple_of(EVENT_BLOCK_LEN) {
         Err(EventError::BadLength)
     } else {
         Ok(())

@@ -402,8 +402,11 @@ mod tests {
         assert_eq!(m.view().payload_type(), 101);
     }
 
+    /// Marker, payload type, sequence, timestamp, SSRC, CSRC count, payload.
+    type Fields = (bool, u8, u16, u32, u32, u8, Vec<u8>);
+
     /// What rtp-types says about the same bytes, in our terms.
-    fn reference(buf: &[u8]) -> Option<(bool, u8, u16, u32, u32, u8, Vec<u8>)> {
+    fn reference(buf: &[u8]) -> Option<Fields> {
         let p = rtp_types::RtpPacket::parse(buf).ok()?;
         Some((
             p.marker_bit(),
@@ -416,7 +419,7 @@ mod tests {
         ))
     }
 
-    fn ours(buf: &[u8]) -> Option<(bool, u8, u16, u32, u32, u8, Vec<u8>)> {
+    fn ours(buf: &[u8]) -> Option<Fields> {
         let v = RtpView::parse(buf).ok()?;
         Some((
             v.marker(),

@@ -156,6 +156,9 @@ pub struct Scrubber {
     codec: Option<Codec>,
     /// Samples pushed through the pipeline since start: the digit timeline.
     pos: u64,
+    /// Stream samples the current strict detector did not hear (before it was created, and
+    /// synthesized event frames), added to its offsets.
+    detector_skew: u64,
     last_ssrc: Option<u32>,
     last_audio_pt: Option<u8>,
     /// Timestamp just after the last packet sent: where a synthesized frame goes.
@@ -186,6 +189,7 @@ impl Scrubber {
             mask: [false; MAX_FRAME],
             codec: None,
             pos: 0,
+            detector_skew: 0,
             last_ssrc: None,
             last_audio_pt: None,
             next_ts: None,
@@ -234,6 +238,7 @@ impl Scrubber {
         } else {
             self.presence.reset();
             self.detector = DtmfDetector::new(self.cfg.detector.clone());
+            self.detector_skew = self.pos;
             self.masker = Masker::new(self.cfg.mask);
             self.prime_delay_line();
             self.event = None;
@@ -367,7 +372,7 @@ impl Scrubber {
         for (l, &b) in self.lin_in[..n].iter_mut().zip(payload) {
             *l = codec.decode(b);
         }
-        self.run_pipeline(codec, n, on_digit);
+        self.run_pipeline(codec, n, true, on_digit);
 
         out[..input.len()].copy_from_slice(input);
         out[hl..hl + n].copy_from_slice(&self.work[..n]);
@@ -461,7 +466,9 @@ impl Scrubber {
         self.work[d..d + n].fill(silence);
         self.forced[d..d + n].fill(true);
         self.lin_in[..n].fill(0);
-        self.run_pipeline(codec, n, on_digit);
+        // The strict detector does not hear synthesized frames: a sender that sends a key both
+        // in its audio and as events would otherwise have silence spliced into its tone.
+        self.run_pipeline(codec, n, false, on_digit);
 
         let hl = write_header(out, false, pt, view.sequence(), out_ts, ssrc);
         out[hl..hl + n].copy_from_slice(&self.work[..n]);
@@ -475,21 +482,33 @@ impl Scrubber {
     }
 
     /// Runs detectors over `lin_in[..n]` and masks the `n` delayed samples at `work[..n]`.
-    fn run_pipeline(&mut self, codec: Codec, n: usize, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+    fn run_pipeline(
+        &mut self,
+        codec: Codec,
+        n: usize,
+        detect: bool,
+        on_digit: &mut dyn FnMut(ScrubbedDigit),
+    ) {
         self.presence
             .process(&self.lin_in[..n], &mut self.mask[..n]);
-        let last_digit = &mut self.last_digit;
-        let stats = &mut self.stats;
-        self.detector
-            .process(&self.lin_in[..n], &mut |ev: DigitEvent| {
-                let d = ScrubbedDigit {
-                    digit: ev.digit,
-                    source: DigitSource::InBand,
-                    start: ev.start,
-                    end: ev.end,
-                };
-                emit_digit(last_digit, stats, d, on_digit);
-            });
+        if detect {
+            let last_digit = &mut self.last_digit;
+            let stats = &mut self.stats;
+            // Detector offsets count only the samples it heard; map them back to the stream.
+            let skew = self.detector_skew;
+            self.detector
+                .process(&self.lin_in[..n], &mut |ev: DigitEvent| {
+                    let d = ScrubbedDigit {
+                        digit: ev.digit,
+                        source: DigitSource::InBand,
+                        start: ev.start + skew,
+                        end: ev.end + skew,
+                    };
+                    emit_digit(last_digit, stats, d, on_digit);
+                });
+        } else {
+            self.detector_skew += n as u64;
+        }
         self.pos += n as u64;
 
         let mut any = false;
@@ -587,12 +606,13 @@ impl Scrubber {
         self.finish_event(on_digit);
         let last_digit = &mut self.last_digit;
         let stats = &mut self.stats;
+        let skew = self.detector_skew;
         self.detector.finish(&mut |ev: DigitEvent| {
             let d = ScrubbedDigit {
                 digit: ev.digit,
                 source: DigitSource::InBand,
-                start: ev.start,
-                end: ev.end,
+                start: ev.start + skew,
+                end: ev.end + skew,
             };
             emit_digit(last_digit, stats, d, on_digit);
         });
@@ -857,7 +877,15 @@ mod tests {
         }
         mixed.extend(ev);
         let (out, digits) = run(&mut s, &mixed);
-        assert_eq!(digits.len(), 1, "one key, reported once");
+        assert_eq!(
+            digits.len(),
+            1,
+            "one key, reported once: {:?}",
+            digits
+                .iter()
+                .map(|d| (d.source, d.start, d.end))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(digits[0].digit, key('6'));
         let rx = depacketize(out.iter().map(|p| p.as_slice()), 80_000);
         assert_eq!(rx.non_audio_packets, 0);

@@ -86,7 +86,10 @@ pub fn tones(text: &str, p: ToneParams, lead_ms: f64, seed: u64) -> (Vec<f64>, V
             f64::from(hi) * (1.0 + p.offset),
         );
         // Random phases: real phones do not start tones at a zero crossing.
-        let (ph1, ph2) = (rng.unit() * 6.283, rng.unit() * 6.283);
+        let (ph1, ph2) = (
+            rng.unit() * std::f64::consts::TAU,
+            rng.unit() * std::f64::consts::TAU,
+        );
         let start = out.len();
         for i in 0..tone_len {
             let t = i as f64 / RATE;
