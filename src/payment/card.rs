@@ -384,6 +384,15 @@ impl Expiry {
     /// Parses MMYY (ASCII digits) and checks the card is valid in `today`'s month: a card is
     /// good through the last day of its expiry month.
     pub fn parse(mmyy: &[u8], today: YearMonth) -> Result<Expiry, CardError> {
+        let e = Expiry::parse_undated(mmyy)?;
+        if e.year_month() < today {
+            return Err(CardError::Expired);
+        }
+        Ok(e)
+    }
+
+    /// MMYY without the date check: for values checked at capture and read back at unlock.
+    pub(crate) fn parse_undated(mmyy: &[u8]) -> Result<Expiry, CardError> {
         if !mmyy.iter().all(u8::is_ascii_digit) {
             return Err(CardError::NotDigits);
         }
@@ -395,11 +404,7 @@ impl Expiry {
         if !(1..=12).contains(&month) {
             return Err(CardError::Month);
         }
-        let e = Expiry { month, yy };
-        if e.year_month() < today {
-            return Err(CardError::Expired);
-        }
-        Ok(e)
+        Ok(Expiry { month, yy })
     }
 
     fn year_month(&self) -> YearMonth {
