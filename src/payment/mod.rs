@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod card;
 pub mod session;
+pub mod store;
 pub mod vault;
 
 /// Lower-case hex for ids, token hashes and record bytes.
