@@ -71,3 +71,88 @@ pub(crate) mod hex {
         }
     }
 }
+
+/// The whole payment path on a virtual clock, as the shell wires it.
+#[cfg(test)]
+mod flow_tests {
+    use std::sync::Arc;
+
+    use crate::digit::{Digit, DigitSource};
+    use crate::payment::capture::{Capture, CaptureConfig, CaptureInput};
+    use crate::payment::card::YearMonth;
+    use crate::payment::session::{
+        AgentId, CallId, NewSession, RetrievalToken, SessionConfig, SessionState, SessionTable,
+    };
+    use crate::payment::store::{MemoryStore, UnlockError};
+    use crate::payment::vault::{self, MasterKey, Pin};
+
+    #[test]
+    fn create_capture_seal_unlock() {
+        let master = Arc::new(MasterKey::generate());
+        let store = MemoryStore::new(master.clone(), 3);
+        let mut table = SessionTable::new(SessionConfig::default());
+        let created = table
+            .create(
+                NewSession {
+                    agent: AgentId::parse("agent-1").unwrap(),
+                    ttl_ms: None,
+                    fields: vec![],
+                    amount: None,
+                    reference: None,
+                },
+                0,
+            )
+            .unwrap();
+        // The integration keeps these two; the relay keeps neither in clear.
+        let (token, pin) = (
+            created.token.reveal().to_string(),
+            created.pin.reveal().to_string(),
+        );
+        let id = created.id;
+        let call = CallId("c1".into());
+        assert_eq!(table.by_locator(&created.locator, 10).unwrap().id(), id);
+        table.bind(&id, call, 10).unwrap();
+        table.start_capture(&id, 20).unwrap();
+
+        let mut cap = Capture::new(CaptureConfig::default(), YearMonth::new(2026, 6).unwrap());
+        let mut sse = Vec::new();
+        for (i, c) in "4111111111111111#1230123".chars().enumerate() {
+            let ev = cap
+                .handle(CaptureInput::Digit {
+                    digit: Digit::from_char(c).unwrap(),
+                    source: DigitSource::Rfc4733,
+                    at_ms: 1_000 + 200 * i as u64,
+                })
+                .unwrap();
+            sse.extend(ev.iter().map(|e| serde_json::to_string(e).unwrap()));
+        }
+        assert!(
+            sse.iter()
+                .all(|j| !j.contains("41111") && !j.contains("1230"))
+        );
+        assert!(matches!(
+            cap.handle(CaptureInput::Tick { now_ms: 10_000 }).unwrap()[..],
+            []
+        ));
+        let card = cap.take_card().unwrap();
+
+        let seal_pin = table.complete(&id, 120_000, 6_000).unwrap();
+        let s = table.get(&id).unwrap();
+        let record =
+            vault::seal(&card, &master, &seal_pin, id, s.locator(), s.token_hash()).unwrap();
+        drop((card, seal_pin));
+        store.put_now(record, 120_000, 6_000).unwrap();
+
+        let token = RetrievalToken::from_presented(&token);
+        let pin = Pin::parse(&pin).unwrap();
+        let card = store.unlock_now(&id, &token, &pin, 7_000).unwrap();
+        assert_eq!(card.pan().reveal(), "4111111111111111");
+        table.unlocked(&id, 7_000).unwrap();
+        assert_eq!(table.get(&id).unwrap().state(), &SessionState::Unlocked);
+        assert_eq!(
+            store.unlock_now(&id, &token, &pin, 7_001),
+            Err(UnlockError::AlreadyUnlocked)
+        );
+        assert!(matches!(sse.last(), Some(j) if j.contains("\"event\":\"complete\"")));
+    }
+}
