@@ -211,12 +211,13 @@ impl MemoryStore {
         ttl_ms: u64,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        let id = record.session();
         let slot = Slot::Sealed {
-            record: record.clone(),
+            record,
             tries: 0,
             expires_at_ms: now_ms.saturating_add(ttl_ms),
         };
-        match self.map.entry(record.session()) {
+        match self.map.entry(id) {
             Entry::Occupied(mut o) => {
                 if now_ms < o.get().expires_at_ms() {
                     return Err(StoreError::Duplicate);

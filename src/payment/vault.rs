@@ -137,6 +137,12 @@ impl MasterKey {
     /// Key material as 32 raw bytes, or 64 hex digits with surrounding whitespace.
     /// `origin` names the source in errors.
     pub fn parse(material: &[u8], origin: &str) -> Result<MasterKey, KeyError> {
+        // 32 hex characters are 16 bytes of key written as text, not 32 raw bytes: refuse
+        // rather than silently use a weaker key. (Random raw bytes are all hex digits with
+        // probability (22/256)^32.)
+        if material.len() == 32 && material.iter().all(u8::is_ascii_hexdigit) {
+            return Err(KeyError::Format(origin.to_string()));
+        }
         if material.len() == 32 {
             let mut k = Zeroizing::new([0u8; 32]);
             k.copy_from_slice(material);
@@ -660,6 +666,12 @@ mod tests {
             Err(KeyError::Missing(_))
         ));
 
+        let short_hex = dir.path().join("short.key");
+        std::fs::write(&short_hex, &hexed[..32]).unwrap();
+        assert!(matches!(
+            MasterKey::from_file(&short_hex),
+            Err(KeyError::Format(_))
+        ));
         let bad = dir.path().join("bad.key");
         std::fs::write(&bad, "zz".repeat(32)).unwrap();
         let e = MasterKey::from_file(&bad).unwrap_err();
