@@ -1,0 +1,913 @@
+//! Payment sessions and their locators: the loop model's AddAgent (create a session for an
+//! agent, get a short locator) and GetAgent (resolve a live locator to the agent).
+//!
+//! A session moves Created → Bound(call) → Capturing → Completed (sealed) → Unlocked, or ends
+//! Destroyed, Expired or Failed on the way. Every transition takes `now` (milliseconds on the
+//! shell's clock; use UNIX time so `expires_at` can be shown) and checks the TTL first.
+//! The retrieval token is random, shown once at creation and kept only as its SHA-256 hash,
+//! compared in constant time. The unlock PIN is held only until the record is sealed.
+//! This module owns no I/O and reads no clock.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::payment::card::FieldName;
+use crate::payment::hex;
+use crate::payment::vault::Pin;
+
+/// Random 128-bit session id, shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId([u8; 16]);
+
+impl SessionId {
+    pub fn generate() -> SessionId {
+        let mut b = [0u8; 16];
+        rand::fill(&mut b);
+        SessionId(b)
+    }
+
+    /// Parses the 32-hex-digit form (a path parameter).
+    pub fn parse(s: &str) -> Result<SessionId, SessionError> {
+        let mut b = [0u8; 16];
+        hex::decode_into(s, &mut b).map_err(|_| SessionError::BadId)?;
+        Ok(SessionId(b))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0))
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SessionId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Shortest and longest locators (the API's `^[0-9]{3,8}$`).
+pub const LOCATOR_LEN: std::ops::RangeInclusive<usize> = 3..=8;
+
+/// Short numeric code an agent reads out or a contact flow dials; unique among live sessions.
+/// Not card data.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Locator(String);
+
+impl Locator {
+    pub fn parse(s: &str) -> Result<Locator, SessionError> {
+        if LOCATOR_LEN.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Locator(s.to_string()))
+        } else {
+            Err(SessionError::BadLocator)
+        }
+    }
+
+    fn from_index(n: u64, len: usize) -> Locator {
+        Locator(format!("{n:0len$}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Locator {
+    type Error = SessionError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Locator::parse(&s)
+    }
+}
+
+impl From<Locator> for String {
+    fn from(l: Locator) -> String {
+        l.0
+    }
+}
+
+impl fmt::Display for Locator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Locator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Locator({})", self.0)
+    }
+}
+
+/// The agent's identity in the contact centre (extension, login).
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize)]
+pub struct AgentId(String);
+
+impl AgentId {
+    /// 1-128 characters, no control characters (it goes into SIP headers and logs).
+    pub fn parse(s: &str) -> Result<AgentId, SessionError> {
+        if s.is_empty() || s.len() > 128 || s.chars().any(char::is_control) {
+            return Err(SessionError::BadAgent);
+        }
+        Ok(AgentId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// tonewall's id for a call (from the B2BUA).
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct CallId(pub String);
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The retrieval token the payment integration presents at unlock. Shown once at creation;
+/// redacted in `Debug`/`Display`, zeroized on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RetrievalToken(Zeroizing<String>);
+
+impl RetrievalToken {
+    /// 256 random bits as 64 hex digits.
+    pub fn generate() -> RetrievalToken {
+        let mut b = Zeroizing::new([0u8; 32]);
+        rand::fill(&mut b[..]);
+        RetrievalToken(Zeroizing::new(hex::encode(&b[..])))
+    }
+
+    /// A token as presented at unlock; any string, judged by [`TokenHash::matches`].
+    pub fn from_presented(s: &str) -> RetrievalToken {
+        RetrievalToken(Zeroizing::new(s.to_string()))
+    }
+
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+
+    /// Only for the creation response.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RetrievalToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RetrievalToken(•••)")
+    }
+}
+
+impl fmt::Display for RetrievalToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("•••")
+    }
+}
+
+/// SHA-256 of a retrieval token: what sessions and sealed records keep.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    /// Constant-time comparison with a presented token's hash.
+    pub fn matches(&self, token: &RetrievalToken) -> bool {
+        self.0.ct_eq(&token.hash().0).into()
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<TokenHash> {
+        let mut b = [0u8; 32];
+        hex::decode_into(s, &mut b).ok()?;
+        Some(TokenHash(b))
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(…)")
+    }
+}
+
+impl Serialize for TokenHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TokenHash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("bad token hash"))
+    }
+}
+
+/// Why a session was destroyed before its natural end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestroyReason {
+    /// The agent or integration cancelled it.
+    Cancelled,
+    /// The sealed record took its last wrong PIN.
+    TriesExhausted,
+}
+
+/// Why a session failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    /// A field ran out of attempts.
+    CaptureFailed,
+    /// The call ended before the capture completed.
+    CallEnded,
+    /// Sealing or storing the record failed.
+    VaultError,
+}
+
+/// Where a session stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SessionState {
+    Created,
+    Bound {
+        call: CallId,
+    },
+    Capturing {
+        call: CallId,
+    },
+    /// The card is sealed in the vault, waiting for the one-time unlock.
+    Completed {
+        call: CallId,
+    },
+    Unlocked,
+    Destroyed {
+        reason: DestroyReason,
+    },
+    Expired,
+    Failed {
+        reason: FailReason,
+    },
+}
+
+impl SessionState {
+    /// Terminal states free the locator.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            SessionState::Unlocked
+                | SessionState::Destroyed { .. }
+                | SessionState::Expired
+                | SessionState::Failed { .. }
+        )
+    }
+
+    /// The control API's name for the state (docs/openapi.yaml `Session.state`).
+    pub fn api_name(&self) -> &'static str {
+        match self {
+            SessionState::Created => "pending",
+            SessionState::Bound { .. } => "bound",
+            SessionState::Capturing { .. } => "capturing",
+            SessionState::Completed { .. } => "sealed",
+            SessionState::Unlocked => "unlocked",
+            SessionState::Destroyed {
+                reason: DestroyReason::Cancelled,
+            } => "cancelled",
+            SessionState::Destroyed {
+                reason: DestroyReason::TriesExhausted,
+            }
+            | SessionState::Failed { .. } => "failed",
+            SessionState::Expired => "expired",
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            SessionState::Created => "created",
+            SessionState::Bound { .. } => "bound",
+            SessionState::Capturing { .. } => "capturing",
+            SessionState::Completed { .. } => "completed",
+            SessionState::Unlocked => "unlocked",
+            SessionState::Destroyed { .. } => "destroyed",
+            SessionState::Expired => "expired",
+            SessionState::Failed { .. } => "failed",
+        }
+    }
+
+    fn call(&self) -> Option<&CallId> {
+        match self {
+            SessionState::Bound { call }
+            | SessionState::Capturing { call }
+            | SessionState::Completed { call } => Some(call),
+            _ => None,
+        }
+    }
+}
+
+/// Session rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Locator digits, 3-8.
+    pub locator_len: usize,
+    /// Unlock PIN digits.
+    pub pin_len: usize,
+    /// TTL when the request names none.
+    pub default_ttl_ms: u64,
+    pub min_ttl_ms: u64,
+    pub max_ttl_ms: u64,
+    /// Live sessions at most (the locator space bounds it too).
+    pub max_live: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            locator_len: 4,
+            pin_len: crate::payment::vault::DEFAULT_PIN_LEN,
+            default_ttl_ms: 900_000,
+            min_ttl_ms: 30_000,
+            max_ttl_ms: 3_600_000,
+            max_live: 1_000,
+        }
+    }
+}
+
+/// Transitions and look-ups that cannot be done. Never carries card data.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SessionError {
+    #[error("no such session")]
+    NotFound,
+    #[error("session has expired")]
+    Expired,
+    #[error("cannot {action} a session that is {from}")]
+    InvalidTransition {
+        from: &'static str,
+        action: &'static str,
+    },
+    #[error("no free locator")]
+    LocatorSpaceExhausted,
+    #[error("too many live sessions")]
+    TooMany,
+    #[error("ttl must be between {min_ms} and {max_ms} ms")]
+    BadTtl { min_ms: u64, max_ms: u64 },
+    #[error("agent id must be 1-128 characters without control characters")]
+    BadAgent,
+    #[error("locator must be 3-8 digits")]
+    BadLocator,
+    #[error("session id must be 32 hex digits")]
+    BadId,
+    #[error("the PIN was already handed out for sealing")]
+    PinGone,
+}
+
+/// What a new session asks for.
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    pub agent: AgentId,
+    /// `None`: the configured default.
+    pub ttl_ms: Option<u64>,
+    pub fields: Vec<FieldName>,
+    /// For display only.
+    pub amount: Option<String>,
+    /// For display only.
+    pub reference: Option<String>,
+}
+
+/// The creation result: the only time the token and PIN are visible.
+#[derive(Debug)]
+pub struct Created {
+    pub id: SessionId,
+    pub locator: Locator,
+    pub token: RetrievalToken,
+    pub pin: Pin,
+    pub expires_at_ms: u64,
+}
+
+/// One payment session.
+#[derive(Debug)]
+pub struct Session {
+    id: SessionId,
+    agent: AgentId,
+    locator: Locator,
+    state: SessionState,
+    created_at_ms: u64,
+    expires_at_ms: u64,
+    ended_at_ms: Option<u64>,
+    token_hash: TokenHash,
+    /// Held from creation until sealing, then dropped (zeroized).
+    pin: Option<Pin>,
+    fields: Vec<FieldName>,
+    amount: Option<String>,
+    reference: Option<String>,
+}
+
+impl Session {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+    pub fn agent(&self) -> &AgentId {
+        &self.agent
+    }
+    pub fn locator(&self) -> &Locator {
+        &self.locator
+    }
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+    pub fn call(&self) -> Option<&CallId> {
+        self.state.call()
+    }
+    pub fn created_at_ms(&self) -> u64 {
+        self.created_at_ms
+    }
+    pub fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+    pub fn token_hash(&self) -> TokenHash {
+        self.token_hash
+    }
+    pub fn fields(&self) -> &[FieldName] {
+        &self.fields
+    }
+    pub fn amount(&self) -> Option<&str> {
+        self.amount.as_deref()
+    }
+    pub fn reference(&self) -> Option<&str> {
+        self.reference.as_deref()
+    }
+}
+
+/// The live sessions of one relay, by id and by locator. Sans-IO; the shell wraps it in its
+/// own lock or task.
+#[derive(Debug)]
+pub struct SessionTable {
+    cfg: SessionConfig,
+    by_id: HashMap<SessionId, Session>,
+    /// Live (non-terminal) sessions only.
+    by_locator: HashMap<Locator, SessionId>,
+}
+
+impl SessionTable {
+    pub fn new(cfg: SessionConfig) -> SessionTable {
+        SessionTable {
+            cfg,
+            by_id: HashMap::new(),
+            by_locator: HashMap::new(),
+        }
+    }
+
+    /// AddAgent: a new session with a fresh locator, token and PIN.
+    pub fn create(&mut self, new: NewSession, now_ms: u64) -> Result<Created, SessionError> {
+        let ttl = new.ttl_ms.unwrap_or(self.cfg.default_ttl_ms);
+        if !(self.cfg.min_ttl_ms..=self.cfg.max_ttl_ms).contains(&ttl) {
+            return Err(SessionError::BadTtl {
+                min_ms: self.cfg.min_ttl_ms,
+                max_ms: self.cfg.max_ttl_ms,
+            });
+        }
+        // Sessions past their TTL must not hold locators or count against the limit.
+        self.expire_due(now_ms);
+        if self.by_locator.len() >= self.cfg.max_live {
+            return Err(SessionError::TooMany);
+        }
+        let locator = self.free_locator()?;
+        let mut id = SessionId::generate();
+        while self.by_id.contains_key(&id) {
+            id = SessionId::generate();
+        }
+        let token = RetrievalToken::generate();
+        let pin = Pin::generate(self.cfg.pin_len);
+        let expires_at_ms = now_ms.saturating_add(ttl);
+        let session = Session {
+            id,
+            agent: new.agent,
+            locator: locator.clone(),
+            state: SessionState::Created,
+            created_at_ms: now_ms,
+            expires_at_ms,
+            ended_at_ms: None,
+            token_hash: token.hash(),
+            pin: Some(pin.clone()),
+            fields: new.fields,
+            amount: new.amount,
+            reference: new.reference,
+        };
+        self.by_locator.insert(locator.clone(), id);
+        self.by_id.insert(id, session);
+        Ok(Created {
+            id,
+            locator,
+            token,
+            pin,
+            expires_at_ms,
+        })
+    }
+
+    /// A random locator not held by a live session: a random start, then the next free one,
+    /// so the search ends even when the space is nearly full.
+    fn free_locator(&self) -> Result<Locator, SessionError> {
+        let len = self
+            .cfg
+            .locator_len
+            .clamp(*LOCATOR_LEN.start(), *LOCATOR_LEN.end());
+        let space = 10u64.pow(len as u32);
+        let start = rand::random_range(0..space);
+        (0..space)
+            .map(|i| Locator::from_index((start + i) % space, len))
+            .find(|l| !self.by_locator.contains_key(l))
+            .ok_or(SessionError::LocatorSpaceExhausted)
+    }
+
+    pub fn get(&self, id: &SessionId) -> Option<&Session> {
+        self.by_id.get(id)
+    }
+
+    /// GetAgent: the live session behind a locator, if it has not expired by `now`.
+    pub fn by_locator(&self, locator: &Locator, now_ms: u64) -> Option<&Session> {
+        let id = self.by_locator.get(locator)?;
+        self.by_id
+            .get(id)
+            .filter(|s| !s.state.is_terminal() && now_ms < s.expires_at_ms)
+    }
+
+    /// Live sessions (holding a locator).
+    pub fn live(&self) -> usize {
+        self.by_locator.len()
+    }
+
+    /// Binds a call: Created → Bound.
+    pub fn bind(
+        &mut self,
+        id: &SessionId,
+        call: CallId,
+        now_ms: u64,
+    ) -> Result<&Session, SessionError> {
+        self.transition(id, now_ms, "bind", |s| match s {
+            SessionState::Created => Some(SessionState::Bound { call }),
+            _ => None,
+        })
+    }
+
+    /// Starts capturing on the bound call: Bound → Capturing.
+    pub fn start_capture(&mut self, id: &SessionId, now_ms: u64) -> Result<&Session, SessionError> {
+        self.transition(id, now_ms, "start capturing", |s| match s {
+            SessionState::Bound { call } => Some(SessionState::Capturing { call: call.clone() }),
+            _ => None,
+        })
+    }
+
+    /// Capture completed: Capturing → Completed. Hands out the PIN for sealing (once; the
+    /// session forgets it) and moves the expiry to `now + record_ttl_ms`, so the session ends
+    /// with its record.
+    pub fn complete(
+        &mut self,
+        id: &SessionId,
+        record_ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Pin, SessionError> {
+        let has_pin = self.by_id.get(id).is_some_and(|s| s.pin.is_some());
+        if !has_pin {
+            return match self.check_live(id, now_ms) {
+                Ok(()) => Err(SessionError::PinGone),
+                Err(e) => Err(e),
+            };
+        }
+        self.transition(id, now_ms, "complete", |s| match s {
+            SessionState::Capturing { call } => {
+                Some(SessionState::Completed { call: call.clone() })
+            }
+            _ => None,
+        })?;
+        let s = self.by_id.get_mut(id).ok_or(SessionError::NotFound)?;
+        s.expires_at_ms = now_ms.saturating_add(record_ttl_ms);
+        s.pin.take().ok_or(SessionError::PinGone)
+    }
+
+    /// The record was unlocked: Completed → Unlocked.
+    pub fn unlocked(&mut self, id: &SessionId, now_ms: u64) -> Result<&Session, SessionError> {
+        self.transition(id, now_ms, "unlock", |s| match s {
+            SessionState::Completed { .. } => Some(SessionState::Unlocked),
+            _ => None,
+        })
+    }
+
+    /// Cancelled, or the record's tries ran out: any live state → Destroyed.
+    pub fn destroy(
+        &mut self,
+        id: &SessionId,
+        reason: DestroyReason,
+        now_ms: u64,
+    ) -> Result<&Session, SessionError> {
+        self.transition(id, now_ms, "destroy", |_| {
+            Some(SessionState::Destroyed { reason })
+        })
+    }
+
+    /// Any live state → Failed.
+    pub fn fail(
+        &mut self,
+        id: &SessionId,
+        reason: FailReason,
+        now_ms: u64,
+    ) -> Result<&Session, SessionError> {
+        self.transition(id, now_ms, "fail", |_| {
+            Some(SessionState::Failed { reason })
+        })
+    }
+
+    /// Marks every live session past its TTL Expired and frees its locator; returns their ids.
+    pub fn expire_due(&mut self, now_ms: u64) -> Vec<SessionId> {
+        let due: Vec<SessionId> = self
+            .by_id
+            .values()
+            .filter(|s| !s.state.is_terminal() && now_ms >= s.expires_at_ms)
+            .map(|s| s.id)
+            .collect();
+        for id in &due {
+            self.end(id, SessionState::Expired, now_ms);
+        }
+        due
+    }
+
+    /// Forgets sessions that ended at least `linger_ms` ago (they stay visible for a while so
+    /// the agent's desktop can read the outcome).
+    pub fn purge_ended(&mut self, now_ms: u64, linger_ms: u64) -> usize {
+        let before = self.by_id.len();
+        self.by_id.retain(|_, s| {
+            s.ended_at_ms
+                .is_none_or(|t| now_ms < t.saturating_add(linger_ms))
+        });
+        before - self.by_id.len()
+    }
+
+    /// Live and within TTL; a session found past its TTL is expired on the spot.
+    fn check_live(&mut self, id: &SessionId, now_ms: u64) -> Result<(), SessionError> {
+        let s = self.by_id.get(id).ok_or(SessionError::NotFound)?;
+        if s.state == SessionState::Expired {
+            return Err(SessionError::Expired);
+        }
+        if !s.state.is_terminal() && now_ms >= s.expires_at_ms {
+            self.end(id, SessionState::Expired, now_ms);
+            return Err(SessionError::Expired);
+        }
+        Ok(())
+    }
+
+    fn transition(
+        &mut self,
+        id: &SessionId,
+        now_ms: u64,
+        action: &'static str,
+        next: impl FnOnce(&SessionState) -> Option<SessionState>,
+    ) -> Result<&Session, SessionError> {
+        self.check_live(id, now_ms)?;
+        let s = self.by_id.get(id).ok_or(SessionError::NotFound)?;
+        let from = s.state.name();
+        let next = if s.state.is_terminal() {
+            None
+        } else {
+            next(&s.state)
+        };
+        let next = next.ok_or(SessionError::InvalidTransition { from, action })?;
+        if next.is_terminal() {
+            self.end(id, next, now_ms);
+        } else if let Some(s) = self.by_id.get_mut(id) {
+            s.state = next;
+        }
+        self.by_id.get(id).ok_or(SessionError::NotFound)
+    }
+
+    fn end(&mut self, id: &SessionId, state: SessionState, now_ms: u64) {
+        if let Some(s) = self.by_id.get_mut(id) {
+            s.state = state;
+            s.ended_at_ms = Some(now_ms);
+            // The PIN is useless once the session ends.
+            s.pin = None;
+            if self.by_locator.get(&s.locator) == Some(id) {
+                self.by_locator.remove(&s.locator);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(agent: &str) -> NewSession {
+        NewSession {
+            agent: AgentId::parse(agent).unwrap(),
+            ttl_ms: None,
+            fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
+            amount: Some("12.50 GBP".into()),
+            reference: None,
+        }
+    }
+
+    fn table() -> SessionTable {
+        SessionTable::new(SessionConfig::default())
+    }
+
+    #[test]
+    fn full_life_of_a_session() {
+        let mut t = table();
+        let c = t.create(new("agent-7"), 1_000).unwrap();
+        assert_eq!(c.locator.as_str().len(), 4);
+        assert_eq!(c.pin.reveal().len(), 6);
+        assert_eq!(c.expires_at_ms, 1_000 + 900_000);
+        let s = t.by_locator(&c.locator, 2_000).unwrap();
+        assert_eq!((s.id(), s.agent().as_str()), (c.id, "agent-7"));
+        t.bind(&c.id, CallId("call-1".into()), 2_000).unwrap();
+        let s = t.start_capture(&c.id, 3_000).unwrap();
+        assert_eq!(s.state().api_name(), "capturing");
+        assert_eq!(s.call(), Some(&CallId("call-1".into())));
+        let pin = t.complete(&c.id, 120_000, 4_000).unwrap();
+        assert_eq!(pin, c.pin);
+        assert_eq!(t.get(&c.id).unwrap().expires_at_ms(), 124_000);
+        // The session no longer holds the PIN.
+        assert_eq!(
+            t.complete(&c.id, 120_000, 4_001),
+            Err(SessionError::PinGone)
+        );
+        t.unlocked(&c.id, 5_000).unwrap();
+        assert_eq!(t.get(&c.id).unwrap().state(), &SessionState::Unlocked);
+        assert!(t.by_locator(&c.locator, 5_000).is_none(), "locator freed");
+        assert_eq!(t.live(), 0);
+    }
+
+    #[test]
+    fn transitions_out_of_order_are_refused() {
+        let mut t = table();
+        let c = t.create(new("a"), 0).unwrap();
+        assert_eq!(
+            t.start_capture(&c.id, 1).unwrap_err(),
+            SessionError::InvalidTransition {
+                from: "created",
+                action: "start capturing"
+            }
+        );
+        assert!(matches!(
+            t.unlocked(&c.id, 1),
+            Err(SessionError::InvalidTransition { .. })
+        ));
+        t.bind(&c.id, CallId("x".into()), 1).unwrap();
+        assert!(matches!(
+            t.bind(&c.id, CallId("y".into()), 1),
+            Err(SessionError::InvalidTransition { from: "bound", .. })
+        ));
+        t.destroy(&c.id, DestroyReason::Cancelled, 2).unwrap();
+        assert_eq!(t.get(&c.id).unwrap().state().api_name(), "cancelled");
+        assert!(matches!(
+            t.fail(&c.id, FailReason::CallEnded, 3),
+            Err(SessionError::InvalidTransition {
+                from: "destroyed",
+                ..
+            })
+        ));
+        assert_eq!(
+            t.bind(&SessionId::generate(), CallId("z".into()), 0)
+                .unwrap_err(),
+            SessionError::NotFound
+        );
+    }
+
+    #[test]
+    fn ttl_expires_sessions_and_frees_locators() {
+        let mut t = table();
+        let mut req = new("a");
+        req.ttl_ms = Some(60_000);
+        let c = t.create(req, 0).unwrap();
+        assert!(t.by_locator(&c.locator, 59_999).is_some());
+        assert!(t.by_locator(&c.locator, 60_000).is_none());
+        assert_eq!(
+            t.bind(&c.id, CallId("x".into()), 60_000).unwrap_err(),
+            SessionError::Expired
+        );
+        assert_eq!(t.get(&c.id).unwrap().state(), &SessionState::Expired);
+        assert_eq!(t.live(), 0);
+        let d = t.create(new("b"), 0).unwrap();
+        assert_eq!(t.expire_due(900_000), vec![d.id]);
+        // c ended at 60 s, d at 900 s; each lingers 60 s.
+        assert_eq!(t.purge_ended(900_000 + 59_999, 60_000), 1);
+        assert!(t.get(&c.id).is_none());
+        assert!(t.get(&d.id).is_some());
+        assert_eq!(t.purge_ended(960_000, 60_000), 1);
+        assert!(t.get(&d.id).is_none());
+
+        let mut bad = new("c");
+        bad.ttl_ms = Some(10);
+        assert!(matches!(t.create(bad, 0), Err(SessionError::BadTtl { .. })));
+    }
+
+    #[test]
+    fn locators_are_unique_among_live_sessions() {
+        let cfg = SessionConfig {
+            locator_len: 3,
+            max_live: 2_000,
+            ..SessionConfig::default()
+        };
+        let mut t = SessionTable::new(cfg);
+        let mut seen = std::collections::HashSet::new();
+        let mut first = None;
+        for i in 0..1_000 {
+            let c = t.create(new(&format!("a{i}")), 0).unwrap();
+            assert!(seen.insert(c.locator.clone()), "duplicate {}", c.locator);
+            first.get_or_insert(c.id);
+        }
+        assert_eq!(
+            t.create(new("full"), 0).unwrap_err(),
+            SessionError::LocatorSpaceExhausted
+        );
+        // Ending one frees exactly its locator.
+        let id = first.unwrap();
+        let freed = t.get(&id).unwrap().locator().clone();
+        t.destroy(&id, DestroyReason::Cancelled, 1).unwrap();
+        assert_eq!(t.create(new("again"), 1).unwrap().locator, freed);
+    }
+
+    #[test]
+    fn live_session_limit_holds() {
+        let cfg = SessionConfig {
+            max_live: 2,
+            ..SessionConfig::default()
+        };
+        let mut t = SessionTable::new(cfg);
+        t.create(new("a"), 0).unwrap();
+        t.create(new("b"), 0).unwrap();
+        assert_eq!(t.create(new("c"), 0).unwrap_err(), SessionError::TooMany);
+    }
+
+    #[test]
+    fn token_is_kept_as_a_hash_and_checked() {
+        let mut t = table();
+        let c = t.create(new("a"), 0).unwrap();
+        let h = t.get(&c.id).unwrap().token_hash();
+        assert!(h.matches(&RetrievalToken::from_presented(c.token.reveal())));
+        assert!(!h.matches(&RetrievalToken::from_presented("guess")));
+        let mut almost = c.token.reveal().to_string();
+        almost.pop();
+        assert!(!h.matches(&RetrievalToken::from_presented(&almost)));
+        assert_eq!(c.token.reveal().len(), 64);
+        assert_ne!(c.token, RetrievalToken::generate());
+        assert_eq!(TokenHash::from_hex(&h.to_hex()), Some(h));
+    }
+
+    #[test]
+    fn ids_and_locators_parse() {
+        let id = SessionId::generate();
+        assert_eq!(SessionId::parse(&id.to_string()), Ok(id));
+        assert_eq!(SessionId::parse("xyz"), Err(SessionError::BadId));
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{id}\""));
+        assert!(Locator::parse("0042").is_ok());
+        for bad in ["12", "123456789", "12a4", ""] {
+            assert_eq!(Locator::parse(bad), Err(SessionError::BadLocator), "{bad}");
+        }
+        assert!(AgentId::parse("").is_err());
+        assert!(AgentId::parse("a\r\nb").is_err());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let mut t = table();
+        let c = t.create(new("a"), 0).unwrap();
+        let dbg = format!("{c:?} {:?}", t.get(&c.id).unwrap());
+        assert!(!dbg.contains(c.token.reveal()), "{dbg}");
+        assert!(!dbg.contains(&c.token.reveal()[..8]), "{dbg}");
+        assert!(!dbg.contains(&format!("\"{}\"", c.pin.reveal())), "{dbg}");
+        assert!(!dbg.contains(&format!("({})", c.pin.reveal())), "{dbg}");
+        assert!(!dbg.contains(&t.get(&c.id).unwrap().token_hash().to_hex()[..8]));
+        assert!(dbg.contains(c.locator.as_str()));
+    }
+}
