@@ -214,7 +214,7 @@ impl Default for ApiConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
-    /// File holding the 32-byte master key (hex or base64); takes precedence over `master_key_env`.
+    /// File holding the 32-byte master key (32 raw bytes, or 64 hex characters); takes precedence over `master_key_env`.
     pub master_key_file: Option<PathBuf>,
     pub master_key_env: String,
     pub ttl_s: u64,
