@@ -1,3 +1,7 @@
 //! SIP signalling, sans-IO: message layer, SDP, transactions and the B2BUA call state machine.
 
+pub mod error;
+pub mod headers;
+pub mod message;
 pub mod transaction;
+pub mod uri;
