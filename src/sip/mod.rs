@@ -4,5 +4,6 @@ pub mod error;
 pub mod framer;
 pub mod headers;
 pub mod message;
+pub mod sdp;
 pub mod transaction;
 pub mod uri;
