@@ -241,23 +241,25 @@ fn parse_start_line(data: &[u8], r: Range<usize>) -> Result<StartLine, ParseErro
             reason: at(reason_start, line.len()),
         })
     } else {
-        // Request-Line = Method SP Request-URI SP SIP-Version: exactly single spaces. Extra
-        // or trailing SP is rejected (allowed by RFC 4475 §3.1.2.9, §3.1.2.10), and so is LWS
-        // inside the URI (§3.1.2.8), since it would split into more than three parts.
-        let mut parts = line.split(|&b| b == b' ');
-        let (Some(m), Some(u), Some(v), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(ParseError::BadStartLine);
-        };
-        if !is_token(m) || u.is_empty() || v.is_empty() {
+        // Request-Line = Method SP Request-URI SP SIP-Version. Indexed as method up to the
+        // first SP, version after the last, URI between, so that a line with extra SP
+        // (RFC 4475 §3.1.2.8-10) is still an answerable request; validation then rejects it.
+        let sp1 = line
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or(ParseError::BadStartLine)?;
+        let sp2 = line
+            .iter()
+            .rposition(|&b| b == b' ')
+            .filter(|&p| p > sp1)
+            .ok_or(ParseError::BadStartLine)?;
+        if !is_token(line.get(..sp1).unwrap_or(&[])) {
             return Err(ParseError::BadStartLine);
         }
-        let ue = m.len() + 1 + u.len();
         Ok(StartLine::Request {
-            method: at(0, m.len()),
-            uri: at(m.len() + 1, ue),
-            version: at(ue + 1, line.len()),
+            method: at(0, sp1),
+            uri: at(sp1 + 1, sp2),
+            version: at(sp2 + 1, line.len()),
         })
     }
 }
@@ -412,7 +414,16 @@ impl Message {
 
     fn validate(&self) -> Result<(), ParseError> {
         let version = match &self.start {
-            StartLine::Request { version, .. } | StartLine::Response { version, .. } => version,
+            StartLine::Request { version, uri, .. } => {
+                // Exactly single SPs: extra or trailing SP is rejected (allowed by RFC 4475
+                // §3.1.2.9, §3.1.2.10), and so is LWS inside the URI (§3.1.2.8).
+                let uri = self.slice(uri);
+                if uri.is_empty() || uri.contains(&b' ') || self.slice(version).is_empty() {
+                    return Err(ParseError::BadStartLine);
+                }
+                version
+            }
+            StartLine::Response { version, .. } => version,
         };
         if !self.slice(version).eq_ignore_ascii_case(b"SIP/2.0") {
             return Err(ParseError::BadVersion);
@@ -1292,7 +1303,7 @@ From: <sip:a@h>;tag=1\r\nTo: <sip:x@h>\r\nCall-ID: 1\r\nCSeq: 1 NEWMETHOD\r\n\r\
                 "INVITE sip:bob@biloxi.example.com SIP/2.0",
                 "INVITE  sip:bob@biloxi.example.com SIP/2.0",
                 400,
-                false,
+                true,
             ),
         ];
         for (from, to, status, answerable) in cases {

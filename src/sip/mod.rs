@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod framer;
+pub mod fuzz;
 pub mod headers;
 pub mod message;
 pub mod sdp;
