@@ -351,6 +351,16 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_reference_with_embedded_ipv4_and_odd_params() {
+        let Uri::Sip(s) = Uri::parse("sip:user@[::1:199.9.9.1]:9060;foo[1]=+id").unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.host, Host::V6("::1:199.9.9.1".parse().unwrap()));
+        assert_eq!(s.port, Some(9060));
+        assert_eq!(s.param("foo[1]"), Some(Some("+id")));
+    }
+
+    #[test]
     fn host_display_brackets_v6() {
         assert_eq!(Host::parse("[::1]").unwrap().to_string(), "[::1]");
         assert_eq!(Host::parse("10.0.0.1").unwrap().to_string(), "10.0.0.1");
