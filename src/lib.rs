@@ -8,6 +8,7 @@ pub mod demo;
 pub mod digit;
 pub mod dsp;
 pub mod logging;
+pub mod net;
 pub mod payment;
 pub mod rtp;
 pub mod sip;

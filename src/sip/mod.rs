@@ -6,5 +6,6 @@ pub mod fuzz;
 pub mod headers;
 pub mod message;
 pub mod sdp;
+pub mod b2bua;
 pub mod transaction;
 pub mod uri;

@@ -1,0 +1,7 @@
+//! Tokio shells around the sans-IO cores: RTP sockets and the port pool, SIP transports, the
+//! control API and metrics. They own sockets, timers and tasks and feed the cores; protocol
+//! and DSP rules live in `sip`, `rtp`, `dsp` and `payment`.
+
+pub mod api;
+pub mod media;
+pub mod ports;
