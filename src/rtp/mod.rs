@@ -1,6 +1,7 @@
 //! Pure RTP logic: header views, RFC 4733 events and the per-direction scrubber.
 
 pub mod event;
+pub mod fuzz;
 pub mod packet;
 pub mod scrubber;
 pub mod trunk;
