@@ -5,4 +5,3 @@ pub mod g711;
 pub mod goertzel;
 pub mod mask;
 pub mod spectrum;
-pub mod tonegen;
