@@ -40,11 +40,15 @@ pub struct SubBlock {
 /// window with a consistent phase reference.
 #[derive(Clone, Debug)]
 pub struct Bank {
-    cos: [[f32; SUB]; 8],
-    sin: [[f32; SUB]; 8],
+    /// Tables laid out sample-major (`cos[m][k]`) so the inner loop runs across the eight
+    /// frequencies at once and the compiler can keep them in vector registers.
+    cos: [[f32; 8]; SUB],
+    sin: [[f32; 8]; SUB],
     /// e^{-jω n0} for the current sub-block, kept in f64 so hours of audio do not drift.
-    phasor: [(f64, f64); 8],
-    step: [(f64, f64); 8],
+    pr: [f64; 8],
+    pi: [f64; 8],
+    step_r: [f64; 8],
+    step_i: [f64; 8],
     buf: [f32; SUB],
     fill: usize,
     blocks: u64,
@@ -52,22 +56,26 @@ pub struct Bank {
 
 impl Bank {
     pub fn new(freqs: [f32; 8]) -> Bank {
-        let mut cos = [[0.0; SUB]; 8];
-        let mut sin = [[0.0; SUB]; 8];
-        let mut step = [(1.0, 0.0); 8];
+        let mut cos = [[0.0; 8]; SUB];
+        let mut sin = [[0.0; 8]; SUB];
+        let mut step_r = [1.0; 8];
+        let mut step_i = [0.0; 8];
         for k in 0..8 {
             let w = 2.0 * std::f64::consts::PI * f64::from(freqs[k]) / f64::from(RATE);
             for m in 0..SUB {
-                cos[k][m] = (w * m as f64).cos() as f32;
-                sin[k][m] = (w * m as f64).sin() as f32;
+                cos[m][k] = (w * m as f64).cos() as f32;
+                sin[m][k] = (w * m as f64).sin() as f32;
             }
-            step[k] = ((w * SUB as f64).cos(), -(w * SUB as f64).sin());
+            step_r[k] = (w * SUB as f64).cos();
+            step_i[k] = -(w * SUB as f64).sin();
         }
         Bank {
             cos,
             sin,
-            phasor: [(1.0, 0.0); 8],
-            step,
+            pr: [1.0; 8],
+            pi: [0.0; 8],
+            step_r,
+            step_i,
             buf: [0.0; SUB],
             fill: 0,
             blocks: 0,
@@ -91,31 +99,41 @@ impl Bank {
         Some(self.finish_block())
     }
 
+    // Parallel fixed-size arrays indexed by frequency: plain indexing reads clearest here and
+    // the bounds are compile-time constants, so it vectorises.
+    #[allow(clippy::needless_range_loop)]
     fn finish_block(&mut self) -> SubBlock {
-        let x = &self.buf;
+        let x = self.buf;
+        let mut c = [0f32; 8];
+        let mut s = [0f32; 8];
+        let mut energy = 0.0;
+        for m in 0..SUB {
+            let v = x[m];
+            energy += v * v;
+            for k in 0..8 {
+                c[k] += v * self.cos[m][k];
+                s[k] += v * self.sin[m][k];
+            }
+        }
         let mut out = SubBlock {
-            energy: x.iter().map(|v| v * v).sum(),
+            energy,
             ..SubBlock::default()
         };
         for k in 0..8 {
-            let (mut c, mut s) = (0.0f32, 0.0f32);
-            for ((&v, &cm), &sm) in x.iter().zip(&self.cos[k]).zip(&self.sin[k]) {
-                c += v * cm;
-                s += v * sm;
-            }
             // (pr + j·pi)(c − j·s), with pr + j·pi = e^{-jω n0}.
-            let (pr, pi) = (self.phasor[k].0 as f32, self.phasor[k].1 as f32);
-            out.re[k] = pr * c + pi * s;
-            out.im[k] = pi * c - pr * s;
-            let (a, b) = self.phasor[k];
-            let (c2, d2) = self.step[k];
-            self.phasor[k] = (a * c2 - b * d2, a * d2 + b * c2);
+            let (pr, pi) = (self.pr[k] as f32, self.pi[k] as f32);
+            out.re[k] = pr * c[k] + pi * s[k];
+            out.im[k] = pi * c[k] - pr * s[k];
+            let (a, b) = (self.pr[k], self.pi[k]);
+            self.pr[k] = a * self.step_r[k] - b * self.step_i[k];
+            self.pi[k] = a * self.step_i[k] + b * self.step_r[k];
         }
         self.blocks += 1;
         if self.blocks.is_multiple_of(1024) {
-            for p in &mut self.phasor {
-                let n = (p.0 * p.0 + p.1 * p.1).sqrt();
-                *p = (p.0 / n, p.1 / n);
+            for k in 0..8 {
+                let n = (self.pr[k] * self.pr[k] + self.pi[k] * self.pi[k]).sqrt();
+                self.pr[k] /= n;
+                self.pi[k] /= n;
             }
         }
         out
