@@ -1,1 +1,714 @@
-//! (being written)
+//! The per-call RTP relay: two legs (A = trunk/caller, B = contact centre/agent), each a bound
+//! RTP/RTCP port pair, and one task that moves packets between them.
+//!
+//! Caller→agent RTP goes through the `Scrubber`; agent→caller RTP and RTCP both ways pass
+//! through untouched. Symmetric RTP with latching (RFC 4961 for the symmetric part; latching as
+//! in RFC 7362 §4): each leg's first packet from the peer IP the SDP advertised fixes the peer's
+//! address (the port may differ behind NAT); packets from any other source are dropped and
+//! counted. Until a leg has latched, packets for it go to the SDP address.
+//!
+//! One task owns all of a call's media state, so the packet path takes no lock and does no map
+//! lookup; control (scrubbing on/off, new peers after a re-INVITE, stop) arrives on a channel
+//! and applies between packets. Per packet it must never allocate (buffers are reused), log, or
+//! hold anything across an await but its own buffers. Digits the scrubber hears go out on a
+//! channel for capture and are never logged.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::dsp::g711::Codec;
+use crate::net::ports::{PortLease, PortPair};
+use crate::rtp::packet::RtpView;
+use crate::rtp::scrubber::{ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
+
+/// Largest datagram accepted; RTP over UDP on Ethernet never comes close.
+const MAX_DATAGRAM: usize = 2048;
+/// How often time is fed to the scrubber (event timeouts) and inactivity is checked.
+// 100 ms: event timeouts are 250 ms and inactivity is seconds; at thousands of calls a finer tick
+// would cost as many wake-ups as the packets themselves.
+const TICK: Duration = Duration::from_millis(100);
+/// Digits waiting for the capture side; a full channel means capture has stalled.
+const DIGIT_QUEUE: usize = 64;
+
+/// Options beyond the two legs; the defaults suit tests and a plain relay.
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    /// No RTP from either side for this long raises `MediaEvent::Inactive`.
+    pub inactivity: Duration,
+    /// Directory for a stereo recording written on stop (agent-received left, caller-received
+    /// right); none when unset.
+    pub record_dir: Option<PathBuf>,
+    /// File name stem for the recording (the call id).
+    pub call_label: String,
+    /// Recording length cap, seconds per channel.
+    pub max_record_s: u64,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            inactivity: Duration::from_secs(60),
+            record_dir: None,
+            call_label: "call".into(),
+            max_record_s: 3600,
+        }
+    }
+}
+
+/// Commands applied between packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaControl {
+    /// Scrubbing on or off on the caller→agent direction.
+    Scrub(bool),
+    /// New SDP peers (re-INVITE); a changed peer drops that leg's latch.
+    Peers {
+        a: Option<SocketAddr>,
+        b: Option<SocketAddr>,
+    },
+    Stop,
+}
+
+/// What the relay reports on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// No RTP from either side for the configured time. Raised once per silent spell.
+    Inactive,
+    /// RTP flows again after `Inactive`.
+    Active,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("writing recording {path}: {message}")]
+    Recording { path: PathBuf, message: String },
+    #[error("recording task failed: {0}")]
+    Join(String),
+}
+
+/// Counters shared with the handle; updated with relaxed atomics by the relay task only.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// RTP received on leg A from its peer (caller→agent input).
+    pub a_in: AtomicU64,
+    /// RTP sent out of leg B (caller→agent output, scrubbed).
+    pub b_out: AtomicU64,
+    /// RTP received on leg B from its peer (agent→caller input).
+    pub b_in: AtomicU64,
+    /// RTP sent out of leg A (agent→caller output).
+    pub a_out: AtomicU64,
+    pub rtcp_a_in: AtomicU64,
+    pub rtcp_b_out: AtomicU64,
+    pub rtcp_b_in: AtomicU64,
+    pub rtcp_a_out: AtomicU64,
+    /// Packets from a source that is not the (latched) peer, RTP and RTCP.
+    pub dropped_stranger: AtomicU64,
+    /// Packets the scrubber refused (malformed, uninspectable, duplicates…).
+    pub dropped_scrubber: AtomicU64,
+    /// Packets with nowhere to go yet (the other leg has no peer).
+    pub dropped_no_peer: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub recv_errors: AtomicU64,
+    /// Samples changed by masking on the agent leg.
+    pub samples_masked: AtomicU64,
+    /// Digits heard (sent to capture).
+    pub digits: AtomicU64,
+    /// Digits lost because the capture channel was full or closed.
+    pub digits_lost: AtomicU64,
+}
+
+/// A plain copy of [`RelayStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStatsSnapshot {
+    pub a_in: u64,
+    pub b_out: u64,
+    pub b_in: u64,
+    pub a_out: u64,
+    pub rtcp_a_in: u64,
+    pub rtcp_b_out: u64,
+    pub rtcp_b_in: u64,
+    pub rtcp_a_out: u64,
+    pub dropped_stranger: u64,
+    pub dropped_scrubber: u64,
+    pub dropped_no_peer: u64,
+    pub send_errors: u64,
+    pub recv_errors: u64,
+    pub samples_masked: u64,
+    pub digits: u64,
+    pub digits_lost: u64,
+}
+
+impl RelayStats {
+    pub fn snapshot(&self) -> RelayStatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RelayStatsSnapshot {
+            a_in: g(&self.a_in),
+            b_out: g(&self.b_out),
+            b_in: g(&self.b_in),
+            a_out: g(&self.a_out),
+            rtcp_a_in: g(&self.rtcp_a_in),
+            rtcp_b_out: g(&self.rtcp_b_out),
+            rtcp_b_in: g(&self.rtcp_b_in),
+            rtcp_a_out: g(&self.rtcp_a_out),
+            dropped_stranger: g(&self.dropped_stranger),
+            dropped_scrubber: g(&self.dropped_scrubber),
+            dropped_no_peer: g(&self.dropped_no_peer),
+            send_errors: g(&self.send_errors),
+            recv_errors: g(&self.recv_errors),
+            samples_masked: g(&self.samples_masked),
+            digits: g(&self.digits),
+            digits_lost: g(&self.digits_lost),
+        }
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The caller's side of a running relay.
+#[derive(Debug)]
+pub struct MediaHandle {
+    control: mpsc::Sender<MediaControl>,
+    stats: Arc<RelayStats>,
+    /// Digits heard on the caller→agent direction, for capture. Never log them.
+    pub digits: mpsc::Receiver<ScrubbedDigit>,
+    pub events: mpsc::Receiver<MediaEvent>,
+    /// Addresses to advertise in SDP: leg A (towards the trunk) and leg B (towards the agent).
+    pub a_addr: SocketAddr,
+    pub b_addr: SocketAddr,
+}
+
+impl MediaHandle {
+    pub fn stats(&self) -> RelayStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// A sender for control commands, for callers that want to keep one apart from the handle.
+    pub fn control(&self) -> mpsc::Sender<MediaControl> {
+        self.control.clone()
+    }
+
+    /// Returns false when the relay has already stopped.
+    pub async fn set_scrubbing(&self, on: bool) -> bool {
+        self.control.send(MediaControl::Scrub(on)).await.is_ok()
+    }
+
+    pub async fn update_peers(&self, a: Option<SocketAddr>, b: Option<SocketAddr>) -> bool {
+        self.control
+            .send(MediaControl::Peers { a, b })
+            .await
+            .is_ok()
+    }
+
+    pub async fn stop(&self) -> bool {
+        self.control.send(MediaControl::Stop).await.is_ok()
+    }
+}
+
+/// What the relay task returns when it ends.
+#[derive(Debug)]
+pub struct RelayOutcome {
+    pub stats: RelayStatsSnapshot,
+    /// The recording written, if recording was on.
+    pub recording: Option<PathBuf>,
+}
+
+/// Where one leg's peer is: the SDP address and the latched source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Latch {
+    sdp: Option<SocketAddr>,
+    latched: Option<SocketAddr>,
+}
+
+impl Latch {
+    fn new(sdp: Option<SocketAddr>) -> Latch {
+        Latch { sdp, latched: None }
+    }
+
+    /// Whether a packet from `src` is the peer's; latches on the first one from the SDP IP (or
+    /// from anyone when the SDP gave no address).
+    fn accept(&mut self, src: SocketAddr) -> bool {
+        match self.latched {
+            Some(l) => l == src,
+            None => {
+                let ok = self.sdp.is_none_or(|s| same_ip(s.ip(), src.ip()));
+                if ok {
+                    self.latched = Some(src);
+                }
+                ok
+            }
+        }
+    }
+
+    fn dest(&self) -> Option<SocketAddr> {
+        self.latched.or(self.sdp)
+    }
+
+    /// A new SDP address; the latch survives only if the IP did not change.
+    fn update(&mut self, sdp: Option<SocketAddr>) {
+        if sdp != self.sdp {
+            let keep = match (self.latched, sdp) {
+                (Some(l), Some(s)) => same_ip(l.ip(), s.ip()),
+                _ => false,
+            };
+            self.sdp = sdp;
+            if !keep {
+                self.latched = None;
+            }
+        }
+    }
+}
+
+/// IP equality that sees an IPv4-mapped IPv6 source as its IPv4 address (dual-stack sockets).
+fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
+}
+
+/// The RTCP address implied by an RTP address (RFC 3550 §11: next port up).
+fn rtcp_of(a: Option<SocketAddr>) -> Option<SocketAddr> {
+    a.map(|s| SocketAddr::new(s.ip(), s.port().wrapping_add(1)))
+}
+
+/// One channel of the optional recording: decoded audio placed by RTP timestamp, anchored at
+/// the wall-clock time of the channel's first packet so the two channels line up.
+struct Track {
+    samples: Vec<i16>,
+    origin: Option<(u32, usize)>,
+    cap: usize,
+}
+
+impl Track {
+    fn new(cap: usize) -> Track {
+        Track {
+            samples: Vec::new(),
+            origin: None,
+            cap,
+        }
+    }
+
+    fn put(&mut self, pkt: &[u8], now_sample: usize) {
+        let Ok(v) = RtpView::parse(pkt) else {
+            return;
+        };
+        let Some(codec) = Codec::from_payload_type(v.payload_type()) else {
+            return;
+        };
+        let (ts0, at0) = *self.origin.get_or_insert((v.timestamp(), now_sample));
+        let off = v.timestamp().wrapping_sub(ts0);
+        // A timestamp jump backwards or far ahead (new SSRC) re-anchors on the clock.
+        let at = if off < 8000 * 600 {
+            at0 + off as usize
+        } else {
+            self.origin = Some((v.timestamp(), now_sample));
+            now_sample
+        };
+        let payload = v.payload();
+        let end = (at + payload.len()).min(self.cap);
+        if end <= at {
+            return;
+        }
+        if self.samples.len() < end {
+            self.samples.resize(end, 0);
+        }
+        if let Some(dst) = self.samples.get_mut(at..end) {
+            for (o, &b) in dst.iter_mut().zip(payload) {
+                *o = codec.decode(b);
+            }
+        }
+    }
+}
+
+struct Recorder {
+    path: PathBuf,
+    /// Audio sent to the agent (leg B out): left.
+    agent: Track,
+    /// Audio sent to the caller (leg A out): right.
+    caller: Track,
+}
+
+pub struct MediaRelay;
+
+impl MediaRelay {
+    /// Starts a relay with default options. See [`MediaRelay::start_with`].
+    pub fn start(
+        a: PortPair,
+        b: PortPair,
+        a_peer: Option<SocketAddr>,
+        b_peer: Option<SocketAddr>,
+        scrubber: ScrubberConfig,
+        scrub_on: bool,
+    ) -> (MediaHandle, JoinHandle<Result<RelayOutcome, MediaError>>) {
+        MediaRelay::start_with(
+            a,
+            b,
+            a_peer,
+            b_peer,
+            scrubber,
+            scrub_on,
+            RelayOptions::default(),
+        )
+    }
+
+    /// Spawns the relay task on the current tokio runtime. `a_peer`/`b_peer` are the RTP
+    /// addresses from each side's SDP (None: latch on whoever sends first).
+    pub fn start_with(
+        a: PortPair,
+        b: PortPair,
+        a_peer: Option<SocketAddr>,
+        b_peer: Option<SocketAddr>,
+        scrubber: ScrubberConfig,
+        scrub_on: bool,
+        opts: RelayOptions,
+    ) -> (MediaHandle, JoinHandle<Result<RelayOutcome, MediaError>>) {
+        let (control_tx, control_rx) = mpsc::channel(16);
+        let (digit_tx, digit_rx) = mpsc::channel(DIGIT_QUEUE);
+        let (event_tx, event_rx) = mpsc::channel(8);
+        let stats = Arc::new(RelayStats::default());
+        let handle = MediaHandle {
+            control: control_tx,
+            stats: stats.clone(),
+            digits: digit_rx,
+            events: event_rx,
+            a_addr: a.rtp_addr(),
+            b_addr: b.rtp_addr(),
+        };
+        let recorder = opts.record_dir.as_ref().map(|dir| {
+            let cap = (opts.max_record_s as usize).saturating_mul(8000);
+            Recorder {
+                path: dir.join(format!("{}.wav", sanitize(&opts.call_label))),
+                agent: Track::new(cap),
+                caller: Track::new(cap),
+            }
+        });
+        let mut cfg = scrubber;
+        cfg.enabled = scrub_on;
+        let task = Relay {
+            a,
+            b,
+            a_rtp: Latch::new(a_peer),
+            b_rtp: Latch::new(b_peer),
+            a_rtcp: Latch::new(rtcp_of(a_peer)),
+            b_rtcp: Latch::new(rtcp_of(b_peer)),
+            scrubber: Scrubber::new(cfg),
+            stats,
+            digits: digit_tx,
+            events: event_tx,
+            control: control_rx,
+            inactivity: opts.inactivity,
+            recorder,
+        };
+        (handle, tokio::spawn(task.run()))
+    }
+}
+
+/// Keeps a label usable as a file name stem.
+fn sanitize(label: &str) -> String {
+    let s: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("call{s}")
+    } else {
+        s
+    }
+}
+
+struct Relay {
+    a: PortPair,
+    b: PortPair,
+    a_rtp: Latch,
+    b_rtp: Latch,
+    a_rtcp: Latch,
+    b_rtcp: Latch,
+    scrubber: Scrubber,
+    stats: Arc<RelayStats>,
+    digits: mpsc::Sender<ScrubbedDigit>,
+    events: mpsc::Sender<MediaEvent>,
+    control: mpsc::Receiver<MediaControl>,
+    inactivity: Duration,
+    recorder: Option<Recorder>,
+}
+
+/// Hands a digit to capture without waiting: the packet path cannot block on a slow consumer.
+fn digit_sink<'a>(
+    tx: &'a mpsc::Sender<ScrubbedDigit>,
+    stats: &'a RelayStats,
+) -> impl FnMut(ScrubbedDigit) + 'a {
+    move |d| {
+        bump(&stats.digits);
+        if tx.try_send(d).is_err() {
+            bump(&stats.digits_lost);
+        }
+    }
+}
+
+impl Relay {
+    async fn run(mut self) -> Result<RelayOutcome, MediaError> {
+        let start = Instant::now();
+        let mut buf_a = [0u8; MAX_DATAGRAM];
+        let mut buf_b = [0u8; MAX_DATAGRAM];
+        let mut buf_ac = [0u8; MAX_DATAGRAM];
+        let mut buf_bc = [0u8; MAX_DATAGRAM];
+        let mut out = [0u8; MAX_DATAGRAM];
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_rtp = start;
+        let mut inactive = false;
+        let now_ms = |t: Instant| t.duration_since(start).as_millis() as u64;
+
+        loop {
+            tokio::select! {
+                r = self.a.rtp.recv_from(&mut buf_a) => {
+                    let now = Instant::now();
+                    match r {
+                        Ok((n, src)) => {
+                            if !self.a_rtp.accept(src) {
+                                bump(&self.stats.dropped_stranger);
+                                continue;
+                            }
+                            bump(&self.stats.a_in);
+                            last_rtp = now;
+                            let input = buf_a.get(..n).unwrap_or_default();
+                            let verdict = {
+                                let mut sink = digit_sink(&self.digits, &self.stats);
+                                self.scrubber.process(now_ms(now), input, &mut out, &mut sink)
+                            };
+                            self.stats
+                                .samples_masked
+                                .store(self.scrubber.stats().samples_masked, Ordering::Relaxed);
+                            let len = match verdict {
+                                Verdict::Forward(len) => len,
+                                Verdict::Drop(_) => {
+                                    bump(&self.stats.dropped_scrubber);
+                                    continue;
+                                }
+                            };
+                            let Some(dest) = self.b_rtp.dest() else {
+                                bump(&self.stats.dropped_no_peer);
+                                continue;
+                            };
+                            let pkt = out.get(..len).unwrap_or_default();
+                            match self.b.rtp.send_to(pkt, dest).await {
+                                Ok(_) => bump(&self.stats.b_out),
+                                Err(_) => bump(&self.stats.send_errors),
+                            }
+                            if let Some(rec) = self.recorder.as_mut() {
+                                rec.agent.put(pkt, now_ms(now) as usize * 8);
+                            }
+                        }
+                        Err(_) => bump(&self.stats.recv_errors),
+                    }
+                }
+                r = self.b.rtp.recv_from(&mut buf_b) => {
+                    let now = Instant::now();
+                    match r {
+                        Ok((n, src)) => {
+                            if !self.b_rtp.accept(src) {
+                                bump(&self.stats.dropped_stranger);
+                                continue;
+                            }
+                            bump(&self.stats.b_in);
+                            last_rtp = now;
+                            let Some(dest) = self.a_rtp.dest() else {
+                                bump(&self.stats.dropped_no_peer);
+                                continue;
+                            };
+                            let pkt = buf_b.get(..n).unwrap_or_default();
+                            match self.a.rtp.send_to(pkt, dest).await {
+                                Ok(_) => bump(&self.stats.a_out),
+                                Err(_) => bump(&self.stats.send_errors),
+                            }
+                            if let Some(rec) = self.recorder.as_mut() {
+                                rec.caller.put(pkt, now_ms(now) as usize * 8);
+                            }
+                        }
+                        Err(_) => bump(&self.stats.recv_errors),
+                    }
+                }
+                r = self.a.rtcp.recv_from(&mut buf_ac) => {
+                    if let Ok((n, src)) = r {
+                        if !self.a_rtcp.accept(src) {
+                            bump(&self.stats.dropped_stranger);
+                            continue;
+                        }
+                        bump(&self.stats.rtcp_a_in);
+                        let Some(dest) = self.b_rtcp.dest() else {
+                            bump(&self.stats.dropped_no_peer);
+                            continue;
+                        };
+                        let pkt = buf_ac.get(..n).unwrap_or_default();
+                        match self.b.rtcp.send_to(pkt, dest).await {
+                            Ok(_) => bump(&self.stats.rtcp_b_out),
+                            Err(_) => bump(&self.stats.send_errors),
+                        }
+                    } else {
+                        bump(&self.stats.recv_errors);
+                    }
+                }
+                r = self.b.rtcp.recv_from(&mut buf_bc) => {
+                    if let Ok((n, src)) = r {
+                        if !self.b_rtcp.accept(src) {
+                            bump(&self.stats.dropped_stranger);
+                            continue;
+                        }
+                        bump(&self.stats.rtcp_b_in);
+                        let Some(dest) = self.a_rtcp.dest() else {
+                            bump(&self.stats.dropped_no_peer);
+                            continue;
+                        };
+                        let pkt = buf_bc.get(..n).unwrap_or_default();
+                        match self.a.rtcp.send_to(pkt, dest).await {
+                            Ok(_) => bump(&self.stats.rtcp_a_out),
+                            Err(_) => bump(&self.stats.send_errors),
+                        }
+                    } else {
+                        bump(&self.stats.recv_errors);
+                    }
+                }
+                c = self.control.recv() => {
+                    match c {
+                        Some(MediaControl::Scrub(on)) => {
+                            let mut sink = digit_sink(&self.digits, &self.stats);
+                            self.scrubber.set_enabled(on, &mut sink);
+                        }
+                        Some(MediaControl::Peers { a, b }) => {
+                            self.a_rtp.update(a);
+                            self.b_rtp.update(b);
+                            self.a_rtcp.update(rtcp_of(a));
+                            self.b_rtcp.update(rtcp_of(b));
+                        }
+                        // Every handle gone is a stop too: nobody could stop us later.
+                        Some(MediaControl::Stop) | None => break,
+                    }
+                }
+                t = tick.tick() => {
+                    let mut sink = digit_sink(&self.digits, &self.stats);
+                    self.scrubber.tick(now_ms(t), &mut sink);
+                    let silent = t.saturating_duration_since(last_rtp) >= self.inactivity;
+                    if silent != inactive {
+                        inactive = silent;
+                        let ev = if silent { MediaEvent::Inactive } else { MediaEvent::Active };
+                        let _ = self.events.try_send(ev);
+                    }
+                }
+            }
+        }
+        self.finish().await
+    }
+
+    async fn finish(mut self) -> Result<RelayOutcome, MediaError> {
+        {
+            let mut sink = digit_sink(&self.digits, &self.stats);
+            self.scrubber.finish(&mut sink);
+        }
+        self.stats
+            .samples_masked
+            .store(self.scrubber.stats().samples_masked, Ordering::Relaxed);
+        // Close the sockets and give the ports back before the (slow) recording write.
+        let Relay {
+            a,
+            b,
+            recorder,
+            stats,
+            ..
+        } = self;
+        let leases: (PortLease, PortLease) = (a.lease, b.lease);
+        drop((a.rtp, a.rtcp, b.rtp, b.rtcp));
+        drop(leases);
+        let recording = match recorder {
+            None => None,
+            Some(rec) => {
+                let path = rec.path.clone();
+                let write_path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::wav::write_wav_stereo(
+                        &write_path,
+                        &rec.agent.samples,
+                        &rec.caller.samples,
+                    )
+                })
+                .await
+                .map_err(|e| MediaError::Join(e.to_string()))?
+                .map_err(|e| MediaError::Recording {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                Some(path)
+            }
+        };
+        Ok(RelayOutcome {
+            stats: stats.snapshot(),
+            recording,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn latches_on_sdp_ip_with_any_port_then_only_that_source() {
+        let mut l = Latch::new(Some(sa("192.0.2.10:4000")));
+        assert_eq!(l.dest(), Some(sa("192.0.2.10:4000")));
+        assert!(!l.accept(sa("198.51.100.7:4000")), "stranger IP");
+        assert!(l.accept(sa("192.0.2.10:61000")), "NAT-rewritten port");
+        assert_eq!(l.dest(), Some(sa("192.0.2.10:61000")));
+        assert!(
+            !l.accept(sa("192.0.2.10:4000")),
+            "latched: other port refused"
+        );
+        assert!(l.accept(sa("192.0.2.10:61000")));
+    }
+
+    #[test]
+    fn no_sdp_address_latches_first_sender() {
+        let mut l = Latch::new(None);
+        assert_eq!(l.dest(), None);
+        assert!(l.accept(sa("203.0.113.5:7000")));
+        assert!(!l.accept(sa("203.0.113.6:7000")));
+    }
+
+    #[test]
+    fn reinvite_to_new_ip_unlatches_same_ip_keeps() {
+        let mut l = Latch::new(Some(sa("192.0.2.10:4000")));
+        assert!(l.accept(sa("192.0.2.10:5000")));
+        l.update(Some(sa("192.0.2.10:4002")));
+        assert_eq!(l.dest(), Some(sa("192.0.2.10:5000")));
+        l.update(Some(sa("192.0.2.20:4000")));
+        assert_eq!(l.dest(), Some(sa("192.0.2.20:4000")));
+        assert!(!l.accept(sa("192.0.2.10:5000")));
+        assert!(l.accept(sa("192.0.2.20:4000")));
+    }
+
+    #[test]
+    fn mapped_ipv4_matches() {
+        let mut l = Latch::new(Some(sa("192.0.2.10:4000")));
+        assert!(l.accept(sa("[::ffff:192.0.2.10]:4000")));
+    }
+
+    #[test]
+    fn labels_become_safe_file_names() {
+        assert_eq!(sanitize("abc-1_2.x"), "abc-1_2.x");
+        assert_eq!(sanitize("../etc/passwd"), "call.._etc_passwd");
+        assert_eq!(sanitize(""), "call");
+    }
+}
