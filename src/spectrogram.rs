@@ -50,9 +50,9 @@ fn frames_db(audio: &[i16], fft: &Arc<dyn rustfft::Fft<f32>>) -> Vec<[f32; ROWS]
     out
 }
 
-/// Dark-to-bright colour ramp for a level between -100 and -10 dB.
+/// Dark-to-bright colour ramp over the 70 dB below the loudest bin of the picture.
 fn colour(db: f32) -> [u8; 3] {
-    let t = ((db + 100.0) / 90.0).clamp(0.0, 1.0);
+    let t = ((db + 70.0) / 70.0).clamp(0.0, 1.0);
     let r = (255.0 * (1.5 * t).min(1.0)) as u8;
     let g = (255.0 * (2.0 * t - 0.6).clamp(0.0, 1.0)) as u8;
     let b = (255.0 * (0.4 + 0.6 * t - 1.2 * (t - 0.5).max(0.0)).clamp(0.0, 1.0) * t.sqrt()) as u8;
@@ -69,6 +69,12 @@ pub fn write_png(path: &std::path::Path, panels: &[&[i16]]) -> Result<(), Spectr
     if width == 0 {
         return Err(SpectrogramError::Empty);
     }
+    // Levels relative to the loudest bin, so the picture shows structure whatever the gain.
+    let peak = cols
+        .iter()
+        .flatten()
+        .flat_map(|c| c.iter().copied())
+        .fold(f32::MIN, f32::max);
     let width = width + 8;
     let height = panels.len() * (ROWS + GAP);
     let mut img = vec![0u8; width * height * 3];
@@ -91,7 +97,7 @@ pub fn write_png(path: &std::path::Path, panels: &[&[i16]]) -> Result<(), Spectr
                     continue;
                 }
                 if let Some(col) = frames.get(x - 8) {
-                    px.copy_from_slice(&colour(col[bin]));
+                    px.copy_from_slice(&colour(col[bin] - peak));
                 }
             }
         }
