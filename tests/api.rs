@@ -669,3 +669,49 @@ async fn serve_answers_on_loopback_and_shuts_down() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_inter_digit_timeout_ends_a_field_on_the_api_clock() {
+    let api = Api::new();
+    let c = api.create().await;
+    let id = c["id"].as_str().unwrap();
+    api.bind(id, "c1").await;
+    // The media clock starts near zero, far from the API's UNIX clock: the timeout must
+    // still be measured from the last key (15 keys later: 3 000 ms on the media clock).
+    api.key("c1", PAN, 0).await;
+    api.state.tick().await;
+    let pan = |r: Reply| r.json()["fields"][0].clone();
+    assert_eq!(
+        pan(api.get(&format!("/v1/sessions/{id}")).await)["state"],
+        "valid"
+    );
+    // Default inter-digit timeout 6 s after the last key, which the media path placed 3 s
+    // after the first (fed at T0).
+    tokio::time::advance(Duration::from_millis(8_999)).await;
+    api.state.tick().await;
+    assert_eq!(
+        pan(api.get(&format!("/v1/sessions/{id}")).await)["state"],
+        "valid"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    api.state.tick().await;
+    let p = pan(api.get(&format!("/v1/sessions/{id}")).await);
+    assert_eq!(
+        (p["state"].clone(), p["last4"].clone()),
+        (json!("complete"), json!("1111"))
+    );
+    // A partial expiry times out too and costs an attempt.
+    api.key("c1", "12", 9_000).await;
+    tokio::time::advance(Duration::from_secs(7)).await;
+    api.state.tick().await;
+    let s = api.get(&format!("/v1/sessions/{id}")).await.json();
+    let e = &s["fields"][1];
+    assert_eq!(
+        (
+            e["state"].clone(),
+            e["reason"].clone(),
+            e["attempts"].clone()
+        ),
+        (json!("invalid"), json!("timeout"), json!(1))
+    );
+}

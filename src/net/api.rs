@@ -414,6 +414,27 @@ struct Live {
     capture: Capture,
     call: Option<CallId>,
     tx: broadcast::Sender<Update>,
+    /// API clock minus media clock, fixed at the first key (see [`Live::media_to_api`]).
+    media_offset: Option<i128>,
+}
+
+/// How far a mapped key time may stray from the API clock before the media clock is taken to
+/// have restarted (a new leg, a new RTP timestamp base) and is anchored again.
+const MEDIA_CLOCK_SLACK_MS: i128 = 60_000;
+
+impl Live {
+    /// Maps a key's onset on the media clock onto the API clock, which the capture's timeouts,
+    /// resets and the housekeeping tick all use. One offset per session keeps the spacing of
+    /// keys (and equal onsets of duplicate copies) exactly as the media path saw them.
+    fn media_to_api(&mut self, at_ms: u64, now_ms: u64) -> u64 {
+        let (at, now) = (i128::from(at_ms), i128::from(now_ms));
+        let offset = match self.media_offset {
+            Some(o) if (at + o - now).abs() <= MEDIA_CLOCK_SLACK_MS => o,
+            _ => now - at,
+        };
+        self.media_offset = Some(offset);
+        u64::try_from((at + offset).max(0)).unwrap_or(now_ms)
+    }
 }
 
 struct Book {
@@ -728,8 +749,11 @@ impl ApiState {
     }
 
     /// The media path's entry: one key from the caller on a bound call (or a session id).
-    /// Drives the session's capture, publishes progress and, when the card is complete, seals
-    /// it with the session's PIN into the store. Returns the capture's events (no digits), for
+    /// `at_ms` is the key's onset on the media path's clock (any monotonic milliseconds; the
+    /// in-band and RFC 4733 copies of one key must carry the same value); it is mapped onto
+    /// the API clock for the capture's inter-digit timeout. Drives the session's capture,
+    /// publishes progress and, when the card is complete, seals it with the session's PIN
+    /// into the store. Returns the capture's events (no digits), for
     /// prompts. Keys for a session that is not capturing are refused with `conflict`.
     pub async fn feed_digit(
         &self,
@@ -756,6 +780,7 @@ impl ApiState {
             let live = book.live.get_mut(&id).ok_or_else(ApiError::not_found)?;
             let dups = live.capture.duplicates_ignored();
             let was_capturing = live.capture.status() == CaptureStatus::Capturing;
+            let at_ms = live.media_to_api(at_ms, now);
             let events = live.capture.handle(CaptureInput::Digit {
                 digit,
                 source,
@@ -928,6 +953,7 @@ async fn create_session(State(st): State<ApiState>, body: Bytes) -> Result<Respo
                 capture: Capture::new(capture_cfg, today),
                 call: None,
                 tx,
+                media_offset: None,
             },
         );
         st.inner.metrics.sessions_created.inc();
