@@ -638,8 +638,23 @@ async fn a_whole_payment_leaks_no_card_data() {
     }
 }
 
+/// One HTTP/1.1 request on a fresh loopback connection; reads until the server closes.
+async fn raw(addr: std::net::SocketAddr, req: String) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
+async fn read_all(mut s: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tokio::test]
-async fn serve_answers_on_loopback_and_shuts_down() {
+async fn serve_answers_on_loopback_and_shutdown_closes_sse_streams() {
     let tokens = ApiTokens::parse(&format!("desk:{DESK}")).unwrap();
     let state = ApiState::in_memory(tokens, Clock::system());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -648,24 +663,61 @@ async fn serve_answers_on_loopback_and_shuts_down() {
     let server = tokio::spawn(serve(listener, state, async {
         let _ = stopped.await;
     }));
-    let reply = tokio::time::timeout(Duration::from_secs(5), async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
+    let t = Duration::from_secs(5);
+    let health = tokio::time::timeout(t, async {
+        read_all(
+            raw(
+                addr,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+            )
+            .await,
+        )
+        .await
     })
     .await
     .unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(reply.ends_with("{\"status\":\"ok\"}"), "{reply}");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("{\"status\":\"ok\"}"), "{health}");
+
+    let body = r#"{"agent":"agent-1"}"#;
+    let created = tokio::time::timeout(t, async {
+        read_all(raw(addr, format!(
+            "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DESK}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )).await).await
+    })
+    .await
+    .unwrap();
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let json: Value = serde_json::from_str(created.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let id = json["id"].as_str().unwrap();
+
+    // An open progress stream must not hold the graceful shutdown up.
+    let sse = raw(addr, format!(
+        "GET /v1/sessions/{id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DESK}\r\n\r\n"
+    ))
+    .await;
+    let mut sse = tokio::io::BufReader::new(sse);
+    let first = tokio::time::timeout(t, async {
+        use tokio::io::AsyncBufReadExt;
+        let mut seen = String::new();
+        while !seen.contains("\"state\"") {
+            if sse.read_line(&mut seen).await.unwrap() == 0 {
+                break;
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert!(
+        first.contains("text/event-stream") && first.contains("\"state\":\"pending\""),
+        "{first}"
+    );
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
+    tokio::time::timeout(t, server)
         .await
-        .unwrap()
+        .expect("shutdown ends")
         .unwrap()
         .unwrap();
 }
