@@ -1,1 +1,1493 @@
-//! (being written)
+//! The control API (docs/openapi.yaml): payment sessions for agents' desktops and payment
+//! integrations over HTTP with axum, masked progress as Server-Sent Events, the one-time
+//! unlock, `/healthz` and `/metrics`. It also owns the digit feed from the media path
+//! ([`ApiState::feed_digit`]), which drives each session's [`Capture`] and seals the card.
+//!
+//! What it must never do: put a card digit into a response other than the one unlock, an SSE
+//! event (the PAN's last four once complete is the most, PCI DSS 3.4.1), an error body, a log
+//! line or a metric label. Error messages are fixed text, never an inner error's `Display` that
+//! could echo input (serde's messages quote the offending value). The session lock is a std
+//! `Mutex` that is never held across an `.await`: sealing happens under it, the store round
+//! trip after it.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::{broadcast, watch};
+use zeroize::Zeroizing;
+
+use crate::config::{Config, StoreName};
+use crate::digit::{Digit, DigitSource};
+use crate::net::metrics::Metrics;
+use crate::payment::capture::{
+    Capture, CaptureConfig, CaptureError, CaptureEvent, CaptureInput, CaptureStatus, FieldProgress,
+};
+use crate::payment::card::{CardData, FieldName, YearMonth};
+use crate::payment::redis_store::{AnyStore, RedisStore};
+use crate::payment::session::{
+    AgentId, CallId, DestroyReason, FailReason, Locator, NewSession, RetrievalToken, SessionConfig,
+    SessionError, SessionId, SessionState, SessionTable,
+};
+use crate::payment::store::{MemoryStore, UnlockError, VaultStore};
+use crate::payment::vault::{self, MasterKey, Pin, SealedRecord};
+
+/// Tracing target of the unlock audit trail.
+pub const AUDIT_TARGET: &str = "tonewall::audit";
+
+/// How often [`serve`]'s housekeeping runs: capture timeouts, TTLs, purges.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Ended sessions stay readable this long so the agent's desktop can show the outcome.
+const DEFAULT_LINGER_MS: u64 = 300_000;
+
+/// Largest request body read (JSON commands are tiny).
+const MAX_BODY: usize = 16 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Clock
+
+/// Milliseconds since the UNIX epoch, advanced by tokio's clock so `tokio::time::pause` and
+/// `advance` drive TTLs in tests.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    base_unix_ms: u64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    /// The system's wall clock at start, advanced monotonically.
+    pub fn system() -> Clock {
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Clock::starting_at(base)
+    }
+
+    /// A clock that reads `unix_ms` now.
+    pub fn starting_at(unix_ms: u64) -> Clock {
+        Clock {
+            base_unix_ms: unix_ms,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.base_unix_ms
+            .saturating_add(self.start.elapsed().as_millis() as u64)
+    }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian; the era-based
+/// conversion from H. Hinnant's "chrono-Compatible Low-Level Date Algorithms").
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// RFC 3339 UTC timestamp with milliseconds.
+pub fn rfc3339(unix_ms: u64) -> String {
+    let secs = unix_ms / 1_000;
+    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
+    let sod = secs % 86_400;
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3_600,
+        sod / 60 % 60,
+        sod % 60,
+        unix_ms % 1_000
+    )
+}
+
+/// The calendar month expiry dates are judged against.
+fn year_month(unix_ms: u64) -> Option<YearMonth> {
+    let (y, m, _) = civil_from_days((unix_ms / 86_400_000) as i64);
+    YearMonth::new(u16::try_from(y).ok()?, u8::try_from(m).ok()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bearer tokens
+
+/// The integrations allowed to call the API: a name (for the audit log) and a bearer token.
+/// Tokens are kept as SHA-256 hashes and compared in constant time.
+pub struct ApiTokens {
+    entries: Vec<(String, [u8; 32])>,
+}
+
+impl std::fmt::Debug for ApiTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.entries.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ApiTokens").field("names", &names).finish()
+    }
+}
+
+/// The token list is malformed. Says where, never shows a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenConfigError {
+    #[error(
+        "API token entry {0} is not `name:token` with a non-empty name and a token of at least 16 characters"
+    )]
+    BadEntry(usize),
+    #[error("no API tokens configured (set {0} to comma-separated name:token pairs)")]
+    Empty(String),
+}
+
+impl ApiTokens {
+    /// Parses comma-separated `name:token` pairs (the `api.tokens_env` format).
+    pub fn parse(s: &str) -> Result<ApiTokens, TokenConfigError> {
+        let mut entries = Vec::new();
+        for (i, item) in s.split(',').map(str::trim).enumerate() {
+            if item.is_empty() {
+                continue;
+            }
+            let (name, token) = item.split_once(':').ok_or(TokenConfigError::BadEntry(i))?;
+            let (name, token) = (name.trim(), token.trim());
+            if name.is_empty() || token.len() < 16 {
+                return Err(TokenConfigError::BadEntry(i));
+            }
+            entries.push((name.to_string(), Sha256::digest(token.as_bytes()).into()));
+        }
+        Ok(ApiTokens { entries })
+    }
+
+    /// Reads the list from an environment variable; an unset or empty list is an error.
+    pub fn from_env(var: &str) -> Result<ApiTokens, TokenConfigError> {
+        let raw = Zeroizing::new(std::env::var(var).unwrap_or_default());
+        let tokens = ApiTokens::parse(&raw)?;
+        if tokens.entries.is_empty() {
+            return Err(TokenConfigError::Empty(var.to_string()));
+        }
+        Ok(tokens)
+    }
+
+    /// The integration a presented token belongs to. Every entry is compared, so the time
+    /// taken does not say which one matched.
+    pub fn check(&self, presented: &str) -> Option<&str> {
+        let h: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for (name, want) in &self.entries {
+            if bool::from(want.ct_eq(&h)) && found.is_none() {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// An API failure: HTTP status, a stable code (docs/openapi.yaml `Error.code`) and fixed text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+    /// Wrong-PIN answers say how many tries are left.
+    pub tries_left: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: &'static str) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: Cow::Borrowed(message),
+            tries_left: None,
+        }
+    }
+
+    fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such session")
+    }
+
+    fn bad_json() -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "request body is not the JSON this endpoint takes",
+        )
+    }
+
+    fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorInner<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorInner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tries_left: Option<u32>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorInner {
+                code: self.code,
+                message: &self.message,
+                tries_left: self.tries_left,
+            },
+        };
+        let mut resp = json_response(self.status, &body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> ApiError {
+        use StatusCode as S;
+        let (status, code) = match &e {
+            SessionError::NotFound | SessionError::BadId | SessionError::BadLocator => {
+                (S::NOT_FOUND, "not_found")
+            }
+            SessionError::Expired => (S::GONE, "expired"),
+            SessionError::InvalidTransition { .. } | SessionError::PinGone => {
+                (S::CONFLICT, "conflict")
+            }
+            SessionError::LocatorSpaceExhausted => {
+                (S::SERVICE_UNAVAILABLE, "locator_space_exhausted")
+            }
+            SessionError::TooMany => (S::SERVICE_UNAVAILABLE, "unavailable"),
+            SessionError::BadTtl { .. } | SessionError::BadAgent => (S::BAD_REQUEST, "bad_request"),
+        };
+        // SessionError's texts are built from states, actions and limits only: no input echoes.
+        ApiError {
+            status,
+            code,
+            message: Cow::Owned(e.to_string()),
+            tries_left: None,
+        }
+    }
+}
+
+impl From<CaptureError> for ApiError {
+    fn from(e: CaptureError) -> ApiError {
+        match e {
+            CaptureError::UnknownField => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "field is not part of this capture",
+            ),
+            CaptureError::Finished => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "the capture is complete")
+            }
+            CaptureError::PanRequired => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the pan field is required",
+            ),
+        }
+    }
+}
+
+fn unlock_error(e: &UnlockError) -> ApiError {
+    use StatusCode as S;
+    let (status, message): (StatusCode, &'static str) = match e {
+        UnlockError::NotFound | UnlockError::Destroyed => (S::NOT_FOUND, "no such record"),
+        UnlockError::Expired => (S::GONE, "the record has expired"),
+        UnlockError::BadToken => (S::UNAUTHORIZED, "retrieval token does not match"),
+        UnlockError::WrongPin { .. } => (S::FORBIDDEN, "wrong PIN"),
+        UnlockError::TriesExhausted => (S::GONE, "too many wrong PINs; the record is destroyed"),
+        UnlockError::AlreadyUnlocked => (S::GONE, "the record was already unlocked"),
+        UnlockError::Corrupt => (S::INTERNAL_SERVER_ERROR, "the record is corrupt"),
+        UnlockError::Backend(_) => (S::SERVICE_UNAVAILABLE, "vault store unavailable"),
+    };
+    ApiError {
+        status,
+        code: e.api_code(),
+        message: Cow::Borrowed(message),
+        tries_left: match e {
+            UnlockError::WrongPin { tries_left } => Some(*tries_left),
+            _ => None,
+        },
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::from(bytes),
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    // serde's message may quote the offending value: never pass it on.
+    serde_json::from_slice(body).map_err(|_| ApiError::bad_json())
+}
+
+fn parse_id(s: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(s).map_err(|_| ApiError::not_found())
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+/// Settings of the API shell.
+#[derive(Debug)]
+pub struct ApiSettings {
+    pub tokens: ApiTokens,
+    pub sessions: SessionConfig,
+    /// A sealed record (and its session) lives this long after the capture completes.
+    pub record_ttl_ms: u64,
+    /// Ended sessions stay readable this long.
+    pub linger_ms: u64,
+    /// Capture rules other than the field list (which each session names).
+    pub capture: CaptureConfig,
+}
+
+impl ApiSettings {
+    pub fn new(tokens: ApiTokens) -> ApiSettings {
+        ApiSettings {
+            tokens,
+            sessions: SessionConfig::default(),
+            record_ttl_ms: 120_000,
+            linger_ms: DEFAULT_LINGER_MS,
+            capture: CaptureConfig::default(),
+        }
+    }
+}
+
+/// Why the API could not be set up from the config.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiInitError {
+    #[error(transparent)]
+    Tokens(#[from] TokenConfigError),
+    #[error(transparent)]
+    Key(#[from] vault::KeyError),
+    #[error("vault store: {0}")]
+    Store(#[from] crate::payment::store::StoreError),
+}
+
+/// One progress update for SSE subscribers: the session's JSON, and whether it has ended.
+#[derive(Clone, Debug)]
+struct Update {
+    json: Arc<str>,
+    last: bool,
+}
+
+/// Per-session shell state next to the [`SessionTable`] entry.
+struct Live {
+    capture: Capture,
+    call: Option<CallId>,
+    tx: broadcast::Sender<Update>,
+    /// API clock minus media clock, fixed at the first key (see [`Live::media_to_api`]).
+    media_offset: Option<i128>,
+}
+
+/// How far a mapped key time may stray from the API clock before the media clock is taken to
+/// have restarted (a new leg, a new RTP timestamp base) and is anchored again.
+const MEDIA_CLOCK_SLACK_MS: i128 = 60_000;
+
+impl Live {
+    /// Maps a key's onset on the media clock onto the API clock, which the capture's timeouts,
+    /// resets and the housekeeping tick all use. One offset per session keeps the spacing of
+    /// keys (and equal onsets of duplicate copies) exactly as the media path saw them.
+    fn media_to_api(&mut self, at_ms: u64, now_ms: u64) -> u64 {
+        let (at, now) = (i128::from(at_ms), i128::from(now_ms));
+        let offset = match self.media_offset {
+            Some(o) if (at + o - now).abs() <= MEDIA_CLOCK_SLACK_MS => o,
+            _ => now - at,
+        };
+        self.media_offset = Some(offset);
+        u64::try_from((at + offset).max(0)).unwrap_or(now_ms)
+    }
+}
+
+struct Book {
+    table: SessionTable,
+    live: HashMap<SessionId, Live>,
+    calls: HashMap<String, SessionId>,
+}
+
+struct Inner {
+    book: Mutex<Book>,
+    store: AnyStore,
+    master: Arc<MasterKey>,
+    tokens: ApiTokens,
+    record_ttl_ms: u64,
+    linger_ms: u64,
+    capture: CaptureConfig,
+    clock: Clock,
+    metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A sealed record waiting to be put in the store, built under the lock.
+struct SealJob {
+    id: SessionId,
+    record: SealedRecord,
+}
+
+/// Which session a digit belongs to.
+#[derive(Clone, Copy, Debug)]
+pub enum SessionRef<'a> {
+    /// tonewall's call id, as bound with `POST /v1/sessions/{id}/bind`.
+    Call(&'a str),
+    Session(SessionId),
+}
+
+/// The API's shared state: sessions, captures, the vault store, metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct SessionView<'a> {
+    id: SessionId,
+    agent: &'a str,
+    locator: &'a str,
+    state: &'static str,
+    capture: CaptureStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    fields: Vec<FieldProgress>,
+    expires_at: String,
+}
+
+fn outcome(state: &SessionState) -> &'static str {
+    match state {
+        SessionState::Unlocked => "unlocked",
+        SessionState::Destroyed {
+            reason: DestroyReason::Cancelled,
+        } => "cancelled",
+        SessionState::Destroyed {
+            reason: DestroyReason::TriesExhausted,
+        } => "tries_exhausted",
+        SessionState::Failed {
+            reason: FailReason::CaptureFailed,
+        } => "capture_failed",
+        SessionState::Failed {
+            reason: FailReason::CallEnded,
+        } => "call_ended",
+        SessionState::Failed {
+            reason: FailReason::VaultError,
+        } => "vault_error",
+        SessionState::Expired => "expired",
+        _ => "live",
+    }
+}
+
+impl Book {
+    fn view_json(&self, id: &SessionId) -> Option<(String, bool)> {
+        let s = self.table.get(id)?;
+        let live = self.live.get(id)?;
+        let view = SessionView {
+            id: s.id(),
+            agent: s.agent().as_str(),
+            locator: s.locator().as_str(),
+            state: s.state().api_name(),
+            capture: live.capture.status(),
+            call_id: live.call.as_ref().map(|c| c.0.as_str()),
+            amount: s.amount(),
+            reference: s.reference(),
+            fields: live.capture.progress(),
+            expires_at: rfc3339(s.expires_at_ms()),
+        };
+        let json = serde_json::to_string(&view).ok()?;
+        Some((json, s.state().is_terminal()))
+    }
+
+    /// Sends the session's current state to its SSE subscribers.
+    fn publish(&self, id: &SessionId) {
+        if let (Some((json, last)), Some(live)) = (self.view_json(id), self.live.get(id)) {
+            // No subscriber is not an error.
+            let _ = live.tx.send(Update {
+                json: json.into(),
+                last,
+            });
+        }
+    }
+}
+
+impl ApiState {
+    /// A state over `store`, which must have been built with the same `master` key.
+    pub fn new(
+        settings: ApiSettings,
+        store: AnyStore,
+        master: Arc<MasterKey>,
+        clock: Clock,
+    ) -> ApiState {
+        let (shutdown, _) = watch::channel(false);
+        ApiState {
+            inner: Arc::new(Inner {
+                book: Mutex::new(Book {
+                    table: SessionTable::new(settings.sessions),
+                    live: HashMap::new(),
+                    calls: HashMap::new(),
+                }),
+                store,
+                master,
+                tokens: settings.tokens,
+                record_ttl_ms: settings.record_ttl_ms,
+                linger_ms: settings.linger_ms,
+                capture: settings.capture,
+                clock,
+                metrics: Metrics::new(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// An in-memory store and a fresh master key: for tests and the demo.
+    pub fn in_memory(tokens: ApiTokens, clock: Clock) -> ApiState {
+        let master = Arc::new(MasterKey::generate());
+        let store = AnyStore::Memory(MemoryStore::new(
+            master.clone(),
+            crate::payment::store::DEFAULT_MAX_TRIES,
+        ));
+        ApiState::new(ApiSettings::new(tokens), store, master, clock)
+    }
+
+    /// From the config: tokens from `api.tokens_env`, the master key, the vault store.
+    pub async fn from_config(cfg: &Config) -> Result<ApiState, ApiInitError> {
+        let tokens = ApiTokens::from_env(&cfg.api.tokens_env)?;
+        let master = Arc::new(MasterKey::load(
+            cfg.vault.master_key_file.as_deref(),
+            &cfg.vault.master_key_env,
+        )?);
+        let store = match cfg.vault.store {
+            StoreName::Memory => {
+                AnyStore::Memory(MemoryStore::new(master.clone(), cfg.vault.max_tries))
+            }
+            StoreName::Redis => AnyStore::Redis(
+                RedisStore::connect(&cfg.vault.redis_url, master.clone(), cfg.vault.max_tries)
+                    .await?,
+            ),
+        };
+        let mut settings = ApiSettings::new(tokens);
+        settings.record_ttl_ms = cfg.vault.ttl_s.saturating_mul(1_000);
+        Ok(ApiState::new(settings, store, master, Clock::system()))
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.inner.clock
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The book, with every session past its TTL expired first (so reads never show a live
+    /// session that is due). Never hold the guard across `.await`.
+    fn book(&self, now: u64) -> MutexGuard<'_, Book> {
+        // A panic under the lock leaves consistent-enough data; keep serving.
+        let mut book = self
+            .inner
+            .book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for id in book.table.expire_due(now) {
+            self.ended(&mut book, &id);
+        }
+        book
+    }
+
+    /// Bookkeeping for a session that just reached a terminal state.
+    fn ended(&self, book: &mut Book, id: &SessionId) {
+        let m = &self.inner.metrics;
+        if let Some(s) = book.table.get(id) {
+            m.session_ended(outcome(s.state()));
+            tracing::info!(session = %id, outcome = outcome(s.state()), "payment session ended");
+        }
+        m.sessions_live.set(book.table.live() as i64);
+        if let Some(call) = book.live.get(id).and_then(|l| l.call.clone()) {
+            book.calls.remove(&call.0);
+        }
+        book.publish(id);
+    }
+
+    fn resolve(book: &Book, r: SessionRef<'_>) -> Option<SessionId> {
+        match r {
+            SessionRef::Call(c) => book.calls.get(c).copied(),
+            SessionRef::Session(id) => book.table.get(&id).map(|_| id),
+        }
+    }
+
+    /// After capture events: count digits, fail or seal as the capture says, publish.
+    fn after_capture(
+        &self,
+        book: &mut Book,
+        id: &SessionId,
+        events: &[CaptureEvent],
+        now: u64,
+    ) -> Option<SealJob> {
+        let complete = events
+            .iter()
+            .any(|e| matches!(e, CaptureEvent::Complete { .. }));
+        let failed = events.iter().any(|e| matches!(e, CaptureEvent::Failed(_)));
+        if failed {
+            tracing::info!(session = %id, "capture failed: a field ran out of attempts");
+        }
+        if !complete {
+            if !events.is_empty() {
+                book.publish(id);
+            }
+            return None;
+        }
+        let card = book.live.get_mut(id).and_then(|l| l.capture.take_card())?;
+        match self.seal(book, id, &card, now) {
+            Ok(job) => Some(job),
+            Err(e) => {
+                tracing::error!(session = %id, code = e.code, "sealing failed");
+                if book.table.fail(id, FailReason::VaultError, now).is_ok() {
+                    self.ended(book, id);
+                }
+                None
+            }
+        }
+        // `card` drops (and zeroizes) here.
+    }
+
+    fn seal(
+        &self,
+        book: &mut Book,
+        id: &SessionId,
+        card: &CardData,
+        now: u64,
+    ) -> Result<SealJob, ApiError> {
+        let pin = book.table.complete(id, self.inner.record_ttl_ms, now)?;
+        let s = book.table.get(id).ok_or_else(ApiError::not_found)?;
+        let record = vault::seal(
+            card,
+            &self.inner.master,
+            &pin,
+            *id,
+            s.locator(),
+            s.token_hash(),
+        )
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "sealing failed",
+            )
+        })?;
+        Ok(SealJob { id: *id, record })
+    }
+
+    /// Puts a sealed record in the store (outside the lock), then publishes the outcome.
+    async fn file(&self, job: SealJob) {
+        let now = self.inner.clock.now_ms();
+        let res = self
+            .inner
+            .store
+            .put(job.record, self.inner.record_ttl_ms, now)
+            .await;
+        let now = self.inner.clock.now_ms();
+        let mut book = self.book(now);
+        match res {
+            Ok(()) => {
+                tracing::info!(session = %job.id, "card sealed");
+                book.publish(&job.id);
+            }
+            Err(e) => {
+                tracing::error!(session = %job.id, error = %e, "storing the sealed record failed");
+                if book
+                    .table
+                    .fail(&job.id, FailReason::VaultError, now)
+                    .is_ok()
+                {
+                    self.ended(&mut book, &job.id);
+                }
+            }
+        }
+    }
+
+    /// The media path's entry: one key from the caller on a bound call (or a session id).
+    /// `at_ms` is the key's onset on the media path's clock (any monotonic milliseconds; the
+    /// in-band and RFC 4733 copies of one key must carry the same value); it is mapped onto
+    /// the API clock for the capture's inter-digit timeout. Drives the session's capture,
+    /// publishes progress and, when the card is complete, seals it with the session's PIN
+    /// into the store. Returns the capture's events (no digits), for
+    /// prompts. Keys for a session that is not capturing are refused with `conflict`.
+    pub async fn feed_digit(
+        &self,
+        target: SessionRef<'_>,
+        digit: Digit,
+        source: DigitSource,
+        at_ms: u64,
+    ) -> Result<Vec<CaptureEvent>, ApiError> {
+        let now = self.inner.clock.now_ms();
+        let (events, job) = {
+            let mut book = self.book(now);
+            let id = Self::resolve(&book, target).ok_or_else(ApiError::not_found)?;
+            let capturing = book
+                .table
+                .get(&id)
+                .is_some_and(|s| matches!(s.state(), SessionState::Capturing { .. }));
+            if !capturing {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "the session is not capturing",
+                ));
+            }
+            let live = book.live.get_mut(&id).ok_or_else(ApiError::not_found)?;
+            let dups = live.capture.duplicates_ignored();
+            let was_capturing = live.capture.status() == CaptureStatus::Capturing;
+            let at_ms = live.media_to_api(at_ms, now);
+            let events = live.capture.handle(CaptureInput::Digit {
+                digit,
+                source,
+                at_ms,
+            })?;
+            if was_capturing && digit.is_numeric() && live.capture.duplicates_ignored() == dups {
+                self.inner.metrics.digits_captured.inc();
+            }
+            tracing::trace!(session = %id, ?source, "key fed to capture");
+            let job = self.after_capture(&mut book, &id, &events, now);
+            (events, job)
+        };
+        if let Some(job) = job {
+            self.file(job).await;
+        }
+        Ok(events)
+    }
+
+    /// The media path says a call ended: a session still capturing on it fails.
+    pub fn call_ended(&self, call_id: &str) {
+        let now = self.inner.clock.now_ms();
+        let mut book = self.book(now);
+        let Some(id) = book.calls.get(call_id).copied() else {
+            return;
+        };
+        let open = book.table.get(&id).is_some_and(|s| {
+            matches!(
+                s.state(),
+                SessionState::Bound { .. } | SessionState::Capturing { .. }
+            )
+        });
+        if open && book.table.fail(&id, FailReason::CallEnded, now).is_ok() {
+            self.ended(&mut book, &id);
+        }
+    }
+
+    /// Housekeeping: capture timeouts, TTLs, purging ended sessions and expired records.
+    /// [`serve`] runs it every 250 ms.
+    pub async fn tick(&self) {
+        let now = self.inner.clock.now_ms();
+        let jobs = {
+            let mut book = self.book(now);
+            let due: Vec<SessionId> = book
+                .live
+                .iter()
+                .filter(|(_, l)| l.capture.next_deadline().is_some_and(|d| d <= now))
+                .map(|(id, _)| *id)
+                .collect();
+            let mut jobs = Vec::new();
+            for id in due {
+                let events = match book.live.get_mut(&id) {
+                    Some(l) => l
+                        .capture
+                        .handle(CaptureInput::Tick { now_ms: now })
+                        .unwrap_or_default(),
+                    None => continue,
+                };
+                jobs.extend(self.after_capture(&mut book, &id, &events, now));
+            }
+            book.table.purge_ended(now, self.inner.linger_ms);
+            let Book { table, live, .. } = &mut *book;
+            live.retain(|id, _| table.get(id).is_some());
+            jobs
+        };
+        for job in jobs {
+            self.file(job).await;
+        }
+        if let Err(e) = self.inner.store.purge_expired(now).await {
+            tracing::warn!(error = %e, "purging expired records failed");
+        }
+    }
+
+    /// Ends every SSE stream (graceful shutdown would otherwise wait for them).
+    pub fn close_streams(&self) {
+        let _ = self.inner.shutdown.send(true);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+/// The integration a request authenticated as.
+#[derive(Clone, Debug)]
+struct Integration(Arc<str>);
+
+async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(name) = presented.and_then(|t| st.inner.tokens.check(t)) else {
+        return ApiError::unauthorized().into_response();
+    };
+    let name: Arc<str> = name.into();
+    req.extensions_mut().insert(Integration(name));
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    agent: String,
+    #[serde(default)]
+    fields: Option<Vec<String>>,
+    #[serde(default)]
+    amount: Option<String>,
+    #[serde(default)]
+    reference: Option<String>,
+    #[serde(default)]
+    ttl_s: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct CreatedBody<'a> {
+    id: SessionId,
+    locator: &'a str,
+    token: &'a str,
+    pin: &'a str,
+    expires_at: String,
+}
+
+fn display_text(s: Option<String>) -> Result<Option<String>, ApiError> {
+    match s {
+        Some(s) if s.len() > 128 || s.chars().any(char::is_control) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "amount and reference are at most 128 characters without control characters",
+        )),
+        other => Ok(other),
+    }
+}
+
+async fn create_session(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateBody = parse_json(&body)?;
+    let agent = AgentId::parse(&req.agent)?;
+    let fields: Vec<FieldName> = match req.fields {
+        Some(f) if !f.is_empty() => f.iter().map(|s| FieldName::parse(s)).collect(),
+        _ => vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
+    };
+    let mut capture_cfg = CaptureConfig::for_fields(&fields)?;
+    capture_cfg.inter_digit_timeout_ms = st.inner.capture.inter_digit_timeout_ms;
+    capture_cfg.max_attempts = st.inner.capture.max_attempts;
+    capture_cfg.allow_unknown_brand = st.inner.capture.allow_unknown_brand;
+    let new = NewSession {
+        agent,
+        ttl_ms: req.ttl_s.map(|s| s.saturating_mul(1_000)),
+        fields,
+        amount: display_text(req.amount)?,
+        reference: display_text(req.reference)?,
+    };
+    let now = st.inner.clock.now_ms();
+    let today = year_month(now).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "clock out of range",
+        )
+    })?;
+    let created = {
+        let mut book = st.book(now);
+        let created = book.table.create(new, now)?;
+        let (tx, _) = broadcast::channel(64);
+        book.live.insert(
+            created.id,
+            Live {
+                capture: Capture::new(capture_cfg, today),
+                call: None,
+                tx,
+                media_offset: None,
+            },
+        );
+        st.inner.metrics.sessions_created.inc();
+        st.inner.metrics.sessions_live.set(book.table.live() as i64);
+        created
+    };
+    tracing::info!(session = %created.id, locator = %created.locator, "payment session created");
+    // The only response that shows the token and PIN; built in a zeroizing buffer.
+    let body = Zeroizing::new(
+        serde_json::to_vec(&CreatedBody {
+            id: created.id,
+            locator: created.locator.as_str(),
+            token: created.token.reveal(),
+            pin: created.pin.reveal(),
+            expires_at: rfc3339(created.expires_at_ms),
+        })
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "encoding"))?,
+    );
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from(body.to_vec()),
+    )
+        .into_response())
+}
+
+fn session_response(book: &Book, id: &SessionId) -> Result<Response, ApiError> {
+    let (json, _) = book.view_json(id).ok_or_else(ApiError::not_found)?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response())
+}
+
+async fn get_session(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let book = st.book(st.inner.clock.now_ms());
+    session_response(&book, &id)
+}
+
+async fn cancel_session(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let now = st.inner.clock.now_ms();
+    {
+        let mut book = st.book(now);
+        book.table.destroy(&id, DestroyReason::Cancelled, now)?;
+        st.ended(&mut book, &id);
+    }
+    if let Err(e) = st.inner.store.destroy(&id, now).await {
+        tracing::warn!(session = %id, error = %e, "destroying the sealed record failed");
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct BindBody {
+    call_id: String,
+    /// Start capturing at once (the default); false leaves that to `/start`.
+    #[serde(default = "yes")]
+    start: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn bind_session(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let req: BindBody = parse_json(&body)?;
+    if req.call_id.is_empty()
+        || req.call_id.len() > 256
+        || req.call_id.chars().any(char::is_control)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "call_id must be 1-256 characters without control characters",
+        ));
+    }
+    let now = st.inner.clock.now_ms();
+    let mut book = st.book(now);
+    if book.calls.contains_key(&req.call_id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the call is bound to another session",
+        ));
+    }
+    let call = CallId(req.call_id);
+    book.table.bind(&id, call.clone(), now)?;
+    book.calls.insert(call.0.clone(), id);
+    if let Some(l) = book.live.get_mut(&id) {
+        l.call = Some(call.clone());
+    }
+    if req.start {
+        book.table.start_capture(&id, now)?;
+    }
+    tracing::info!(session = %id, call = %call, started = req.start, "call bound");
+    book.publish(&id);
+    session_response(&book, &id)
+}
+
+async fn start_session(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let now = st.inner.clock.now_ms();
+    let mut book = st.book(now);
+    book.table.start_capture(&id, now)?;
+    book.publish(&id);
+    session_response(&book, &id)
+}
+
+/// Reset and field requests apply while the session is live and not yet sealed.
+fn capture_command(st: &ApiState, id: &str, input: CaptureInput) -> Result<Response, ApiError> {
+    let id = parse_id(id)?;
+    let now = st.inner.clock.now_ms();
+    let mut book = st.book(now);
+    let state = book
+        .table
+        .get(&id)
+        .map(|s| s.state().clone())
+        .ok_or_else(ApiError::not_found)?;
+    if state.is_terminal() || matches!(state, SessionState::Completed { .. }) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the session is no longer capturing",
+        ));
+    }
+    let live = book.live.get_mut(&id).ok_or_else(ApiError::not_found)?;
+    live.capture.handle(input)?;
+    book.publish(&id);
+    session_response(&book, &id)
+}
+
+async fn reset_session(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let now = st.inner.clock.now_ms();
+    capture_command(&st, &id, CaptureInput::Reset { now_ms: now })
+}
+
+async fn request_field(
+    State(st): State<ApiState>,
+    Path((id, field)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let now = st.inner.clock.now_ms();
+    let field = FieldName::parse(&field);
+    capture_command(&st, &id, CaptureInput::Request { field, now_ms: now })
+}
+
+#[derive(Deserialize)]
+struct RequestFieldBody {
+    field: String,
+}
+
+async fn request_field_body(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: RequestFieldBody = parse_json(&body)?;
+    let now = st.inner.clock.now_ms();
+    let field = FieldName::parse(&req.field);
+    capture_command(&st, &id, CaptureInput::Request { field, now_ms: now })
+}
+
+#[derive(Deserialize)]
+struct UnlockBody {
+    token: SecretString,
+    pin: SecretString,
+}
+
+#[derive(Serialize)]
+struct CardBody<'a> {
+    pan: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expiry: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cvv: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postcode: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    brand: Option<&'static str>,
+}
+
+fn unlock_outcome(r: &Result<CardData, UnlockError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(UnlockError::NotFound) => "not_found",
+        Err(UnlockError::Expired) => "expired",
+        Err(UnlockError::BadToken) => "bad_token",
+        Err(UnlockError::WrongPin { .. }) => "wrong_pin",
+        Err(UnlockError::TriesExhausted) => "tries_exhausted",
+        Err(UnlockError::AlreadyUnlocked) => "already_unlocked",
+        Err(UnlockError::Destroyed) => "destroyed",
+        Err(UnlockError::Corrupt) => "corrupt",
+        Err(UnlockError::Backend(_)) => "unavailable",
+    }
+}
+
+fn audit(who: &Integration, id: &SessionId, outcome: &'static str) {
+    tracing::info!(
+        target: AUDIT_TARGET,
+        integration = &*who.0,
+        session = %id,
+        outcome,
+        "unlock"
+    );
+}
+
+async fn unlock_session(
+    State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Integration>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = match SessionId::parse(&id) {
+        Ok(id) => id,
+        Err(_) => {
+            st.inner.metrics.unlock("not_found");
+            tracing::info!(target: AUDIT_TARGET, integration = &*who.0, outcome = "not_found", "unlock of a malformed session id");
+            return Err(ApiError::not_found());
+        }
+    };
+    let req: UnlockBody = match parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            st.inner.metrics.unlock("bad_request");
+            audit(&who, &id, "bad_request");
+            return Err(e);
+        }
+    };
+    let Ok(pin) = Pin::parse(req.pin.expose_secret()) else {
+        st.inner.metrics.unlock("bad_request");
+        audit(&who, &id, "bad_request");
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the PIN must be digits",
+        ));
+    };
+    let token = RetrievalToken::from_presented(req.token.expose_secret());
+    drop(req);
+    let now = st.inner.clock.now_ms();
+    let res = st.inner.store.unlock(&id, &token, &pin, now).await;
+    drop((token, pin));
+    let outcome = unlock_outcome(&res);
+    st.inner.metrics.unlock(outcome);
+    audit(&who, &id, outcome);
+    {
+        // The session may live on another relay (shared Redis store): a missing local
+        // session is not an error here.
+        let now = st.inner.clock.now_ms();
+        let mut book = st.book(now);
+        let ended = match &res {
+            Ok(_) => book.table.unlocked(&id, now).is_ok(),
+            Err(UnlockError::TriesExhausted) => book
+                .table
+                .destroy(&id, DestroyReason::TriesExhausted, now)
+                .is_ok(),
+            // An expired record's session was expired by `book` above (same TTL).
+            Err(_) => false,
+        };
+        if ended {
+            st.ended(&mut book, &id);
+        }
+    }
+    let card = res.map_err(|e| unlock_error(&e))?;
+    let expiry = card.expiry().map(|e| e.reveal_mmyy());
+    let body = Zeroizing::new(
+        serde_json::to_vec(&CardBody {
+            pan: card.pan().reveal(),
+            expiry: expiry.as_ref().map(|e| e.as_str()),
+            cvv: card.cvv().map(|c| c.reveal()),
+            postcode: card.reveal_extra(&FieldName::Postcode),
+            brand: card.brand().map(|b| b.name()),
+        })
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "encoding"))?,
+    );
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from(body.to_vec()),
+    )
+        .into_response())
+}
+
+#[derive(Serialize)]
+struct LocatorBody<'a> {
+    session_id: SessionId,
+    agent: &'a str,
+    expires_at: String,
+}
+
+async fn get_locator(
+    State(st): State<ApiState>,
+    Path(locator): Path<String>,
+) -> Result<Response, ApiError> {
+    let locator = Locator::parse(&locator).map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no live session has this locator",
+        )
+    })?;
+    let now = st.inner.clock.now_ms();
+    let book = st.book(now);
+    let s = book.table.by_locator(&locator, now).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no live session has this locator",
+        )
+    })?;
+    Ok(json_response(
+        StatusCode::OK,
+        &LocatorBody {
+            session_id: s.id(),
+            agent: s.agent().as_str(),
+            expires_at: rfc3339(s.expires_at_ms()),
+        },
+    ))
+}
+
+async fn session_events(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let (first, rx) = {
+        let book = st.book(st.inner.clock.now_ms());
+        // Subscribe and snapshot under one lock: no update can fall between them.
+        let rx = book
+            .live
+            .get(&id)
+            .map(|l| l.tx.subscribe())
+            .ok_or_else(ApiError::not_found)?;
+        let (json, last) = book.view_json(&id).ok_or_else(ApiError::not_found)?;
+        (
+            Update {
+                json: json.into(),
+                last,
+            },
+            rx,
+        )
+    };
+    let shutdown = st.inner.shutdown.subscribe();
+    struct S {
+        first: Option<Update>,
+        rx: broadcast::Receiver<Update>,
+        shutdown: watch::Receiver<bool>,
+        done: bool,
+    }
+    let init = S {
+        first: Some(first),
+        rx,
+        shutdown,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(init, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let update = match s.first.take() {
+            Some(u) => u,
+            None => loop {
+                if *s.shutdown.borrow() {
+                    return None;
+                }
+                tokio::select! {
+                    r = s.rx.recv() => match r {
+                        Ok(u) => break u,
+                        // Each update is the whole session: skipping some loses nothing.
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    r = s.shutdown.changed() => {
+                        if r.is_err() {
+                            return None;
+                        }
+                    }
+                }
+            },
+        };
+        s.done = update.last;
+        let ev = Event::default().event("progress").data(&*update.json);
+        Some((Ok::<Event, Infallible>(ev), s))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    {
+        let book = st.book(st.inner.clock.now_ms());
+        st.inner.metrics.sessions_live.set(book.table.live() as i64);
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    (StatusCode::OK, headers, st.inner.metrics.render()).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "bad_request",
+        "method not allowed on this endpoint",
+    )
+}
+
+/// The control API's routes over `state`.
+pub fn router(state: ApiState) -> Router {
+    let authed = Router::new()
+        .route("/v1/sessions", post(create_session))
+        .route("/v1/sessions/{id}", get(get_session).delete(cancel_session))
+        .route("/v1/sessions/{id}/events", get(session_events))
+        .route("/v1/sessions/{id}/bind", post(bind_session))
+        .route("/v1/sessions/{id}/start", post(start_session))
+        .route("/v1/sessions/{id}/reset", post(reset_session))
+        .route(
+            "/v1/sessions/{id}/fields/{field}/request",
+            post(request_field),
+        )
+        .route("/v1/sessions/{id}/request-field", post(request_field_body))
+        .route("/v1/sessions/{id}/unlock", post(unlock_session))
+        .route("/v1/locators/{locator}", get(get_locator))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(authed)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, with housekeeping every 250 ms.
+/// On shutdown, SSE streams are closed so the graceful drain ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sweeper = {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                st.tick().await;
+            }
+        })
+    };
+    let st = state.clone();
+    let res = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            st.close_streams();
+        })
+        .await;
+    sweeper.abort();
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_render_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        // 2000-02-29 is a leap day; 951_782_400 s since the epoch.
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_798_761_599_000), "2026-12-31T23:59:59.000Z");
+        assert_eq!(year_month(1_798_761_599_000), YearMonth::new(2026, 12));
+    }
+
+    #[test]
+    fn tokens_match_by_name_and_reject_others() {
+        let t = ApiTokens::parse("desk:aaaaaaaaaaaaaaaaaaaa, pay:bbbbbbbbbbbbbbbbbbbb").unwrap();
+        assert_eq!(t.check("aaaaaaaaaaaaaaaaaaaa"), Some("desk"));
+        assert_eq!(t.check("bbbbbbbbbbbbbbbbbbbb"), Some("pay"));
+        assert_eq!(t.check("aaaaaaaaaaaaaaaaaaa"), None);
+        assert_eq!(t.check(""), None);
+        assert_eq!(
+            ApiTokens::parse("desk:short").unwrap_err(),
+            TokenConfigError::BadEntry(0)
+        );
+        assert!(!format!("{t:?}").contains("aaaa"));
+    }
+
+    #[test]
+    fn unlock_errors_keep_numbers_out_of_messages() {
+        let e = unlock_error(&UnlockError::WrongPin { tries_left: 2 });
+        assert_eq!(
+            (e.status, e.code, e.tries_left),
+            (StatusCode::FORBIDDEN, "wrong_pin", Some(2))
+        );
+        assert!(!e.message.chars().any(|c| c.is_ascii_digit()));
+    }
+}

@@ -4,4 +4,5 @@
 
 pub mod api;
 pub mod media;
+pub mod metrics;
 pub mod ports;

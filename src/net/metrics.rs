@@ -1,0 +1,126 @@
+//! The relay's Prometheus registry and the payment/API metrics in it, rendered as OpenMetrics
+//! text for `GET /metrics`.
+//!
+//! Labels are fixed, low-cardinality words (an outcome), never ids, digits, PANs or anything a
+//! caller keyed: a label value is stored forever and shown to anyone who can scrape.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// One `outcome` label with a value from a fixed list.
+pub type OutcomeLabel = [(&'static str, &'static str); 1];
+
+/// Payment-session and unlock metrics, plus the registry other shells may add to.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Sessions created.
+    pub sessions_created: Counter,
+    /// Sessions that ended, by outcome (`unlocked`, `cancelled`, `tries_exhausted`,
+    /// `capture_failed`, `call_ended`, `vault_error`, `expired`).
+    pub sessions_ended: Family<OutcomeLabel, Counter>,
+    /// Sessions holding a locator now.
+    pub sessions_live: Gauge,
+    /// Numeric keys counted into a capture (how many, never which).
+    pub digits_captured: Counter,
+    /// Unlock attempts by outcome (`ok`, `wrong_pin`, `tries_exhausted`, `bad_token`, …).
+    pub unlocks: Family<OutcomeLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tonewall");
+        let m = Metrics {
+            registry: Registry::default(),
+            sessions_created: Counter::default(),
+            sessions_ended: Family::default(),
+            sessions_live: Gauge::default(),
+            digits_captured: Counter::default(),
+            unlocks: Family::default(),
+        };
+        registry.register(
+            "payment_sessions_created",
+            "Payment sessions created",
+            m.sessions_created.clone(),
+        );
+        registry.register(
+            "payment_sessions_ended",
+            "Payment sessions ended, by outcome",
+            m.sessions_ended.clone(),
+        );
+        registry.register(
+            "payment_sessions_live",
+            "Payment sessions holding a locator",
+            m.sessions_live.clone(),
+        );
+        registry.register(
+            "payment_digits_captured",
+            "Numeric keys counted into card captures (never which)",
+            m.digits_captured.clone(),
+        );
+        registry.register(
+            "payment_unlocks",
+            "Sealed-record unlock attempts, by outcome",
+            m.unlocks.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// For the media and SIP shells to register their own metrics before the state is shared.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    pub fn session_ended(&self, outcome: &'static str) {
+        self.sessions_ended
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn unlock(&self, outcome: &'static str) {
+        self.unlocks.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    /// OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an encoder error would only drop the body.
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_outcome_labels() {
+        let m = Metrics::new();
+        m.sessions_created.inc();
+        m.unlock("wrong_pin");
+        m.unlock("ok");
+        m.session_ended("unlocked");
+        m.digits_captured.inc_by(23);
+        let text = m.render();
+        assert!(
+            text.contains("tonewall_payment_sessions_created_total 1"),
+            "{text}"
+        );
+        assert!(text.contains("tonewall_payment_unlocks_total{outcome=\"wrong_pin\"} 1"));
+        assert!(text.contains("tonewall_payment_digits_captured_total 23"));
+        assert!(text.contains("tonewall_payment_sessions_ended_total{outcome=\"unlocked\"} 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,815 @@
+//! The control API end to end over its axum router (tower `oneshot`, no sockets except the
+//! `serve` test on 127.0.0.1:0): bearer auth, sessions and locators, the digit feed from the
+//! media path, masked progress over SSE, the one-time unlock with PIN tries, TTLs on tokio's
+//! paused clock, and a leak check over every log line, error body, SSE event and the metrics.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tonewall::digit::{Digit, DigitSource};
+use tonewall::net::api::{ApiState, ApiTokens, Clock, SessionRef, router, serve};
+use tower::ServiceExt;
+
+const DESK: &str = "dddddddddddddddddddddddd";
+const PAY: &str = "pppppppppppppppppppppppp";
+/// 2026-06-01T09:00:00Z: the test card's 12/30 expiry is in the future.
+const T0: u64 = 1_780_304_400_000;
+const PAN: &str = "4111111111111111";
+const KEYS: &str = "4111111111111111#1230123";
+
+struct Api {
+    state: ApiState,
+    router: Router,
+}
+
+struct Reply {
+    status: StatusCode,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+    fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Api {
+    fn new() -> Api {
+        let tokens = ApiTokens::parse(&format!("desk:{DESK},pay:{PAY}")).unwrap();
+        let state = ApiState::in_memory(tokens, Clock::starting_at(T0));
+        Api {
+            router: router(state.clone()),
+            state,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        Reply {
+            status,
+            text: String::from_utf8(bytes.to_vec()).unwrap(),
+        }
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.call(Method::GET, uri, Some(DESK), None).await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> Reply {
+        self.call(Method::POST, uri, Some(DESK), Some(&body.to_string()))
+            .await
+    }
+
+    async fn create(&self) -> Value {
+        let r = self
+            .post(
+                "/v1/sessions",
+                json!({"agent": "agent-7", "amount": "12.50 GBP"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.json()
+    }
+
+    async fn bind(&self, id: &str, call: &str) -> Reply {
+        self.post(&format!("/v1/sessions/{id}/bind"), json!({"call_id": call}))
+            .await
+    }
+
+    async fn key(&self, call: &str, keys: &str, start_ms: u64) {
+        for (i, c) in keys.chars().enumerate() {
+            self.state
+                .feed_digit(
+                    SessionRef::Call(call),
+                    Digit::from_char(c).unwrap(),
+                    DigitSource::Rfc4733,
+                    start_ms + 200 * i as u64,
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn unlock(&self, id: &str, token: &str, pin: &str) -> Reply {
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/unlock"),
+            Some(PAY),
+            Some(&json!({"token": token, "pin": pin}).to_string()),
+        )
+        .await
+    }
+
+    /// A session bound to `call` with the test card keyed and sealed.
+    async fn sealed(&self, call: &str) -> (String, String, String) {
+        let c = self.create().await;
+        let id = c["id"].as_str().unwrap().to_string();
+        assert_eq!(self.bind(&id, call).await.status, StatusCode::OK);
+        self.key(call, KEYS, 1_000).await;
+        assert_eq!(
+            self.get(&format!("/v1/sessions/{id}")).await.json()["state"],
+            "sealed"
+        );
+        (
+            id,
+            c["token"].as_str().unwrap().to_string(),
+            c["pin"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
+/// A PIN of the same length that is not `pin`.
+fn wrong(pin: &str) -> String {
+    pin.bytes()
+        .map(|b| char::from(b'0' + (b - b'0' + 1) % 10))
+        .collect()
+}
+
+/// What must never appear outside the one unlock response: the PAN whole or in part, and the
+/// expiry and CVV as values of their fields.
+fn assert_clean(what: &str, text: &str) {
+    for needle in [
+        PAN,
+        "411111",
+        "11111111",
+        "\"cvv\":\"123\"",
+        "\"expiry\":\"1230\"",
+        "cvv=123",
+        "expiry=1230",
+        "12/30",
+    ] {
+        assert!(!text.contains(needle), "{what} contains {needle:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn requests_need_a_valid_bearer_token() {
+    let api = Api::new();
+    let body = json!({"agent": "a"}).to_string();
+    let none = api
+        .call(Method::POST, "/v1/sessions", None, Some(&body))
+        .await;
+    assert_eq!(
+        (none.status, none.code()),
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
+    let bad = api
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            Some("dddddddddddddddddddddddx"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    let r = api.call(Method::GET, "/v1/locators/1234", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Liveness and metrics are open (docs/openapi.yaml `security: []`).
+    let h = api.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(
+        (h.status, h.json()["status"].clone()),
+        (StatusCode::OK, json!("ok"))
+    );
+    assert_eq!(
+        api.call(Method::GET, "/metrics", None, None).await.status,
+        StatusCode::OK
+    );
+    let ok = api
+        .call(Method::POST, "/v1/sessions", Some(PAY), Some(&body))
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn create_session_and_resolve_its_locator() {
+    let api = Api::new();
+    let c = api.create().await;
+    let id = c["id"].as_str().unwrap();
+    let locator = c["locator"].as_str().unwrap();
+    assert_eq!(id.len(), 32);
+    assert!(locator.len() == 4 && locator.bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(c["pin"].as_str().unwrap().len(), 6);
+    assert_eq!(c["token"].as_str().unwrap().len(), 64);
+    // Default TTL 900 s from T0.
+    assert_eq!(c["expires_at"], "2026-06-01T09:15:00.000Z");
+
+    let l = api.get(&format!("/v1/locators/{locator}")).await;
+    assert_eq!(l.status, StatusCode::OK);
+    assert_eq!(
+        (l.json()["session_id"].as_str(), l.json()["agent"].as_str()),
+        (Some(id), Some("agent-7"))
+    );
+    let other = if locator == "0000" { "0001" } else { "0000" };
+    assert_eq!(
+        api.get(&format!("/v1/locators/{other}")).await.code(),
+        "not_found"
+    );
+    assert_eq!(
+        api.get("/v1/locators/12ab").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let s = api.get(&format!("/v1/sessions/{id}")).await.json();
+    assert_eq!(s["state"], "pending");
+    assert_eq!(s["amount"], "12.50 GBP");
+    let fields: Vec<&str> = s["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["pan", "expiry", "cvv"]);
+    // The token and PIN are shown once: never on reads.
+    let text = api.get(&format!("/v1/sessions/{id}")).await.text;
+    assert!(!text.contains(c["token"].as_str().unwrap()) && !text.contains("\"pin\""));
+
+    let bad = api
+        .post("/v1/sessions", json!({"agent": "a", "ttl_s": 5}))
+        .await;
+    assert_eq!(
+        (bad.status, bad.code()),
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+    let bad = api
+        .post("/v1/sessions", json!({"agent": "a", "fields": ["expiry"]}))
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(api.get("/v1/sessions/nothex").await.code(), "not_found");
+}
+
+#[tokio::test]
+async fn keys_only_count_while_capturing_and_the_agent_can_reset() {
+    let api = Api::new();
+    let c = api.create().await;
+    let id = c["id"].as_str().unwrap();
+    let sid = tonewall::payment::session::SessionId::parse(id).unwrap();
+    let one = Digit::from_char('4').unwrap();
+    let e = api
+        .state
+        .feed_digit(SessionRef::Session(sid), one, DigitSource::InBand, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "conflict");
+    let b = api
+        .post(
+            &format!("/v1/sessions/{id}/bind"),
+            json!({"call_id": "c9", "start": false}),
+        )
+        .await;
+    assert_eq!(b.json()["state"], "bound");
+    assert!(
+        api.state
+            .feed_digit(SessionRef::Call("c9"), one, DigitSource::InBand, 20)
+            .await
+            .is_err()
+    );
+    let s = api
+        .post(&format!("/v1/sessions/{id}/start"), json!({}))
+        .await;
+    assert_eq!(s.json()["state"], "capturing");
+    assert_eq!(s.json()["call_id"], "c9");
+    api.key("c9", "41111", 100).await;
+    let pan = &api.get(&format!("/v1/sessions/{id}")).await.json()["fields"][0];
+    assert_eq!(
+        (pan["digits"].clone(), pan["brand"].clone()),
+        (json!(5), json!("visa"))
+    );
+    let r = api
+        .post(&format!("/v1/sessions/{id}/reset"), json!({}))
+        .await;
+    assert_eq!(r.json()["fields"][0]["digits"], 0);
+    api.key("c9", "4111111111111111#12", 5_000).await;
+    let r = api
+        .post(&format!("/v1/sessions/{id}/fields/pan/request"), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["fields"][0]["state"], "waiting");
+    let r = api
+        .post(
+            &format!("/v1/sessions/{id}/request-field"),
+            json!({"field": "postcode"}),
+        )
+        .await;
+    assert_eq!(r.code(), "bad_request");
+    // A second session cannot take the same call.
+    let c2 = api.create().await;
+    assert_eq!(
+        api.bind(c2["id"].as_str().unwrap(), "c9").await.code(),
+        "conflict"
+    );
+    // Cancel: gone for the locator, state cancelled.
+    let d = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/sessions/{id}"),
+            Some(DESK),
+            None,
+        )
+        .await;
+    assert_eq!(d.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.get(&format!("/v1/sessions/{id}")).await.json()["state"],
+        "cancelled"
+    );
+    let loc = c["locator"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("/v1/locators/{loc}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn wrong_pins_run_out_and_destroy_the_record() {
+    let api = Api::new();
+    let (id, token, pin) = api.sealed("c1").await;
+    let bad = wrong(&pin);
+    let r = api.unlock(&id, &token, &bad).await;
+    assert_eq!(
+        (r.status, r.code(), r.json()["error"]["tries_left"].clone()),
+        (StatusCode::FORBIDDEN, "wrong_pin".into(), json!(2))
+    );
+    // A wrong retrieval token costs no try.
+    let r = api.unlock(&id, &"0".repeat(64), &pin).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
+    assert_eq!(
+        api.unlock(&id, &token, &bad).await.json()["error"]["tries_left"],
+        1
+    );
+    let r = api.unlock(&id, &token, &bad).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::GONE, "tries_exhausted".into())
+    );
+    let r = api.unlock(&id, &token, &pin).await;
+    assert_eq!(r.code(), "tries_exhausted", "the right PIN is too late");
+    assert_eq!(
+        api.get(&format!("/v1/sessions/{id}")).await.json()["state"],
+        "failed"
+    );
+    let m = api.get("/metrics").await.text;
+    assert!(
+        m.contains("tonewall_payment_unlocks_total{outcome=\"wrong_pin\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("tonewall_payment_sessions_ended_total{outcome=\"tries_exhausted\"} 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttls_end_sessions_and_records() {
+    let api = Api::new();
+    let r = api
+        .post("/v1/sessions", json!({"agent": "a", "ttl_s": 30}))
+        .await;
+    let c = r.json();
+    let id = c["id"].as_str().unwrap();
+    tokio::time::advance(Duration::from_millis(29_999)).await;
+    assert_eq!(
+        api.get(&format!("/v1/sessions/{id}")).await.json()["state"],
+        "pending"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        api.get(&format!("/v1/sessions/{id}")).await.json()["state"],
+        "expired"
+    );
+    let loc = c["locator"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("/v1/locators/{loc}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(api.bind(id, "c1").await.code(), "expired");
+
+    // A sealed record lives the vault TTL (120 s) from sealing, then is gone.
+    let (id, token, pin) = api.sealed("c2").await;
+    tokio::time::advance(Duration::from_secs(120)).await;
+    let r = api.unlock(&id, &token, &pin).await;
+    assert_eq!((r.status, r.code()), (StatusCode::GONE, "expired".into()));
+    assert_eq!(
+        api.get(&format!("/v1/sessions/{id}")).await.json()["state"],
+        "expired"
+    );
+    let m = api.get("/metrics").await.text;
+    assert!(
+        m.contains("tonewall_payment_sessions_ended_total{outcome=\"expired\"} 2"),
+        "{m}"
+    );
+}
+
+/// Everything the tracing subscriber writes, at TRACE.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_whole_payment_leaks_no_card_data() {
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // Everything that is not the one unlock response.
+    let mut seen: Vec<(String, String)> = Vec::new();
+
+    let api = Api::new();
+    let c = api.create().await;
+    let id = c["id"].as_str().unwrap().to_string();
+    let (token, pin) = (c["token"].as_str().unwrap(), c["pin"].as_str().unwrap());
+
+    // Subscribe to progress before anything happens.
+    let req = Request::get(format!("/v1/sessions/{id}/events"))
+        .header(header::AUTHORIZATION, format!("Bearer {DESK}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut sse = resp.into_body().into_data_stream();
+
+    assert_eq!(api.bind(&id, "call-1").await.json()["state"], "capturing");
+    api.key("call-1", "41111111", 1_000).await;
+    let mid = api.get(&format!("/v1/sessions/{id}")).await;
+    let pan = &mid.json()["fields"][0];
+    assert_eq!(
+        (pan["digits"].clone(), pan["state"].clone()),
+        (json!(8), json!("capturing"))
+    );
+    assert!(
+        pan.get("last4").is_none(),
+        "no last four before the PAN is complete"
+    );
+    seen.push(("session".into(), mid.text));
+    api.key("call-1", "11111111", 2_600).await;
+    let s = api.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(s.json()["fields"][0]["state"], "valid");
+    assert!(s.json()["fields"][0].get("last4").is_none());
+    seen.push(("session".into(), s.text));
+    api.key("call-1", "#1230123", 4_200).await;
+    let s = api.get(&format!("/v1/sessions/{id}")).await;
+    let j = s.json();
+    assert_eq!(
+        (j["state"].clone(), j["capture"].clone()),
+        (json!("sealed"), json!("complete"))
+    );
+    assert_eq!(j["fields"][0]["last4"], "1111");
+    assert_eq!(j["fields"][1]["digits"], 4);
+    assert_eq!(j["fields"][2]["digits"], 3);
+    seen.push(("session".into(), s.text));
+
+    // Error bodies, including a body that quotes card digits back at serde.
+    let bad = api
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            Some(DESK),
+            Some("{\"agent\": 4111111111111111, \"cvv\": \"123\"}"),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    seen.push(("error".into(), bad.text));
+    let bad = api
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/unlock"),
+            Some(PAY),
+            Some(&format!("{{\"token\":\"{token}\",\"pin\":\"{PAN}x\"}}")),
+        )
+        .await;
+    assert_eq!(bad.code(), "bad_request");
+    seen.push(("error".into(), bad.text));
+    let w = api.unlock(&id, token, &wrong(pin)).await;
+    assert_eq!(w.code(), "wrong_pin");
+    seen.push(("error".into(), w.text));
+
+    let card = api.unlock(&id, token, pin).await;
+    assert_eq!(card.status, StatusCode::OK, "{}", card.text);
+    assert_eq!(
+        card.json(),
+        json!({"pan": PAN, "expiry": "1230", "cvv": "123", "brand": "visa"})
+    );
+    let again = api.unlock(&id, token, pin).await;
+    assert_eq!(
+        (again.status, again.code()),
+        (StatusCode::GONE, "already_unlocked".into())
+    );
+    seen.push(("error".into(), again.text));
+    let s = api.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(s.json()["state"], "unlocked");
+    seen.push(("session".into(), s.text));
+
+    // The stream ends with the session; every event is a masked progress snapshot.
+    let mut raw = String::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = sse.next().await {
+            raw.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        }
+    })
+    .await
+    .expect("the SSE stream ends when the session does");
+    let events: Vec<Value> = raw
+        .split("\n\n")
+        .filter(|e| e.contains("data:"))
+        .map(|e| {
+            assert!(e.starts_with("event: progress\n"), "{e}");
+            let data: String = e.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            serde_json::from_str(&data).unwrap()
+        })
+        .collect();
+    assert!(events.len() >= 20, "{} events", events.len());
+    assert_eq!(events.first().unwrap()["state"], "pending");
+    assert_eq!(events.last().unwrap()["state"], "unlocked");
+    let counts: Vec<u64> = events
+        .iter()
+        .map(|e| e["fields"][0]["digits"].as_u64().unwrap())
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    assert!(counts.contains(&1) && counts.contains(&16));
+    for e in &events {
+        let pan = &e["fields"][0];
+        if pan["state"] != "complete" {
+            assert!(pan.get("last4").is_none(), "{e}");
+        }
+    }
+    seen.push(("sse".into(), raw));
+
+    let m = api.call(Method::GET, "/metrics", None, None).await;
+    assert!(
+        m.text.contains("tonewall_payment_digits_captured_total 23"),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.text
+            .contains("tonewall_payment_unlocks_total{outcome=\"ok\"} 1")
+    );
+    assert!(
+        m.text
+            .contains("tonewall_payment_unlocks_total{outcome=\"already_unlocked\"} 1")
+    );
+    assert!(
+        m.text
+            .contains("tonewall_payment_sessions_ended_total{outcome=\"unlocked\"} 1")
+    );
+    seen.push(("metrics".into(), m.text));
+
+    let log = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    // The audit trail: one line per unlock outcome, with the integration and no PIN.
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tonewall::audit"))
+        .collect();
+    assert_eq!(audit.len(), 4, "{log}");
+    for (line, outcome) in audit
+        .iter()
+        .zip(["bad_request", "wrong_pin", "ok", "already_unlocked"])
+    {
+        assert!(
+            line.contains(&format!("outcome=\"{outcome}\""))
+                || line.contains(&format!("outcome={outcome}")),
+            "{line}"
+        );
+        assert!(
+            line.contains("integration=pay") || line.contains("integration=\"pay\""),
+            "{line}"
+        );
+        assert!(!line.contains(pin) && !line.contains(token), "{line}");
+    }
+    assert!(
+        log.contains("key fed to capture"),
+        "TRACE lines are captured"
+    );
+    assert!(!log.contains(pin) && !log.contains(token));
+    seen.push(("logs".into(), log));
+
+    for (what, text) in &seen {
+        assert_clean(what, text);
+    }
+}
+
+/// One HTTP/1.1 request on a fresh loopback connection; reads until the server closes.
+async fn raw(addr: std::net::SocketAddr, req: String) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
+async fn read_all(mut s: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn serve_answers_on_loopback_and_shutdown_closes_sse_streams() {
+    let tokens = ApiTokens::parse(&format!("desk:{DESK}")).unwrap();
+    let state = ApiState::in_memory(tokens, Clock::system());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let t = Duration::from_secs(5);
+    let health = tokio::time::timeout(t, async {
+        read_all(
+            raw(
+                addr,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+            )
+            .await,
+        )
+        .await
+    })
+    .await
+    .unwrap();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("{\"status\":\"ok\"}"), "{health}");
+
+    let body = r#"{"agent":"agent-1"}"#;
+    let created = tokio::time::timeout(t, async {
+        read_all(raw(addr, format!(
+            "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DESK}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )).await).await
+    })
+    .await
+    .unwrap();
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let json: Value = serde_json::from_str(created.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let id = json["id"].as_str().unwrap();
+
+    // An open progress stream must not hold the graceful shutdown up.
+    let sse = raw(addr, format!(
+        "GET /v1/sessions/{id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DESK}\r\n\r\n"
+    ))
+    .await;
+    let mut sse = tokio::io::BufReader::new(sse);
+    let first = tokio::time::timeout(t, async {
+        use tokio::io::AsyncBufReadExt;
+        let mut seen = String::new();
+        while !seen.contains("\"state\"") {
+            if sse.read_line(&mut seen).await.unwrap() == 0 {
+                break;
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert!(
+        first.contains("text/event-stream") && first.contains("\"state\":\"pending\""),
+        "{first}"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(t, server)
+        .await
+        .expect("shutdown ends")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_inter_digit_timeout_ends_a_field_on_the_api_clock() {
+    let api = Api::new();
+    let c = api.create().await;
+    let id = c["id"].as_str().unwrap();
+    api.bind(id, "c1").await;
+    // The media clock starts near zero, far from the API's UNIX clock: the timeout must
+    // still be measured from the last key (15 keys later: 3 000 ms on the media clock).
+    api.key("c1", PAN, 0).await;
+    api.state.tick().await;
+    let pan = |r: Reply| r.json()["fields"][0].clone();
+    assert_eq!(
+        pan(api.get(&format!("/v1/sessions/{id}")).await)["state"],
+        "valid"
+    );
+    // Default inter-digit timeout 6 s after the last key, which the media path placed 3 s
+    // after the first (fed at T0).
+    tokio::time::advance(Duration::from_millis(8_999)).await;
+    api.state.tick().await;
+    assert_eq!(
+        pan(api.get(&format!("/v1/sessions/{id}")).await)["state"],
+        "valid"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    api.state.tick().await;
+    let p = pan(api.get(&format!("/v1/sessions/{id}")).await);
+    assert_eq!(
+        (p["state"].clone(), p["last4"].clone()),
+        (json!("complete"), json!("1111"))
+    );
+    // A partial expiry times out too and costs an attempt.
+    api.key("c1", "12", 9_000).await;
+    tokio::time::advance(Duration::from_secs(7)).await;
+    api.state.tick().await;
+    let s = api.get(&format!("/v1/sessions/{id}")).await.json();
+    let e = &s["fields"][1];
+    assert_eq!(
+        (
+            e["state"].clone(),
+            e["reason"].clone(),
+            e["attempts"].clone()
+        ),
+        (json!("invalid"), json!("timeout"), json!(1))
+    );
+}
+
+/// Every path and method in docs/openapi.yaml reaches a handler (not the JSON 404 fallback),
+/// except the scrub switch, which belongs to the media shell.
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    let api = Api::new();
+    let yaml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml")).unwrap();
+    let mut path = None;
+    let mut checked = 0;
+    for line in yaml.lines() {
+        if let Some(p) = line.strip_prefix("  /").and_then(|p| p.strip_suffix(':')) {
+            path = Some(format!("/{p}"));
+            continue;
+        }
+        let Some(p) = &path else { continue };
+        let method = match line.trim_end() {
+            "    get:" => Method::GET,
+            "    post:" => Method::POST,
+            "    put:" => Method::PUT,
+            "    delete:" => Method::DELETE,
+            _ => continue,
+        };
+        if p.starts_with("/v1/calls/") {
+            continue;
+        }
+        let uri = p
+            .replace("{id}", &"0".repeat(32))
+            .replace("{field}", "pan")
+            .replace("{locator}", "1234");
+        let r = api.call(method.clone(), &uri, Some(DESK), Some("{}")).await;
+        assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        assert!(
+            !r.text.contains("no such endpoint"),
+            "{method} {uri}: {}",
+            r.text
+        );
+        checked += 1;
+    }
+    assert!(checked >= 13, "{checked}");
+    let r = api.get("/v1/nothing").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+}
