@@ -1031,6 +1031,36 @@ mod tests {
         }
     }
 
+    /// Unscrubbed caller audio: keys over speech, 4-16 dB above the speech's average level. The
+    /// decoder finds every key with its edges; the residue scanner reports no more fragments
+    /// than there are keys (its isolation test is meant for masked audio).
+    #[test]
+    fn keys_over_speech_are_decoded() {
+        let speech = fixture("speech_en_hello.wav");
+        for (gain_db, level) in [(-6.0, -10.0), (-12.0, -20.0), (-18.0, -30.0)] {
+            let mut s = Sig::new(77);
+            s.silence(300.0);
+            let mut truth = Vec::new();
+            for c in "4111111111111111".chars() {
+                truth.push(s.key(Digit::from_char(c).unwrap(), level, 45.0));
+                s.silence(50.0);
+            }
+            let g = 10f64.powf(gain_db / 20.0);
+            for (i, v) in s.x.iter_mut().enumerate() {
+                *v += g * f64::from(speech[i % speech.len()]);
+            }
+            let found = decode(&s.pcm());
+            let label = format!("speech {gain_db} dB, keys {level} dBm0");
+            assert_eq!(keys(&found), "4111111111111111", "{label}");
+            for (f, (a, b)) in found.iter().zip(&truth) {
+                assert!((f.start_ms - ms(*a as f64)).abs() <= 5.0, "{label}: {f:?}");
+                assert!((f.end_ms - ms(*b as f64)).abs() <= 5.0, "{label}: {f:?}");
+            }
+            let r = scan(&s.pcm());
+            assert!(r.len() <= 16, "{label}: {r:?}");
+        }
+    }
+
     #[test]
     fn masks_alone_leave_no_residue() {
         let mut s = Sig::new(7);
