@@ -408,9 +408,37 @@ fn anchor(body: &[u8], addr: IpAddr, ports: RelayPorts) -> Result<Anchored, SdpE
         Some((orig.rtp_addr()?, codecs))
     });
     Ok(Anchored {
-        body: rw.body,
+        body: hide_origin(&rw.body, addr),
         remote,
     })
+}
+
+/// Puts our address in the `o=` line (RFC 8866 §5.2): the peer's host must not cross legs.
+/// Session id and version are kept, so the peer's version stepping still reads as it meant.
+fn hide_origin(body: &[u8], addr: IpAddr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    for line in body.split_inclusive(|b| *b == b'\n') {
+        let content_len = line
+            .iter()
+            .rposition(|b| *b != b'\r' && *b != b'\n')
+            .map_or(0, |p| p + 1);
+        let (content, term) = line.split_at(content_len);
+        let fields: Vec<&[u8]> = content.split(|b| *b == b' ').collect();
+        if content.starts_with(b"o=") && fields.len() == 6 {
+            let kind: &[u8] = if addr.is_ipv4() { b"IP4" } else { b"IP6" };
+            for f in fields.iter().take(4) {
+                out.extend_from_slice(f);
+                out.push(b' ');
+            }
+            out.extend_from_slice(kind);
+            out.push(b' ');
+            out.extend_from_slice(addr.to_string().as_bytes());
+            out.extend_from_slice(term);
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    out
 }
 
 /// Digit carried by an INFO body (application/dtmf-relay `Signal=`, or application/dtmf).
