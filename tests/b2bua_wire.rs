@@ -860,3 +860,61 @@ fn contact_centre_failure_maps_to_same_class() {
     assert_eq!(w.ended(), vec![EndCause::Rejected(486)]);
     assert!(w.pool.live.is_empty());
 }
+
+#[test]
+fn missing_trunk_ack_retransmits_2xx_then_hangs_up() {
+    let mut w = Wire::new();
+    w.deliver(
+        TRUNK,
+        &trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "0", "sendrecv")), ""),
+    );
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    let answer = sdp("198.51.100.20", 50000, "0", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    let ok = w.trunk_final_or_prov();
+    w.advance(10_000);
+    // §13.3.1.4: 0.5, 1.5, 3.5, 7.5 s, each byte-identical to the first 2xx.
+    assert_eq!(w.trunk.len(), 4);
+    assert!(w.trunk.iter().all(|m| m == &ok));
+    w.trunk.clear();
+    w.advance(23_000);
+    let ends: Vec<String> =
+        w.cc.iter()
+            .map(|m| m.method().unwrap().as_str().to_owned())
+            .collect();
+    // The CC's 2xx is ACKed before its BYE; the unanswered BYE is retransmitted (Timer E).
+    assert_eq!(ends[0], "ACK");
+    assert!(
+        ends.len() >= 2 && ends[1..].iter().all(|m| m == "BYE"),
+        "{ends:?}"
+    );
+    assert!(w.cc.iter().skip(1).all(|m| m == &w.cc[1]));
+    assert!(
+        w.trunk
+            .iter()
+            .any(|m| m.method().map(|m| m.as_str()) == Some("BYE"))
+    );
+    assert_eq!(w.ended(), vec![EndCause::Timeout]);
+    assert!(w.pool.live.is_empty());
+}
+
+#[test]
+fn retransmitted_2xx_from_contact_centre_gets_the_same_ack() {
+    let mut w = Wire::new();
+    w.deliver(TRUNK, &trunk_invite("1", None, ""));
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    let offer = sdp("198.51.100.20", 50000, "0", "sendrecv");
+    let ok = cc_answer(&inv, 200, "OK", Some(&offer));
+    w.deliver(CC, &ok);
+    let ok_a = w.trunk_final_or_prov();
+    let mut trunk = trunk_peer(&ok_a);
+    let ans = sdp("192.0.2.10", 40000, "0", "sendrecv");
+    w.deliver(TRUNK, &trunk.request("ACK", Some(&ans), ""));
+    let ack = w.next_to_cc();
+    // The CC missed our ACK and resends its 200: the same ACK goes again, nothing to the trunk.
+    w.deliver(CC, &ok);
+    assert_eq!(w.next_to_cc(), ack);
+    assert!(w.trunk.is_empty());
+}

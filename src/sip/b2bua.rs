@@ -601,10 +601,13 @@ impl B2bua {
         now: u64,
         out: &mut Vec<Output>,
     ) {
+        let tag = match to_tag {
+            Some(t) => t.to_owned(),
+            None => self.new_id("o"),
+        };
         let Some(e) = self.servers.get(key) else {
             return;
         };
-        let tag = to_tag.map_or_else(|| self.cfg.id_seed.to_string(), str::to_owned);
         let mut b = ResponseBuilder::new(&e.request, status, reason);
         if status > 100 {
             b = b.to_tag(&tag);
@@ -624,7 +627,7 @@ impl B2bua {
     /// Answers a request outside any transaction we keep (stateless; used for what we refuse
     /// before a transaction exists, e.g. 481 to a stray CANCEL).
     fn reply_stateless(
-        &self,
+        &mut self,
         req: &Message,
         transport: Transport,
         to: SocketAddr,
@@ -632,7 +635,7 @@ impl B2bua {
         reason: &str,
         out: &mut Vec<Output>,
     ) {
-        let tag = format!("{:x}", mix(self.cfg.id_seed));
+        let tag = self.new_id("s");
         if let Ok(r) = ResponseBuilder::new(req, status, reason)
             .to_tag(&tag)
             .build()
@@ -1408,6 +1411,17 @@ impl B2bua {
                     .get_all("Reason")
                     .map(|v| ("Reason", lossy(v)))
                     .collect();
+                // A BYE may come before the ACK of a 2xx (§15.1.1): ACK the other leg first.
+                let wait = self.calls.get_mut(&call).and_then(|c| {
+                    c.retrans = None;
+                    c.ack_wait.take()
+                });
+                if let Some(w) = wait {
+                    self.send_ack(call, w.from.other(), w.to_cseq, None, out);
+                    if let Some(c) = self.calls.get_mut(&call) {
+                        c.phase = Phase::Confirmed;
+                    }
+                }
                 let confirmed = self
                     .calls
                     .get(&call)
@@ -1789,6 +1803,13 @@ impl B2bua {
             return;
         };
         let cancelled = initial && matches!(c.phase, Phase::Cancelling | Phase::Ended { .. });
+        if initial && status > 100 && status < 200 && c.b.remote_tag.is_none() {
+            // Early dialog (§12.1.2): later CANCEL/UPDATE need the contact centre's tag.
+            if let Some(t) = msg.to_tag() {
+                c.b.remote_tag = Some(t.to_owned());
+                c.b.remote = lossy(msg.get("To").unwrap_or(b""));
+            }
+        }
         if (200..300).contains(&status) {
             // The dialog on `leg` is confirmed (§12.1.2): learn its tag, target and route set.
             let d = c.dialog(leg);
@@ -2043,10 +2064,14 @@ impl B2bua {
             }
             let Some(r) = &mut c.retrans else { continue };
             if now >= r.deadline {
-                // §13.3.1.4: no ACK within 64·T1: the dialog is over; BYE both legs.
+                // §13.3.1.4: no ACK within 64·T1: the dialog is over; BYE both legs (the
+                // other leg's 2xx is ACKed first, which we held for the end-to-end ACK).
                 c.retrans = None;
-                c.ack_wait = None;
+                let wait = c.ack_wait.take();
                 c.phase = Phase::Confirmed;
+                if let Some(w) = wait {
+                    self.send_ack(id, w.from.other(), w.to_cseq, None, out);
+                }
                 self.hangup(id, EndCause::Timeout, None, now, ports, out);
                 continue;
             }
