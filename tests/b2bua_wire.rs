@@ -918,3 +918,96 @@ fn retransmitted_2xx_from_contact_centre_gets_the_same_ack() {
     assert_eq!(w.next_to_cc(), ack);
     assert!(w.trunk.is_empty());
 }
+
+#[test]
+fn cancel_waits_for_a_provisional_from_the_contact_centre() {
+    let mut w = Wire::new();
+    let invite = trunk_invite("1", None, "");
+    w.deliver(TRUNK, &invite);
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    let cancel = invite
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    w.deliver(TRUNK, &cancel);
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    assert_eq!(w.next_to_trunk().status(), Some(487));
+    assert!(
+        w.cc.is_empty(),
+        "no CANCEL before a provisional (RFC 3261 §9.1)"
+    );
+    let trying = text(&ResponseBuilder::new(&inv, 100, "Trying").build().unwrap());
+    w.deliver(CC, &trying);
+    let c = w.next_to_cc();
+    assert_eq!(c.method().unwrap().as_str(), "CANCEL");
+    assert!(w.trunk.is_empty());
+    w.deliver(CC, &cc_answer(&c, 200, "OK", None));
+    w.deliver(CC, &cc_answer(&inv, 487, "Request Terminated", None));
+    assert_eq!(w.next_to_cc().method().unwrap().as_str(), "ACK");
+    assert!(w.trunk.is_empty());
+    assert_eq!(w.core.active_calls(), 0);
+    // Once the dialogs' linger time has passed, nothing of the call is left to fire.
+    w.advance(40_000);
+    assert_eq!(w.core.next_deadline(), None);
+}
+
+#[test]
+fn early_media_183_and_update_are_anchored() {
+    let mut w = Wire::new();
+    w.deliver(
+        TRUNK,
+        &trunk_invite(
+            "1",
+            Some(&sdp("192.0.2.10", 40000, "0 101", "sendrecv")),
+            "",
+        ),
+    );
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    let early = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    let p183 = ResponseBuilder::new(&inv, 183, "Session Progress")
+        .to_tag("cc-dialog-tag")
+        .header("Contact", "<sip:agent@198.51.100.20:5080>")
+        .header("Require", "100rel")
+        .header("RSeq", "1")
+        .body("application/sdp", early)
+        .build()
+        .unwrap();
+    w.deliver(CC, &text(&p183));
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(183));
+    assert_relay_sdp(&r, 30000);
+    // No reliable provisionals: the contact centre's Require: 100rel does not cross.
+    assert!(r.get("Require").is_none() && r.get("RSeq").is_none());
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    let ok = w.trunk_final_or_prov();
+    let mut trunk = trunk_peer(&ok);
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    w.next_to_cc();
+
+    let upd = sdp("192.0.2.10", 40010, "0 101", "sendrecv");
+    w.deliver(
+        TRUNK,
+        &trunk.request("UPDATE", Some(&upd), "Contact: <sip:trunk@192.0.2.10>\r\n"),
+    );
+    let u = w.next_to_cc();
+    assert_eq!(u.method().unwrap().as_str(), "UPDATE");
+    assert_relay_sdp(&u, 30002);
+    let ans = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&u, 200, "OK", Some(&ans)));
+    let ok = w.next_to_trunk();
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.cseq().unwrap().method, "UPDATE");
+    assert_relay_sdp(&ok, 30000);
+    let last_a = w
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Output::Media { a, .. } => Some(*a),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last_a.remote, Some(addr("192.0.2.10:40010")));
+}

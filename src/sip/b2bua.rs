@@ -820,7 +820,9 @@ impl B2bua {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
-        c.phase = Phase::Cancelling;
+        if !c.ended() {
+            c.phase = Phase::Cancelling;
+        }
         let Some(branch) = c.b_invite.clone() else {
             return;
         };
@@ -1796,6 +1798,11 @@ impl B2bua {
         ports: &mut dyn PortAllocator,
         out: &mut Vec<Output>,
     ) {
+        // §9.1: a CANCEL waits for a provisional response (a 100 will do).
+        if initial && status < 200 && self.calls.get(&call).is_some_and(|c| c.cancel_pending) {
+            self.cancel_b(call, now, out);
+            return;
+        }
         if status == 100 {
             return; // hop-by-hop; we sent our own
         }
@@ -1825,10 +1832,6 @@ impl B2bua {
             {
                 d.remote_target = n.uri_raw.to_owned();
             }
-        }
-        if initial && c.cancel_pending && status < 200 {
-            self.cancel_b(call, now, out);
-            return;
         }
         if cancelled {
             // The trunk gave up while the contact centre answered (CANCEL crossing a 200):
