@@ -873,6 +873,13 @@ fn missing_trunk_ack_retransmits_2xx_then_hangs_up() {
     let answer = sdp("198.51.100.20", 50000, "0", "sendrecv");
     w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
     let ok = w.trunk_final_or_prov();
+    // A retransmitted INVITE crossing our 2xx gets the 2xx again, and nothing reaches the CC.
+    w.deliver(
+        TRUNK,
+        &trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "0", "sendrecv")), ""),
+    );
+    assert_eq!(w.next_to_trunk(), ok);
+    assert!(w.cc.is_empty());
     w.advance(10_000);
     // §13.3.1.4: 0.5, 1.5, 3.5, 7.5 s, each byte-identical to the first 2xx.
     assert_eq!(w.trunk.len(), 4);

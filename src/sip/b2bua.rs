@@ -924,10 +924,17 @@ impl B2bua {
             };
             let (t, p) = (e.transport, e.peer);
             let is_2xx_ack = method == "ACK" && e.tx.state() == ServerState::Terminated;
+            let inv_2xx = method == "INVITE" && e.tx.state() == ServerState::Terminated;
+            let call = e.call;
             for a in actions {
                 if let TxAction::Send(b) = a {
                     Self::send(out, t, p, b);
                 }
+            }
+            // The transaction ended with our 2xx; until the ACK, the TU answers a
+            // retransmitted INVITE with that 2xx again (§13.3.1.4).
+            if inv_2xx && let Some(r) = call.and_then(|c| self.calls.get(&c)?.retrans.as_ref()) {
+                Self::send(out, t, p, r.bytes.clone());
             }
             if !is_2xx_ack {
                 return;
@@ -2160,6 +2167,30 @@ mod tests {
         assert_eq!(map_failure(486), 486);
         assert_eq!(map_failure(407), 403);
         assert_eq!(map_failure(603), 603);
+    }
+
+    #[test]
+    fn origin_address_is_ours_and_the_rest_untouched() {
+        let body = b"v=0\r\no=alice 2890844526 2890844527 IN IP4 192.0.2.10\r\ns=-\r\n";
+        let out = hide_origin(body, "10.0.0.1".parse().unwrap());
+        assert_eq!(
+            out,
+            b"v=0\r\no=alice 2890844526 2890844527 IN IP4 10.0.0.1\r\ns=-\r\n".to_vec()
+        );
+        let v6 = hide_origin(
+            b"o=- 1 1 IN IP4 192.0.2.10\n",
+            "2001:db8::1".parse().unwrap(),
+        );
+        assert_eq!(v6, b"o=- 1 1 IN IP6 2001:db8::1\n".to_vec());
+    }
+
+    #[test]
+    fn route_target_must_be_an_ip_literal() {
+        let mut rc = RouteConfig::default();
+        let r = Route::from_config(&rc).unwrap();
+        assert_eq!(r.target, "127.0.0.1:5080".parse().unwrap());
+        rc.target = "sip:agents@cc.example.com".into();
+        assert!(Route::from_config(&rc).is_err());
     }
 
     #[test]
