@@ -656,7 +656,7 @@ impl B2bua {
         body: Option<(&str, &[u8])>,
         now: u64,
         out: &mut Vec<Output>,
-    ) -> Option<u32> {
+    ) -> Option<(u32, String)> {
         let branch = self.new_id("z9hG4bK");
         let (contact, ua) = self.local();
         let host = self.cfg.sip_host.clone();
@@ -689,7 +689,7 @@ impl B2bua {
             }
         }
         self.clients.insert(
-            branch,
+            branch.clone(),
             ClientEntry {
                 tx,
                 call,
@@ -698,7 +698,7 @@ impl B2bua {
                 request: req,
             },
         );
-        Some(seq)
+        Some((seq, branch))
     }
 
     /// Sends an ACK for a 2xx in `leg`'s dialog (no transaction, §17.1.1.3).
@@ -1276,13 +1276,12 @@ impl B2bua {
         now: u64,
         out: &mut Vec<Output>,
     ) -> Option<u32> {
-        let before: std::collections::HashSet<String> = self.clients.keys().cloned().collect();
-        let seq = self.send_request(call, leg, "INVITE", purpose, extra, body, now, out)?;
+        let (seq, branch) =
+            self.send_request(call, leg, "INVITE", purpose, extra, body, now, out)?;
         if leg == Leg::B
-            && let Some(b) = self.clients.keys().find(|k| !before.contains(*k)).cloned()
             && let Some(c) = self.calls.get_mut(&call)
         {
-            c.b_invite = Some(b);
+            c.b_invite = Some(branch);
         }
         Some(seq)
     }
