@@ -408,9 +408,37 @@ fn anchor(body: &[u8], addr: IpAddr, ports: RelayPorts) -> Result<Anchored, SdpE
         Some((orig.rtp_addr()?, codecs))
     });
     Ok(Anchored {
-        body: rw.body,
+        body: hide_origin(&rw.body, addr),
         remote,
     })
+}
+
+/// Puts our address in the `o=` line (RFC 8866 §5.2): the peer's host must not cross legs.
+/// Session id and version are kept, so the peer's version stepping still reads as it meant.
+fn hide_origin(body: &[u8], addr: IpAddr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    for line in body.split_inclusive(|b| *b == b'\n') {
+        let content_len = line
+            .iter()
+            .rposition(|b| *b != b'\r' && *b != b'\n')
+            .map_or(0, |p| p + 1);
+        let (content, term) = line.split_at(content_len);
+        let fields: Vec<&[u8]> = content.split(|b| *b == b' ').collect();
+        if content.starts_with(b"o=") && fields.len() == 6 {
+            let kind: &[u8] = if addr.is_ipv4() { b"IP4" } else { b"IP6" };
+            for f in fields.iter().take(4) {
+                out.extend_from_slice(f);
+                out.push(b' ');
+            }
+            out.extend_from_slice(kind);
+            out.push(b' ');
+            out.extend_from_slice(addr.to_string().as_bytes());
+            out.extend_from_slice(term);
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    out
 }
 
 /// Digit carried by an INFO body (application/dtmf-relay `Signal=`, or application/dtmf).
@@ -573,10 +601,13 @@ impl B2bua {
         now: u64,
         out: &mut Vec<Output>,
     ) {
+        let tag = match to_tag {
+            Some(t) => t.to_owned(),
+            None => self.new_id("o"),
+        };
         let Some(e) = self.servers.get(key) else {
             return;
         };
-        let tag = to_tag.map_or_else(|| self.cfg.id_seed.to_string(), str::to_owned);
         let mut b = ResponseBuilder::new(&e.request, status, reason);
         if status > 100 {
             b = b.to_tag(&tag);
@@ -596,7 +627,7 @@ impl B2bua {
     /// Answers a request outside any transaction we keep (stateless; used for what we refuse
     /// before a transaction exists, e.g. 481 to a stray CANCEL).
     fn reply_stateless(
-        &self,
+        &mut self,
         req: &Message,
         transport: Transport,
         to: SocketAddr,
@@ -604,7 +635,7 @@ impl B2bua {
         reason: &str,
         out: &mut Vec<Output>,
     ) {
-        let tag = format!("{:x}", mix(self.cfg.id_seed));
+        let tag = self.new_id("s");
         if let Ok(r) = ResponseBuilder::new(req, status, reason)
             .to_tag(&tag)
             .build()
@@ -625,7 +656,7 @@ impl B2bua {
         body: Option<(&str, &[u8])>,
         now: u64,
         out: &mut Vec<Output>,
-    ) -> Option<u32> {
+    ) -> Option<(u32, String)> {
         let branch = self.new_id("z9hG4bK");
         let (contact, ua) = self.local();
         let host = self.cfg.sip_host.clone();
@@ -658,7 +689,7 @@ impl B2bua {
             }
         }
         self.clients.insert(
-            branch,
+            branch.clone(),
             ClientEntry {
                 tx,
                 call,
@@ -667,7 +698,7 @@ impl B2bua {
                 request: req,
             },
         );
-        Some(seq)
+        Some((seq, branch))
     }
 
     /// Sends an ACK for a 2xx in `leg`'s dialog (no transaction, §17.1.1.3).
@@ -789,7 +820,9 @@ impl B2bua {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
-        c.phase = Phase::Cancelling;
+        if !c.ended() {
+            c.phase = Phase::Cancelling;
+        }
         let Some(branch) = c.b_invite.clone() else {
             return;
         };
@@ -891,10 +924,17 @@ impl B2bua {
             };
             let (t, p) = (e.transport, e.peer);
             let is_2xx_ack = method == "ACK" && e.tx.state() == ServerState::Terminated;
+            let inv_2xx = method == "INVITE" && e.tx.state() == ServerState::Terminated;
+            let call = e.call;
             for a in actions {
                 if let TxAction::Send(b) = a {
                     Self::send(out, t, p, b);
                 }
+            }
+            // The transaction ended with our 2xx; until the ACK, the TU answers a
+            // retransmitted INVITE with that 2xx again (§13.3.1.4).
+            if inv_2xx && let Some(r) = call.and_then(|c| self.calls.get(&c)?.retrans.as_ref()) {
+                Self::send(out, t, p, r.bytes.clone());
             }
             if !is_2xx_ack {
                 return;
@@ -1236,13 +1276,12 @@ impl B2bua {
         now: u64,
         out: &mut Vec<Output>,
     ) -> Option<u32> {
-        let before: std::collections::HashSet<String> = self.clients.keys().cloned().collect();
-        let seq = self.send_request(call, leg, "INVITE", purpose, extra, body, now, out)?;
+        let (seq, branch) =
+            self.send_request(call, leg, "INVITE", purpose, extra, body, now, out)?;
         if leg == Leg::B
-            && let Some(b) = self.clients.keys().find(|k| !before.contains(*k)).cloned()
             && let Some(c) = self.calls.get_mut(&call)
         {
-            c.b_invite = Some(b);
+            c.b_invite = Some(branch);
         }
         Some(seq)
     }
@@ -1380,6 +1419,17 @@ impl B2bua {
                     .get_all("Reason")
                     .map(|v| ("Reason", lossy(v)))
                     .collect();
+                // A BYE may come before the ACK of a 2xx (§15.1.1): ACK the other leg first.
+                let wait = self.calls.get_mut(&call).and_then(|c| {
+                    c.retrans = None;
+                    c.ack_wait.take()
+                });
+                if let Some(w) = wait {
+                    self.send_ack(call, w.from.other(), w.to_cseq, None, out);
+                    if let Some(c) = self.calls.get_mut(&call) {
+                        c.phase = Phase::Confirmed;
+                    }
+                }
                 let confirmed = self
                     .calls
                     .get(&call)
@@ -1754,6 +1804,11 @@ impl B2bua {
         ports: &mut dyn PortAllocator,
         out: &mut Vec<Output>,
     ) {
+        // §9.1: a CANCEL waits for a provisional response (a 100 will do).
+        if initial && status < 200 && self.calls.get(&call).is_some_and(|c| c.cancel_pending) {
+            self.cancel_b(call, now, out);
+            return;
+        }
         if status == 100 {
             return; // hop-by-hop; we sent our own
         }
@@ -1761,6 +1816,13 @@ impl B2bua {
             return;
         };
         let cancelled = initial && matches!(c.phase, Phase::Cancelling | Phase::Ended { .. });
+        if initial && status > 100 && status < 200 && c.b.remote_tag.is_none() {
+            // Early dialog (§12.1.2): later CANCEL/UPDATE need the contact centre's tag.
+            if let Some(t) = msg.to_tag() {
+                c.b.remote_tag = Some(t.to_owned());
+                c.b.remote = lossy(msg.get("To").unwrap_or(b""));
+            }
+        }
         if (200..300).contains(&status) {
             // The dialog on `leg` is confirmed (§12.1.2): learn its tag, target and route set.
             let d = c.dialog(leg);
@@ -1776,10 +1838,6 @@ impl B2bua {
             {
                 d.remote_target = n.uri_raw.to_owned();
             }
-        }
-        if initial && c.cancel_pending && status < 200 {
-            self.cancel_b(call, now, out);
-            return;
         }
         if cancelled {
             // The trunk gave up while the contact centre answered (CANCEL crossing a 200):
@@ -2015,10 +2073,14 @@ impl B2bua {
             }
             let Some(r) = &mut c.retrans else { continue };
             if now >= r.deadline {
-                // §13.3.1.4: no ACK within 64·T1: the dialog is over; BYE both legs.
+                // §13.3.1.4: no ACK within 64·T1: the dialog is over; BYE both legs (the
+                // other leg's 2xx is ACKed first, which we held for the end-to-end ACK).
                 c.retrans = None;
-                c.ack_wait = None;
+                let wait = c.ack_wait.take();
                 c.phase = Phase::Confirmed;
+                if let Some(w) = wait {
+                    self.send_ack(id, w.from.other(), w.to_cseq, None, out);
+                }
                 self.hangup(id, EndCause::Timeout, None, now, ports, out);
                 continue;
             }
@@ -2104,6 +2166,30 @@ mod tests {
         assert_eq!(map_failure(486), 486);
         assert_eq!(map_failure(407), 403);
         assert_eq!(map_failure(603), 603);
+    }
+
+    #[test]
+    fn origin_address_is_ours_and_the_rest_untouched() {
+        let body = b"v=0\r\no=alice 2890844526 2890844527 IN IP4 192.0.2.10\r\ns=-\r\n";
+        let out = hide_origin(body, "10.0.0.1".parse().unwrap());
+        assert_eq!(
+            out,
+            b"v=0\r\no=alice 2890844526 2890844527 IN IP4 10.0.0.1\r\ns=-\r\n".to_vec()
+        );
+        let v6 = hide_origin(
+            b"o=- 1 1 IN IP4 192.0.2.10\n",
+            "2001:db8::1".parse().unwrap(),
+        );
+        assert_eq!(v6, b"o=- 1 1 IN IP6 2001:db8::1\n".to_vec());
+    }
+
+    #[test]
+    fn route_target_must_be_an_ip_literal() {
+        let mut rc = RouteConfig::default();
+        let r = Route::from_config(&rc).unwrap();
+        assert_eq!(r.target, "127.0.0.1:5080".parse().unwrap());
+        rc.target = "sip:agents@cc.example.com".into();
+        assert!(Route::from_config(&rc).is_err());
     }
 
     #[test]

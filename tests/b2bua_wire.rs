@@ -1,0 +1,1020 @@
+//! B2BUA over an in-memory wire on a virtual clock: a scripted trunk UAC and contact-centre UAS
+//! exchange bytes with the core. Every message crossing the wire is checked for header leaks
+//! (nothing of the trunk's routing reaches the contact centre and vice versa).
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use tonewall::config::Transport;
+use tonewall::digit::Digit;
+use tonewall::sip::b2bua::{
+    B2bua, B2buaConfig, CallEvent, EndCause, Input, Output, PortAllocator, RelayPorts, Route,
+};
+use tonewall::sip::message::{Framing, Limits, Message, ResponseBuilder};
+use tonewall::sip::transaction::TimerConfig;
+
+const TRUNK: &str = "192.0.2.10:5060";
+const CC: &str = "198.51.100.20:5080";
+const STRANGER: &str = "203.0.113.66:5060";
+
+/// Bytes that identify the trunk's side: none may reach the contact centre.
+const TRUNK_MARKS: [&str; 4] = [
+    "192.0.2.10",
+    "rr.trunk.example",
+    "trunk-call",
+    "z9hG4bKtrunk",
+];
+/// Bytes that identify the contact centre's side: none may reach the trunk.
+const CC_MARKS: [&str; 4] = ["198.51.100.20", "rr.cc.example", "cc-dialog", "z9hG4bKcc"];
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn parse(bytes: &[u8]) -> Message {
+    Message::parse(
+        Bytes::copy_from_slice(bytes),
+        Framing::Datagram,
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
+fn text(m: &Message) -> String {
+    String::from_utf8_lossy(m.as_bytes()).into_owned()
+}
+
+#[derive(Default)]
+struct Pool {
+    next: u16,
+    live: HashSet<u16>,
+    released: Vec<u16>,
+}
+
+impl PortAllocator for Pool {
+    fn allocate(&mut self) -> Option<RelayPorts> {
+        let rtp = 30_000 + self.next;
+        self.next += 2;
+        self.live.insert(rtp);
+        Some(RelayPorts { rtp, rtcp: rtp + 1 })
+    }
+    fn release(&mut self, ports: RelayPorts) {
+        assert!(self.live.remove(&ports.rtp), "double release {}", ports.rtp);
+        self.released.push(ports.rtp);
+    }
+}
+
+struct Wire {
+    core: B2bua,
+    pool: Pool,
+    now: u64,
+    trunk: VecDeque<Message>,
+    cc: VecDeque<Message>,
+    events: Vec<Output>,
+}
+
+fn config(max_calls: usize) -> B2buaConfig {
+    B2buaConfig {
+        sip_host: "10.0.0.1:5060".into(),
+        media_address: "10.0.0.1".parse().unwrap(),
+        routes: vec![Route {
+            name: "inline".into(),
+            sources: vec!["192.0.2.0/24".parse().unwrap()],
+            user: None,
+            target_uri: "sip:agents@198.51.100.20:5080".into(),
+            target: addr(CC),
+            transport: Transport::Udp,
+        }],
+        max_calls,
+        retry_after_s: 7,
+        carry_headers: vec!["X-Call-Ref".into()],
+        user_agent: "tonewall-test".into(),
+        timers: TimerConfig::default(),
+        id_seed: 42,
+    }
+}
+
+impl Wire {
+    fn new() -> Wire {
+        Wire::with(config(10))
+    }
+    fn with(cfg: B2buaConfig) -> Wire {
+        Wire {
+            core: B2bua::new(cfg),
+            pool: Pool::default(),
+            now: 0,
+            trunk: VecDeque::new(),
+            cc: VecDeque::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn dispatch(&mut self, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Send { to, bytes, .. } => {
+                    let m = parse(&bytes);
+                    let t = text(&m);
+                    if to == addr(CC) {
+                        for mark in TRUNK_MARKS {
+                            assert!(!t.contains(mark), "trunk's {mark} leaked to CC:\n{t}");
+                        }
+                        self.cc.push_back(m);
+                    } else {
+                        for mark in CC_MARKS {
+                            assert!(!t.contains(mark), "CC's {mark} leaked to trunk:\n{t}");
+                        }
+                        self.trunk.push_back(m);
+                    }
+                }
+                other => self.events.push(other),
+            }
+        }
+    }
+
+    fn deliver(&mut self, from: &str, msg: &str) {
+        let mut out = Vec::new();
+        let input = Input::Received {
+            transport: Transport::Udp,
+            from: addr(from),
+            msg: parse(msg.as_bytes()),
+        };
+        self.core.handle(input, self.now, &mut self.pool, &mut out);
+        self.dispatch(out);
+    }
+
+    fn input(&mut self, input: Input) {
+        let mut out = Vec::new();
+        self.core.handle(input, self.now, &mut self.pool, &mut out);
+        self.dispatch(out);
+    }
+
+    /// Advances the virtual clock, firing every deadline on the way.
+    fn advance(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while let Some(d) = self.core.next_deadline().filter(|d| *d <= end) {
+            self.now = d.max(self.now);
+            self.input(Input::Tick);
+        }
+        self.now = end;
+    }
+
+    fn next_to_trunk(&mut self) -> Message {
+        self.trunk
+            .pop_front()
+            .expect("expected a message to the trunk")
+    }
+    fn next_to_cc(&mut self) -> Message {
+        self.cc
+            .pop_front()
+            .expect("expected a message to the contact centre")
+    }
+    /// Next message to the trunk that is not a 100 Trying.
+    fn trunk_final_or_prov(&mut self) -> Message {
+        loop {
+            let m = self.next_to_trunk();
+            if m.status() != Some(100) {
+                return m;
+            }
+        }
+    }
+
+    fn ended(&self) -> Vec<EndCause> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Output::Event {
+                    event: CallEvent::Ended(c),
+                    ..
+                } => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn sdp(ip: &str, port: u16, codecs: &str, dir: &str) -> String {
+    let mut s = format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {codecs}\r\n"
+    );
+    for pt in codecs.split(' ') {
+        let name = match pt {
+            "0" => "PCMU/8000",
+            "8" => "PCMA/8000",
+            "18" => "G729/8000",
+            "101" => "telephone-event/8000",
+            _ => continue,
+        };
+        s.push_str(&format!("a=rtpmap:{pt} {name}\r\n"));
+    }
+    s.push_str(&format!("a={dir}\r\n"));
+    s
+}
+
+fn with_body(head: &str, body: Option<&str>) -> String {
+    match body {
+        Some(b) => format!(
+            "{head}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ),
+        None => format!("{head}Content-Length: 0\r\n\r\n"),
+    }
+}
+
+fn trunk_invite(branch: &str, body: Option<&str>, extra: &str) -> String {
+    with_body(
+        &format!(
+            "INVITE sip:5551234@10.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKtrunk{branch}\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:4155550100@192.0.2.10>;tag=t1\r\n\
+To: <sip:5551234@10.0.0.1>\r\n\
+Call-ID: trunk-call-{branch}@192.0.2.10\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:trunk@192.0.2.10:5060>\r\n\
+Record-Route: <sip:rr.trunk.example;lr>\r\n\
+P-Asserted-Identity: <sip:+14155550100@pai.example>\r\n\
+X-Call-Ref: ref-77\r\n\
+Supported: 100rel, timer\r\n\
+{extra}"
+        ),
+        body,
+    )
+}
+
+/// A peer's view of its dialog with tonewall.
+struct Peer {
+    host: &'static str,
+    call_id: String,
+    local: String,
+    remote: String,
+    target: String,
+    cseq: u32,
+    n: u32,
+}
+
+impl Peer {
+    fn request(&mut self, method: &str, body: Option<&str>, extra: &str) -> String {
+        self.n += 1;
+        if method != "ACK" {
+            self.cseq += 1;
+        }
+        let tag = if self.host == TRUNK { "trunk" } else { "cc" };
+        with_body(
+            &format!(
+                "{method} {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{tag}{}x{}\r\n\
+Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n{extra}",
+                self.target,
+                self.host,
+                self.call_id.len(),
+                self.n,
+                self.local,
+                self.remote,
+                self.call_id,
+                self.cseq
+            ),
+            body,
+        )
+    }
+}
+
+/// The contact centre answers `req` (status, optional SDP).
+fn cc_answer(req: &Message, status: u16, reason: &str, body: Option<&str>) -> String {
+    let mut b = ResponseBuilder::new(req, status, reason)
+        .to_tag("cc-dialog-tag")
+        .header("Contact", "<sip:agent@198.51.100.20:5080>")
+        .header("Record-Route", "<sip:rr.cc.example;lr>");
+    if let Some(s) = body {
+        b = b.body("application/sdp", s.to_owned());
+    }
+    text(&b.build().unwrap())
+}
+
+/// The contact centre's side of the dialog the INVITE `inv` created.
+fn cc_peer(inv: &Message) -> Peer {
+    Peer {
+        host: CC,
+        call_id: inv.call_id().unwrap().to_owned(),
+        local: format!(
+            "{};tag=cc-dialog-tag",
+            String::from_utf8_lossy(inv.get("To").unwrap())
+        ),
+        remote: String::from_utf8_lossy(inv.get("From").unwrap()).into_owned(),
+        target: inv
+            .contacts()
+            .map(|c| match c {
+                tonewall::sip::headers::Contacts::List(l) => l[0].uri_raw.to_owned(),
+                _ => panic!(),
+            })
+            .unwrap(),
+        cseq: 100,
+        n: 0,
+    }
+}
+
+/// The trunk's side of the dialog after tonewall's 2xx `ok` to `inv`.
+fn trunk_peer(ok: &Message) -> Peer {
+    Peer {
+        host: TRUNK,
+        call_id: ok.call_id().unwrap().to_owned(),
+        local: String::from_utf8_lossy(ok.get("From").unwrap()).into_owned(),
+        remote: String::from_utf8_lossy(ok.get("To").unwrap()).into_owned(),
+        target: ok
+            .contacts()
+            .map(|c| match c {
+                tonewall::sip::headers::Contacts::List(l) => l[0].uri_raw.to_owned(),
+                _ => panic!(),
+            })
+            .unwrap(),
+        cseq: 1,
+        n: 0,
+    }
+}
+
+fn m_port(m: &Message) -> u16 {
+    let body = String::from_utf8_lossy(m.body()).into_owned();
+    let line = body.lines().find(|l| l.starts_with("m=audio ")).unwrap();
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn assert_relay_sdp(m: &Message, port: u16) {
+    let body = String::from_utf8_lossy(m.body()).into_owned();
+    assert!(body.contains("c=IN IP4 10.0.0.1"), "not anchored:\n{body}");
+    assert_eq!(m_port(m), port, "{body}");
+}
+
+/// Sets up an answered, confirmed call; returns the trunk's and the CC's peers.
+fn answered_call(w: &mut Wire) -> (Peer, Peer) {
+    let offer = sdp("192.0.2.10", 40000, "0 8 101", "sendrecv");
+    w.deliver(TRUNK, &trunk_invite("1", Some(&offer), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let inv = w.next_to_cc();
+    assert_relay_sdp(&inv, 30002);
+    let mut cc = cc_peer(&inv);
+    w.deliver(CC, &cc_answer(&inv, 180, "Ringing", None));
+    assert_eq!(w.trunk_final_or_prov().status(), Some(180));
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    let ok = w.trunk_final_or_prov();
+    assert_eq!(ok.status(), Some(200));
+    assert_relay_sdp(&ok, 30000);
+    assert!(w.cc.is_empty(), "B-leg ACK must wait for the trunk's ACK");
+    let mut trunk = trunk_peer(&ok);
+    // The ACK reuses the INVITE's CSeq (Peer::request does not step it for ACK).
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    let b_ack = w.next_to_cc();
+    assert_eq!(b_ack.method().unwrap().as_str(), "ACK");
+    assert_eq!(b_ack.cseq().unwrap().seq, inv.cseq().unwrap().seq);
+    cc.cseq = 100;
+    (trunk, cc)
+}
+
+#[test]
+fn basic_call_bye_from_trunk() {
+    let mut w = Wire::new();
+    let offer = sdp("192.0.2.10", 40000, "0 8 18 101", "sendrecv");
+    w.deliver(TRUNK, &trunk_invite("1", Some(&offer), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let inv = w.next_to_cc();
+    let t = text(&inv);
+    // Identities and configured headers cross; routing, Supported: 100rel and G.729 do not.
+    assert!(t.starts_with("INVITE sip:agents@198.51.100.20:5080 SIP/2.0\r\n"));
+    assert!(t.contains("sip:4155550100@10.0.0.1:5060"), "{t}");
+    assert!(t.contains("To: <sip:5551234@198.51.100.20:5080>"), "{t}");
+    assert!(t.contains("P-Asserted-Identity: <sip:+14155550100@pai.example>"));
+    assert!(t.contains("X-Call-Ref: ref-77"));
+    assert!(t.contains("Max-Forwards: 69"), "{t}");
+    assert!(!t.contains("100rel"));
+    assert!(!t.contains("G729"));
+    assert_eq!(inv.vias().unwrap().len(), 1);
+    assert_relay_sdp(&inv, 30002);
+
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    let ok = w.trunk_final_or_prov();
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.call_id(), Some("trunk-call-1@192.0.2.10"));
+    assert_eq!(ok.from_tag(), Some("t1"));
+    assert!(ok.to_tag().is_some());
+    assert_relay_sdp(&ok, 30000);
+    let mut trunk = trunk_peer(&ok);
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    assert_eq!(w.next_to_cc().method().unwrap().as_str(), "ACK");
+
+    let media = w
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Output::Media { a, b, .. } => Some((*a, *b)),
+            _ => None,
+        })
+        .expect("media configured");
+    assert_eq!(media.0.remote, Some(addr("192.0.2.10:40000")));
+    assert_eq!(media.1.remote, Some(addr("198.51.100.20:50000")));
+    assert_eq!(media.0.local.rtp, 30000);
+    assert_eq!(media.1.local.rtp, 30002);
+    assert!(w.events.iter().any(|e| matches!(
+        e,
+        Output::Event {
+            event: CallEvent::Answered,
+            ..
+        }
+    )));
+
+    w.deliver(TRUNK, &trunk.request("BYE", None, ""));
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    let bye = w.next_to_cc();
+    assert_eq!(bye.method().unwrap().as_str(), "BYE");
+    assert_eq!(bye.call_id(), inv.call_id());
+    assert_eq!(bye.to_tag(), Some("cc-dialog-tag"));
+    // The CC's Record-Route became the B-leg route set.
+    assert!(text(&bye).contains("Route: <sip:rr.cc.example;lr>"));
+    assert!(bye.request_uri_str().unwrap().contains("agent@"));
+    w.deliver(CC, &cc_answer(&bye, 200, "OK", None));
+    assert_eq!(w.ended(), vec![EndCause::ByeFromA]);
+    assert!(w.pool.live.is_empty(), "ports released");
+    assert_eq!(w.core.active_calls(), 0);
+}
+
+#[test]
+fn bye_from_contact_centre() {
+    let mut w = Wire::new();
+    let (_trunk, mut cc) = answered_call(&mut w);
+    w.deliver(CC, &cc.request("BYE", None, "Reason: Q.850;cause=16\r\n"));
+    assert_eq!(w.next_to_cc().status(), Some(200));
+    let bye = w.next_to_trunk();
+    assert_eq!(bye.method().unwrap().as_str(), "BYE");
+    assert_eq!(bye.call_id(), Some("trunk-call-1@192.0.2.10"));
+    assert_eq!(bye.to_tag(), Some("t1"));
+    assert_eq!(bye.request_uri_str(), Some("sip:trunk@192.0.2.10:5060"));
+    assert!(text(&bye).contains("Route: <sip:rr.trunk.example;lr>"));
+    assert!(text(&bye).contains("Reason: Q.850;cause=16"));
+    assert_eq!(w.ended(), vec![EndCause::ByeFromB]);
+    assert!(w.pool.live.is_empty());
+}
+
+#[test]
+fn late_offer_answer_in_ack() {
+    let mut w = Wire::new();
+    w.deliver(TRUNK, &trunk_invite("1", None, ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let inv = w.next_to_cc();
+    assert!(inv.body().is_empty(), "late offer stays late");
+    let offer = sdp("198.51.100.20", 50000, "0 8 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&offer)));
+    let ok = w.trunk_final_or_prov();
+    assert_relay_sdp(&ok, 30000);
+    let mut trunk = trunk_peer(&ok);
+    let answer = sdp("192.0.2.10", 40000, "8", "sendrecv");
+    let ack = trunk.request("ACK", Some(&answer), "");
+    w.deliver(TRUNK, &ack);
+    let b_ack = w.next_to_cc();
+    assert_eq!(b_ack.method().unwrap().as_str(), "ACK");
+    assert_relay_sdp(&b_ack, 30002);
+    assert!(w.events.iter().any(|e| matches!(e, Output::Media { .. })));
+}
+
+#[test]
+fn cancel_before_answer() {
+    let mut w = Wire::new();
+    let offer = sdp("192.0.2.10", 40000, "0", "sendrecv");
+    let invite = trunk_invite("1", Some(&offer), "");
+    w.deliver(TRUNK, &invite);
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    w.deliver(CC, &cc_answer(&inv, 180, "Ringing", None));
+    assert_eq!(w.next_to_trunk().status(), Some(180));
+    let cancel = invite
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel =
+        cancel.split("Content-Type").next().unwrap().to_owned() + "Content-Length: 0\r\n\r\n";
+    w.deliver(TRUNK, &cancel);
+    let r1 = w.next_to_trunk();
+    let r2 = w.next_to_trunk();
+    assert_eq!(
+        (r1.status(), r1.cseq().unwrap().method),
+        (Some(200), "CANCEL")
+    );
+    assert_eq!(
+        (r2.status(), r2.cseq().unwrap().method),
+        (Some(487), "INVITE")
+    );
+    let b_cancel = w.next_to_cc();
+    assert_eq!(b_cancel.method().unwrap().as_str(), "CANCEL");
+    assert_eq!(
+        b_cancel.top_via().unwrap().branch(),
+        inv.top_via().unwrap().branch()
+    );
+    assert_eq!(b_cancel.to_tag(), None);
+    w.deliver(CC, &cc_answer(&b_cancel, 200, "OK", None));
+    w.deliver(CC, &cc_answer(&inv, 487, "Request Terminated", None));
+    let ack = w.next_to_cc();
+    assert_eq!(ack.method().unwrap().as_str(), "ACK");
+    assert_eq!(
+        ack.top_via().unwrap().branch(),
+        inv.top_via().unwrap().branch()
+    );
+    assert_eq!(w.ended(), vec![EndCause::Cancelled]);
+    assert!(w.pool.live.is_empty());
+    assert!(w.trunk.is_empty(), "the CC's 487 is not relayed twice");
+}
+
+#[test]
+fn cancel_crossing_200_ok_hangs_up_b_leg() {
+    let mut w = Wire::new();
+    let invite = trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "0", "sendrecv")), "");
+    w.deliver(TRUNK, &invite);
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    w.deliver(CC, &cc_answer(&inv, 180, "Ringing", None));
+    w.next_to_trunk();
+    let cancel = invite
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    w.deliver(TRUNK, &cancel);
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    assert_eq!(w.next_to_trunk().status(), Some(487));
+    let b_cancel = w.next_to_cc();
+    // The CC had already answered: its 200 crosses our CANCEL.
+    let answer = sdp("198.51.100.20", 50000, "0", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    w.deliver(CC, &cc_answer(&b_cancel, 200, "OK", None));
+    let ack = w.next_to_cc();
+    let bye = w.next_to_cc();
+    assert_eq!(ack.method().unwrap().as_str(), "ACK");
+    assert_eq!(bye.method().unwrap().as_str(), "BYE");
+    assert_eq!(bye.to_tag(), Some("cc-dialog-tag"));
+    assert!(w.trunk.is_empty(), "the 200 must not reach the trunk");
+    assert!(w.pool.live.is_empty());
+}
+
+#[test]
+fn reinvite_from_trunk_hold_and_resume() {
+    let mut w = Wire::new();
+    let (mut trunk, _cc) = answered_call(&mut w);
+    let hold = sdp("192.0.2.10", 40000, "0", "sendonly");
+    w.deliver(
+        TRUNK,
+        &trunk.request("INVITE", Some(&hold), "Contact: <sip:trunk@192.0.2.10>\r\n"),
+    );
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let re = w.next_to_cc();
+    assert_eq!(re.method().unwrap().as_str(), "INVITE");
+    assert_eq!(re.to_tag(), Some("cc-dialog-tag"));
+    assert_relay_sdp(&re, 30002);
+    assert!(String::from_utf8_lossy(re.body()).contains("a=sendonly"));
+    let ans = sdp("198.51.100.20", 50004, "0", "recvonly");
+    w.deliver(CC, &cc_answer(&re, 200, "OK", Some(&ans)));
+    let ok = w.trunk_final_or_prov();
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.cseq().unwrap().seq, 2);
+    assert_relay_sdp(&ok, 30000);
+    assert!(String::from_utf8_lossy(ok.body()).contains("a=recvonly"));
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    let b_ack = w.next_to_cc();
+    assert_eq!(b_ack.method().unwrap().as_str(), "ACK");
+    assert_eq!(b_ack.cseq().unwrap().seq, re.cseq().unwrap().seq);
+    // The relay learnt the CC's new port.
+    let last = w
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Output::Media { b, .. } => Some(*b),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last.remote, Some(addr("198.51.100.20:50004")));
+}
+
+#[test]
+fn reinvite_from_contact_centre() {
+    let mut w = Wire::new();
+    let (_trunk, mut cc) = answered_call(&mut w);
+    let offer = sdp("198.51.100.20", 50000, "8", "sendrecv");
+    w.deliver(
+        CC,
+        &cc.request(
+            "INVITE",
+            Some(&offer),
+            "Contact: <sip:agent@198.51.100.20:5080>\r\n",
+        ),
+    );
+    assert_eq!(w.next_to_cc().status(), Some(100));
+    let re = w.next_to_trunk();
+    assert_eq!(re.method().unwrap().as_str(), "INVITE");
+    assert_eq!(re.call_id(), Some("trunk-call-1@192.0.2.10"));
+    assert_eq!(re.to_tag(), Some("t1"));
+    assert_relay_sdp(&re, 30000);
+    let ans = sdp("192.0.2.10", 40000, "8", "sendrecv");
+    let ok = ResponseBuilder::new(&re, 200, "OK")
+        .header("Contact", "<sip:trunk@192.0.2.10:5060>")
+        .body("application/sdp", ans)
+        .build()
+        .unwrap();
+    w.deliver(TRUNK, &text(&ok));
+    let ok_b = w.next_to_cc();
+    assert_eq!(ok_b.status(), Some(200));
+    assert_relay_sdp(&ok_b, 30002);
+    let ack = cc.request("ACK", None, "");
+    w.deliver(CC, &ack);
+    let a_ack = w.next_to_trunk();
+    assert_eq!(a_ack.method().unwrap().as_str(), "ACK");
+    assert_eq!(a_ack.cseq().unwrap().seq, re.cseq().unwrap().seq);
+}
+
+#[test]
+fn options_answered_locally() {
+    let mut w = Wire::new();
+    let (mut trunk, _cc) = answered_call(&mut w);
+    w.deliver(TRUNK, &trunk.request("OPTIONS", None, ""));
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(200));
+    assert!(w.cc.is_empty(), "OPTIONS is not relayed");
+    // Out of dialog, from the trunk: also 200.
+    let opt = "OPTIONS sip:10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKtrunkopt\r\n\
+Max-Forwards: 70\r\nFrom: <sip:ping@192.0.2.10>;tag=p\r\nTo: <sip:10.0.0.1>\r\nCall-ID: trunk-call-ping\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    w.deliver(TRUNK, opt);
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(200));
+    assert!(text(&r).contains("Allow: INVITE"));
+}
+
+#[test]
+fn dtmf_info_is_captured_not_forwarded() {
+    let mut w = Wire::new();
+    let (mut trunk, _cc) = answered_call(&mut w);
+    let info = trunk
+        .request("INFO", None, "")
+        .replace(
+            "Content-Length: 0\r\n\r\n",
+            "Content-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal=7\r\nDuration=160\r\n",
+        );
+    w.deliver(TRUNK, &info);
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    assert!(
+        w.cc.is_empty(),
+        "a digit INFO must never reach the contact centre"
+    );
+    let digits: Vec<Digit> = w
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Output::Digit { digit, .. } => Some(*digit),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(digits, vec![Digit::from_char('7').unwrap()]);
+    // The digit is redacted wherever the output is printed.
+    let shown = format!("{:?}", Digit::from_char('7').unwrap());
+    assert!(!shown.contains('7'));
+
+    // Any other INFO is relayed, and its answer comes back.
+    let other = trunk.request("INFO", None, "").replace(
+        "Content-Length: 0\r\n\r\n",
+        "Content-Type: application/x-note\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    w.deliver(TRUNK, &other);
+    let relayed = w.next_to_cc();
+    assert_eq!(relayed.method().unwrap().as_str(), "INFO");
+    assert_eq!(relayed.body(), b"hi");
+    w.deliver(CC, &cc_answer(&relayed, 200, "OK", None));
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+}
+
+#[test]
+fn unknown_method_mid_call_gets_501_and_call_goes_on() {
+    let mut w = Wire::new();
+    let (mut trunk, _cc) = answered_call(&mut w);
+    w.deliver(TRUNK, &trunk.request("FOO", None, ""));
+    assert_eq!(w.next_to_trunk().status(), Some(501));
+    w.deliver(
+        TRUNK,
+        &trunk.request("REFER", None, "Refer-To: <sip:x@192.0.2.10>\r\n"),
+    );
+    assert_eq!(w.next_to_trunk().status(), Some(501));
+    assert!(w.cc.is_empty());
+    w.deliver(TRUNK, &trunk.request("BYE", None, ""));
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    assert_eq!(w.next_to_cc().method().unwrap().as_str(), "BYE");
+}
+
+#[test]
+fn retransmitted_invite_is_absorbed() {
+    let mut w = Wire::new();
+    let invite = trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "0", "sendrecv")), "");
+    w.deliver(TRUNK, &invite);
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let inv = w.next_to_cc();
+    w.deliver(CC, &cc_answer(&inv, 180, "Ringing", None));
+    assert_eq!(w.next_to_trunk().status(), Some(180));
+    w.deliver(TRUNK, &invite);
+    // The server transaction resends its last response; nothing new reaches the CC.
+    assert_eq!(w.next_to_trunk().status(), Some(180));
+    assert!(w.cc.is_empty());
+    assert_eq!(w.core.active_calls(), 1);
+    assert_eq!(w.pool.live.len(), 2);
+}
+
+#[test]
+fn timer_b_towards_silent_contact_centre_gives_408() {
+    let mut w = Wire::new();
+    w.deliver(
+        TRUNK,
+        &trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "0", "sendrecv")), ""),
+    );
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    w.advance(31_000);
+    // Timer A retransmitted the INVITE (0.5, 1.5, 3.5, 7.5, 15.5 s).
+    assert_eq!(w.cc.len(), 6);
+    assert!(w.trunk.is_empty());
+    w.advance(1_500);
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(408));
+    assert_eq!(w.ended(), vec![EndCause::Timeout]);
+    assert!(w.pool.live.is_empty());
+}
+
+#[test]
+fn bye_glare() {
+    let mut w = Wire::new();
+    let (mut trunk, mut cc) = answered_call(&mut w);
+    w.deliver(TRUNK, &trunk.request("BYE", None, ""));
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    let our_bye = w.next_to_cc();
+    // The CC hung up at the same moment: its BYE crosses ours.
+    w.deliver(CC, &cc.request("BYE", None, ""));
+    assert_eq!(w.next_to_cc().status(), Some(200));
+    w.deliver(
+        CC,
+        &cc_answer(&our_bye, 481, "Call/Transaction Does Not Exist", None),
+    );
+    assert!(w.trunk.is_empty(), "nothing more to the trunk");
+    assert_eq!(w.ended(), vec![EndCause::ByeFromA]);
+    assert!(w.pool.live.is_empty());
+}
+
+#[test]
+fn offer_without_g711_gets_488() {
+    let mut w = Wire::new();
+    w.deliver(
+        TRUNK,
+        &trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "18", "sendrecv")), ""),
+    );
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(488));
+    assert!(w.cc.is_empty());
+    assert!(w.pool.live.is_empty());
+    assert_eq!(w.core.active_calls(), 0);
+}
+
+#[test]
+fn unknown_source_gets_403() {
+    let mut w = Wire::new();
+    let inv = trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "0", "sendrecv")), "");
+    w.deliver(STRANGER, &inv);
+    assert_eq!(w.next_to_trunk().status(), Some(403));
+    assert!(w.cc.is_empty());
+    assert!(w.pool.live.is_empty());
+}
+
+#[test]
+fn over_call_limit_gets_503_with_retry_after() {
+    let mut w = Wire::with(config(1));
+    w.deliver(
+        TRUNK,
+        &trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "0", "sendrecv")), ""),
+    );
+    w.next_to_trunk();
+    w.next_to_cc();
+    w.deliver(
+        TRUNK,
+        &trunk_invite("2", Some(&sdp("192.0.2.10", 40002, "0", "sendrecv")), ""),
+    );
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(503));
+    assert_eq!(r.retry_after().unwrap().unwrap().seconds, 7);
+    assert!(w.cc.is_empty());
+}
+
+#[test]
+fn max_forwards_zero_and_unknown_require() {
+    let mut w = Wire::new();
+    let inv = trunk_invite("1", None, "").replace("Max-Forwards: 70", "Max-Forwards: 0");
+    w.deliver(TRUNK, &inv);
+    w.next_to_trunk();
+    assert_eq!(w.next_to_trunk().status(), Some(483));
+    w.deliver(TRUNK, &trunk_invite("2", None, "Require: 100rel\r\n"));
+    w.next_to_trunk();
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(420));
+    assert!(text(&r).contains("Unsupported: 100rel"));
+    assert!(w.cc.is_empty());
+}
+
+#[test]
+fn media_timeout_hangs_up_both_legs_with_reason() {
+    let mut w = Wire::new();
+    answered_call(&mut w);
+    let call = w
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Output::Event { call, .. } => Some(*call),
+            _ => None,
+        })
+        .unwrap();
+    w.input(Input::MediaTimeout { call });
+    let a = w.next_to_trunk();
+    let b = w.next_to_cc();
+    for m in [&a, &b] {
+        assert_eq!(m.method().unwrap().as_str(), "BYE");
+        assert!(text(m).contains("Reason: SIP;cause=408"));
+    }
+    assert_eq!(w.ended(), vec![EndCause::MediaTimeout]);
+    assert!(w.pool.live.is_empty());
+    assert!(
+        w.events
+            .iter()
+            .any(|e| matches!(e, Output::MediaStopped { .. }))
+    );
+}
+
+#[test]
+fn contact_centre_failure_maps_to_same_class() {
+    let mut w = Wire::new();
+    w.deliver(TRUNK, &trunk_invite("1", None, ""));
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    w.deliver(CC, &cc_answer(&inv, 486, "Busy Here", None));
+    let ack = w.next_to_cc();
+    assert_eq!(ack.method().unwrap().as_str(), "ACK");
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(486));
+    assert!(r.get("Contact").is_none());
+    assert_eq!(w.ended(), vec![EndCause::Rejected(486)]);
+    assert!(w.pool.live.is_empty());
+}
+
+#[test]
+fn missing_trunk_ack_retransmits_2xx_then_hangs_up() {
+    let mut w = Wire::new();
+    w.deliver(
+        TRUNK,
+        &trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "0", "sendrecv")), ""),
+    );
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    let answer = sdp("198.51.100.20", 50000, "0", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    let ok = w.trunk_final_or_prov();
+    // A retransmitted INVITE crossing our 2xx gets the 2xx again, and nothing reaches the CC.
+    w.deliver(
+        TRUNK,
+        &trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "0", "sendrecv")), ""),
+    );
+    assert_eq!(w.next_to_trunk(), ok);
+    assert!(w.cc.is_empty());
+    w.advance(10_000);
+    // §13.3.1.4: 0.5, 1.5, 3.5, 7.5 s, each byte-identical to the first 2xx.
+    assert_eq!(w.trunk.len(), 4);
+    assert!(w.trunk.iter().all(|m| m == &ok));
+    w.trunk.clear();
+    w.advance(23_000);
+    let ends: Vec<String> =
+        w.cc.iter()
+            .map(|m| m.method().unwrap().as_str().to_owned())
+            .collect();
+    // The CC's 2xx is ACKed before its BYE; the unanswered BYE is retransmitted (Timer E).
+    assert_eq!(ends[0], "ACK");
+    assert!(
+        ends.len() >= 2 && ends[1..].iter().all(|m| m == "BYE"),
+        "{ends:?}"
+    );
+    assert!(w.cc.iter().skip(1).all(|m| m == &w.cc[1]));
+    assert!(
+        w.trunk
+            .iter()
+            .any(|m| m.method().map(|m| m.as_str()) == Some("BYE"))
+    );
+    assert_eq!(w.ended(), vec![EndCause::Timeout]);
+    assert!(w.pool.live.is_empty());
+}
+
+#[test]
+fn retransmitted_2xx_from_contact_centre_gets_the_same_ack() {
+    let mut w = Wire::new();
+    w.deliver(TRUNK, &trunk_invite("1", None, ""));
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    let offer = sdp("198.51.100.20", 50000, "0", "sendrecv");
+    let ok = cc_answer(&inv, 200, "OK", Some(&offer));
+    w.deliver(CC, &ok);
+    let ok_a = w.trunk_final_or_prov();
+    let mut trunk = trunk_peer(&ok_a);
+    let ans = sdp("192.0.2.10", 40000, "0", "sendrecv");
+    w.deliver(TRUNK, &trunk.request("ACK", Some(&ans), ""));
+    let ack = w.next_to_cc();
+    // The CC missed our ACK and resends its 200: the same ACK goes again, nothing to the trunk.
+    w.deliver(CC, &ok);
+    assert_eq!(w.next_to_cc(), ack);
+    assert!(w.trunk.is_empty());
+}
+
+#[test]
+fn cancel_waits_for_a_provisional_from_the_contact_centre() {
+    let mut w = Wire::new();
+    let invite = trunk_invite("1", None, "");
+    w.deliver(TRUNK, &invite);
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    let cancel = invite
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    w.deliver(TRUNK, &cancel);
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    assert_eq!(w.next_to_trunk().status(), Some(487));
+    assert!(
+        w.cc.is_empty(),
+        "no CANCEL before a provisional (RFC 3261 §9.1)"
+    );
+    let trying = text(&ResponseBuilder::new(&inv, 100, "Trying").build().unwrap());
+    w.deliver(CC, &trying);
+    let c = w.next_to_cc();
+    assert_eq!(c.method().unwrap().as_str(), "CANCEL");
+    assert!(w.trunk.is_empty());
+    w.deliver(CC, &cc_answer(&c, 200, "OK", None));
+    w.deliver(CC, &cc_answer(&inv, 487, "Request Terminated", None));
+    assert_eq!(w.next_to_cc().method().unwrap().as_str(), "ACK");
+    assert!(w.trunk.is_empty());
+    assert_eq!(w.core.active_calls(), 0);
+    // Once the dialogs' linger time has passed, nothing of the call is left to fire.
+    w.advance(40_000);
+    assert_eq!(w.core.next_deadline(), None);
+}
+
+#[test]
+fn early_media_183_and_update_are_anchored() {
+    let mut w = Wire::new();
+    w.deliver(
+        TRUNK,
+        &trunk_invite(
+            "1",
+            Some(&sdp("192.0.2.10", 40000, "0 101", "sendrecv")),
+            "",
+        ),
+    );
+    w.next_to_trunk();
+    let inv = w.next_to_cc();
+    let early = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    let p183 = ResponseBuilder::new(&inv, 183, "Session Progress")
+        .to_tag("cc-dialog-tag")
+        .header("Contact", "<sip:agent@198.51.100.20:5080>")
+        .header("Require", "100rel")
+        .header("RSeq", "1")
+        .body("application/sdp", early)
+        .build()
+        .unwrap();
+    w.deliver(CC, &text(&p183));
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(183));
+    assert_relay_sdp(&r, 30000);
+    // No reliable provisionals: the contact centre's Require: 100rel does not cross.
+    assert!(r.get("Require").is_none() && r.get("RSeq").is_none());
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    let ok = w.trunk_final_or_prov();
+    let mut trunk = trunk_peer(&ok);
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    w.next_to_cc();
+
+    let upd = sdp("192.0.2.10", 40010, "0 101", "sendrecv");
+    w.deliver(
+        TRUNK,
+        &trunk.request("UPDATE", Some(&upd), "Contact: <sip:trunk@192.0.2.10>\r\n"),
+    );
+    let u = w.next_to_cc();
+    assert_eq!(u.method().unwrap().as_str(), "UPDATE");
+    assert_relay_sdp(&u, 30002);
+    let ans = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&u, 200, "OK", Some(&ans)));
+    let ok = w.next_to_trunk();
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.cseq().unwrap().method, "UPDATE");
+    assert_relay_sdp(&ok, 30000);
+    let last_a = w
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Output::Media { a, .. } => Some(*a),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last_a.remote, Some(addr("192.0.2.10:40010")));
+}
