@@ -240,7 +240,7 @@ mod tests {
             let probe = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
             let p = probe.local_addr().unwrap().port();
             drop(probe);
-            let base = (p & !1).max(20_000).min(60_000);
+            let base = (p & !1).clamp(20_000, 60_000);
             let ok = (base..base + 2 * pairs)
                 .all(|q| std::net::UdpSocket::bind(SocketAddr::new(ip, q)).is_ok());
             if ok {
