@@ -306,3 +306,33 @@ async fn recording_is_stereo_agent_left_caller_right() {
     assert_eq!(left, 0);
     assert!(right > 0);
 }
+
+#[tokio::test]
+async fn reinvite_changes_the_event_payload_type() {
+    let c = call(42_400, true, RelayOptions::default()).await;
+    let (sig, spans) = tones("59", ToneParams::default(), 200.0, 3);
+    let mut audio = to_i16(&sig);
+    audio.extend(std::iter::repeat_n(0, 1600));
+    let trunk = TrunkConfig {
+        event_pt: 96,
+        ..TrunkConfig::default()
+    };
+    let packets = packetize(&audio, &trunk, Some(&spans));
+    let control = c.handle.control();
+    control
+        .send(tonewall::net::media::MediaControl::EventPayloadType(Some(
+            96,
+        )))
+        .await
+        .unwrap();
+    send_all(&c.caller.rtp, c.handle.a_addr, &packets).await;
+    let got = recv_n(&c.agent.rtp, packets.len()).await;
+    // Every event packet became masking audio in the audio payload type.
+    assert_eq!(got.len(), packets.len());
+    assert!(
+        got.iter()
+            .all(|p| RtpView::parse(p).unwrap().payload_type() == 0)
+    );
+    let (_, keys) = stop(c).await;
+    assert_eq!(keys, "59");
+}
