@@ -72,6 +72,8 @@ pub enum MediaControl {
         a: Option<SocketAddr>,
         b: Option<SocketAddr>,
     },
+    /// The caller's telephone-event payload type changed (re-INVITE offered another).
+    EventPayloadType(Option<u8>),
     Stop,
 }
 
@@ -590,6 +592,9 @@ impl Relay {
                             self.b_rtp.update(b);
                             self.a_rtcp.update(rtcp_of(a));
                             self.b_rtcp.update(rtcp_of(b));
+                        }
+                        Some(MediaControl::EventPayloadType(pt)) => {
+                            self.scrubber.set_event_pt(pt);
                         }
                         // Every handle gone is a stop too: nobody could stop us later.
                         Some(MediaControl::Stop) | None => break,
