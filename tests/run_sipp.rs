@@ -42,7 +42,7 @@ struct Setup {
     cc_port: u16,
 }
 
-fn setup(media_min: u16) -> Setup {
+fn setup(media_min: u16, scrub: &str) -> Setup {
     // The API needs tokens; every test sets the same value, so concurrent writes agree.
     // SAFETY: all writers store the same value before any reader in this binary runs.
     unsafe { std::env::set_var(TOKENS_ENV, "test:0123456789abcdef0123") };
@@ -68,7 +68,7 @@ name = "inline"
 sources = ["127.0.0.0/8"]
 target = "sip:agents@127.0.0.1:{cc_port}"
 target_transport = "udp"
-scrub = "always"
+scrub = "{scrub}"
 [api]
 listen = "127.0.0.1:{api_port}"
 tokens_env = "{TOKENS_ENV}"
@@ -161,7 +161,7 @@ async fn a_sipp_call_is_set_up_and_torn_down_through_tonewall() {
         eprintln!("sipp not installed; skipping");
         return;
     }
-    let s = setup(41_000);
+    let s = setup(41_000, "always");
     let (stop, task) = start(s.config.clone());
     wait_sip_ready(s.sip_port).await;
     let uas = start_uas(&s, &["-sn".into(), "uas".into()]).await;
@@ -183,14 +183,19 @@ async fn a_sipp_call_is_set_up_and_torn_down_through_tonewall() {
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn media_is_relayed_and_telephone_events_do_not_reach_the_contact_centre() {
-    if !sipp_available() || !Path::new("/usr/share/sip-tester/dtmf_2833_1.pcap").exists() {
+fn pcaps_available() -> bool {
+    let ok = sipp_available() && Path::new("/usr/share/sip-tester/dtmf_2833_1.pcap").exists();
+    if !ok {
         eprintln!("sipp or its pcaps not installed; skipping");
-        return;
     }
+    ok
+}
+
+/// One trunk call with G.711 A-law speech and RFC 2833 keys; returns what reached the
+/// contact centre: audio packets, telephone-event (PT 101) packets, payload types seen.
+async fn pcap_call(media_min: u16, scrub: &str) -> (usize, usize, Vec<u8>) {
     let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
-    let s = setup(42_000);
+    let s = setup(media_min, scrub);
     // The contact centre's media goes to a socket the test owns.
     let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let capture_addr: SocketAddr = capture.local_addr().unwrap();
@@ -262,6 +267,15 @@ async fn media_is_relayed_and_telephone_events_do_not_reach_the_contact_centre()
     let (audio, events, pts) = collector.await.unwrap();
     stop.send(()).unwrap();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    (audio, events, pts.into_iter().collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_is_relayed_and_telephone_events_do_not_reach_the_contact_centre() {
+    if !pcaps_available() {
+        return;
+    }
+    let (audio, events, pts) = pcap_call(42_000, "always").await;
     assert!(
         audio > 50,
         "too little audio reached the contact centre: {audio}"
@@ -270,5 +284,17 @@ async fn media_is_relayed_and_telephone_events_do_not_reach_the_contact_centre()
         events, 0,
         "telephone-event packets reached the contact centre (payload types seen: {pts:?})"
     );
-    assert_eq!(pts.into_iter().collect::<Vec<_>>(), vec![8]);
+    assert_eq!(pts, vec![8]);
+}
+
+/// The same call on an on-demand route (scrubbing off until the API turns it on): the keys'
+/// telephone-events do reach the contact centre, so the test above can see a leak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_scrubbing_the_same_call_leaks_telephone_events() {
+    if !pcaps_available() {
+        return;
+    }
+    let (audio, events, pts) = pcap_call(43_000, "on-demand").await;
+    assert!(audio > 50, "audio packets: {audio}");
+    assert!(events > 0, "no telephone-event passed unscrubbed: {pts:?}");
 }
