@@ -42,7 +42,7 @@ struct Setup {
     cc_port: u16,
 }
 
-fn setup(media_min: u16, scrub: &str) -> Setup {
+fn setup(media_min: u16, scrub: &str, target_transport: &str) -> Setup {
     // The API needs tokens; every test sets the same value, so concurrent writes agree.
     // SAFETY: all writers store the same value before any reader in this binary runs.
     unsafe { std::env::set_var(TOKENS_ENV, "test:0123456789abcdef0123") };
@@ -67,7 +67,7 @@ inactivity_timeout_s = 30
 name = "inline"
 sources = ["127.0.0.0/8"]
 target = "sip:agents@127.0.0.1:{cc_port}"
-target_transport = "udp"
+target_transport = "{target_transport}"
 scrub = "{scrub}"
 [api]
 listen = "127.0.0.1:{api_port}"
@@ -146,8 +146,14 @@ async fn start_uas(s: &Setup, extra: &[String]) -> tokio::process::Child {
     args.extend_from_slice(extra);
     let child = sipp(&s.dir, &args).spawn().unwrap();
     // sipp binds its port at start; wait until it is taken.
+    let tcp = extra.iter().any(|a| a == "t1");
     for _ in 0..200 {
-        if UdpSocket::bind(("127.0.0.1", s.cc_port)).is_err() {
+        let taken = if tcp {
+            TcpListener::bind(("127.0.0.1", s.cc_port)).is_err()
+        } else {
+            UdpSocket::bind(("127.0.0.1", s.cc_port)).is_err()
+        };
+        if taken {
             return child;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -161,7 +167,7 @@ async fn a_sipp_call_is_set_up_and_torn_down_through_tonewall() {
         eprintln!("sipp not installed; skipping");
         return;
     }
-    let s = setup(41_000, "always");
+    let s = setup(41_000, "always", "udp");
     let (stop, task) = start(s.config.clone());
     wait_sip_ready(s.sip_port).await;
     let uas = start_uas(&s, &["-sn".into(), "uas".into()]).await;
@@ -183,6 +189,38 @@ async fn a_sipp_call_is_set_up_and_torn_down_through_tonewall() {
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
 
+/// Both legs over TCP: tonewall accepts the trunk's connection and opens one to the contact
+/// centre (RFC 3261 §18.1.1), answering each side on its own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sipp_call_over_tcp_on_both_legs() {
+    if !sipp_available() {
+        eprintln!("sipp not installed; skipping");
+        return;
+    }
+    let s = setup(44_000, "always", "tcp");
+    let (stop, task) = start(s.config.clone());
+    wait_sip_ready(s.sip_port).await;
+    let uas = start_uas(&s, &["-sn".into(), "uas".into(), "-t".into(), "t1".into()]).await;
+    let uac = sipp(
+        &s.dir,
+        &[
+            "-sn".into(),
+            "uac".into(),
+            "-t".into(),
+            "t1".into(),
+            format!("127.0.0.1:{}", s.sip_port),
+            "-p".into(),
+            free_port().to_string(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    finish("sipp UAC (trunk, TCP)", uac).await;
+    finish("sipp UAS (contact centre, TCP)", uas).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
 fn pcaps_available() -> bool {
     let ok = sipp_available() && Path::new("/usr/share/sip-tester/dtmf_2833_1.pcap").exists();
     if !ok {
@@ -195,7 +233,7 @@ fn pcaps_available() -> bool {
 /// contact centre: audio packets, telephone-event (PT 101) packets, payload types seen.
 async fn pcap_call(media_min: u16, scrub: &str) -> (usize, usize, Vec<u8>) {
     let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
-    let s = setup(media_min, scrub);
+    let s = setup(media_min, scrub, "udp");
     // The contact centre's media goes to a socket the test owns.
     let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let capture_addr: SocketAddr = capture.local_addr().unwrap();

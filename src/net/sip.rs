@@ -49,8 +49,10 @@ enum CoreMsg {
         peer: SocketAddr,
         tx: mpsc::Sender<Bytes>,
     },
+    /// The connection whose queue is `tx` is gone (a newer one to the same peer may not be).
     TcpDown {
         peer: SocketAddr,
+        tx: mpsc::Sender<Bytes>,
     },
 }
 
@@ -207,8 +209,10 @@ pub async fn serve(
                     shell.tcp.insert(peer, tx);
                     None
                 }
-                Some(CoreMsg::TcpDown { peer }) => {
-                    shell.tcp.remove(&peer);
+                Some(CoreMsg::TcpDown { peer, tx }) => {
+                    if shell.tcp.get(&peer).is_some_and(|t| t.same_channel(&tx)) {
+                        shell.tcp.remove(&peer);
+                    }
                     None
                 }
                 None => break,
@@ -330,7 +334,7 @@ impl Shell {
                 Ok(stream) => tcp_conn(stream, to, core_tx, limits, tx, rx).await,
                 Err(e) => {
                     tracing::warn!(%to, error = %e, "SIP TCP connect failed");
-                    let _ = core_tx.send(CoreMsg::TcpDown { peer: to }).await;
+                    let _ = core_tx.send(CoreMsg::TcpDown { peer: to, tx }).await;
                 }
             }
         });
@@ -619,9 +623,8 @@ async fn tcp_conn(
             }
         }
     }
-    drop(tx);
     writer_task.abort();
-    let _ = core_tx.send(CoreMsg::TcpDown { peer }).await;
+    let _ = core_tx.send(CoreMsg::TcpDown { peer, tx }).await;
 }
 
 /// Binds the SIP sockets the config asks for.
