@@ -19,9 +19,9 @@ pub enum RunError {
     Route(#[from] B2buaError),
     #[error(transparent)]
     Ports(#[from] PortError),
-    #[error("control API: {0}")]
+    #[error("cannot set up the control API")]
     Api(#[from] ApiInitError),
-    #[error("cannot listen for {what} on {addr}: {source}")]
+    #[error("cannot listen for {what} on {addr}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
