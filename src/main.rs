@@ -25,6 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the relay: SIP on the configured address, media relayed and scrubbed, control API.
+    Run {
+        /// Config file (TOML); without it the built-in defaults, same as config/tonewall.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run a self-contained payment call on the media path and show that no digit reaches the agent.
     Demo {
         /// Folder for the audio and the spectrogram.
@@ -79,6 +85,7 @@ enum MaskArg {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config } => run(config),
         Command::Demo { out } => {
             let summary = tonewall::demo::run(&out, &mut std::io::stdout())?;
             if summary.decoded_on_agent_side
@@ -105,6 +112,26 @@ fn main() -> Result<()> {
             sensitive,
         } => scan(file, json, sensitive),
     }
+}
+
+fn run(config: Option<PathBuf>) -> Result<()> {
+    let config = match config {
+        Some(path) => tonewall::config::Config::load(&path)?,
+        None => tonewall::config::Config::default(),
+    };
+    tonewall::logging::init(&config.log)?;
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let shutdown = async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot listen for ctrl-c; stop with a signal");
+                std::future::pending::<()>().await;
+            }
+            tracing::info!("ctrl-c: shutting down");
+        };
+        tonewall::net::run::run(config, shutdown).await
+    })?;
+    Ok(())
 }
 
 fn scrub(

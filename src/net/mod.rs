@@ -6,3 +6,5 @@ pub mod api;
 pub mod media;
 pub mod metrics;
 pub mod ports;
+pub mod run;
+pub mod sip;

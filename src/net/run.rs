@@ -1,0 +1,89 @@
+//! `tonewall run`: binds SIP, the media port pool and the control API from the config, and
+//! runs them until shutdown. Owns start-up order and error reporting, nothing else: the SIP
+//! and media wiring is `net::sip`'s, the API's is `net::api`'s.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::net::api::{self, ApiInitError, ApiState};
+use crate::net::ports::{PortError, PortPool};
+use crate::net::sip;
+use crate::sip::b2bua::{B2buaConfig, B2buaError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Route(#[from] B2buaError),
+    #[error(transparent)]
+    Ports(#[from] PortError),
+    #[error("cannot set up the control API")]
+    Api(#[from] ApiInitError),
+    #[error("cannot listen for {what} on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("control API server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs tonewall until `shutdown` resolves: hangs up calls in progress, stops the API, returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    // Fail on a bad route before binding anything.
+    B2buaConfig::from_config(&config, 0)?;
+    let pool = PortPool::from_config(&config.media)?;
+    let api_state = ApiState::from_config(&config).await?;
+    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            what: "the control API",
+            addr: config.api.listen,
+            source,
+        })?;
+    let sockets = sip::bind(&config).await.map_err(|source| RunError::Bind {
+        what: "SIP",
+        addr: config.sip.listen,
+        source,
+    })?;
+    tracing::info!(
+        sip = %config.sip.listen,
+        transports = ?config.sip.transports,
+        media = %format!("{}:{}-{}", config.media.address, config.media.port_min, config.media.port_max),
+        api = %config.api.listen,
+        "tonewall running"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api_task = tokio::spawn(api::serve(
+        api_listener,
+        api_state.clone(),
+        sip::wait_true(stop_rx.clone()),
+    ));
+    let sip_task = sip::serve(&config, sockets, pool, api_state, stop_rx);
+    tokio::pin!(sip_task);
+    tokio::pin!(shutdown);
+    let sip_result = tokio::select! {
+        r = &mut sip_task => {
+            // SIP ended on its own (cannot happen while its channel is open); stop the rest.
+            let _ = stop_tx.send(true);
+            r
+        }
+        () = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            sip_task.await
+        }
+    };
+    let api_result = api_task.await;
+    sip_result?;
+    match api_result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(RunError::Serve(e)),
+        Err(e) => tracing::warn!(error = %e, "control API task failed"),
+    }
+    tracing::info!("tonewall stopped");
+    Ok(())
+}

@@ -1,0 +1,653 @@
+//! The SIP shell: UDP and TCP transports around the sans-IO [`B2bua`], and the wiring of its
+//! outputs to the media relays and the control API.
+//!
+//! One core task owns the B2BUA: transports parse what they receive and hand it over an mpsc
+//! channel, a timer fires at [`B2bua::next_deadline`], and the core task performs the outputs
+//! (sends through the transports, starts and stops a [`MediaRelay`] per call, feeds digits to
+//! the API). The port allocator the core calls is synchronous: it binds sockets at once and
+//! keeps them (as leases) until the call's relay takes them or the core releases them.
+//!
+//! It must never log per packet or log a digit; call events are logged with the call id.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::{Config, ScrubMode, Transport};
+use crate::digit::DigitSource;
+use crate::dsp::g711::Codec;
+use crate::net::api::{ApiState, SessionRef};
+use crate::net::media::{MediaControl, MediaEvent, MediaHandle, MediaRelay, RelayOptions};
+use crate::net::ports::{PortPair, PortPool};
+use crate::rtp::scrubber::ScrubberConfig;
+use crate::sip::b2bua::{
+    B2bua, B2buaConfig, B2buaError, CallEvent, CallId, Input, LegMedia, Output, PortAllocator,
+    RelayPorts,
+};
+use crate::sip::framer::{Frame, PONG, StreamFramer};
+use crate::sip::message::{Framing, Limits, Message};
+
+/// Inputs waiting for the core; transports wait (backpressure) when it is full.
+const CORE_QUEUE: usize = 4096;
+/// Messages waiting to be written on one TCP connection.
+const TCP_QUEUE: usize = 256;
+/// How long shutdown waits for hung-up calls to finish their BYE transactions.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// What the core task receives.
+enum CoreMsg {
+    Sip(Input),
+    /// A TCP connection (accepted or opened) can carry messages to `peer`.
+    TcpUp {
+        peer: SocketAddr,
+        tx: mpsc::Sender<Bytes>,
+    },
+    /// The connection whose queue is `tx` is gone (a newer one to the same peer may not be).
+    TcpDown {
+        peer: SocketAddr,
+        tx: mpsc::Sender<Bytes>,
+    },
+}
+
+/// The sockets SIP listens on (bound by the caller, so it can report the addresses).
+pub struct SipSockets {
+    pub udp: Option<UdpSocket>,
+    pub tcp: Option<TcpListener>,
+}
+
+/// Ports the B2BUA allocated whose relay has not started yet.
+struct ShellPorts {
+    pool: PortPool,
+    pending: HashMap<u16, PortPair>,
+}
+
+impl PortAllocator for ShellPorts {
+    fn allocate(&mut self) -> Option<RelayPorts> {
+        match self.pool.allocate() {
+            Ok(pair) => {
+                let rtp = pair.lease.rtp_port();
+                self.pending.insert(rtp, pair);
+                Some(RelayPorts {
+                    rtp,
+                    rtcp: rtp.wrapping_add(1),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no media ports for a new call");
+                None
+            }
+        }
+    }
+
+    fn release(&mut self, ports: RelayPorts) {
+        // Ports already moved into a relay are freed when that relay stops (MediaStopped).
+        self.pending.remove(&ports.rtp);
+    }
+}
+
+/// A running relay, as the core task sees it.
+struct RelayRef {
+    control: mpsc::Sender<MediaControl>,
+    a_local: u16,
+    b_local: u16,
+    event_pt: Option<u8>,
+}
+
+/// The core task's state besides the B2BUA itself.
+struct Shell {
+    udp: Option<Arc<UdpSocket>>,
+    tcp: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    ports: ShellPorts,
+    relays: HashMap<CallId, RelayRef>,
+    /// Live calls and whether their route scrubs from the start.
+    calls: HashMap<CallId, bool>,
+    scrub_routes: HashSet<String>,
+    scrubber: ScrubberConfig,
+    relay_opts: RelayOptions,
+    api: ApiState,
+    core_tx: mpsc::Sender<CoreMsg>,
+    limits: Limits,
+    started: Instant,
+}
+
+fn call_label(call: CallId) -> String {
+    call.0.to_string()
+}
+
+/// Runs SIP until `shutdown` turns true: the transports and the core task. On shutdown every
+/// call is hung up and given [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(
+    config: &Config,
+    sockets: SipSockets,
+    pool: PortPool,
+    api: ApiState,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), B2buaError> {
+    let seed: u64 = rand::random();
+    let mut core = B2bua::new(B2buaConfig::from_config(config, seed)?);
+    let limits = Limits {
+        max_size: config.sip.max_message_size,
+        ..Limits::default()
+    };
+    let (core_tx, mut core_rx) = mpsc::channel::<CoreMsg>(CORE_QUEUE);
+    let udp = sockets.udp.map(Arc::new);
+    let mut tasks = Vec::new();
+    if let Some(sock) = &udp {
+        tasks.push(tokio::spawn(udp_loop(
+            sock.clone(),
+            core_tx.clone(),
+            limits,
+        )));
+    }
+    if let Some(listener) = sockets.tcp {
+        tasks.push(tokio::spawn(tcp_accept(listener, core_tx.clone(), limits)));
+    }
+    let scrubber = ScrubberConfig {
+        mask: config.media.mask.into(),
+        presence: crate::dsp::dtmf::PresenceConfig {
+            delay: config.delay_samples(),
+            ..Default::default()
+        },
+        ..ScrubberConfig::default()
+    };
+    let mut shell = Shell {
+        udp,
+        tcp: HashMap::new(),
+        ports: ShellPorts {
+            pool,
+            pending: HashMap::new(),
+        },
+        relays: HashMap::new(),
+        calls: HashMap::new(),
+        scrub_routes: config
+            .routes
+            .iter()
+            .filter(|r| r.scrub == ScrubMode::Always)
+            .map(|r| r.name.clone())
+            .collect(),
+        scrubber,
+        relay_opts: RelayOptions {
+            inactivity: Duration::from_secs(config.media.inactivity_timeout_s),
+            record_dir: config.media.record_dir.clone(),
+            ..RelayOptions::default()
+        },
+        api,
+        core_tx,
+        limits,
+        started: Instant::now(),
+    };
+
+    let mut out = Vec::new();
+    let mut grace: Option<Instant> = None;
+    loop {
+        let deadline = core
+            .next_deadline()
+            .map(|d| shell.started + Duration::from_millis(d));
+        let input = tokio::select! {
+            biased;
+            _ = shutdown.changed(), if grace.is_none() => {
+                grace = Some(Instant::now() + SHUTDOWN_GRACE);
+                let calls: Vec<CallId> = shell.calls.keys().copied().collect();
+                tracing::info!(calls = calls.len(), "shutting down: hanging up calls");
+                for call in calls {
+                    core.handle(Input::Hangup { call }, shell.now(), &mut shell.ports, &mut out);
+                    shell.perform(&mut out).await;
+                }
+                None
+            }
+            _ = sleep_opt(grace) => break,
+            msg = core_rx.recv() => match msg {
+                Some(CoreMsg::Sip(input)) => Some(input),
+                Some(CoreMsg::TcpUp { peer, tx }) => {
+                    shell.tcp.insert(peer, tx);
+                    None
+                }
+                Some(CoreMsg::TcpDown { peer, tx }) => {
+                    if shell.tcp.get(&peer).is_some_and(|t| t.same_channel(&tx)) {
+                        shell.tcp.remove(&peer);
+                    }
+                    None
+                }
+                None => break,
+            },
+            _ = sleep_opt(deadline) => Some(Input::Tick),
+        };
+        if let Some(input) = input {
+            core.handle(input, shell.now(), &mut shell.ports, &mut out);
+            shell.perform(&mut out).await;
+        }
+        if grace.is_some() && core.active_calls() == 0 {
+            break;
+        }
+    }
+    for task in tasks {
+        task.abort();
+    }
+    for relay in shell.relays.values() {
+        let _ = relay.control.try_send(MediaControl::Stop);
+    }
+    Ok(())
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Shell {
+    /// Milliseconds since the shell started: the core's clock.
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn perform(&mut self, out: &mut Vec<Output>) {
+        for o in out.drain(..) {
+            match o {
+                Output::Send {
+                    transport: Transport::Udp,
+                    to,
+                    bytes,
+                } => match &self.udp {
+                    Some(sock) => {
+                        if let Err(e) = sock.send_to(&bytes, to).await {
+                            tracing::warn!(%to, error = %e, "SIP UDP send failed");
+                        }
+                    }
+                    None => tracing::warn!(%to, "SIP over UDP is not enabled; message dropped"),
+                },
+                Output::Send {
+                    transport: Transport::Tcp,
+                    to,
+                    bytes,
+                } => self.send_tcp(to, bytes),
+                Output::Media { call, a, b } => self.media(call, a, b),
+                Output::MediaStopped { call } => {
+                    if let Some(r) = self.relays.remove(&call) {
+                        stop_relay(&r.control);
+                    }
+                }
+                Output::Digit { call, digit } => {
+                    let api = self.api.clone();
+                    let at = self.now();
+                    tokio::spawn(async move {
+                        let label = call_label(call);
+                        feed(&api, &label, call, digit, DigitSource::SipInfo, at).await;
+                    });
+                }
+                Output::Event { call, event } => self.event(call, event),
+            }
+        }
+    }
+
+    fn event(&mut self, call: CallId, event: CallEvent) {
+        match &event {
+            CallEvent::Started { route } => {
+                tracing::info!(call = call.0, route = %route, "call started");
+                self.calls.insert(call, self.scrub_routes.contains(route));
+            }
+            CallEvent::Answered => tracing::info!(call = call.0, "call answered"),
+            CallEvent::Ended(cause) => {
+                tracing::info!(call = call.0, ?cause, "call ended");
+                self.calls.remove(&call);
+                self.api.call_ended(&call_label(call));
+            }
+        }
+    }
+
+    fn send_tcp(&mut self, to: SocketAddr, bytes: Bytes) {
+        if let Some(tx) = self.tcp.get(&to) {
+            match tx.try_send(bytes) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(%to, "SIP TCP connection backed up; message dropped");
+                    return;
+                }
+                // The connection went away; open a new one below.
+                Err(mpsc::error::TrySendError::Closed(b)) => {
+                    self.tcp.remove(&to);
+                    return self.connect_tcp(to, b);
+                }
+            }
+        }
+        self.connect_tcp(to, bytes);
+    }
+
+    /// RFC 3261 §18.1.1: with no connection to the destination, open one. The message waits in
+    /// the new connection's queue until it is up.
+    fn connect_tcp(&mut self, to: SocketAddr, first: Bytes) {
+        let (tx, rx) = mpsc::channel(TCP_QUEUE);
+        let _ = tx.try_send(first);
+        self.tcp.insert(to, tx.clone());
+        let core_tx = self.core_tx.clone();
+        let limits = self.limits;
+        tokio::spawn(async move {
+            match TcpStream::connect(to).await {
+                Ok(stream) => tcp_conn(stream, to, core_tx, limits, tx, rx).await,
+                Err(e) => {
+                    tracing::warn!(%to, error = %e, "SIP TCP connect failed");
+                    let _ = core_tx.send(CoreMsg::TcpDown { peer: to, tx }).await;
+                }
+            }
+        });
+    }
+
+    fn media(&mut self, call: CallId, a: LegMedia, b: LegMedia) {
+        let event_pt = a.codecs.telephone_event;
+        if let Some(r) = self.relays.get_mut(&call) {
+            if r.a_local == a.local.rtp && r.b_local == b.local.rtp {
+                // A re-INVITE: new peers and maybe another telephone-event payload type.
+                let _ = r.control.try_send(MediaControl::Peers {
+                    a: a.remote,
+                    b: b.remote,
+                });
+                if r.event_pt != event_pt {
+                    r.event_pt = event_pt;
+                    let _ = r.control.try_send(MediaControl::EventPayloadType(event_pt));
+                }
+                return;
+            }
+            // Other ports than the running relay's: replace it.
+            if let Some(old) = self.relays.remove(&call) {
+                stop_relay(&old.control);
+            }
+        }
+        let (Some(pa), Some(pb)) = (
+            self.ports.pending.remove(&a.local.rtp),
+            self.ports.pending.remove(&b.local.rtp),
+        ) else {
+            tracing::warn!(call = call.0, "media ports not held; call has no relay");
+            return;
+        };
+        let mut cfg = self.scrubber.clone();
+        cfg.event_pt = event_pt;
+        cfg.default_codec = if a.codecs.pcmu.is_some() || a.codecs.pcma.is_none() {
+            Codec::Pcmu
+        } else {
+            Codec::Pcma
+        };
+        let scrub_on = self.calls.get(&call).copied().unwrap_or(true);
+        let opts = RelayOptions {
+            call_label: call_label(call),
+            ..self.relay_opts.clone()
+        };
+        let (handle, task) =
+            MediaRelay::start_with(pa, pb, a.remote, b.remote, cfg, scrub_on, opts);
+        tracing::info!(
+            call = call.0,
+            a = %handle.a_addr,
+            b = %handle.b_addr,
+            scrub = scrub_on,
+            "media relay started"
+        );
+        self.relays.insert(
+            call,
+            RelayRef {
+                control: handle.control(),
+                a_local: a.local.rtp,
+                b_local: b.local.rtp,
+                event_pt,
+            },
+        );
+        tokio::spawn(supervise(
+            call,
+            handle,
+            task,
+            self.api.clone(),
+            self.core_tx.clone(),
+        ));
+    }
+}
+
+fn stop_relay(control: &mpsc::Sender<MediaControl>) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = control.try_send(MediaControl::Stop) {
+        let c = control.clone();
+        tokio::spawn(async move {
+            let _ = c.send(MediaControl::Stop).await;
+        });
+    }
+}
+
+/// Feeds one key to the API. A call with no session capturing is the normal case, not an error.
+async fn feed(
+    api: &ApiState,
+    label: &str,
+    call: CallId,
+    digit: crate::digit::Digit,
+    source: DigitSource,
+    at_ms: u64,
+) {
+    if let Err(e) = api
+        .feed_digit(SessionRef::Call(label), digit, source, at_ms)
+        .await
+        && e.code != "conflict"
+        && e.code != "not_found"
+    {
+        tracing::warn!(call = call.0, code = e.code, "key not taken by capture");
+    }
+}
+
+/// Follows one relay: digits to the API, inactivity to the core, the outcome to the log.
+async fn supervise(
+    call: CallId,
+    mut handle: MediaHandle,
+    mut task: tokio::task::JoinHandle<
+        Result<crate::net::media::RelayOutcome, crate::net::media::MediaError>,
+    >,
+    api: ApiState,
+    core_tx: mpsc::Sender<CoreMsg>,
+) {
+    let label = call_label(call);
+    loop {
+        tokio::select! {
+            Some(d) = handle.digits.recv() => {
+                // The scrubber's timeline is samples at 8 kHz.
+                feed(&api, &label, call, d.digit, d.source, d.start / 8).await;
+            }
+            Some(ev) = handle.events.recv() => {
+                if ev == MediaEvent::Inactive {
+                    tracing::info!(call = call.0, "no media: hanging up");
+                    let _ = core_tx.send(CoreMsg::Sip(Input::MediaTimeout { call })).await;
+                }
+            }
+            res = &mut task => {
+                match res {
+                    Ok(Ok(outcome)) => {
+                        let s = outcome.stats;
+                        tracing::info!(
+                            call = call.0,
+                            a_in = s.a_in,
+                            b_out = s.b_out,
+                            b_in = s.b_in,
+                            a_out = s.a_out,
+                            dropped_stranger = s.dropped_stranger,
+                            dropped_scrubber = s.dropped_scrubber,
+                            samples_masked = s.samples_masked,
+                            digits = s.digits,
+                            "media relay stopped"
+                        );
+                    }
+                    Ok(Err(e)) => tracing::warn!(call = call.0, error = %e, "media relay ended with an error"),
+                    Err(e) => tracing::warn!(call = call.0, error = %e, "media relay task failed"),
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Parses a received message, or answers / drops it (RFC 3261 §16.3 / §8.2.6).
+fn parse_or_answer(
+    data: Bytes,
+    framing: Framing,
+    limits: &Limits,
+) -> Result<Message, Option<Bytes>> {
+    match Message::parse(data, framing, limits) {
+        Ok(m) => Ok(m),
+        Err(rej) => {
+            if rej.can_respond() {
+                tracing::debug!(error = %rej.error(), "malformed SIP request answered");
+                let tag = format!("{:016x}", rand::random::<u64>());
+                Err(rej.response(&tag).map(Message::into_bytes))
+            } else {
+                tracing::debug!(error = %rej.error(), "malformed SIP message dropped");
+                Err(None)
+            }
+        }
+    }
+}
+
+async fn udp_loop(sock: Arc<UdpSocket>, core_tx: mpsc::Sender<CoreMsg>, limits: Limits) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP port unreachable surfaces here on some systems; keep serving.
+                tracing::debug!(error = %e, "SIP UDP receive error");
+                continue;
+            }
+        };
+        let Some(data) = buf.get(..n) else { continue };
+        // Keep-alive CRLFs (RFC 5626 §3.5.1 over UDP uses STUN; stray CRLFs are common).
+        if data.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            continue;
+        }
+        match parse_or_answer(Bytes::copy_from_slice(data), Framing::Datagram, &limits) {
+            Ok(msg) => {
+                let input = Input::Received {
+                    transport: Transport::Udp,
+                    from,
+                    msg,
+                };
+                if core_tx.send(CoreMsg::Sip(input)).await.is_err() {
+                    return;
+                }
+            }
+            Err(Some(resp)) => {
+                let _ = sock.send_to(&resp, from).await;
+            }
+            Err(None) => {}
+        }
+    }
+}
+
+async fn tcp_accept(listener: TcpListener, core_tx: mpsc::Sender<CoreMsg>, limits: Limits) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let (tx, rx) = mpsc::channel(TCP_QUEUE);
+                if core_tx
+                    .send(CoreMsg::TcpUp {
+                        peer,
+                        tx: tx.clone(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::spawn(tcp_conn(stream, peer, core_tx.clone(), limits, tx, rx));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SIP TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One TCP connection: a writer draining `rx`, and a reader framing messages (RFC 3261 §18.3).
+async fn tcp_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    core_tx: mpsc::Sender<CoreMsg>,
+    limits: Limits,
+    tx: mpsc::Sender<Bytes>,
+    mut rx: mpsc::Receiver<Bytes>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let writer_task = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if writer.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut framer = StreamFramer::new(&limits);
+    let mut buf = vec![0u8; 16 * 1024];
+    'conn: loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        framer.push(buf.get(..n).unwrap_or_default());
+        loop {
+            match framer.next_frame() {
+                Ok(None) => break,
+                Ok(Some(Frame::Ping)) => {
+                    let _ = tx.try_send(Bytes::from_static(PONG));
+                }
+                Ok(Some(Frame::Pong)) => {}
+                Ok(Some(Frame::Message(data))) => {
+                    match parse_or_answer(data, Framing::Stream, &limits) {
+                        Ok(msg) => {
+                            let input = Input::Received {
+                                transport: Transport::Tcp,
+                                from: peer,
+                                msg,
+                            };
+                            if core_tx.send(CoreMsg::Sip(input)).await.is_err() {
+                                break 'conn;
+                            }
+                        }
+                        Err(Some(resp)) => {
+                            let _ = tx.try_send(resp);
+                        }
+                        Err(None) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "SIP TCP framing error: closing");
+                    break 'conn;
+                }
+            }
+        }
+    }
+    writer_task.abort();
+    let _ = core_tx.send(CoreMsg::TcpDown { peer, tx }).await;
+}
+
+/// Binds the SIP sockets the config asks for.
+pub async fn bind(config: &Config) -> std::io::Result<SipSockets> {
+    let addr = config.sip.listen;
+    let udp = if config.sip.transports.contains(&Transport::Udp) {
+        Some(UdpSocket::bind(addr).await?)
+    } else {
+        None
+    };
+    let tcp = if config.sip.transports.contains(&Transport::Tcp) {
+        Some(TcpListener::bind(addr).await?)
+    } else {
+        None
+    };
+    Ok(SipSockets { udp, tcp })
+}
+
+/// For callers that need the shutdown signal as a future.
+pub async fn wait_true(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
