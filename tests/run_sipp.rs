@@ -163,10 +163,10 @@ async fn start_uas(s: &Setup, extra: &[String]) -> tokio::process::Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sipp_call_is_set_up_and_torn_down_through_tonewall() {
-    if !sipp_available() {
-        eprintln!("sipp not installed; skipping");
-        return;
-    }
+    assert!(
+        sipp_available(),
+        "sipp is needed (the test script installs it: apt-get install sip-tester)"
+    );
     let s = setup(41_000, "always", "udp");
     let (stop, task) = start(s.config.clone());
     wait_sip_ready(s.sip_port).await;
@@ -193,10 +193,10 @@ async fn a_sipp_call_is_set_up_and_torn_down_through_tonewall() {
 /// centre (RFC 3261 §18.1.1), answering each side on its own connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sipp_call_over_tcp_on_both_legs() {
-    if !sipp_available() {
-        eprintln!("sipp not installed; skipping");
-        return;
-    }
+    assert!(
+        sipp_available(),
+        "sipp is needed (the test script installs it: apt-get install sip-tester)"
+    );
     let s = setup(44_000, "always", "tcp");
     let (stop, task) = start(s.config.clone());
     wait_sip_ready(s.sip_port).await;
@@ -223,9 +223,10 @@ async fn a_sipp_call_over_tcp_on_both_legs() {
 
 fn pcaps_available() -> bool {
     let ok = sipp_available() && Path::new("/usr/share/sip-tester/dtmf_2833_1.pcap").exists();
-    if !ok {
-        eprintln!("sipp or its pcaps not installed; skipping");
-    }
+    assert!(
+        ok,
+        "sipp and its pcaps are needed (the test script installs them: apt-get install sip-tester)"
+    );
     ok
 }
 
@@ -310,9 +311,7 @@ async fn pcap_call(media_min: u16, scrub: &str) -> (usize, usize, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_is_relayed_and_telephone_events_do_not_reach_the_contact_centre() {
-    if !pcaps_available() {
-        return;
-    }
+    pcaps_available();
     let (audio, events, pts) = pcap_call(42_000, "always").await;
     assert!(
         audio > 50,
@@ -329,9 +328,7 @@ async fn media_is_relayed_and_telephone_events_do_not_reach_the_contact_centre()
 /// telephone-events do reach the contact centre, so the test above can see a leak.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_scrubbing_the_same_call_leaks_telephone_events() {
-    if !pcaps_available() {
-        return;
-    }
+    pcaps_available();
     let (audio, events, pts) = pcap_call(43_000, "on-demand").await;
     assert!(audio > 50, "audio packets: {audio}");
     assert!(events > 0, "no telephone-event passed unscrubbed: {pts:?}");
