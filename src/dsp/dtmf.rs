@@ -51,7 +51,7 @@ impl Default for DetectorConfig {
             // boundary cases (exactly 4 and 8 dB) pass.
             max_reverse_twist_db: 6.5,
             max_normal_twist_db: 10.0,
-            max_freq_dev: 0.03,
+            max_freq_dev: 0.025,
             min_energy_ratio: 0.70,
             max_harmonic_ratio: 0.15,
             min_tone_samples: 240,
