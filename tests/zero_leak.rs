@@ -219,7 +219,7 @@ fn accept_matrix_in_band_leaves_no_trace_and_captures_every_key() {
                     assert_bit_exact_outside(&run, &spans, 160, 240, &label);
                     assert_scans_clean(&run, &label);
                     // Capture is exact with speech 20 dB under the keys; at 12-15 dB speech near
-                    // 700 Hz can bend the low tone's measured frequency past 3 % in a block.
+                    // 700 Hz can bend the low tone's measured frequency past 2.5 % in a block.
                     let (quiet, _) = card_over_speech(p, Some(-20.0), None, cases);
                     let quiet_run = scrub(&quiet, &spans, codec, false, MaskKind::Silence);
                     assert_eq!(
