@@ -170,6 +170,43 @@ impl RelayStats {
     }
 }
 
+/// One direction of RTCP: the latch packets must come from, the latch and socket they go out on,
+/// and the counters for that direction.
+struct RtcpLeg<'a> {
+    from: &'a mut Latch,
+    to: &'a Latch,
+    out: &'a tokio::net::UdpSocket,
+    counted_in: &'a AtomicU64,
+    counted_out: &'a AtomicU64,
+}
+
+/// Relays one received RTCP packet (RTCP is passed through untouched in both directions).
+async fn relay_rtcp(
+    received: std::io::Result<(usize, SocketAddr)>,
+    buf: &[u8],
+    leg: RtcpLeg<'_>,
+    stats: &RelayStats,
+) {
+    let Ok((n, src)) = received else {
+        bump(&stats.recv_errors);
+        return;
+    };
+    if !leg.from.accept(src) {
+        bump(&stats.dropped_stranger);
+        return;
+    }
+    bump(leg.counted_in);
+    let Some(dest) = leg.to.dest() else {
+        bump(&stats.dropped_no_peer);
+        return;
+    };
+    let pkt = buf.get(..n).unwrap_or_default();
+    match leg.out.send_to(pkt, dest).await {
+        Ok(_) => bump(leg.counted_out),
+        Err(_) => bump(&stats.send_errors),
+    }
+}
+
 fn bump(a: &AtomicU64) {
     a.fetch_add(1, Ordering::Relaxed);
 }
@@ -542,44 +579,24 @@ impl Relay {
                     }
                 }
                 r = self.a.rtcp.recv_from(&mut buf_ac) => {
-                    if let Ok((n, src)) = r {
-                        if !self.a_rtcp.accept(src) {
-                            bump(&self.stats.dropped_stranger);
-                            continue;
-                        }
-                        bump(&self.stats.rtcp_a_in);
-                        let Some(dest) = self.b_rtcp.dest() else {
-                            bump(&self.stats.dropped_no_peer);
-                            continue;
-                        };
-                        let pkt = buf_ac.get(..n).unwrap_or_default();
-                        match self.b.rtcp.send_to(pkt, dest).await {
-                            Ok(_) => bump(&self.stats.rtcp_b_out),
-                            Err(_) => bump(&self.stats.send_errors),
-                        }
-                    } else {
-                        bump(&self.stats.recv_errors);
-                    }
+                    let leg = RtcpLeg {
+                        from: &mut self.a_rtcp,
+                        to: &self.b_rtcp,
+                        out: &self.b.rtcp,
+                        counted_in: &self.stats.rtcp_a_in,
+                        counted_out: &self.stats.rtcp_b_out,
+                    };
+                    relay_rtcp(r, &buf_ac, leg, &self.stats).await;
                 }
                 r = self.b.rtcp.recv_from(&mut buf_bc) => {
-                    if let Ok((n, src)) = r {
-                        if !self.b_rtcp.accept(src) {
-                            bump(&self.stats.dropped_stranger);
-                            continue;
-                        }
-                        bump(&self.stats.rtcp_b_in);
-                        let Some(dest) = self.a_rtcp.dest() else {
-                            bump(&self.stats.dropped_no_peer);
-                            continue;
-                        };
-                        let pkt = buf_bc.get(..n).unwrap_or_default();
-                        match self.a.rtcp.send_to(pkt, dest).await {
-                            Ok(_) => bump(&self.stats.rtcp_a_out),
-                            Err(_) => bump(&self.stats.send_errors),
-                        }
-                    } else {
-                        bump(&self.stats.recv_errors);
-                    }
+                    let leg = RtcpLeg {
+                        from: &mut self.b_rtcp,
+                        to: &self.a_rtcp,
+                        out: &self.a.rtcp,
+                        counted_in: &self.stats.rtcp_b_in,
+                        counted_out: &self.stats.rtcp_a_out,
+                    };
+                    relay_rtcp(r, &buf_bc, leg, &self.stats).await;
                 }
                 c = self.control.recv() => {
                     match c {
