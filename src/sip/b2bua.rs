@@ -1865,22 +1865,9 @@ impl B2bua {
                     let seq = msg.cseq().map_or(1, |c| c.seq);
                     self.send_ack(call, leg, seq, None, out);
                     self.send_request(call, leg, "BYE", Purpose::Own, &[], None, now, out);
-                    self.reply(
-                        &server,
-                        488,
-                        "Not Acceptable Here",
-                        Some(&tag),
-                        &[],
-                        None,
-                        now,
-                        out,
-                    );
-                    if let Some(c) = self.calls.get_mut(&call) {
-                        c.invite_busy = false;
-                    }
-                    if initial {
-                        self.end_call(call, EndCause::Failed, now, ports, out);
-                    }
+                    let answer = (488, "Not Acceptable Here", Some(tag.as_str()));
+                    let end = initial.then_some(EndCause::Failed);
+                    self.fail_invite(call, &server, answer, &[], end, now, ports, out);
                     return;
                 }
                 Err(_) => {}
@@ -1945,13 +1932,9 @@ impl B2bua {
         } else {
             "Forbidden".to_owned()
         };
-        self.reply(&server, mapped, &reason, Some(&tag), &extra, None, now, out);
-        if let Some(c) = self.calls.get_mut(&call) {
-            c.invite_busy = false;
-        }
-        if initial {
-            self.end_call(call, EndCause::Rejected(status), now, ports, out);
-        }
+        let end = initial.then_some(EndCause::Rejected(status));
+        let answer = (mapped, reason.as_str(), Some(tag.as_str()));
+        self.fail_invite(call, &server, answer, &extra, end, now, ports, out);
     }
 
     /// A response to a non-INVITE request we relayed from leg `from`.
@@ -2128,21 +2111,31 @@ impl B2bua {
             Leg::B => c.b.local_tag.clone(),
         });
         // §8.1.3.1: a timeout is a 408 from the far side.
-        self.reply(
-            &server,
-            408,
-            "Request Timeout",
-            tag.as_deref(),
-            &[],
-            None,
-            now,
-            out,
-        );
+        let end = initial.then_some(EndCause::Timeout);
+        let answer = (408, "Request Timeout", tag.as_deref());
+        self.fail_invite(call, &server, answer, &[], end, now, ports, out);
+    }
+
+    /// Answers the INVITE transaction `server` with a failure (`status`, reason, To tag), frees
+    /// the call for the next INVITE, and ends the call when it was the initial INVITE (`end`).
+    #[allow(clippy::too_many_arguments)]
+    fn fail_invite(
+        &mut self,
+        call: CallId,
+        server: &SKey,
+        (status, reason, tag): (u16, &str, Option<&str>),
+        extra: &[(&str, String)],
+        end: Option<EndCause>,
+        now: u64,
+        ports: &mut dyn PortAllocator,
+        out: &mut Vec<Output>,
+    ) {
+        self.reply(server, status, reason, tag, extra, None, now, out);
         if let Some(c) = self.calls.get_mut(&call) {
             c.invite_busy = false;
         }
-        if initial {
-            self.end_call(call, EndCause::Timeout, now, ports, out);
+        if let Some(cause) = end {
+            self.end_call(call, cause, now, ports, out);
         }
     }
 }
