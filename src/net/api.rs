@@ -961,26 +961,17 @@ async fn create_session(State(st): State<ApiState>, body: Bytes) -> Result<Respo
         created
     };
     tracing::info!(session = %created.id, locator = %created.locator, "payment session created");
-    // The only response that shows the token and PIN; built in a zeroizing buffer.
-    let body = Zeroizing::new(
-        serde_json::to_vec(&CreatedBody {
+    // The only response that shows the token and PIN.
+    secret_json(
+        StatusCode::CREATED,
+        &CreatedBody {
             id: created.id,
             locator: created.locator.as_str(),
             token: created.token.reveal(),
             pin: created.pin.reveal(),
             expires_at: rfc3339(created.expires_at_ms),
-        })
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "encoding"))?,
-    );
-    Ok((
-        StatusCode::CREATED,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        Body::from(body.to_vec()),
+        },
     )
-        .into_response())
 }
 
 fn session_response(book: &Book, id: &SessionId) -> Result<Response, ApiError> {
@@ -1242,18 +1233,27 @@ async fn unlock_session(
     }
     let card = res.map_err(|e| unlock_error(&e))?;
     let expiry = card.expiry().map(|e| e.reveal_mmyy());
-    let body = Zeroizing::new(
-        serde_json::to_vec(&CardBody {
+    secret_json(
+        StatusCode::OK,
+        &CardBody {
             pan: card.pan().reveal(),
             expiry: expiry.as_ref().map(|e| e.as_str()),
             cvv: card.cvv().map(|c| c.reveal()),
             postcode: card.reveal_extra(&FieldName::Postcode),
             brand: card.brand().map(|b| b.name()),
-        })
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "encoding"))?,
-    );
+        },
+    )
+}
+
+/// A JSON response carrying secrets (token, PIN, card): serialised into a zeroizing buffer and
+/// marked `no-store` so no cache keeps it.
+fn secret_json(status: StatusCode, value: &impl Serialize) -> Result<Response, ApiError> {
+    let body =
+        Zeroizing::new(serde_json::to_vec(value).map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "encoding")
+        })?);
     Ok((
-        StatusCode::OK,
+        status,
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
