@@ -42,6 +42,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub api: ApiConfig,
     pub vault: VaultConfig,
+    pub payment: PaymentConfig,
     pub log: LogConfig,
 }
 
@@ -53,6 +54,7 @@ impl Default for Config {
             routes: vec![RouteConfig::default()],
             api: ApiConfig::default(),
             vault: VaultConfig::default(),
+            payment: PaymentConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -236,6 +238,37 @@ impl Default for VaultConfig {
     }
 }
 
+/// Payment sessions and card capture.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentConfig {
+    /// Digits in a session's locator (3-8).
+    pub locator_len: usize,
+    /// Digits in the unlock PIN (4-12).
+    pub pin_len: usize,
+    /// A session nobody asks a TTL for lives this long.
+    pub session_ttl_s: u64,
+    /// A card field with digits in it ends this long after its last key.
+    pub inter_digit_timeout_s: u64,
+    /// Invalid entries allowed per field before the capture fails.
+    pub max_attempts: u32,
+    /// Keys of one locator (keyed by a contact flow or an agent) may be this far apart.
+    pub locator_inter_key_ms: u64,
+}
+
+impl Default for PaymentConfig {
+    fn default() -> Self {
+        PaymentConfig {
+            locator_len: 4,
+            pin_len: 6,
+            session_ttl_s: 900,
+            inter_digit_timeout_s: 6,
+            max_attempts: 3,
+            locator_inter_key_ms: 3_000,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreName {
@@ -360,6 +393,34 @@ impl Config {
         }
         if self.vault.max_tries == 0 {
             return Err(invalid("vault.max_tries", "must be at least 1"));
+        }
+        let p = &self.payment;
+        if !(3..=8).contains(&p.locator_len) {
+            return Err(invalid("payment.locator_len", "must be between 3 and 8"));
+        }
+        if !(4..=12).contains(&p.pin_len) {
+            return Err(invalid("payment.pin_len", "must be between 4 and 12"));
+        }
+        if !(30..=3600).contains(&p.session_ttl_s) {
+            return Err(invalid(
+                "payment.session_ttl_s",
+                "must be between 30 and 3600 seconds",
+            ));
+        }
+        if !(1..=60).contains(&p.inter_digit_timeout_s) {
+            return Err(invalid(
+                "payment.inter_digit_timeout_s",
+                "must be between 1 and 60 seconds",
+            ));
+        }
+        if p.max_attempts == 0 {
+            return Err(invalid("payment.max_attempts", "must be at least 1"));
+        }
+        if !(200..=30_000).contains(&p.locator_inter_key_ms) {
+            return Err(invalid(
+                "payment.locator_inter_key_ms",
+                "must be between 200 and 30000 ms",
+            ));
         }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));

@@ -790,13 +790,11 @@ async fn every_documented_route_is_served() {
             "    delete:" => Method::DELETE,
             _ => continue,
         };
-        if p.starts_with("/v1/calls/") {
-            continue;
-        }
         let uri = p
             .replace("{id}", &"0".repeat(32))
             .replace("{field}", "pan")
-            .replace("{locator}", "1234");
+            .replace("{locator}", "1234")
+            .replace("{call_id}", "7");
         let r = api.call(method.clone(), &uri, Some(DESK), Some("{}")).await;
         assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
         assert!(
@@ -806,10 +804,86 @@ async fn every_documented_route_is_served() {
         );
         checked += 1;
     }
-    assert!(checked >= 13, "{checked}");
+    assert!(checked >= 16, "{checked}");
     let r = api.get("/v1/nothing").await;
     assert_eq!(
         (r.status, r.code()),
         (StatusCode::NOT_FOUND, "not_found".into())
     );
+}
+
+#[tokio::test]
+async fn calls_are_listed_and_binding_switches_scrubbing_on() {
+    use tonewall::net::calls::CallInfo;
+    use tonewall::net::media::MediaControl;
+
+    let api = Api::new();
+    let calls = api.state.calls();
+    calls.attach();
+    calls.started(
+        "41",
+        CallInfo {
+            route: "desk".into(),
+            mode: "inline",
+            from: "447700900123".into(),
+            to: "sales".into(),
+            started_ms: T0,
+        },
+        false,
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    calls.media("41", tx, false);
+
+    let r = api.get("/v1/calls").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let list = r.json();
+    assert_eq!(list["calls"][0]["call_id"], "41");
+    assert_eq!(list["calls"][0]["route"], "desk");
+    assert_eq!(list["calls"][0]["scrubbing"], false);
+
+    // On-demand: on and off from the API reach the relay.
+    async fn scrub(api: &Api, on: bool) -> Reply {
+        let body = json!({ "on": on }).to_string();
+        api.call(Method::PUT, "/v1/calls/41/scrub", Some(DESK), Some(&body))
+            .await
+    }
+    let put = |on| scrub(&api, on);
+    let r = put(true).await;
+    assert_eq!(
+        (r.status, r.json()["scrubbing"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+    assert_eq!(rx.try_recv(), Ok(MediaControl::Scrub(true)));
+    assert_eq!(put(false).await.status, StatusCode::OK);
+    assert_eq!(rx.try_recv(), Ok(MediaControl::Scrub(false)));
+
+    // Binding needs a live call, and turns scrubbing on for it.
+    let c = api.create().await;
+    let id = c["id"].as_str().unwrap();
+    let r = api.bind(id, "99").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+    assert_eq!(api.bind(id, "41").await.status, StatusCode::OK);
+    assert_eq!(rx.try_recv(), Ok(MediaControl::Scrub(true)));
+    assert_eq!(api.get("/v1/calls/41").await.json()["scrubbing"], true);
+    // While a session is bound, the agent cannot switch scrubbing off.
+    let r = put(false).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "conflict".into())
+    );
+    assert!(rx.try_recv().is_err());
+
+    // The loop model's look-up, and the end of the call failing the session.
+    let (sid, agent) = api.state.locate(c["locator"].as_str().unwrap()).unwrap();
+    assert_eq!((sid.to_string().as_str(), agent.as_str()), (id, "agent-7"));
+    api.state.call_ended("41");
+    assert_eq!(api.get("/v1/calls/41").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&format!("/v1/sessions/{id}")).await.json()["state"],
+        "failed"
+    );
+    assert!(api.state.locate(c["locator"].as_str().unwrap()).is_none());
 }

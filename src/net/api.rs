@@ -33,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{Config, StoreName};
 use crate::digit::{Digit, DigitSource};
+use crate::net::calls::{CallError, CallRegistry};
 use crate::net::metrics::Metrics;
 use crate::payment::capture::{
     Capture, CaptureConfig, CaptureError, CaptureEvent, CaptureInput, CaptureStatus, FieldProgress,
@@ -453,6 +454,7 @@ struct Inner {
     capture: CaptureConfig,
     clock: Clock,
     metrics: Metrics,
+    calls: CallRegistry,
     shutdown: watch::Sender<bool>,
 }
 
@@ -578,6 +580,7 @@ impl ApiState {
                 capture: settings.capture,
                 clock,
                 metrics: Metrics::new(),
+                calls: CallRegistry::default(),
                 shutdown,
             }),
         }
@@ -611,6 +614,16 @@ impl ApiState {
         };
         let mut settings = ApiSettings::new(tokens);
         settings.record_ttl_ms = cfg.vault.ttl_s.saturating_mul(1_000);
+        let p = &cfg.payment;
+        settings.sessions.locator_len = p.locator_len;
+        settings.sessions.pin_len = p.pin_len;
+        settings.sessions.default_ttl_ms = p.session_ttl_s.saturating_mul(1_000);
+        settings.sessions.max_ttl_ms = settings
+            .sessions
+            .max_ttl_ms
+            .max(settings.sessions.default_ttl_ms);
+        settings.capture.inter_digit_timeout_ms = p.inter_digit_timeout_s.saturating_mul(1_000);
+        settings.capture.max_attempts = p.max_attempts;
         Ok(ApiState::new(settings, store, master, Clock::system()))
     }
 
@@ -620,6 +633,86 @@ impl ApiState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Live calls, as the SIP shell registers them.
+    pub fn calls(&self) -> &CallRegistry {
+        &self.inner.calls
+    }
+
+    /// The live session holding `locator`, and its agent (the loop model's GetAgent).
+    pub fn locate(&self, locator: &str) -> Option<(SessionId, String)> {
+        let locator = Locator::parse(locator).ok()?;
+        let now = self.inner.clock.now_ms();
+        let book = self.book(now);
+        let s = book.table.by_locator(&locator, now)?;
+        Some((s.id(), s.agent().as_str().to_string()))
+    }
+
+    /// Binds a call to a session (and starts capturing when `start`), then makes sure the
+    /// call's caller→agent direction is scrubbed: capture on a call the agent hears in clear
+    /// would defeat the product. With a SIP shell attached, the call must be live.
+    pub fn bind_call(&self, id: SessionId, call_id: &str, start: bool) -> Result<(), ApiError> {
+        let registry = &self.inner.calls;
+        if registry.attached() && !registry.exists(call_id) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no live call has this id",
+            ));
+        }
+        let now = self.inner.clock.now_ms();
+        {
+            let mut book = self.book(now);
+            if book.calls.contains_key(call_id) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "the call is bound to another session",
+                ));
+            }
+            let call = CallId(call_id.to_string());
+            book.table.bind(&id, call.clone(), now)?;
+            book.calls.insert(call.0.clone(), id);
+            if let Some(l) = book.live.get_mut(&id) {
+                l.call = Some(call.clone());
+            }
+            if start {
+                book.table.start_capture(&id, now)?;
+            }
+            tracing::info!(session = %id, call = %call, started = start, "call bound");
+            book.publish(&id);
+        }
+        if registry.attached() && registry.set_scrubbing(call_id, true).is_err() {
+            // The call ended between the check and now; its end fails the session.
+            self.call_ended(call_id);
+        }
+        Ok(())
+    }
+
+    /// Caller→agent scrubbing on or off for a live call. Off is refused while a payment
+    /// session is bound to the call.
+    pub fn set_call_scrubbing(&self, call_id: &str, on: bool) -> Result<(), ApiError> {
+        if !on {
+            let now = self.inner.clock.now_ms();
+            if self.book(now).calls.contains_key(call_id) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "a payment session is bound to this call; scrubbing stays on",
+                ));
+            }
+        }
+        self.inner
+            .calls
+            .set_scrubbing(call_id, on)
+            .map_err(|e| match e {
+                CallError::NotFound => ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no live call has this id",
+                ),
+            })
     }
 
     /// The book, with every session past its TTL expired first (so reads never show a live
@@ -801,6 +894,7 @@ impl ApiState {
 
     /// The media path says a call ended: a session still capturing on it fails.
     pub fn call_ended(&self, call_id: &str) {
+        self.inner.calls.ended(call_id);
         let now = self.inner.clock.now_ms();
         let mut book = self.book(now);
         let Some(id) = book.calls.get(call_id).copied() else {
@@ -1039,26 +1133,8 @@ async fn bind_session(
             "call_id must be 1-256 characters without control characters",
         ));
     }
-    let now = st.inner.clock.now_ms();
-    let mut book = st.book(now);
-    if book.calls.contains_key(&req.call_id) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "the call is bound to another session",
-        ));
-    }
-    let call = CallId(req.call_id);
-    book.table.bind(&id, call.clone(), now)?;
-    book.calls.insert(call.0.clone(), id);
-    if let Some(l) = book.live.get_mut(&id) {
-        l.call = Some(call.clone());
-    }
-    if req.start {
-        book.table.start_capture(&id, now)?;
-    }
-    tracing::info!(session = %id, call = %call, started = req.start, "call bound");
-    book.publish(&id);
+    st.bind_call(id, &req.call_id, req.start)?;
+    let book = st.book(st.inner.clock.now_ms());
     session_response(&book, &id)
 }
 
@@ -1300,6 +1376,53 @@ async fn get_locator(
     ))
 }
 
+async fn list_calls(State(st): State<ApiState>) -> Response {
+    #[derive(Serialize)]
+    struct Calls {
+        calls: Vec<crate::net::calls::CallView>,
+    }
+    json_response(
+        StatusCode::OK,
+        &Calls {
+            calls: st.inner.calls.list(),
+        },
+    )
+}
+
+fn no_call() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no live call has this id",
+    )
+}
+
+async fn get_call(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let view = st.inner.calls.view(&id).ok_or_else(no_call)?;
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScrubbingBody {
+    on: bool,
+}
+
+async fn put_scrubbing(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: ScrubbingBody = parse_json(&body)?;
+    st.set_call_scrubbing(&id, req.on)?;
+    tracing::info!(call = %id, on = req.on, "scrubbing switched from the API");
+    let view = st.inner.calls.view(&id).ok_or_else(no_call)?;
+    Ok(json_response(StatusCode::OK, &view))
+}
+
 async fn session_events(
     State(st): State<ApiState>,
     Path(id): Path<String>,
@@ -1414,6 +1537,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/sessions/{id}/request-field", post(request_field_body))
         .route("/v1/sessions/{id}/unlock", post(unlock_session))
         .route("/v1/locators/{locator}", get(get_locator))
+        .route("/v1/calls", get(list_calls))
+        .route("/v1/calls/{id}", get(get_call))
+        .route("/v1/calls/{id}/scrub", axum::routing::put(put_scrubbing))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))

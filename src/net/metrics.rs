@@ -13,6 +13,9 @@ use prometheus_client::registry::Registry;
 /// One `outcome` label with a value from a fixed list.
 pub type OutcomeLabel = [(&'static str, &'static str); 1];
 
+/// One label (`cause`, `direction`, `reason`) with a value from a fixed list.
+pub type Label = [(&'static str, &'static str); 1];
+
 /// Payment-session and unlock metrics, plus the registry other shells may add to.
 #[derive(Debug)]
 pub struct Metrics {
@@ -28,6 +31,20 @@ pub struct Metrics {
     pub digits_captured: Counter,
     /// Unlock attempts by outcome (`ok`, `wrong_pin`, `tries_exhausted`, `bad_token`, …).
     pub unlocks: Family<OutcomeLabel, Counter>,
+    /// Calls the B2BUA accepted.
+    pub calls_started: Counter,
+    /// Calls in progress.
+    pub calls_active: Gauge,
+    /// Calls that ended, by cause (`bye_caller`, `bye_agent`, `cancelled`, `rejected`, …).
+    pub calls_ended: Family<Label, Counter>,
+    /// RTP packets relayed, by `direction` (`caller_to_agent`, `agent_to_caller`).
+    pub rtp_packets: Family<Label, Counter>,
+    /// RTP/RTCP packets dropped, by `reason` (`stranger`, `scrubber`, `no_peer`, `send_error`).
+    pub rtp_dropped: Family<Label, Counter>,
+    /// DTMF keys heard on the caller→agent direction (how many, never which).
+    pub dtmf_keys_heard: Counter,
+    /// Audio samples replaced by masking on the agent leg (8 000 per second).
+    pub samples_masked: Counter,
 }
 
 impl Default for Metrics {
@@ -46,6 +63,13 @@ impl Metrics {
             sessions_live: Gauge::default(),
             digits_captured: Counter::default(),
             unlocks: Family::default(),
+            calls_started: Counter::default(),
+            calls_active: Gauge::default(),
+            calls_ended: Family::default(),
+            rtp_packets: Family::default(),
+            rtp_dropped: Family::default(),
+            dtmf_keys_heard: Counter::default(),
+            samples_masked: Counter::default(),
         };
         registry.register(
             "payment_sessions_created",
@@ -72,6 +96,37 @@ impl Metrics {
             "Sealed-record unlock attempts, by outcome",
             m.unlocks.clone(),
         );
+        registry.register(
+            "calls_started",
+            "Calls accepted by the B2BUA",
+            m.calls_started.clone(),
+        );
+        registry.register("calls_active", "Calls in progress", m.calls_active.clone());
+        registry.register(
+            "calls_ended",
+            "Calls ended, by cause",
+            m.calls_ended.clone(),
+        );
+        registry.register(
+            "rtp_packets",
+            "RTP packets relayed, by direction",
+            m.rtp_packets.clone(),
+        );
+        registry.register(
+            "rtp_dropped",
+            "RTP and RTCP packets dropped, by reason",
+            m.rtp_dropped.clone(),
+        );
+        registry.register(
+            "dtmf_keys_heard",
+            "DTMF keys heard on the caller-to-agent direction (never which)",
+            m.dtmf_keys_heard.clone(),
+        );
+        registry.register(
+            "samples_masked",
+            "Audio samples replaced by masking on the agent leg",
+            m.samples_masked.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -88,6 +143,26 @@ impl Metrics {
 
     pub fn unlock(&self, outcome: &'static str) {
         self.unlocks.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn call_ended(&self, cause: &'static str) {
+        self.calls_ended.get_or_create(&[("cause", cause)]).inc();
+    }
+
+    pub fn packets(&self, direction: &'static str, n: u64) {
+        if n > 0 {
+            self.rtp_packets
+                .get_or_create(&[("direction", direction)])
+                .inc_by(n);
+        }
+    }
+
+    pub fn dropped(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.rtp_dropped
+                .get_or_create(&[("reason", reason)])
+                .inc_by(n);
+        }
     }
 
     /// OpenMetrics text.

@@ -3,6 +3,7 @@
 //! and DSP rules live in `sip`, `rtp`, `dsp` and `payment`.
 
 pub mod api;
+pub mod calls;
 pub mod media;
 pub mod metrics;
 pub mod ports;

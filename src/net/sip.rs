@@ -24,12 +24,15 @@ use crate::config::{Config, ScrubMode, Transport};
 use crate::digit::DigitSource;
 use crate::dsp::g711::Codec;
 use crate::net::api::{ApiState, SessionRef};
-use crate::net::media::{MediaControl, MediaEvent, MediaHandle, MediaRelay, RelayOptions};
+use crate::net::calls::CallInfo;
+use crate::net::media::{
+    MediaControl, MediaEvent, MediaHandle, MediaRelay, RelayOptions, RelayStatsSnapshot,
+};
 use crate::net::ports::{PortPair, PortPool};
 use crate::rtp::scrubber::ScrubberConfig;
 use crate::sip::b2bua::{
-    B2bua, B2buaConfig, B2buaError, CallEvent, CallId, Input, LegMedia, Output, PortAllocator,
-    RelayPorts,
+    B2bua, B2buaConfig, B2buaError, CallEvent, CallId, EndCause, Input, LegMedia, Output,
+    PortAllocator, RelayPorts,
 };
 use crate::sip::framer::{Frame, PONG, StreamFramer};
 use crate::sip::message::{Framing, Limits, Message};
@@ -121,6 +124,20 @@ fn call_label(call: CallId) -> String {
     call.0.to_string()
 }
 
+/// Metric label of an end cause: fixed words, never a status text from the wire.
+fn cause_label(cause: EndCause) -> &'static str {
+    match cause {
+        EndCause::ByeFromA => "bye_caller",
+        EndCause::ByeFromB => "bye_agent",
+        EndCause::Cancelled => "cancelled",
+        EndCause::Rejected(_) => "rejected",
+        EndCause::Timeout => "timeout",
+        EndCause::MediaTimeout => "media_timeout",
+        EndCause::Hangup => "hangup",
+        EndCause::Failed => "failed",
+    }
+}
+
 /// Runs SIP until `shutdown` turns true: the transports and the core task. On shutdown every
 /// call is hung up and given [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
@@ -131,6 +148,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), B2buaError> {
     let seed: u64 = rand::random();
+    api.calls().attach();
     let mut core = B2bua::new(B2buaConfig::from_config(config, seed)?);
     let limits = Limits {
         max_size: config.sip.max_message_size,
@@ -292,12 +310,28 @@ impl Shell {
         match &event {
             CallEvent::Started { route } => {
                 tracing::info!(call = call.0, route = %route, "call started");
-                self.calls.insert(call, self.scrub_routes.contains(route));
+                let scrub = self.scrub_routes.contains(route);
+                self.calls.insert(call, scrub);
+                let m = self.api.metrics();
+                m.calls_started.inc();
+                m.calls_active.inc();
+                let info = CallInfo {
+                    route: route.clone(),
+                    mode: "inline",
+                    from: String::new(),
+                    to: String::new(),
+                    started_ms: self.api.clock().now_ms(),
+                };
+                self.api.calls().started(&call_label(call), info, scrub);
             }
             CallEvent::Answered => tracing::info!(call = call.0, "call answered"),
             CallEvent::Ended(cause) => {
                 tracing::info!(call = call.0, ?cause, "call ended");
-                self.calls.remove(&call);
+                if self.calls.remove(&call).is_some() {
+                    let m = self.api.metrics();
+                    m.calls_active.dec();
+                    m.call_ended(cause_label(*cause));
+                }
                 self.api.call_ended(&call_label(call));
             }
         }
@@ -388,6 +422,9 @@ impl Shell {
             scrub = scrub_on,
             "media relay started"
         );
+        self.api
+            .calls()
+            .media(&call_label(call), handle.control(), scrub_on);
         self.relays.insert(
             call,
             RelayRef {
@@ -435,6 +472,38 @@ async fn feed(
     }
 }
 
+/// How often a relay's counters are added to the process metrics (the relay task itself never
+/// touches shared metrics: its counters are its own atomics).
+const METRICS_FOLD: Duration = Duration::from_secs(1);
+
+/// Adds what a relay counted since the last fold to the process metrics.
+fn fold_stats(api: &ApiState, last: &mut RelayStatsSnapshot, now: RelayStatsSnapshot) {
+    let m = api.metrics();
+    m.packets("caller_to_agent", now.b_out.saturating_sub(last.b_out));
+    m.packets("agent_to_caller", now.a_out.saturating_sub(last.a_out));
+    m.dropped(
+        "stranger",
+        now.dropped_stranger.saturating_sub(last.dropped_stranger),
+    );
+    m.dropped(
+        "scrubber",
+        now.dropped_scrubber.saturating_sub(last.dropped_scrubber),
+    );
+    m.dropped(
+        "no_peer",
+        now.dropped_no_peer.saturating_sub(last.dropped_no_peer),
+    );
+    m.dropped(
+        "send_error",
+        now.send_errors.saturating_sub(last.send_errors),
+    );
+    m.dtmf_keys_heard
+        .inc_by(now.digits.saturating_sub(last.digits));
+    m.samples_masked
+        .inc_by(now.samples_masked.saturating_sub(last.samples_masked));
+    *last = now;
+}
+
 /// Follows one relay: digits to the API, inactivity to the core, the outcome to the log.
 async fn supervise(
     call: CallId,
@@ -446,8 +515,11 @@ async fn supervise(
     core_tx: mpsc::Sender<CoreMsg>,
 ) {
     let label = call_label(call);
+    let mut folded = RelayStatsSnapshot::default();
+    let mut fold_every = tokio::time::interval(METRICS_FOLD);
     loop {
         tokio::select! {
+            _ = fold_every.tick() => fold_stats(&api, &mut folded, handle.stats()),
             Some(d) = handle.digits.recv() => {
                 // The scrubber's timeline is samples at 8 kHz.
                 feed(&api, &label, call, d.digit, d.source, d.start / 8).await;
@@ -459,6 +531,7 @@ async fn supervise(
                 }
             }
             res = &mut task => {
+                fold_stats(&api, &mut folded, handle.stats());
                 match res {
                     Ok(Ok(outcome)) => {
                         let s = outcome.stats;

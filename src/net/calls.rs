@@ -1,0 +1,209 @@
+//! Live calls as the control API sees them: what the SIP shell registered (route, parties,
+//! start), whether caller→agent scrubbing is on, and the running relay's control channel so
+//! the API can switch scrubbing on an on-demand route.
+//!
+//! The SIP shell owns the calls; this is a view it keeps up to date. Nothing here is on the
+//! packet path: it changes when a call starts, its relay starts, or an agent acts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::net::media::MediaControl;
+
+/// What the SIP shell tells the registry about a new call.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallInfo {
+    pub route: String,
+    /// `inline` or `loop`.
+    pub mode: &'static str,
+    /// User parts of From and To on the trunk side (the caller's and the dialled number).
+    pub from: String,
+    pub to: String,
+    /// Unix milliseconds.
+    #[serde(skip)]
+    pub started_ms: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    info: CallInfo,
+    scrubbing: bool,
+    control: Option<mpsc::Sender<MediaControl>>,
+}
+
+/// A call as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallView {
+    pub call_id: String,
+    #[serde(flatten)]
+    pub info: CallInfo,
+    pub started_at: String,
+    pub scrubbing: bool,
+}
+
+/// Why a scrubbing change was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("no live call has this id")]
+    NotFound,
+}
+
+/// The live calls. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct CallRegistry {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    calls: Mutex<HashMap<String, Entry>>,
+    /// Set when a SIP shell feeds the registry: binding a session then needs a live call.
+    attached: AtomicBool,
+}
+
+impl CallRegistry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.inner
+            .calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A SIP shell will register its calls: from now on only registered calls can be bound.
+    pub fn attach(&self) {
+        self.inner.attached.store(true, Ordering::Relaxed);
+    }
+
+    pub fn attached(&self) -> bool {
+        self.inner.attached.load(Ordering::Relaxed)
+    }
+
+    pub fn started(&self, id: &str, info: CallInfo, scrubbing: bool) {
+        self.lock().insert(
+            id.to_string(),
+            Entry {
+                info,
+                scrubbing,
+                control: None,
+            },
+        );
+    }
+
+    /// The call's relay is running: later scrubbing changes go to it. A change made before the
+    /// relay started is applied now.
+    pub fn media(&self, id: &str, control: mpsc::Sender<MediaControl>, relay_scrubbing: bool) {
+        let mut calls = self.lock();
+        if let Some(e) = calls.get_mut(id) {
+            if e.scrubbing != relay_scrubbing {
+                let _ = control.try_send(MediaControl::Scrub(e.scrubbing));
+            }
+            e.control = Some(control);
+        }
+    }
+
+    pub fn ended(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    pub fn exists(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// Switches caller→agent scrubbing. The relay applies it between packets.
+    pub fn set_scrubbing(&self, id: &str, on: bool) -> Result<(), CallError> {
+        let mut calls = self.lock();
+        let e = calls.get_mut(id).ok_or(CallError::NotFound)?;
+        e.scrubbing = on;
+        if let Some(c) = &e.control
+            && c.try_send(MediaControl::Scrub(on)).is_err()
+        {
+            // The relay's queue is full or it stopped; a stopped relay needs nothing, a full
+            // queue gets the command from a task so it is not lost.
+            let c = c.clone();
+            tokio::spawn(async move {
+                let _ = c.send(MediaControl::Scrub(on)).await;
+            });
+        }
+        Ok(())
+    }
+
+    pub fn view(&self, id: &str) -> Option<CallView> {
+        self.lock().get(id).map(|e| view(id, e))
+    }
+
+    /// All live calls, oldest first.
+    pub fn list(&self) -> Vec<CallView> {
+        let calls = self.lock();
+        let mut v: Vec<CallView> = calls.iter().map(|(id, e)| view(id, e)).collect();
+        v.sort_by(|a, b| (a.info.started_ms, &a.call_id).cmp(&(b.info.started_ms, &b.call_id)));
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn view(id: &str, e: &Entry) -> CallView {
+    CallView {
+        call_id: id.to_string(),
+        started_at: crate::net::api::rfc3339(e.info.started_ms),
+        info: e.info.clone(),
+        scrubbing: e.scrubbing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> CallInfo {
+        CallInfo {
+            route: "inline".into(),
+            mode: "inline",
+            from: "alice".into(),
+            to: "agents".into(),
+            started_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn scrubbing_set_before_media_reaches_the_relay_when_it_starts() {
+        let r = CallRegistry::default();
+        r.started("7", info(), false);
+        r.set_scrubbing("7", true).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        r.media("7", tx, false);
+        assert_eq!(rx.try_recv(), Ok(MediaControl::Scrub(true)));
+        r.set_scrubbing("7", false).unwrap();
+        assert_eq!(rx.try_recv(), Ok(MediaControl::Scrub(false)));
+        assert!(!r.view("7").unwrap().scrubbing);
+        r.ended("7");
+        assert_eq!(r.set_scrubbing("7", true), Err(CallError::NotFound));
+        assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn relay_started_in_the_desired_state_gets_no_command() {
+        let r = CallRegistry::default();
+        r.started("1", info(), true);
+        let (tx, mut rx) = mpsc::channel(4);
+        r.media("1", tx, true);
+        assert!(rx.try_recv().is_err());
+        let json = serde_json::to_string(&r.list()).unwrap();
+        assert!(json.contains("\"call_id\":\"1\""), "{json}");
+        assert!(json.contains("\"scrubbing\":true"), "{json}");
+        assert!(
+            json.contains("\"started_at\":\"2023-11-14T22:13:20"),
+            "{json}"
+        );
+    }
+}
