@@ -877,7 +877,11 @@ async fn calls_are_listed_and_binding_switches_scrubbing_on() {
     assert!(rx.try_recv().is_err());
 
     // The loop model's look-up, and the end of the call failing the session.
-    let (sid, agent) = api.state.locate(c["locator"].as_str().unwrap()).unwrap();
+    let (sid, agent) = api
+        .state
+        .locate(c["locator"].as_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!((sid.to_string().as_str(), agent.as_str()), (id, "agent-7"));
     api.state.call_ended("41");
     assert_eq!(api.get("/v1/calls/41").await.status, StatusCode::NOT_FOUND);
@@ -885,5 +889,10 @@ async fn calls_are_listed_and_binding_switches_scrubbing_on() {
         api.get(&format!("/v1/sessions/{id}")).await.json()["state"],
         "failed"
     );
-    assert!(api.state.locate(c["locator"].as_str().unwrap()).is_none());
+    assert!(
+        api.state
+            .locate(c["locator"].as_str().unwrap())
+            .await
+            .is_none()
+    );
 }

@@ -1,5 +1,6 @@
 //! The Redis vault store against a real `redis-server` on 127.0.0.1: round trip, tries, native
-//! TTL, one-time unlock under two concurrent relays, and a record surviving a relay restart.
+//! TTL, one-time unlock under two concurrent relays, a record surviving a relay restart, and
+//! sessions shared between relays (created on one, captured on another, unlocked on either).
 //!
 //! Each test starts its own server on a free port in a temp dir (no persistence) and kills it
 //! on drop. `./scripts/test` installs redis-server when missing; without it these tests fail
@@ -313,4 +314,163 @@ async fn survives_a_relay_restart_within_ttl() {
     );
     let c = after.unlock(&r.id, &r.token, &r.pin, 0).await.unwrap();
     assert_eq!(c, card());
+}
+
+/// One relay's control API over a shared Redis store.
+struct Node {
+    state: tonewall::net::api::ApiState,
+    router: axum::Router,
+}
+
+const DESK: &str = "dddddddddddddddddddddddd";
+
+impl Node {
+    async fn start(server: &RedisServer, master: &Arc<MasterKey>, prefix: &str) -> Node {
+        use tonewall::net::api::{ApiSettings, ApiState, ApiTokens, Clock, router};
+        use tonewall::payment::redis_store::AnyStore;
+        let store = store(server, master).await.with_prefix(prefix);
+        let settings = ApiSettings::new(ApiTokens::parse(&format!("desk:{DESK}")).unwrap());
+        let state = ApiState::new(
+            settings,
+            AnyStore::Redis(store),
+            master.clone(),
+            Clock::system(),
+        );
+        Node {
+            router: router(state.clone()),
+            state,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {DESK}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            ))
+            .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+}
+
+/// Several relays behind a SIP load balancer: the agent's desktop creates the session on one,
+/// the looped call lands on another, the integration unlocks through a third path.
+#[tokio::test]
+async fn a_session_created_on_one_relay_is_captured_on_another() {
+    use tonewall::digit::{Digit, DigitSource};
+    use tonewall::net::api::SessionRef;
+
+    let server = RedisServer::start();
+    let master = Arc::new(MasterKey::generate());
+    let a = Node::start(&server, &master, "t:").await;
+    let b = Node::start(&server, &master, "t:").await;
+
+    let (st, created) = a
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(serde_json::json!({"agent": "agent-7"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let locator = created["locator"].as_str().unwrap().to_string();
+
+    // GetAgent on the other relay reads the directory without taking the session.
+    let (st, body) = b
+        .call("GET", &format!("/v1/locators/{locator}"), None)
+        .await;
+    assert_eq!(
+        (st, body["agent"].as_str()),
+        (200, Some("agent-7")),
+        "{body}"
+    );
+
+    // The loop call lands on B: B takes the session over and captures it.
+    let (sid, agent) = b.state.locate(&locator).await.expect("B finds A's session");
+    assert_eq!((sid.to_string(), agent.as_str()), (id.clone(), "agent-7"));
+    // A can no longer bind it: exactly one relay captures a session.
+    let (st, body) = a
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/bind"),
+            Some(serde_json::json!({"call_id": "a-1"})),
+        )
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    b.state.bind_call(sid, "b-1", true).await.unwrap();
+    for (i, c) in "4111111111111111#1230123".chars().enumerate() {
+        b.state
+            .feed_digit(
+                SessionRef::Call("b-1"),
+                Digit::from_char(c).unwrap(),
+                DigitSource::Rfc4733,
+                1_000 + 200 * i as u64,
+            )
+            .await
+            .unwrap();
+    }
+    let (_, view) = b.call("GET", &format!("/v1/sessions/{id}"), None).await;
+    assert_eq!(view["state"], "sealed", "{view}");
+
+    // The payment integration reaches A: the sealed record is in the shared store.
+    let unlock = serde_json::json!({
+        "token": created["token"].as_str().unwrap(),
+        "pin": created["pin"].as_str().unwrap(),
+    });
+    let (st, card) = a
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/unlock"),
+            Some(unlock.clone()),
+        )
+        .await;
+    assert_eq!((st, card["pan"].as_str()), (200, Some("4111111111111111")));
+    let (st, _) = b
+        .call("POST", &format!("/v1/sessions/{id}/unlock"), Some(unlock))
+        .await;
+    assert_eq!(st, 410, "a second unlock on another relay is refused");
+}
+
+#[tokio::test]
+async fn a_cancelled_session_leaves_the_shared_directory() {
+    let server = RedisServer::start();
+    let master = Arc::new(MasterKey::generate());
+    let a = Node::start(&server, &master, "c:").await;
+    let b = Node::start(&server, &master, "c:").await;
+    let (_, created) = a
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(serde_json::json!({"agent": "agent-9"})),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let locator = created["locator"].as_str().unwrap();
+    let (st, _) = a.call("DELETE", &format!("/v1/sessions/{id}"), None).await;
+    assert!(st == 200 || st == 204, "{st}");
+    a.state.tick().await;
+    assert!(b.state.locate(locator).await.is_none());
+    let (st, _) = b
+        .call("GET", &format!("/v1/locators/{locator}"), None)
+        .await;
+    assert_eq!(st, 404);
 }

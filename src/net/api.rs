@@ -39,10 +39,11 @@ use crate::payment::capture::{
     Capture, CaptureConfig, CaptureError, CaptureEvent, CaptureInput, CaptureStatus, FieldProgress,
 };
 use crate::payment::card::{CardData, FieldName, YearMonth};
+use crate::payment::directory;
 use crate::payment::redis_store::{AnyStore, RedisStore};
 use crate::payment::session::{
-    AgentId, CallId, DestroyReason, FailReason, Locator, NewSession, RetrievalToken, SessionConfig,
-    SessionError, SessionId, SessionState, SessionTable,
+    AgentId, CallId, Created, DestroyReason, FailReason, Locator, NewSession, RetrievalToken,
+    SessionConfig, SessionError, SessionId, SessionState, SessionTable,
 };
 use crate::payment::store::{MemoryStore, UnlockError, VaultStore};
 use crate::payment::vault::{self, MasterKey, Pin, SealedRecord};
@@ -281,9 +282,9 @@ impl From<SessionError> for ApiError {
                 (S::NOT_FOUND, "not_found")
             }
             SessionError::Expired => (S::GONE, "expired"),
-            SessionError::InvalidTransition { .. } | SessionError::PinGone => {
-                (S::CONFLICT, "conflict")
-            }
+            SessionError::InvalidTransition { .. }
+            | SessionError::PinGone
+            | SessionError::LocatorTaken => (S::CONFLICT, "conflict"),
             SessionError::LocatorSpaceExhausted => {
                 (S::SERVICE_UNAVAILABLE, "locator_space_exhausted")
             }
@@ -417,6 +418,9 @@ struct Live {
     tx: broadcast::Sender<Update>,
     /// API clock minus media clock, fixed at the first key (see [`Live::media_to_api`]).
     media_offset: Option<i128>,
+    /// Filed in the shared store's session directory by this relay: binding must claim it
+    /// back first, so that no other relay captures the same session.
+    published: bool,
 }
 
 /// How far a mapped key time may stray from the API clock before the media clock is taken to
@@ -442,6 +446,8 @@ struct Book {
     table: SessionTable,
     live: HashMap<SessionId, Live>,
     calls: HashMap<String, SessionId>,
+    /// Ended sessions still filed in the shared directory, to take out (by the next tick).
+    withdraw: Vec<(Locator, SessionId)>,
 }
 
 struct Inner {
@@ -571,6 +577,7 @@ impl ApiState {
                     table: SessionTable::new(settings.sessions),
                     live: HashMap::new(),
                     calls: HashMap::new(),
+                    withdraw: Vec::new(),
                 }),
                 store,
                 master,
@@ -635,24 +642,145 @@ impl ApiState {
         &self.inner.metrics
     }
 
+    /// The capture state for a new or adopted session.
+    fn live_for(&self, fields: &[FieldName], now: u64, published: bool) -> Result<Live, ApiError> {
+        let mut capture_cfg = CaptureConfig::for_fields(fields)?;
+        capture_cfg.inter_digit_timeout_ms = self.inner.capture.inter_digit_timeout_ms;
+        capture_cfg.max_attempts = self.inner.capture.max_attempts;
+        capture_cfg.allow_unknown_brand = self.inner.capture.allow_unknown_brand;
+        let today = year_month(now).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "clock out of range",
+            )
+        })?;
+        let (tx, _) = broadcast::channel(64);
+        Ok(Live {
+            capture: Capture::new(capture_cfg, today),
+            call: None,
+            tx,
+            media_offset: None,
+            published,
+        })
+    }
+
+    /// AddAgent. With a shared store the session is also filed in its directory, so a call
+    /// that lands on another relay finds it; a locator another relay holds is not handed out.
+    async fn create(&self, new: NewSession) -> Result<Created, ApiError> {
+        let store = &self.inner.store;
+        let shared = store.shares_sessions();
+        // A clash needs another relay holding the same random locator: a few tries suffice.
+        for _ in 0..8 {
+            let now = self.inner.clock.now_ms();
+            let (created, entry) = {
+                let mut book = self.book(now);
+                let live = self.live_for(&new.fields, now, shared)?;
+                let created = book.table.create(new.clone(), now)?;
+                book.live.insert(created.id, live);
+                let entry = if shared {
+                    let s = book.table.export(&created.id, now).ok_or_else(internal)?;
+                    Some(directory::encode(&s, &self.inner.master).map_err(|_| internal())?)
+                } else {
+                    None
+                };
+                (created, entry)
+            };
+            if let Some(entry) = entry {
+                let ttl = created.expires_at_ms.saturating_sub(now);
+                match store.publish_session(&created.locator, &entry, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.forget(&created.id);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "filing a session in the shared store failed");
+                        self.forget(&created.id);
+                        return Err(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unavailable",
+                            "the shared session store is unavailable",
+                        ));
+                    }
+                }
+            }
+            let m = &self.inner.metrics;
+            m.sessions_created.inc();
+            m.sessions_live
+                .set(self.book(self.inner.clock.now_ms()).table.live() as i64);
+            return Ok(created);
+        }
+        Err(SessionError::LocatorSpaceExhausted.into())
+    }
+
+    fn forget(&self, id: &SessionId) {
+        let mut book = self.book(self.inner.clock.now_ms());
+        book.table.remove(id);
+        book.live.remove(id);
+    }
+
     /// Live calls, as the SIP shell registers them.
     pub fn calls(&self) -> &CallRegistry {
         &self.inner.calls
     }
 
-    /// The live session holding `locator`, and its agent (the loop model's GetAgent).
-    pub fn locate(&self, locator: &str) -> Option<(SessionId, String)> {
+    /// The live session holding `locator`, and its agent (the loop model's GetAgent), for a
+    /// call about to be bound to it. A session another relay created is taken over from the
+    /// shared store's directory (then only this relay can capture it).
+    pub async fn locate(&self, locator: &str) -> Option<(SessionId, String)> {
         let locator = Locator::parse(locator).ok()?;
+        {
+            let now = self.inner.clock.now_ms();
+            let book = self.book(now);
+            if let Some(s) = book.table.by_locator(&locator, now) {
+                return Some((s.id(), s.agent().as_str().to_string()));
+            }
+        }
+        let store = &self.inner.store;
+        if !store.shares_sessions() {
+            return None;
+        }
+        let entry = match store.claim_session(&locator).await {
+            Ok(e) => e?,
+            Err(e) => {
+                tracing::warn!(error = %e, "session directory look-up failed");
+                return None;
+            }
+        };
+        let shared = match directory::decode(&entry, &self.inner.master) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "unusable session directory entry");
+                return None;
+            }
+        };
         let now = self.inner.clock.now_ms();
-        let book = self.book(now);
-        let s = book.table.by_locator(&locator, now)?;
-        Some((s.id(), s.agent().as_str().to_string()))
+        let live = self.live_for(&shared.fields, now, false).ok()?;
+        let (id, agent) = (shared.id, shared.agent.as_str().to_string());
+        let mut book = self.book(now);
+        if let Err(e) = book.table.adopt(shared, now) {
+            tracing::warn!(session = %id, error = %e, "cannot take over a shared session");
+            return None;
+        }
+        book.live.insert(id, live);
+        self.inner
+            .metrics
+            .sessions_live
+            .set(book.table.live() as i64);
+        tracing::info!(session = %id, "payment session taken over from the shared store");
+        Some((id, agent))
     }
 
     /// Binds a call to a session (and starts capturing when `start`), then makes sure the
     /// call's caller→agent direction is scrubbed: capture on a call the agent hears in clear
     /// would defeat the product. With a SIP shell attached, the call must be live.
-    pub fn bind_call(&self, id: SessionId, call_id: &str, start: bool) -> Result<(), ApiError> {
+    pub async fn bind_call(
+        &self,
+        id: SessionId,
+        call_id: &str,
+        start: bool,
+    ) -> Result<(), ApiError> {
         let registry = &self.inner.calls;
         if registry.attached() && !registry.exists(call_id) {
             return Err(ApiError::new(
@@ -661,6 +789,7 @@ impl ApiState {
                 "no live call has this id",
             ));
         }
+        self.claim_back(&id).await?;
         let now = self.inner.clock.now_ms();
         {
             let mut book = self.book(now);
@@ -686,6 +815,51 @@ impl ApiState {
         if registry.attached() && registry.set_scrubbing(call_id, true).is_err() {
             // The call ended between the check and now; its end fails the session.
             self.call_ended(call_id);
+        }
+        Ok(())
+    }
+
+    /// A session this relay filed in the shared directory is taken out of it before a call is
+    /// bound here; if another relay took it first, that relay captures it.
+    async fn claim_back(&self, id: &SessionId) -> Result<(), ApiError> {
+        let locator = {
+            let book = self.book(self.inner.clock.now_ms());
+            match (book.live.get(id), book.table.get(id)) {
+                (Some(l), Some(s)) if l.published => s.locator().clone(),
+                _ => return Ok(()),
+            }
+        };
+        match self.inner.store.claim_session(&locator).await {
+            Ok(Some(entry)) => {
+                let mine = directory::decode(&entry, &self.inner.master).is_ok_and(|s| s.id == *id);
+                if !mine {
+                    // A newer session elsewhere holds the locator: this one is gone.
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        "the session was taken by another relay",
+                    ));
+                }
+            }
+            Ok(None) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "the session was taken by another relay",
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "session directory claim failed");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the shared session store is unavailable",
+                ));
+            }
+        }
+        let mut book = self.book(self.inner.clock.now_ms());
+        if let Some(l) = book.live.get_mut(id) {
+            l.published = false;
         }
         Ok(())
     }
@@ -740,6 +914,14 @@ impl ApiState {
         m.sessions_live.set(book.table.live() as i64);
         if let Some(call) = book.live.get(id).and_then(|l| l.call.clone()) {
             book.calls.remove(&call.0);
+        }
+        let filed = book
+            .live
+            .get_mut(id)
+            .is_some_and(|l| std::mem::take(&mut l.published));
+        if filed && let Some(s) = book.table.get(id) {
+            let locator = s.locator().clone();
+            book.withdraw.push((locator, *id));
         }
         book.publish(id);
     }
@@ -937,8 +1119,14 @@ impl ApiState {
             book.table.purge_ended(now, self.inner.linger_ms);
             let Book { table, live, .. } = &mut *book;
             live.retain(|id, _| table.get(id).is_some());
-            jobs
+            (jobs, std::mem::take(&mut book.withdraw))
         };
+        let (jobs, withdraw) = jobs;
+        for (locator, id) in withdraw {
+            if let Err(e) = self.inner.store.withdraw_session(&locator, &id).await {
+                tracing::warn!(session = %id, error = %e, "taking an ended session out of the shared directory failed");
+            }
+        }
         for job in jobs {
             self.file(job).await;
         }
@@ -1018,10 +1206,8 @@ async fn create_session(State(st): State<ApiState>, body: Bytes) -> Result<Respo
         Some(f) if !f.is_empty() => f.iter().map(|s| FieldName::parse(s)).collect(),
         _ => vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
     };
-    let mut capture_cfg = CaptureConfig::for_fields(&fields)?;
-    capture_cfg.inter_digit_timeout_ms = st.inner.capture.inter_digit_timeout_ms;
-    capture_cfg.max_attempts = st.inner.capture.max_attempts;
-    capture_cfg.allow_unknown_brand = st.inner.capture.allow_unknown_brand;
+    // Refuse bad field lists before anything is created.
+    CaptureConfig::for_fields(&fields)?;
     let new = NewSession {
         agent,
         ttl_ms: req.ttl_s.map(|s| s.saturating_mul(1_000)),
@@ -1029,31 +1215,7 @@ async fn create_session(State(st): State<ApiState>, body: Bytes) -> Result<Respo
         amount: display_text(req.amount)?,
         reference: display_text(req.reference)?,
     };
-    let now = st.inner.clock.now_ms();
-    let today = year_month(now).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "clock out of range",
-        )
-    })?;
-    let created = {
-        let mut book = st.book(now);
-        let created = book.table.create(new, now)?;
-        let (tx, _) = broadcast::channel(64);
-        book.live.insert(
-            created.id,
-            Live {
-                capture: Capture::new(capture_cfg, today),
-                call: None,
-                tx,
-                media_offset: None,
-            },
-        );
-        st.inner.metrics.sessions_created.inc();
-        st.inner.metrics.sessions_live.set(book.table.live() as i64);
-        created
-    };
+    let created = st.create(new).await?;
     tracing::info!(session = %created.id, locator = %created.locator, "payment session created");
     // The only response that shows the token and PIN.
     secret_json(
@@ -1133,7 +1295,7 @@ async fn bind_session(
             "call_id must be 1-256 characters without control characters",
         ));
     }
-    st.bind_call(id, &req.call_id, req.start)?;
+    st.bind_call(id, &req.call_id, req.start).await?;
     let book = st.book(st.inner.clock.now_ms());
     session_response(&book, &id)
 }
@@ -1357,21 +1519,46 @@ async fn get_locator(
             "no live session has this locator",
         )
     })?;
-    let now = st.inner.clock.now_ms();
-    let book = st.book(now);
-    let s = book.table.by_locator(&locator, now).ok_or_else(|| {
+    let gone = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "no live session has this locator",
         )
-    })?;
+    };
+    let now = st.inner.clock.now_ms();
+    {
+        let book = st.book(now);
+        if let Some(s) = book.table.by_locator(&locator, now) {
+            return Ok(json_response(
+                StatusCode::OK,
+                &LocatorBody {
+                    session_id: s.id(),
+                    agent: s.agent().as_str(),
+                    expires_at: rfc3339(s.expires_at_ms()),
+                },
+            ));
+        }
+    }
+    // Another relay's session, still waiting for its call.
+    let entry = st
+        .inner
+        .store
+        .peek_session(&locator)
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(gone)?;
+    let s = directory::decode(&entry, &st.inner.master).map_err(|_| gone())?;
+    if now >= s.expires_at_ms {
+        return Err(gone());
+    }
     Ok(json_response(
         StatusCode::OK,
         &LocatorBody {
-            session_id: s.id(),
-            agent: s.agent().as_str(),
-            expires_at: rfc3339(s.expires_at_ms()),
+            session_id: s.id,
+            agent: s.agent.as_str(),
+            expires_at: rfc3339(s.expires_at_ms),
         },
     ))
 }
@@ -1386,6 +1573,14 @@ async fn list_calls(State(st): State<ApiState>) -> Response {
         &Calls {
             calls: st.inner.calls.list(),
         },
+    )
+}
+
+fn internal() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
     )
 }
 

@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod card;
+pub mod directory;
 pub mod locator;
 pub mod redis_store;
 pub mod session;

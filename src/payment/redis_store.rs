@@ -6,6 +6,11 @@
 //! (`PEXPIRE` set with the record, in the same script), so a record outlives a relay restart
 //! and dies on time without a sweeper; `now_ms` is not needed here.
 //!
+//! The session directory (several relays behind a SIP load balancer): `{prefix}locator:{locator}`
+//! holds a session still waiting for its call (`payment::directory`, PIN wrapped), set with
+//! `NX` so no two relays hand out one locator, expiring with the session, and taken with
+//! `GETDEL` by the one relay that binds a call to it.
+//!
 //! Unlock, with the decryption on the relay (Redis never sees a PIN or a key):
 //! 1. read `th` and compare the token in constant time (a wrong token costs no try);
 //! 2. BEGIN script: atomically count the try *before* opening (a relay that dies mid-unlock has
@@ -24,7 +29,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, AsyncConnectionConfig, Script};
 
 use crate::payment::card::CardData;
-use crate::payment::session::{RetrievalToken, SessionId, TokenHash};
+use crate::payment::session::{Locator, RetrievalToken, SessionId, TokenHash};
 use crate::payment::store::{
     Gone, MemoryStore, StoreError, UnlockError, VaultStore, after_wrong_pin,
 };
@@ -110,6 +115,22 @@ fn unlock_backend(e: redis::RedisError) -> UnlockError {
     UnlockError::Backend(e.to_string())
 }
 
+/// Deletes a directory entry only if it still names this session (the locator may have been
+/// handed to a newer session since).
+const WITHDRAW: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.find(v, ARGV[1], 1, true) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// The directory key of a locator.
+pub fn locator_key(prefix: &str, locator: &Locator) -> String {
+    format!("{prefix}locator:{locator}")
+}
+
 /// Sealed records in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -120,6 +141,7 @@ pub struct RedisStore {
     put: Arc<Script>,
     begin: Arc<Script>,
     take: Arc<Script>,
+    withdraw: Arc<Script>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -156,6 +178,7 @@ impl RedisStore {
             put: Arc::new(Script::new(PUT)),
             begin: Arc::new(Script::new(BEGIN)),
             take: Arc::new(Script::new(TAKE)),
+            withdraw: Arc::new(Script::new(WITHDRAW)),
         })
     }
 
@@ -167,6 +190,63 @@ impl RedisStore {
 
     fn key(&self, id: &SessionId) -> String {
         record_key(&self.prefix, id)
+    }
+
+    /// Files a session that waits for its call under its locator, unless another relay's live
+    /// session holds that locator (then false: pick another locator). Expires with the session.
+    pub async fn publish_session(
+        &self,
+        locator: &Locator,
+        entry: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(locator_key(&self.prefix, locator))
+            .arg(entry)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(set.is_some())
+    }
+
+    /// Takes the session filed under `locator` out of the directory (GETDEL: exactly one relay
+    /// gets it).
+    pub async fn claim_session(&self, locator: &Locator) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("GETDEL")
+            .arg(locator_key(&self.prefix, locator))
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)
+    }
+
+    /// Reads the entry without taking it (GetAgent over HTTP on another node).
+    pub async fn peek_session(&self, locator: &Locator) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.get(locator_key(&self.prefix, locator))
+            .await
+            .map_err(backend)
+    }
+
+    /// Removes the entry of session `id` (it ended or was taken here before anyone claimed it).
+    pub async fn withdraw_session(
+        &self,
+        locator: &Locator,
+        id: &SessionId,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .withdraw
+            .key(locator_key(&self.prefix, locator))
+            .arg(id.to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn bury(&self, key: &str, why: Gone) -> Result<(), UnlockError> {
@@ -291,6 +371,51 @@ impl VaultStore for RedisStore {
 pub enum AnyStore {
     Memory(MemoryStore),
     Redis(RedisStore),
+}
+
+/// The session directory: only a shared (Redis) store has one; with the in-memory store the
+/// relay's own table is the whole truth, so these are no-ops.
+impl AnyStore {
+    pub fn shares_sessions(&self) -> bool {
+        matches!(self, AnyStore::Redis(_))
+    }
+
+    pub async fn publish_session(
+        &self,
+        locator: &Locator,
+        entry: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Memory(_) => Ok(true),
+            AnyStore::Redis(s) => s.publish_session(locator, entry, ttl_ms).await,
+        }
+    }
+
+    pub async fn claim_session(&self, locator: &Locator) -> Result<Option<String>, StoreError> {
+        match self {
+            AnyStore::Memory(_) => Ok(None),
+            AnyStore::Redis(s) => s.claim_session(locator).await,
+        }
+    }
+
+    pub async fn peek_session(&self, locator: &Locator) -> Result<Option<String>, StoreError> {
+        match self {
+            AnyStore::Memory(_) => Ok(None),
+            AnyStore::Redis(s) => s.peek_session(locator).await,
+        }
+    }
+
+    pub async fn withdraw_session(
+        &self,
+        locator: &Locator,
+        id: &SessionId,
+    ) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(_) => Ok(()),
+            AnyStore::Redis(s) => s.withdraw_session(locator, id).await,
+        }
+    }
 }
 
 impl VaultStore for AnyStore {

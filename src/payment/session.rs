@@ -390,6 +390,8 @@ pub enum SessionError {
     BadId,
     #[error("the PIN was already handed out for sealing")]
     PinGone,
+    #[error("the locator is held by another live session")]
+    LocatorTaken,
 }
 
 /// What a new session asks for.
@@ -469,6 +471,23 @@ impl Session {
     }
 }
 
+/// A session not yet bound, as one relay hands it to another through a shared store (the
+/// loop call may land on another node than the one the agent's desktop asked). Carries the
+/// PIN, so it only ever travels wrapped (see [`crate::payment::directory`]).
+#[derive(Clone, Debug)]
+pub struct SharedSession {
+    pub id: SessionId,
+    pub agent: AgentId,
+    pub locator: Locator,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub token_hash: TokenHash,
+    pub pin: Pin,
+    pub fields: Vec<FieldName>,
+    pub amount: Option<String>,
+    pub reference: Option<String>,
+}
+
 /// The live sessions of one relay, by id and by locator. Sans-IO; the shell wraps it in its
 /// own lock or task.
 #[derive(Debug)]
@@ -533,6 +552,79 @@ impl SessionTable {
             pin,
             expires_at_ms,
         })
+    }
+
+    /// A copy of a session that is still waiting for its call (Created), for another relay.
+    pub fn export(&self, id: &SessionId, now_ms: u64) -> Option<SharedSession> {
+        let s = self.by_id.get(id)?;
+        if s.state != SessionState::Created || now_ms >= s.expires_at_ms {
+            return None;
+        }
+        Some(SharedSession {
+            id: s.id,
+            agent: s.agent.clone(),
+            locator: s.locator.clone(),
+            created_at_ms: s.created_at_ms,
+            expires_at_ms: s.expires_at_ms,
+            token_hash: s.token_hash,
+            pin: s.pin.clone()?,
+            fields: s.fields.clone(),
+            amount: s.amount.clone(),
+            reference: s.reference.clone(),
+        })
+    }
+
+    /// Takes over a session another relay created (Created, same id, locator, token and PIN).
+    pub fn adopt(&mut self, shared: SharedSession, now_ms: u64) -> Result<(), SessionError> {
+        self.expire_due(now_ms);
+        if now_ms >= shared.expires_at_ms {
+            return Err(SessionError::Expired);
+        }
+        if let Some(other) = self.by_locator.get(&shared.locator) {
+            return if *other == shared.id {
+                Ok(())
+            } else {
+                Err(SessionError::LocatorTaken)
+            };
+        }
+        if self.by_id.contains_key(&shared.id) {
+            // Known here and already ended: the other relay's copy is stale.
+            return Err(SessionError::InvalidTransition {
+                from: "ended",
+                action: "adopt",
+            });
+        }
+        if self.by_locator.len() >= self.cfg.max_live {
+            return Err(SessionError::TooMany);
+        }
+        self.by_locator.insert(shared.locator.clone(), shared.id);
+        self.by_id.insert(
+            shared.id,
+            Session {
+                id: shared.id,
+                agent: shared.agent,
+                locator: shared.locator,
+                state: SessionState::Created,
+                created_at_ms: shared.created_at_ms,
+                expires_at_ms: shared.expires_at_ms,
+                ended_at_ms: None,
+                token_hash: shared.token_hash,
+                pin: Some(shared.pin),
+                fields: shared.fields,
+                amount: shared.amount,
+                reference: shared.reference,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets a session outright (its creation could not be shared, so it never existed).
+    pub fn remove(&mut self, id: &SessionId) {
+        if let Some(s) = self.by_id.remove(id)
+            && self.by_locator.get(&s.locator) == Some(id)
+        {
+            self.by_locator.remove(&s.locator);
+        }
     }
 
     /// A random locator not held by a live session: a random start, then the next free one,

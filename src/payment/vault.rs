@@ -202,7 +202,7 @@ impl MasterKey {
         }
     }
 
-    fn expose(&self) -> &[u8; 32] {
+    pub(crate) fn expose(&self) -> &[u8; 32] {
         self.0.expose_secret()
     }
 }
