@@ -2,6 +2,8 @@
 //! fixture audio, and G.711 helpers. Deterministic: every random choice is seeded.
 #![allow(dead_code)]
 
+pub mod pcap;
+
 use tonewall::digit::Digit;
 use tonewall::dsp::g711::Codec;
 use tonewall::rtp::trunk::KeySpan;
