@@ -165,7 +165,8 @@ pub enum ScrubMode {
     OnDemand,
 }
 
-/// Where a loop route looks for the locator (tried in the order configured).
+/// Where a loop route looks for the locator: the Request-URI and header in the order
+/// configured; DTMF (which means answering the caller) only when those give none.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LocatorSource {
@@ -201,7 +202,7 @@ pub struct RouteConfig {
     pub target_transport: Transport,
     pub scrub: ScrubMode,
     // The keys below only mean something for `mode = "loop"`.
-    /// Locator sources, tried in this order.
+    /// Locator sources: "ruri" and "header" tried in this order, then "dtmf" if listed.
     pub locator_from: Vec<LocatorSource>,
     pub locator_header: String,
     /// Header that tells the contact centre which agent the returning call is for.
@@ -312,7 +313,7 @@ fn is_header_name(h: &str) -> bool {
 }
 
 /// A sip:/sips: URI whose host is an IP literal (the B2BUA core does no DNS).
-pub fn is_ip_sip_uri(s: &str) -> bool {
+fn is_ip_sip_uri(s: &str) -> bool {
     let Ok(uri) = crate::sip::uri::Uri::parse(s) else {
         return false;
     };

@@ -676,3 +676,92 @@ fn route_config_errors() {
     assert_eq!(lr.locator_timeout_ms, 15_000);
     assert_eq!(r.mode, RouteMode::Loop);
 }
+
+#[test]
+fn caller_leaving_while_the_return_leg_rings_cancels_it() {
+    let mut w = loop_wire(OnFailure::Announce, false);
+    let offer = sdp("192.0.2.10", 40000, "0 101", "sendrecv");
+    let (mut trunk, _) = dtmf_answered(&mut w, Some(&offer));
+    found(&mut w, "agent-7", "1234");
+    let inv = w.next_to_cc();
+    w.deliver(TRUNK, &trunk.request("BYE", None, ""));
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    assert!(
+        w.cc.is_empty(),
+        "no CANCEL before a provisional (RFC 3261 §9.1)"
+    );
+    assert_eq!(w.ended(), vec![EndCause::ByeFromA]);
+    assert!(w.pool.live.is_empty());
+    w.deliver(CC, &cc_answer(&inv, 180, "Ringing", None));
+    let cancel = w.next_to_cc();
+    assert_eq!(method(&cancel), "CANCEL");
+    assert_eq!(
+        cancel.top_via().unwrap().branch(),
+        inv.top_via().unwrap().branch()
+    );
+    // The return leg answered anyway (200 crossing the CANCEL): ACK and BYE it.
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    assert_eq!(method(&w.next_to_cc()), "ACK");
+    assert_eq!(method(&w.next_to_cc()), "BYE");
+    assert!(w.trunk.is_empty());
+    assert!(!has_event(&w, &CallEvent::Answered));
+}
+
+#[test]
+fn hangup_while_locating_refuses_the_open_invite() {
+    let mut w = loop_wire(OnFailure::Announce, false);
+    let offer = sdp("192.0.2.10", 40000, "0", "sendrecv");
+    w.deliver(TRUNK, &loop_invite("pay*1234", Some(&offer), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let call = call_of(&w);
+    w.input(Input::Hangup { call });
+    assert_eq!(w.next_to_trunk().status(), Some(480));
+    assert_eq!(w.ended(), vec![EndCause::Hangup]);
+    assert!(w.pool.live.is_empty());
+    assert!(w.cc.is_empty());
+}
+
+#[test]
+fn media_timeout_while_locating_in_dtmf_mode_byes_the_caller() {
+    let mut w = loop_wire(OnFailure::Announce, false);
+    let offer = sdp("192.0.2.10", 40000, "0", "sendrecv");
+    dtmf_answered(&mut w, Some(&offer));
+    let call = call_of(&w);
+    w.input(Input::MediaTimeout { call });
+    let bye = w.next_to_trunk();
+    assert_eq!(method(&bye), "BYE");
+    assert!(header(&bye, "Reason")[0].starts_with("SIP;cause=408"));
+    assert!(w.cc.is_empty());
+    assert_eq!(w.ended(), vec![EndCause::MediaTimeout]);
+    assert!(w.pool.live.is_empty());
+}
+
+#[test]
+fn our_own_200_is_resent_until_the_ack_and_a_missing_ack_ends_the_call() {
+    let mut cfg = loop_config(OnFailure::Announce, false, &ALL);
+    // Locating outlasts 64·T1 here, so the missing ACK is what ends the call.
+    cfg.routes[0].loop_route.as_mut().unwrap().locator_timeout_ms = 60_000;
+    let mut w = Wire::with(cfg);
+    let offer = sdp("192.0.2.10", 40000, "0", "sendrecv");
+    let invite = loop_invite("pay", Some(&offer), "");
+    w.deliver(TRUNK, &invite);
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let ok = w.next_to_trunk();
+    assert_eq!(ok.status(), Some(200));
+    // A retransmitted INVITE gets the same 2xx (§13.3.1.4).
+    w.deliver(TRUNK, &invite);
+    assert_eq!(w.next_to_trunk(), ok);
+    w.advance(10_000);
+    assert_eq!(w.trunk.len(), 4, "0.5, 1.5, 3.5, 7.5 s");
+    assert!(w.trunk.iter().all(|m| m == &ok));
+    w.trunk.clear();
+    w.advance(23_000);
+    assert!(
+        w.trunk.iter().any(|m| method(m) == "BYE"),
+        "no ACK within 64·T1: the dialog is over"
+    );
+    assert!(w.cc.is_empty());
+    assert_eq!(w.ended(), vec![EndCause::Timeout]);
+    assert!(w.pool.live.is_empty());
+}

@@ -4,6 +4,8 @@
 //! centre, we are its UAC) — their transactions, the mapping of requests and responses between
 //! them, SDP anchoring on the relay's ports and the call limit. The shell feeds it received
 //! messages and ticks with the current time and performs the returned [`Output`]s.
+//! Inline routes relay the A-leg INVITE at once; loop routes (PCI Pal model, see `locate`)
+//! first learn a locator and then place the B-leg to the contact centre's return number.
 //!
 //! It must never read a clock, touch a socket, forward a header of one leg onto the other (Via,
 //! Contact, Record-Route, Route, Call-ID and tags are per leg), forward a DTMF INFO from the
