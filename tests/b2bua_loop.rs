@@ -741,7 +741,11 @@ fn media_timeout_while_locating_in_dtmf_mode_byes_the_caller() {
 fn our_own_200_is_resent_until_the_ack_and_a_missing_ack_ends_the_call() {
     let mut cfg = loop_config(OnFailure::Announce, false, &ALL);
     // Locating outlasts 64·T1 here, so the missing ACK is what ends the call.
-    cfg.routes[0].loop_route.as_mut().unwrap().locator_timeout_ms = 60_000;
+    cfg.routes[0]
+        .loop_route
+        .as_mut()
+        .unwrap()
+        .locator_timeout_ms = 60_000;
     let mut w = Wire::with(cfg);
     let offer = sdp("192.0.2.10", 40000, "0", "sendrecv");
     let invite = loop_invite("pay", Some(&offer), "");
@@ -763,5 +767,96 @@ fn our_own_200_is_resent_until_the_ack_and_a_missing_ack_ends_the_call() {
     );
     assert!(w.cc.is_empty());
     assert_eq!(w.ended(), vec![EndCause::Timeout]);
+    assert!(w.pool.live.is_empty());
+}
+
+fn o_fields(m: &Message) -> Vec<String> {
+    let body = String::from_utf8_lossy(m.body()).into_owned();
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("o="))
+        .unwrap()
+        .to_owned();
+    line.split(' ').map(str::to_owned).collect()
+}
+
+#[test]
+fn bridged_dtmf_call_relays_caller_reinvite_and_return_leg_bye() {
+    let mut w = loop_wire(OnFailure::Announce, false);
+    let offer = sdp("192.0.2.10", 40000, "0 101", "sendrecv");
+    let (mut trunk, _ok) = dtmf_answered(&mut w, Some(&offer));
+    found(&mut w, "agent-3", "555");
+    let inv = w.next_to_cc();
+    let mut cc = cc_peer(&inv);
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    assert_eq!(method(&w.next_to_cc()), "ACK");
+
+    // The caller holds: relayed into the return dialog, as one SDP session towards it.
+    let hold = sdp("192.0.2.10", 40000, "0 101", "sendonly");
+    w.deliver(
+        TRUNK,
+        &trunk.request(
+            "INVITE",
+            Some(&hold),
+            "Contact: <sip:trunk@192.0.2.10:5060>\r\n",
+        ),
+    );
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let re = w.next_to_cc();
+    assert_eq!(method(&re), "INVITE");
+    assert_eq!(re.call_id(), inv.call_id());
+    assert_eq!(re.to_tag(), Some("cc-dialog-tag"));
+    assert_eq!(re.request_uri_str(), Some("sip:agent@198.51.100.20:5080"));
+    assert!(text(&re).contains("Route: <sip:rr.cc.example;lr>"));
+    assert_eq!(re.cseq().unwrap().seq, inv.cseq().unwrap().seq + 1);
+    assert_relay_sdp(&re, 30002);
+    assert!(String::from_utf8_lossy(re.body()).contains("a=sendonly"));
+    let (o_inv, o_re) = (o_fields(&inv), o_fields(&re));
+    assert_eq!(o_inv[1], o_re[1], "same session as our offer");
+    assert_eq!(
+        o_re[2].parse::<u64>().unwrap(),
+        o_inv[2].parse::<u64>().unwrap() + 1
+    );
+    let held = sdp("198.51.100.20", 50000, "0 101", "recvonly");
+    w.deliver(CC, &cc_answer(&re, 200, "OK", Some(&held)));
+    let ok = w.trunk_final_or_prov();
+    assert_eq!((ok.status(), ok.cseq().unwrap().seq), (Some(200), 2));
+    assert_relay_sdp(&ok, 30000);
+    assert!(String::from_utf8_lossy(ok.body()).contains("a=recvonly"));
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    let ack = w.next_to_cc();
+    assert_eq!(
+        (method(&ack), ack.cseq().unwrap().seq),
+        ("ACK".to_owned(), re.cseq().unwrap().seq)
+    );
+
+    // A non-digit INFO from the caller now crosses.
+    let note = trunk.request("INFO", None, "").replace(
+        "Content-Length: 0\r\n\r\n",
+        "Content-Type: application/x-note\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    w.deliver(TRUNK, &note);
+    let info = w.next_to_cc();
+    assert_eq!(
+        (method(&info), info.body()),
+        ("INFO".to_owned(), &b"hi"[..])
+    );
+    w.deliver(CC, &cc_answer(&info, 200, "OK", None));
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+
+    // The agent hangs up.
+    w.deliver(CC, &cc.request("BYE", None, ""));
+    assert_eq!(w.next_to_cc().status(), Some(200));
+    let bye = w.next_to_trunk();
+    assert_eq!(method(&bye), "BYE");
+    assert_eq!(bye.call_id(), Some("trunk-call-1@192.0.2.10"));
+    assert_eq!(bye.to_tag(), Some("t1"));
+    assert_eq!(
+        bye.cseq().unwrap().seq,
+        1,
+        "our first request towards the caller"
+    );
+    assert_eq!(w.ended(), vec![EndCause::ByeFromB]);
     assert!(w.pool.live.is_empty());
 }

@@ -92,7 +92,8 @@ pub struct Route {
 /// How a loop route learns its locator and what it does when that fails.
 #[derive(Clone, Debug)]
 pub struct LoopRoute {
-    /// Sources tried, in order.
+    /// Request-URI and header tried in this order; DTMF (answering the caller) when listed and
+    /// neither gave a locator.
     pub locator_from: Vec<LocatorSource>,
     pub locator_header: String,
     pub agent_header: String,
