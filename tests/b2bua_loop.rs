@@ -860,3 +860,17 @@ fn bridged_dtmf_call_relays_caller_reinvite_and_return_leg_bye() {
     assert_eq!(w.ended(), vec![EndCause::ByeFromB]);
     assert!(w.pool.live.is_empty());
 }
+
+#[test]
+fn return_offer_keeps_the_callers_payload_type_numbers() {
+    let mut w = loop_wire(OnFailure::Announce, false);
+    let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+m=audio 40000 RTP/AVP 8 96\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:96 telephone-event/8000\r\n";
+    let (_trunk, ok) = dtmf_answered(&mut w, Some(offer));
+    assert!(String::from_utf8_lossy(ok.body()).contains("m=audio 30000 RTP/AVP 8 96\r\n"));
+    found(&mut w, "agent-4", "12");
+    let inv = w.next_to_cc();
+    let body = String::from_utf8_lossy(inv.body()).into_owned();
+    assert!(body.contains("m=audio 30002 RTP/AVP 8 96\r\n"), "{body}");
+    assert!(body.contains("a=rtpmap:96 telephone-event/8000"), "{body}");
+}

@@ -1714,10 +1714,11 @@ impl B2bua {
                 }
             }
             "INVITE" | "UPDATE" | "INFO"
-                if self
-                    .calls
-                    .get(&call)
-                    .is_some_and(|c| !c.bridged() && c.a_answered()) =>
+                if leg == Leg::A
+                    && self
+                        .calls
+                        .get(&call)
+                        .is_some_and(|c| !c.bridged() && c.a_answered()) =>
             {
                 // Loop call answered by us, return leg not up: nobody to relay to.
                 self.answer_locally(call, key, &req, &tag, now, out);

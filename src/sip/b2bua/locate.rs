@@ -148,14 +148,16 @@ pub(super) fn local_offer(
 }
 
 /// The offer for the return leg: the codec the A-leg uses (both G.711 laws when not known
-/// yet) and telephone-event.
+/// yet) and telephone-event, with the A-leg's payload type numbers, so that the relay passes
+/// packets between the legs without renumbering (RFC 3264 §6.1: the answer keeps them).
 fn return_offer_codecs(a: Option<Codecs>) -> Vec<(u8, &'static str)> {
     let mut v = match a {
-        Some(c) if c.pcmu.is_some() => vec![(0, "PCMU")],
-        Some(c) if c.pcma.is_some() => vec![(8, "PCMA")],
+        Some(Codecs { pcmu: Some(pt), .. }) => vec![(pt, "PCMU")],
+        Some(Codecs { pcma: Some(pt), .. }) => vec![(pt, "PCMA")],
         _ => vec![(0, "PCMU"), (8, "PCMA")],
     };
-    v.push((TE_PT, "telephone-event"));
+    let te = a.and_then(|c| c.telephone_event).unwrap_or(TE_PT);
+    v.push((te, "telephone-event"));
     v
 }
 
