@@ -874,3 +874,19 @@ m=audio 40000 RTP/AVP 8 96\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:96 telephone-even
     assert!(body.contains("m=audio 30002 RTP/AVP 8 96\r\n"), "{body}");
     assert!(body.contains("a=rtpmap:96 telephone-event/8000"), "{body}");
 }
+
+#[test]
+fn late_offer_return_call_waits_for_the_callers_answer_in_the_ack() {
+    let mut w = loop_wire(OnFailure::Announce, false);
+    w.deliver(TRUNK, &loop_invite("pay", None, ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let ok = w.next_to_trunk();
+    found(&mut w, "agent-5", "31");
+    assert!(w.cc.is_empty(), "which law to offer is not known yet");
+    let mut trunk = trunk_peer(&ok);
+    let answer = sdp("192.0.2.10", 40000, "8 101", "sendrecv");
+    w.deliver(TRUNK, &trunk.request("ACK", Some(&answer), ""));
+    let inv = w.next_to_cc();
+    assert!(String::from_utf8_lossy(inv.body()).contains("m=audio 30002 RTP/AVP 8 101\r\n"));
+    assert_eq!(header(&inv, "X-Agent"), vec!["agent-5"]);
+}

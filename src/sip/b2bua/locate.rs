@@ -464,6 +464,12 @@ impl B2bua {
             }
         }
         self.loop_media(call, out);
+        let resolved = self.calls.get(&call).is_some_and(|c| {
+            c.phase == Phase::Locating && c.lp.as_ref().is_some_and(|l| l.found.is_some())
+        });
+        if resolved {
+            self.send_return(call, false, now, ports, out);
+        }
     }
 
     fn loop_media(&mut self, call: CallId, out: &mut Vec<Output>) {
@@ -548,13 +554,19 @@ impl B2bua {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
-        if c.phase != Phase::Locating {
+        if c.phase != Phase::Locating || c.lp.as_ref().is_some_and(|l| l.found.is_some()) {
             return; // late: timed out, hung up, or already resolved
         }
         match outcome {
             LocateOutcome::Found { agent, locator }
                 if header_safe(&agent) && header_safe(&locator) =>
             {
+                // Late offer not yet answered in the ACK: the return offer needs the law the
+                // caller picks, so it waits for that ACK (or its 64·T1 timeout).
+                let wait_ack = c.ack_wait.is_some_and(|w| w.own)
+                    && c.lp
+                        .as_ref()
+                        .is_some_and(|l| l.answered && l.a_codecs.is_none());
                 if let Some(lp) = &mut c.lp {
                     lp.found = Some((agent.clone(), locator));
                 }
@@ -562,7 +574,9 @@ impl B2bua {
                     call,
                     event: CallEvent::Located { agent },
                 });
-                self.send_return(call, false, now, ports, out);
+                if !wait_ack {
+                    self.send_return(call, false, now, ports, out);
+                }
             }
             _ => self.not_found(call, now, ports, out),
         }
@@ -628,7 +642,11 @@ impl B2bua {
             return;
         };
         match c.phase {
-            Phase::Locating if c.lp.as_ref().is_some_and(|l| now >= l.deadline) => {
+            Phase::Locating
+                if c.lp
+                    .as_ref()
+                    .is_some_and(|l| now >= l.deadline && l.found.is_none()) =>
+            {
                 // No answer from the shell in time: as if not found.
                 self.not_found(call, now, ports, out);
             }
