@@ -167,6 +167,29 @@ pub enum ScrubMode {
     OnDemand,
 }
 
+/// Where a loop route looks for the locator: the Request-URI and header in the order
+/// configured; DTMF (which means answering the caller) only when those give none.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LocatorSource {
+    /// The Request-URI user: `<user>*1234` / `<user>-1234`, or all digits when the route has no user.
+    Ruri,
+    /// The route's `locator_header` on the INVITE.
+    Header,
+    /// Digits the caller's leg sends after tonewall answers it.
+    Dtmf,
+}
+
+/// What a loop route does when the locator is not found.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// A failure tone, then hang up (or 404 when the call was never answered).
+    Announce,
+    /// Call the route's `fallback` URI instead.
+    Fallback,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteConfig {
@@ -180,6 +203,20 @@ pub struct RouteConfig {
     pub target: String,
     pub target_transport: Transport,
     pub scrub: ScrubMode,
+    // The keys below only mean something for `mode = "loop"`.
+    /// Locator sources: "ruri" and "header" tried in this order, then "dtmf" if listed.
+    pub locator_from: Vec<LocatorSource>,
+    pub locator_header: String,
+    /// Header that tells the contact centre which agent the returning call is for.
+    pub agent_header: String,
+    /// How long DTMF collection and locator resolution may take.
+    pub locator_timeout_s: u64,
+    pub on_failure: OnFailure,
+    /// sip: URI with an IP host, called when the locator is not found (`on_failure =
+    /// "fallback"`) or when the return call fails.
+    pub fallback: Option<String>,
+    /// How long the failure tone plays before the BYE.
+    pub announce_ms: u64,
 }
 
 impl Default for RouteConfig {
@@ -192,6 +229,17 @@ impl Default for RouteConfig {
             target: "sip:agents@127.0.0.1:5080".into(),
             target_transport: Transport::Udp,
             scrub: ScrubMode::Always,
+            locator_from: vec![
+                LocatorSource::Ruri,
+                LocatorSource::Header,
+                LocatorSource::Dtmf,
+            ],
+            locator_header: "X-Locator".into(),
+            agent_header: "X-Agent".into(),
+            locator_timeout_s: 15,
+            on_failure: OnFailure::Announce,
+            fallback: None,
+            announce_ms: 3000,
         }
     }
 }
@@ -293,6 +341,92 @@ impl Default for LogConfig {
     }
 }
 
+fn is_header_name(h: &str) -> bool {
+    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A sip:/sips: URI whose host is an IP literal (the B2BUA core does no DNS).
+fn is_ip_sip_uri(s: &str) -> bool {
+    let Ok(uri) = crate::sip::uri::Uri::parse(s) else {
+        return false;
+    };
+    uri.as_sip().is_some_and(|sip| {
+        sip.host
+            .to_string()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok()
+    })
+}
+
+/// The loop-model keys of one route (`key` names the route in messages).
+fn validate_loop(r: &RouteConfig, key: &str) -> Result<(), ConfigError> {
+    if r.mode != RouteMode::Loop {
+        if r.fallback.is_some() || r.on_failure == OnFailure::Fallback {
+            return Err(invalid(
+                format!("{key}.fallback"),
+                "only meaningful for mode = \"loop\"",
+            ));
+        }
+        return Ok(());
+    }
+    if r.locator_from.is_empty() {
+        return Err(invalid(
+            format!("{key}.locator_from"),
+            "needs at least one of \"ruri\", \"header\", \"dtmf\"",
+        ));
+    }
+    for (i, s) in r.locator_from.iter().enumerate() {
+        if r.locator_from.iter().skip(i + 1).any(|t| t == s) {
+            return Err(invalid(
+                format!("{key}.locator_from"),
+                format!("{s:?} is listed twice"),
+            ));
+        }
+    }
+    for (name, h) in [
+        ("locator_header", &r.locator_header),
+        ("agent_header", &r.agent_header),
+    ] {
+        if !is_header_name(h) {
+            return Err(invalid(
+                format!("{key}.{name}"),
+                format!("{h:?} is not a header name"),
+            ));
+        }
+    }
+    if r.locator_header.eq_ignore_ascii_case(&r.agent_header) {
+        return Err(invalid(
+            format!("{key}.agent_header"),
+            "must differ from locator_header",
+        ));
+    }
+    if !(1..=300).contains(&r.locator_timeout_s) {
+        return Err(invalid(
+            format!("{key}.locator_timeout_s"),
+            "must be between 1 and 300 seconds",
+        ));
+    }
+    if !(100..=60_000).contains(&r.announce_ms) {
+        return Err(invalid(
+            format!("{key}.announce_ms"),
+            "must be between 100 and 60000 ms",
+        ));
+    }
+    match &r.fallback {
+        None if r.on_failure == OnFailure::Fallback => Err(invalid(
+            format!("{key}.fallback"),
+            "on_failure = \"fallback\" needs a fallback URI",
+        )),
+        Some(f) if !is_ip_sip_uri(f) => Err(invalid(
+            format!("{key}.fallback"),
+            format!("{f:?} is not a sip: URI whose host is an IP address"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -336,7 +470,7 @@ impl Config {
             ));
         }
         for h in &self.sip.carry_headers {
-            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if !is_header_name(h) {
                 return Err(invalid(
                     "sip.carry_headers",
                     format!("{h:?} is not a header name"),
@@ -387,6 +521,7 @@ impl Config {
             {
                 return Err(invalid(format!("{key}.user"), "must not be empty"));
             }
+            validate_loop(r, &key)?;
         }
         if self.vault.ttl_s == 0 || self.vault.ttl_s > 3600 {
             return Err(invalid("vault.ttl_s", "must be between 1 and 3600 seconds"));
@@ -482,6 +617,91 @@ mod tests {
             let e = Config::parse(text).unwrap_err();
             assert!(e.to_string().contains(key), "{text:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn loop_route_keys_parse_with_defaults() {
+        let c = Config::parse(
+            "[[route]]\nname = \"loop\"\nmode = \"loop\"\nuser = \"pay\"\ntarget = \"sip:return@127.0.0.1:5080\"\n",
+        )
+        .unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.mode, RouteMode::Loop);
+        assert_eq!(
+            r.locator_from,
+            vec![
+                LocatorSource::Ruri,
+                LocatorSource::Header,
+                LocatorSource::Dtmf
+            ]
+        );
+        assert_eq!(r.on_failure, OnFailure::Announce);
+        assert_eq!((r.locator_timeout_s, r.announce_ms), (15, 3000));
+        let c = Config::parse(
+            "[[route]]\nmode = \"loop\"\nlocator_from = [\"dtmf\"]\non_failure = \"fallback\"\nfallback = \"sip:queue@127.0.0.1:5090\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].locator_from, vec![LocatorSource::Dtmf]);
+        assert_eq!(
+            c.routes[0].fallback.as_deref(),
+            Some("sip:queue@127.0.0.1:5090")
+        );
+    }
+
+    #[test]
+    fn loop_route_errors_name_the_key() {
+        let cases = [
+            (
+                "[[route]]\nmode = \"loop\"\non_failure = \"fallback\"\n",
+                "fallback",
+                "needs a fallback URI",
+            ),
+            (
+                "[[route]]\nmode = \"loop\"\nfallback = \"sip:queue@cc.example.com\"\n",
+                "fallback",
+                "IP address",
+            ),
+            (
+                "[[route]]\nmode = \"loop\"\nfallback = \"http://127.0.0.1\"\n",
+                "fallback",
+                "not a sip: URI",
+            ),
+            (
+                "[[route]]\nfallback = \"sip:q@127.0.0.1\"\n",
+                "fallback",
+                "only meaningful",
+            ),
+            (
+                "[[route]]\nmode = \"loop\"\nlocator_from = []\n",
+                "locator_from",
+                "at least one",
+            ),
+            (
+                "[[route]]\nmode = \"loop\"\nlocator_from = [\"dtmf\", \"dtmf\"]\n",
+                "locator_from",
+                "twice",
+            ),
+            (
+                "[[route]]\nmode = \"loop\"\nagent_header = \"X Agent\"\n",
+                "agent_header",
+                "header name",
+            ),
+            (
+                "[[route]]\nmode = \"loop\"\nlocator_timeout_s = 0\n",
+                "locator_timeout_s",
+                "between",
+            ),
+            (
+                "[[route]]\nmode = \"loop\"\nannounce_ms = 0\n",
+                "announce_ms",
+                "between",
+            ),
+        ];
+        for (text, key, msg) in cases {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(msg), "{text:?} gave {e}");
+        }
+        assert!(Config::parse("[[route]]\nmode = \"loop\"\nlocator_from = [\"sms\"]\n").is_err());
     }
 
     #[test]

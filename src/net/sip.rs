@@ -302,6 +302,14 @@ impl Shell {
                     });
                 }
                 Output::Event { call, event } => self.event(call, event),
+                // Loop routes are not wired into the shell yet: an unanswered Locate times out
+                // in the core and takes the route's not-found path.
+                Output::Locate { call, .. } => {
+                    tracing::warn!(call = call.0, "loop route: locator resolution not wired")
+                }
+                Output::Announce { call } => {
+                    tracing::info!(call = call.0, "loop route: failure announcement")
+                }
             }
         }
     }
@@ -325,6 +333,9 @@ impl Shell {
                 self.api.calls().started(&call_label(call), info, scrub);
             }
             CallEvent::Answered => tracing::info!(call = call.0, "call answered"),
+            CallEvent::Located { .. } | CallEvent::LocateFailed | CallEvent::Fallback => {
+                tracing::info!(call = call.0, ?event, "loop route")
+            }
             CallEvent::Ended(cause) => {
                 tracing::info!(call = call.0, ?cause, "call ended");
                 if self.calls.remove(&call).is_some() {

@@ -4,6 +4,8 @@
 //! centre, we are its UAC) — their transactions, the mapping of requests and responses between
 //! them, SDP anchoring on the relay's ports and the call limit. The shell feeds it received
 //! messages and ticks with the current time and performs the returned [`Output`]s.
+//! Inline routes relay the A-leg INVITE at once; loop routes (PCI Pal model, see `locate`)
+//! first learn a locator and then place the B-leg to the contact centre's return number.
 //!
 //! It must never read a clock, touch a socket, forward a header of one leg onto the other (Via,
 //! Contact, Record-Route, Route, Call-ID and tags are per leg), forward a DTMF INFO from the
@@ -12,6 +14,7 @@
 #![warn(clippy::unwrap_used, clippy::indexing_slicing)]
 
 mod dialog;
+mod locate;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 use ipnet::IpNet;
 
-use crate::config::{Config, RouteConfig, Transport};
+use crate::config::{Config, LocatorSource, OnFailure, RouteConfig, RouteMode, Transport};
 use crate::digit::Digit;
 use crate::sip::message::{Message, Method, ResponseBuilder};
 use crate::sip::sdp::{Codecs, MediaPorts, RewriteTarget, Sdp, SdpError};
@@ -28,6 +31,7 @@ use crate::sip::transaction::{
 };
 use crate::sip::uri::Uri;
 use dialog::{Dialog, Local};
+use locate::LoopCall;
 
 /// Methods we implement; anything else gets 501 (RFC 3261 §8.2.1) and the call goes on.
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
@@ -79,6 +83,28 @@ pub struct Route {
     /// Where B-leg signalling is sent.
     pub target: SocketAddr,
     pub transport: Transport,
+    /// Inline: relay at once. Loop: learn a locator first (`loop_route` holds how).
+    pub mode: RouteMode,
+    /// Set for `RouteMode::Loop` routes.
+    pub loop_route: Option<LoopRoute>,
+}
+
+/// How a loop route learns its locator and what it does when that fails.
+#[derive(Clone, Debug)]
+pub struct LoopRoute {
+    /// Request-URI and header tried in this order; DTMF (answering the caller) when listed and
+    /// neither gave a locator.
+    pub locator_from: Vec<LocatorSource>,
+    pub locator_header: String,
+    pub agent_header: String,
+    /// DTMF collection and resolution must end within this (ms).
+    pub locator_timeout_ms: u64,
+    pub on_failure: OnFailure,
+    /// Called when the locator is not found (with `OnFailure::Fallback`) or when the return
+    /// call fails: Request-URI and where it is sent.
+    pub fallback: Option<(String, SocketAddr)>,
+    /// Failure tone length before the BYE (ms).
+    pub announce_ms: u64,
 }
 
 /// Why the core cannot be configured.
@@ -88,30 +114,72 @@ pub enum B2buaError {
         "route {route}: target {target} must be a sip: URI whose host is an IP address (the core does no DNS)"
     )]
     RouteTarget { route: String, target: String },
+    #[error(
+        "route {route}: fallback {fallback} must be a sip: URI whose host is an IP address (the core does no DNS)"
+    )]
+    RouteFallback { route: String, fallback: String },
+    #[error("route {route}: on_failure = \"fallback\" needs a fallback URI")]
+    MissingFallback { route: String },
+}
+
+/// Where signalling for a sip: URI with an IP host goes (5060 unless the URI says otherwise).
+fn resolve_ip_uri(s: &str) -> Option<SocketAddr> {
+    let uri = Uri::parse(s).ok()?;
+    let sip = uri.as_sip()?;
+    let ip: IpAddr = sip
+        .host
+        .to_string()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    Some(SocketAddr::new(ip, sip.port.unwrap_or(5060)))
 }
 
 impl Route {
     pub fn from_config(rc: &RouteConfig) -> Result<Route, B2buaError> {
-        let err = || B2buaError::RouteTarget {
+        let target = resolve_ip_uri(&rc.target).ok_or_else(|| B2buaError::RouteTarget {
             route: rc.name.clone(),
             target: rc.target.clone(),
+        })?;
+        let loop_route = match rc.mode {
+            RouteMode::Inline => None,
+            RouteMode::Loop => {
+                let fallback = match &rc.fallback {
+                    None => None,
+                    Some(f) => {
+                        let addr = resolve_ip_uri(f).ok_or_else(|| B2buaError::RouteFallback {
+                            route: rc.name.clone(),
+                            fallback: f.clone(),
+                        })?;
+                        Some((f.clone(), addr))
+                    }
+                };
+                if rc.on_failure == OnFailure::Fallback && fallback.is_none() {
+                    return Err(B2buaError::MissingFallback {
+                        route: rc.name.clone(),
+                    });
+                }
+                Some(LoopRoute {
+                    locator_from: rc.locator_from.clone(),
+                    locator_header: rc.locator_header.clone(),
+                    agent_header: rc.agent_header.clone(),
+                    locator_timeout_ms: rc.locator_timeout_s.saturating_mul(1000),
+                    on_failure: rc.on_failure,
+                    fallback,
+                    announce_ms: rc.announce_ms,
+                })
+            }
         };
-        let uri = Uri::parse(&rc.target).map_err(|_| err())?;
-        let sip = uri.as_sip().ok_or_else(err)?;
-        let ip: IpAddr = sip
-            .host
-            .to_string()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .map_err(|_| err())?;
         Ok(Route {
             name: rc.name.clone(),
             sources: rc.sources.clone(),
             user: rc.user.clone(),
             target_uri: rc.target.clone(),
-            target: SocketAddr::new(ip, sip.port.unwrap_or(5060)),
+            target,
             transport: rc.target_transport,
+            mode: rc.mode,
+            loop_route,
         })
     }
 }
@@ -173,6 +241,22 @@ pub enum Input {
     MediaTimeout { call: CallId },
     /// Hang up a call (control API, shutdown).
     Hangup { call: CallId },
+    /// Loop route: the answer to [`Output::Locate`].
+    Located {
+        call: CallId,
+        outcome: LocateOutcome,
+    },
+}
+
+/// What resolving a loop call's locator gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocateOutcome {
+    /// The payment session `locator` belongs to `agent`.
+    Found {
+        agent: String,
+        locator: String,
+    },
+    NotFound,
 }
 
 /// Media of one leg: the relay's ports on that side and what the peer said in SDP.
@@ -195,6 +279,8 @@ pub enum EndCause {
     Timeout,
     MediaTimeout,
     Hangup,
+    /// Loop route: the locator was not found (or not given in time) and no fallback took the call.
+    NotLocated,
     /// Something we could not relay (an SDP answer we cannot use, a build failure).
     Failed,
 }
@@ -202,9 +288,19 @@ pub enum EndCause {
 /// Call life-cycle events for logs and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallEvent {
-    Started { route: String },
+    Started {
+        route: String,
+    },
     Answered,
     Ended(EndCause),
+    /// Loop route: the locator resolved to this agent; the return call is being placed.
+    Located {
+        agent: String,
+    },
+    /// Loop route: the locator was not found (or not given in time).
+    LocateFailed,
+    /// Loop route: the call goes to the route's fallback URI.
+    Fallback,
 }
 
 /// What the shell must do.
@@ -234,6 +330,17 @@ pub enum Output {
         call: CallId,
         event: CallEvent,
     },
+    /// Loop route: resolve `locator`, or (None) collect one from the A-leg's DTMF; answer with
+    /// [`Input::Located`].
+    Locate {
+        call: CallId,
+        locator: Option<String>,
+    },
+    /// Loop route failed with on_failure = announce: play the failure tone towards the A-leg.
+    /// The core sends BYE after announce_ms.
+    Announce {
+        call: CallId,
+    },
 }
 
 type SKey = (SocketAddr, String, String);
@@ -257,6 +364,8 @@ enum Purpose {
     },
     /// Non-INVITE relayed from `from`.
     Relay { server: SKey, from: Leg },
+    /// Loop route, A-leg answered by us: our own INVITE to the return number (or fallback).
+    Return,
     /// Our own request (BYE, CANCEL): responses need no mapping.
     Own,
 }
@@ -266,12 +375,22 @@ struct ClientEntry {
     tx: ClientTx,
     call: CallId,
     leg: Leg,
+    /// Where the transaction's retransmissions and ACK go: fixed at send time, since a loop
+    /// call's B dialog may move to the fallback while this transaction still lingers.
+    transport: Transport,
+    peer: SocketAddr,
     purpose: Purpose,
     request: Message,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Loop route: waiting for the locator (the A-leg may be answered by us: DTMF mode).
+    Locating,
+    /// Loop route failed: the failure tone plays to the A-leg until `until`, then BYE.
+    Announcing {
+        until: u64,
+    },
     /// B-leg INVITE outstanding.
     Calling,
     /// A CANCEL (or hang-up) stopped the set-up; the B-leg INVITE may still be answered.
@@ -298,6 +417,8 @@ struct AckWait {
     from: Leg,
     from_cseq: u32,
     to_cseq: u32,
+    /// The 2xx was our own answer (loop call, DTMF mode): the ACK ends here.
+    own: bool,
 }
 
 #[derive(Debug)]
@@ -318,6 +439,8 @@ struct Call {
     last_media: Option<(LegMedia, LegMedia)>,
     retrans: Option<Retrans>,
     ack_wait: Option<AckWait>,
+    /// Loop route state (None for inline calls).
+    lp: Option<LoopCall>,
 }
 
 impl Call {
@@ -335,6 +458,14 @@ impl Call {
     }
     fn ended(&self) -> bool {
         matches!(self.phase, Phase::Ended { .. })
+    }
+    /// Loop call whose A-leg we answered ourselves (DTMF mode).
+    fn a_answered(&self) -> bool {
+        self.lp.as_ref().is_some_and(|l| l.answered)
+    }
+    /// Both legs are up and requests relay between them.
+    fn bridged(&self) -> bool {
+        self.phase == Phase::Confirmed
     }
 }
 
@@ -500,14 +631,18 @@ impl B2bua {
         let gc = 64 * self.cfg.timers.t1;
         let s = self.servers.values().filter_map(|e| e.tx.next_deadline());
         let c = self.clients.values().filter_map(|e| e.tx.next_deadline());
-        let r = self
-            .calls
-            .values()
-            .filter_map(|c| match (&c.retrans, c.phase) {
-                (_, Phase::Ended { at }) => Some(at + gc),
-                (Some(r), _) => Some(r.next.min(r.deadline)),
+        let r = self.calls.values().filter_map(|c| {
+            if let Phase::Ended { at } = c.phase {
+                return Some(at + gc);
+            }
+            let retrans = c.retrans.as_ref().map(|r| r.next.min(r.deadline));
+            let lp = match c.phase {
+                Phase::Locating => c.lp.as_ref().map(|l| l.deadline),
+                Phase::Announcing { until } => Some(until),
                 _ => None,
-            });
+            };
+            [retrans, lp].into_iter().flatten().min()
+        });
         s.chain(c).chain(r).min()
     }
 
@@ -556,6 +691,7 @@ impl B2bua {
             Input::Hangup { call } => {
                 self.hangup(call, EndCause::Hangup, None, now, ports, out);
             }
+            Input::Located { call, outcome } => self.on_located(call, outcome, now, ports, out),
         }
     }
 
@@ -694,6 +830,8 @@ impl B2bua {
                 tx,
                 call,
                 leg,
+                transport,
+                peer,
                 purpose,
                 request: req,
             },
@@ -772,10 +910,25 @@ impl B2bua {
         let extra: Vec<(&str, String)> = reason
             .map(|r| vec![("Reason", r.to_owned())])
             .unwrap_or_default();
+        let a_answered = c.a_answered();
         match c.phase {
             Phase::Confirmed => {
                 for leg in [Leg::A, Leg::B] {
                     self.send_request(call, leg, "BYE", Purpose::Own, &extra, None, now, out);
+                }
+            }
+            Phase::Calling | Phase::Locating | Phase::Announcing { .. } if a_answered => {
+                // Loop call answered by us: the A dialog is up, the return leg is not.
+                self.send_request(call, Leg::A, "BYE", Purpose::Own, &extra, None, now, out);
+                self.cancel_b(call, now, out);
+            }
+            Phase::Locating | Phase::Announcing { .. } => {
+                // Loop call still locating: the A-leg INVITE is open; no B-leg exists yet.
+                let server = c.lp.as_ref().map(|l| l.server.clone());
+                let tag = c.a.local_tag.clone();
+                if let Some(key) = server {
+                    let answer = (480, "Temporarily Unavailable", Some(tag.as_str()));
+                    self.fail_invite(call, &key, answer, &extra, None, now, ports, out);
                 }
             }
             Phase::Calling => {
@@ -871,6 +1024,8 @@ impl B2bua {
                 tx,
                 call,
                 leg: Leg::B,
+                transport,
+                peer,
                 purpose: Purpose::Own,
                 request: cancel,
             },
@@ -1057,16 +1212,33 @@ impl B2bua {
         let ruri_user = msg
             .request_uri()
             .and_then(|u| uri_user(&u).map(str::to_owned));
-        let route = self.cfg.routes.iter().position(|r| {
-            (r.sources.is_empty() || r.sources.iter().any(|n| n.contains(&from.ip())))
-                && r.user
-                    .as_deref()
-                    .is_none_or(|u| Some(u) == ruri_user.as_deref())
+        let route = self.cfg.routes.iter().enumerate().find_map(|(i, r)| {
+            let src_ok = r.sources.is_empty() || r.sources.iter().any(|n| n.contains(&from.ip()));
+            if !src_ok {
+                return None;
+            }
+            locate::match_user(r, ruri_user.as_deref()).map(|loc| (i, loc))
         });
-        let Some(route) = route else {
+        let Some((route, ruri_locator)) = route else {
             reject(self, 404, "Not Found", &[], out);
             return;
         };
+        // Loop route: the locator from the Request-URI or header, else DTMF after we answer.
+        let lr = self
+            .cfg
+            .routes
+            .get(route)
+            .and_then(|r| r.loop_route.clone());
+        let locator = lr.as_ref().and_then(|lr| {
+            lr.locator_from.iter().find_map(|src| match src {
+                LocatorSource::Ruri => ruri_locator.clone(),
+                LocatorSource::Header => locate::header_locator(&msg, &lr.locator_header),
+                LocatorSource::Dtmf => None,
+            })
+        });
+        let dtmf_mode = lr
+            .as_ref()
+            .is_some_and(|lr| locator.is_none() && lr.locator_from.contains(&LocatorSource::Dtmf));
         // §16.3 item 2 applied by a UA relaying a request: Max-Forwards 0 ends here.
         let mf = msg.max_forwards().unwrap_or(70);
         if mf == 0 {
@@ -1109,11 +1281,39 @@ impl B2bua {
         };
         let mut offer = None;
         let mut a_remote = None;
+        let origin_a = self.new_origin();
+        let mut own_answer = None;
+        let mut a_codecs = None;
+        if dtmf_mode && !is_sdp(&msg) {
+            // Late offer: we offer; the answer comes in the ACK (RFC 3261 §13.2.1).
+            let codecs = [(0, "PCMU"), (8, "PCMA"), (101, "telephone-event")];
+            own_answer = Some(locate::local_offer(
+                self.cfg.media_address,
+                pa,
+                &codecs,
+                origin_a,
+            ));
+        }
         if is_sdp(&msg) {
-            match anchor(msg.body(), self.cfg.media_address, pb) {
+            let anchored = if dtmf_mode {
+                // We answer the caller ourselves, on the A ports (RFC 3264 §6).
+                locate::answer_offer(msg.body(), self.cfg.media_address, pa, None, origin_a).map(
+                    |a| {
+                        a_codecs = Some(a.codecs);
+                        own_answer = Some(a.body);
+                        Anchored {
+                            body: Vec::new(),
+                            remote: Some((a.remote, a.codecs)),
+                        }
+                    },
+                )
+            } else {
+                anchor(msg.body(), self.cfg.media_address, pb)
+            };
+            match anchored {
                 Ok(a) => {
                     a_remote = a.remote;
-                    offer = Some(a.body);
+                    offer = (!dtmf_mode).then_some(a.body);
                 }
                 Err(e) => {
                     ports.release(pa);
@@ -1140,10 +1340,13 @@ impl B2bua {
             .and_then(|n| uri_user(&n.uri))
             .unwrap_or("anonymous")
             .to_owned();
+        // A loop call's To is the return number itself: the loop number (and a locator in
+        // it) means nothing to the contact centre.
         let to_user = to_na
             .as_ref()
             .and_then(|n| uri_user(&n.uri))
             .or(ruri_user.as_deref())
+            .filter(|_| lr.is_none())
             .map(str::to_owned);
         let a_contact = match msg.contacts() {
             Ok(crate::sip::headers::Contacts::List(l)) => l.first().map(|n| n.uri_raw.to_owned()),
@@ -1207,7 +1410,11 @@ impl B2bua {
             call,
             Call {
                 route,
-                phase: Phase::Calling,
+                phase: if lr.is_some() {
+                    Phase::Locating
+                } else {
+                    Phase::Calling
+                },
                 a: a_dialog,
                 b: b_dialog,
                 b_invite: None,
@@ -1220,6 +1427,7 @@ impl B2bua {
                 last_media: None,
                 retrans: None,
                 ack_wait: None,
+                lp: None,
             },
         );
         out.push(Output::Event {
@@ -1236,11 +1444,42 @@ impl B2bua {
         }
         let carry = self.cfg.carry_headers.clone();
         for name in &carry {
+            // A loop call's agent and locator headers are ours to set, never the caller side's.
+            let ours = lr.as_ref().is_some_and(|lr| {
+                name.eq_ignore_ascii_case(&lr.agent_header)
+                    || name.eq_ignore_ascii_case(&lr.locator_header)
+            });
+            if ours {
+                continue;
+            }
             for v in msg.get_all(name) {
                 extra.push((name.as_str(), lossy(v)));
             }
         }
         extra.push(("Allow", ALLOW.to_owned()));
+        if let Some(lr) = &lr {
+            let origin_b = self.new_origin();
+            let answered = own_answer.is_some();
+            if let Some(c) = self.calls.get_mut(&call) {
+                c.lp = Some(LoopCall {
+                    server: key.clone(),
+                    answered,
+                    deadline: now + lr.locator_timeout_ms,
+                    offer,
+                    extra: extra
+                        .iter()
+                        .map(|(n, v)| ((*n).to_owned(), v.clone()))
+                        .collect(),
+                    found: None,
+                    fallback_used: false,
+                    a_codecs,
+                    origin_a,
+                    origin_b,
+                });
+            }
+            self.start_loop(call, locator, own_answer, now, ports, out);
+            return;
+        }
         let body = offer.as_deref().map(|b| ("application/sdp", b));
         let purpose = Purpose::Invite {
             server: key.clone(),
@@ -1424,18 +1663,24 @@ impl B2bua {
                     c.retrans = None;
                     c.ack_wait.take()
                 });
-                if let Some(w) = wait {
+                if let Some(w) = wait.filter(|w| !w.own) {
                     self.send_ack(call, w.from.other(), w.to_cseq, None, out);
                     if let Some(c) = self.calls.get_mut(&call) {
                         c.phase = Phase::Confirmed;
                     }
                 }
-                let confirmed = self
-                    .calls
-                    .get(&call)
-                    .is_some_and(|c| c.phase == Phase::Confirmed);
+                let (confirmed, return_pending) =
+                    self.calls.get(&call).map_or((false, false), |c| {
+                        (
+                            c.phase == Phase::Confirmed,
+                            c.phase == Phase::Calling && c.a_answered(),
+                        )
+                    });
                 if confirmed {
                     self.send_request(call, other, "BYE", Purpose::Own, &reason, None, now, out);
+                } else if return_pending {
+                    // Loop call: the caller left while the return leg rings (§9.1).
+                    self.cancel_b(call, now, out);
                 }
                 let cause = match leg {
                     Leg::A => EndCause::ByeFromA,
@@ -1467,6 +1712,16 @@ impl B2bua {
                 if let Some(digit) = info_digit(&sub, req.body()) {
                     out.push(Output::Digit { call, digit });
                 }
+            }
+            "INVITE" | "UPDATE" | "INFO"
+                if leg == Leg::A
+                    && self
+                        .calls
+                        .get(&call)
+                        .is_some_and(|c| !c.bridged() && c.a_answered()) =>
+            {
+                // Loop call answered by us, return leg not up: nobody to relay to.
+                self.answer_locally(call, key, &req, &tag, now, out);
             }
             "INVITE" | "UPDATE" | "INFO" => {
                 self.relay(call, leg, key, &req, &tag, now, out);
@@ -1593,6 +1848,15 @@ impl B2bua {
             Leg::A => c.a_remote = a.remote.or(c.a_remote),
             Leg::B => c.b_remote = a.remote.or(c.b_remote),
         }
+        // A loop call we answered: each leg has only ever seen our own session (RFC 3264 §8).
+        if let Some(lp) = c.lp.as_mut().filter(|l| l.answered) {
+            let o = match from {
+                Leg::A => &mut lp.origin_b,
+                Leg::B => &mut lp.origin_a,
+            };
+            o.version = o.version.wrapping_add(1);
+            return Ok(locate::set_origin(&a.body, addr, *o));
+        }
         Ok(a.body)
     }
 
@@ -1643,6 +1907,10 @@ impl B2bua {
         c.ack_wait = None;
         c.retrans = None;
         c.invite_busy = false;
+        if w.own {
+            self.own_ack(call, msg, now, ports, out);
+            return;
+        }
         let first = c.phase == Phase::Calling;
         if first {
             c.phase = Phase::Confirmed;
@@ -1702,17 +1970,9 @@ impl B2bua {
         };
         let (fate, actions) = e.tx.on_response(status, ack, now);
         let mut terminated = false;
-        let peer = self.calls.get(&e.call).map(|c| match e.leg {
-            Leg::A => (c.a.transport, c.a.peer),
-            Leg::B => (c.b.transport, c.b.peer),
-        });
         for a in actions {
             match a {
-                TxAction::Send(b) => {
-                    if let Some((t, p)) = peer {
-                        Self::send(out, t, p, b);
-                    }
-                }
+                TxAction::Send(b) => Self::send(out, e.transport, e.peer, b),
                 TxAction::Terminated => terminated = true,
                 TxAction::Timeout => {}
             }
@@ -1736,6 +1996,7 @@ impl B2bua {
             Purpose::Relay { server, from } => {
                 self.relay_response(call, from, &server, &msg, status, now, out)
             }
+            Purpose::Return => self.return_response(call, &msg, status, now, ports, out),
         }
     }
 
@@ -1907,6 +2168,7 @@ impl B2bua {
                     from,
                     from_cseq,
                     to_cseq,
+                    own: false,
                 });
                 // §13.3.1.4: the TU resends the 2xx (T1 doubling to T2) until the ACK, 64·T1.
                 c.retrans = Some(Retrans {
@@ -1920,6 +2182,10 @@ impl B2bua {
             return;
         }
         // 3xx-6xx: same class towards the other side, without the contact centre's Contact.
+        // A loop call's failed return leg goes to the fallback first (the caller stays).
+        if initial && from == Leg::A && self.try_fallback(call, now, ports, out) {
+            return;
+        }
         let mapped = map_failure(status);
         let mut extra: Vec<(&str, String)> = Vec::new();
         for name in ["Retry-After", "Reason", "Warning"] {
@@ -2012,18 +2278,10 @@ impl B2bua {
             let Some(mut e) = self.clients.remove(&k) else {
                 continue;
             };
-            let peer = self.calls.get(&e.call).map(|c| match e.leg {
-                Leg::A => (c.a.transport, c.a.peer),
-                Leg::B => (c.b.transport, c.b.peer),
-            });
             let (mut done, mut timeout) = (false, false);
             for a in e.tx.poll(now) {
                 match a {
-                    TxAction::Send(b) => {
-                        if let Some((t, p)) = peer {
-                            Self::send(out, t, p, b);
-                        }
-                    }
+                    TxAction::Send(b) => Self::send(out, e.transport, e.peer, b),
                     TxAction::Terminated => done = true,
                     TxAction::Timeout => timeout = true,
                 }
@@ -2054,14 +2312,20 @@ impl B2bua {
                 }
                 continue;
             }
+            self.loop_tick(id, now, ports, out);
+            let Some(c) = self.calls.get_mut(&id) else {
+                continue;
+            };
             let Some(r) = &mut c.retrans else { continue };
             if now >= r.deadline {
                 // §13.3.1.4: no ACK within 64·T1: the dialog is over; BYE both legs (the
                 // other leg's 2xx is ACKed first, which we held for the end-to-end ACK).
                 c.retrans = None;
                 let wait = c.ack_wait.take();
-                c.phase = Phase::Confirmed;
-                if let Some(w) = wait {
+                if !wait.is_some_and(|w| w.own) {
+                    c.phase = Phase::Confirmed;
+                }
+                if let Some(w) = wait.filter(|w| !w.own) {
                     self.send_ack(id, w.from.other(), w.to_cseq, None, out);
                 }
                 self.hangup(id, EndCause::Timeout, None, now, ports, out);
@@ -2099,6 +2363,10 @@ impl B2bua {
     ) {
         let (server, from, initial) = match purpose {
             Purpose::Own => return,
+            Purpose::Return => {
+                self.return_failed(call, 408, EndCause::Timeout, now, ports, out);
+                return;
+            }
             Purpose::Invite {
                 server,
                 from,
@@ -2111,6 +2379,9 @@ impl B2bua {
             Leg::B => c.b.local_tag.clone(),
         });
         // §8.1.3.1: a timeout is a 408 from the far side.
+        if initial && from == Leg::A && self.try_fallback(call, now, ports, out) {
+            return;
+        }
         let end = initial.then_some(EndCause::Timeout);
         let answer = (408, "Request Timeout", tag.as_deref());
         self.fail_invite(call, &server, answer, &[], end, now, ports, out);
