@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::{Config, ScrubMode, Transport};
+use crate::config::{Config, RouteMode, ScrubMode, Transport};
 use crate::digit::DigitSource;
 use crate::dsp::g711::Codec;
 use crate::net::api::{ApiState, SessionRef};
@@ -29,10 +30,11 @@ use crate::net::media::{
     MediaControl, MediaEvent, MediaHandle, MediaRelay, RelayOptions, RelayStatsSnapshot,
 };
 use crate::net::ports::{PortPair, PortPool};
+use crate::payment::locator::LocatorCollector;
 use crate::rtp::scrubber::ScrubberConfig;
 use crate::sip::b2bua::{
-    B2bua, B2buaConfig, B2buaError, CallEvent, CallId, EndCause, Input, LegMedia, Output,
-    PortAllocator, RelayPorts,
+    B2bua, B2buaConfig, B2buaError, CallEvent, CallId, EndCause, Input, LegMedia, LocateOutcome,
+    Output, PortAllocator, RelayPorts,
 };
 use crate::sip::framer::{Frame, PONG, StreamFramer};
 use crate::sip::message::{Framing, Limits, Message};
@@ -56,6 +58,17 @@ enum CoreMsg {
     TcpDown {
         peer: SocketAddr,
         tx: mpsc::Sender<Bytes>,
+    },
+    /// A loop call's locator was resolved (and the call bound to its session) or not.
+    Located {
+        call: CallId,
+        outcome: LocateOutcome,
+    },
+    /// A key heard on a loop call before it is bridged: locator material, never capture.
+    LocatorKey {
+        call: CallId,
+        digit: crate::digit::Digit,
+        at_ms: u64,
     },
 }
 
@@ -109,15 +122,28 @@ struct Shell {
     tcp: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
     ports: ShellPorts,
     relays: HashMap<CallId, RelayRef>,
-    /// Live calls and whether their route scrubs from the start.
-    calls: HashMap<CallId, bool>,
+    calls: HashMap<CallId, CallShell>,
     scrub_routes: HashSet<String>,
+    loop_routes: HashSet<String>,
+    locator_len: usize,
+    locator_inter_key_ms: u64,
     scrubber: ScrubberConfig,
     relay_opts: RelayOptions,
     api: ApiState,
     core_tx: mpsc::Sender<CoreMsg>,
     limits: Limits,
     started: Instant,
+}
+
+/// What the shell keeps per live call.
+struct CallShell {
+    /// The route scrubs from the start.
+    scrub: bool,
+    /// Keys on this call are locator material, not card digits: set on a loop call until it is
+    /// bridged to the agent. Shared with the call's relay supervisor.
+    pre_bridge: Arc<AtomicBool>,
+    /// Collecting a locator from the caller leg's keys (loop route, locator by DTMF).
+    collector: Option<LocatorCollector>,
 }
 
 fn call_label(call: CallId) -> String {
@@ -134,6 +160,7 @@ fn cause_label(cause: EndCause) -> &'static str {
         EndCause::Timeout => "timeout",
         EndCause::MediaTimeout => "media_timeout",
         EndCause::Hangup => "hangup",
+        EndCause::NotLocated => "not_located",
         EndCause::Failed => "failed",
     }
 }
@@ -190,6 +217,14 @@ pub async fn serve(
             .filter(|r| r.scrub == ScrubMode::Always)
             .map(|r| r.name.clone())
             .collect(),
+        loop_routes: config
+            .routes
+            .iter()
+            .filter(|r| r.mode == RouteMode::Loop)
+            .map(|r| r.name.clone())
+            .collect(),
+        locator_len: config.payment.locator_len,
+        locator_inter_key_ms: config.payment.locator_inter_key_ms,
         scrubber,
         relay_opts: RelayOptions {
             inactivity: Duration::from_secs(config.media.inactivity_timeout_s),
@@ -231,6 +266,11 @@ pub async fn serve(
                     if shell.tcp.get(&peer).is_some_and(|t| t.same_channel(&tx)) {
                         shell.tcp.remove(&peer);
                     }
+                    None
+                }
+                Some(CoreMsg::Located { call, outcome }) => Some(Input::Located { call, outcome }),
+                Some(CoreMsg::LocatorKey { call, digit, at_ms }) => {
+                    shell.locator_key(call, digit, at_ms);
                     None
                 }
                 None => break,
@@ -294,21 +334,38 @@ impl Shell {
                     }
                 }
                 Output::Digit { call, digit } => {
-                    let api = self.api.clone();
                     let at = self.now();
+                    if self
+                        .calls
+                        .get(&call)
+                        .is_some_and(|c| c.pre_bridge.load(Ordering::Relaxed))
+                    {
+                        self.locator_key(call, digit, at);
+                        continue;
+                    }
+                    let api = self.api.clone();
                     tokio::spawn(async move {
                         let label = call_label(call);
                         feed(&api, &label, call, digit, DigitSource::SipInfo, at).await;
                     });
                 }
                 Output::Event { call, event } => self.event(call, event),
-                // Loop routes are not wired into the shell yet: an unanswered Locate times out
-                // in the core and takes the route's not-found path.
-                Output::Locate { call, .. } => {
-                    tracing::warn!(call = call.0, "loop route: locator resolution not wired")
+                Output::Locate {
+                    call,
+                    locator: Some(locator),
+                } => self.resolve(call, locator),
+                Output::Locate {
+                    call,
+                    locator: None,
+                } => {
+                    let (len, gap) = (self.locator_len, self.locator_inter_key_ms);
+                    if let Some(c) = self.calls.get_mut(&call) {
+                        tracing::info!(call = call.0, "loop call answered: reading the locator");
+                        c.collector = Some(LocatorCollector::new(len, gap));
+                    }
                 }
                 Output::Announce { call } => {
-                    tracing::info!(call = call.0, "loop route: failure announcement")
+                    tracing::info!(call = call.0, "loop route: locator not found, announcing");
                 }
             }
         }
@@ -316,26 +373,48 @@ impl Shell {
 
     fn event(&mut self, call: CallId, event: CallEvent) {
         match &event {
-            CallEvent::Started { route } => {
+            CallEvent::Started { route, from, to } => {
                 tracing::info!(call = call.0, route = %route, "call started");
                 let scrub = self.scrub_routes.contains(route);
-                self.calls.insert(call, scrub);
+                let looped = self.loop_routes.contains(route);
+                self.calls.insert(
+                    call,
+                    CallShell {
+                        scrub,
+                        pre_bridge: Arc::new(AtomicBool::new(looped)),
+                        collector: None,
+                    },
+                );
                 let m = self.api.metrics();
                 m.calls_started.inc();
                 m.calls_active.inc();
                 let info = CallInfo {
                     route: route.clone(),
-                    mode: "inline",
-                    from: String::new(),
-                    to: String::new(),
+                    mode: if looped { "loop" } else { "inline" },
+                    from: from.clone(),
+                    to: to.clone(),
                     started_ms: self.api.clock().now_ms(),
                 };
                 self.api.calls().started(&call_label(call), info, scrub);
             }
-            CallEvent::Answered => tracing::info!(call = call.0, "call answered"),
-            CallEvent::Located { .. } | CallEvent::LocateFailed | CallEvent::Fallback => {
-                tracing::info!(call = call.0, ?event, "loop route")
+            CallEvent::Answered => {
+                tracing::info!(call = call.0, "call answered");
+                if let Some(c) = self.calls.get_mut(&call) {
+                    // Bridged: from now on the caller's keys are card digits.
+                    c.pre_bridge.store(false, Ordering::Relaxed);
+                    c.collector = None;
+                }
             }
+            CallEvent::Located { .. } => {
+                tracing::info!(call = call.0, "loop call located: calling the agent back")
+            }
+            CallEvent::LocateFailed => {
+                tracing::warn!(
+                    call = call.0,
+                    "loop call: locator not found or not given in time"
+                )
+            }
+            CallEvent::Fallback => tracing::info!(call = call.0, "loop call: routed to fallback"),
             CallEvent::Ended(cause) => {
                 tracing::info!(call = call.0, ?cause, "call ended");
                 if self.calls.remove(&call).is_some() {
@@ -345,6 +424,46 @@ impl Shell {
                 }
                 self.api.call_ended(&call_label(call));
             }
+        }
+    }
+
+    /// Looks the locator up (in the shared directory too), binds the call to its session, and
+    /// tells the core. Off the core task: a shared store is a network round trip.
+    fn resolve(&self, call: CallId, locator: String) {
+        let api = self.api.clone();
+        let core_tx = self.core_tx.clone();
+        tokio::spawn(async move {
+            let label = call_label(call);
+            let outcome = match api.locate(&locator).await {
+                Some((session, agent)) => match api.bind_call(session, &label, true).await {
+                    Ok(()) => {
+                        tracing::info!(call = call.0, %session, "loop call bound to its payment session");
+                        LocateOutcome::Found { agent, locator }
+                    }
+                    Err(e) => {
+                        tracing::warn!(call = call.0, %session, code = e.code, "loop call cannot be bound");
+                        LocateOutcome::NotFound
+                    }
+                },
+                None => LocateOutcome::NotFound,
+            };
+            let _ = core_tx.send(CoreMsg::Located { call, outcome }).await;
+        });
+    }
+
+    /// A key on a loop call before it is bridged: locator material while one is being read,
+    /// dropped otherwise (the agent is not connected yet, so it cannot be a card digit asked for).
+    fn locator_key(&mut self, call: CallId, digit: crate::digit::Digit, at_ms: u64) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let Some(collector) = c.collector.as_mut() else {
+            return;
+        };
+        if let Some(locator) = collector.push(digit, at_ms) {
+            c.collector = None;
+            tracing::info!(call = call.0, "locator keyed");
+            self.resolve(call, locator.as_str().to_string());
         }
     }
 
@@ -419,7 +538,11 @@ impl Shell {
         } else {
             Codec::Pcma
         };
-        let scrub_on = self.calls.get(&call).copied().unwrap_or(true);
+        let scrub_on = self.calls.get(&call).is_none_or(|c| c.scrub);
+        let pre_bridge = self.calls.get(&call).map_or_else(
+            || Arc::new(AtomicBool::new(false)),
+            |c| c.pre_bridge.clone(),
+        );
         let opts = RelayOptions {
             call_label: call_label(call),
             ..self.relay_opts.clone()
@@ -451,6 +574,7 @@ impl Shell {
             task,
             self.api.clone(),
             self.core_tx.clone(),
+            pre_bridge,
         ));
     }
 }
@@ -524,6 +648,7 @@ async fn supervise(
     >,
     api: ApiState,
     core_tx: mpsc::Sender<CoreMsg>,
+    pre_bridge: Arc<AtomicBool>,
 ) {
     let label = call_label(call);
     let mut folded = RelayStatsSnapshot::default();
@@ -533,7 +658,13 @@ async fn supervise(
             _ = fold_every.tick() => fold_stats(&api, &mut folded, handle.stats()),
             Some(d) = handle.digits.recv() => {
                 // The scrubber's timeline is samples at 8 kHz.
-                feed(&api, &label, call, d.digit, d.source, d.start / 8).await;
+                let at_ms = d.start / 8;
+                if pre_bridge.load(Ordering::Relaxed) {
+                    let key = CoreMsg::LocatorKey { call, digit: d.digit, at_ms };
+                    let _ = core_tx.send(key).await;
+                } else {
+                    feed(&api, &label, call, d.digit, d.source, at_ms).await;
+                }
             }
             Some(ev) = handle.events.recv() => {
                 if ev == MediaEvent::Inactive {

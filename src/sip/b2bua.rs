@@ -290,6 +290,10 @@ pub enum EndCause {
 pub enum CallEvent {
     Started {
         route: String,
+        /// User parts of the A-leg's From and Request-URI (the caller's and the dialled
+        /// number), for the control API's call list.
+        from: String,
+        to: String,
     },
     Answered,
     Ended(EndCause),
@@ -1434,6 +1438,8 @@ impl B2bua {
             call,
             event: CallEvent::Started {
                 route: r.name.clone(),
+                from: from_user.clone(),
+                to: ruri_user.clone().unwrap_or_default(),
             },
         });
 
