@@ -5,12 +5,14 @@
 //! cleans it; the auditor's independent FFT decoder listens on both sides. The demo writes the
 //! audio as WAVs and a before/after spectrogram, and prints card data only masked.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use secrecy::ExposeSecret;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
@@ -45,6 +47,8 @@ pub enum DemoError {
     Relay(String),
     #[error("SIP: {0}")]
     Sip(#[from] UaError),
+    #[error("control API: {0}")]
+    Api(String),
 }
 
 /// What the demo found, for tests and the summary.
@@ -60,6 +64,10 @@ pub struct DemoSummary {
     pub delay_ms: f64,
     /// Speech away from the keys that reached the agent bit-exact (SIP demo).
     pub speech_identical_pct: f64,
+    /// The payment session sealed the card, one unlock returned it and a second was refused.
+    pub card_sealed: bool,
+    pub card_unlocked: bool,
+    pub second_unlock_refused: bool,
 }
 
 /// Speech for the caller: the fixture clip when run from a checkout, else a synthetic voice.
@@ -93,7 +101,8 @@ fn synthetic_voice(len: usize) -> Vec<i16> {
 /// again, speech. Returns the audio and the keys' spans of each pass; both passes are in the
 /// audio (what the caller keyed), the trunk decides which pass goes as RFC 4733 events.
 fn caller_audio(speech: &[i16]) -> (Vec<i16>, Vec<KeySpan>, Vec<KeySpan>) {
-    let keys: String = [DEMO_PAN, DEMO_EXPIRY, DEMO_CVV].concat();
+    // Each field ends with #, as an IVR asks: a Visa number may be 13, 16 or 19 digits long.
+    let keys = format!("{DEMO_PAN}#{DEMO_EXPIRY}#{DEMO_CVV}#");
     let (lead, between, tail) = (8000 * 2, 8000 * 3 / 2, 8000 * 2);
     let (tone_len, gap) = (560usize, 640usize); // 70 ms tones, 80 ms pauses
     let pass = keys.len() * (tone_len + gap);
@@ -512,7 +521,7 @@ pub fn run(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, DemoError> 
 async fn sip_demo(
     out_dir: &Path,
     w: &mut dyn Write,
-    _token: &str,
+    token: &str,
 ) -> Result<DemoSummary, DemoError> {
     let io = |e| DemoError::Output(out_dir.to_path_buf(), e);
     let (speech, source) = caller_speech();
@@ -550,6 +559,29 @@ async fn sip_demo(
     )
     .map_err(io)?;
 
+    // The payment integration opens a session for the agent.
+    let api = Api::new(cfg.api.listen, token)?;
+    let created = api
+        .expect(
+            "/v1/sessions",
+            &serde_json::json!({"agent": AGENT, "amount": "GBP 42.00", "reference": "demo-order-1"}),
+            201,
+        )
+        .await?;
+    let created: Created = serde_json::from_slice(&created)
+        .map_err(|e| DemoError::Api(format!("session body: {e}")))?;
+    writeln!(
+        w,
+        "  2. The payment integration creates a session for agent {AGENT} (POST /v1/sessions): {}, locator {}.",
+        created.id, created.locator
+    )
+    .map_err(io)?;
+    writeln!(
+        w,
+        "     It keeps the retrieval token and PIN it was given (not shown) to unlock the card later."
+    )
+    .map_err(io)?;
+
     // Call setup.
     let target = format!("sip:5551234@{}", cfg.sip.listen);
     let cc_side = async {
@@ -574,7 +606,7 @@ async fn sip_demo(
         .collect();
     writeln!(
         w,
-        "  2. Call setup: the trunk sends INVITE {target} with X-Agent: {AGENT}."
+        "  3. Call setup: the trunk sends INVITE {target} with X-Agent: {AGENT}."
     )
     .map_err(io)?;
     writeln!(
@@ -588,6 +620,30 @@ async fn sip_demo(
         seen.join(", "),
         a.remote_rtp(),
         b.remote_rtp()
+    )
+    .map_err(io)?;
+
+    // The agent's desktop binds the session to the call and starts capture. tonewall numbers
+    // calls from 1 and this relay has carried no other, so the call is "1" (see the report:
+    // `GET /v1/calls` will list live calls).
+    let call_id = "1";
+    let base = format!("/v1/sessions/{}", created.id);
+    api.expect(
+        &format!("{base}/bind"),
+        &serde_json::json!({"call_id": call_id, "start": false}),
+        200,
+    )
+    .await?;
+    api.expect(&format!("{base}/start"), &serde_json::json!({}), 200)
+        .await?;
+    writeln!(
+        w,
+        "  4. The agent's desktop binds the session to tonewall's call {call_id} (POST …/bind) and starts capture"
+    )
+    .map_err(io)?;
+    writeln!(
+        w,
+        "     (POST …/start); the masked progress below comes live over SSE (GET …/events)."
     )
     .map_err(io)?;
 
@@ -610,6 +666,13 @@ async fn sip_demo(
         .collect();
     let (tx, rx) = mpsc::unbounded_channel::<String>();
     let secs = |samples: u64| samples as f64 / 8000.0;
+    let t0 = tokio::time::Instant::now();
+    let mut progress = {
+        let tx = tx.clone();
+        let id = created.id.clone();
+        let api = Api::new(cfg.api.listen, token)?;
+        tokio::spawn(async move { follow(&api, &id, t0, tx).await })
+    };
     let milestones = {
         let tx = tx.clone();
         let first = inband.first().map_or(0, |s| s.start);
@@ -617,7 +680,6 @@ async fn sip_demo(
         let last = events.last().map_or(0, |s| s.end);
         let (n_in, n_ev) = (inband.len(), events.len());
         async move {
-            let t0 = tokio::time::Instant::now();
             let at = |s: u64| t0 + Duration::from_millis(s / 8);
             tokio::time::sleep_until(at(first)).await;
             let _ = tx.send(format!(
@@ -635,7 +697,7 @@ async fn sip_demo(
         }
     };
     let _ = tx.send(format!(
-        "  3. Media flows in real time ({:.1} s): the caller talks ({source}), 20 ms {} packets; the agent talks back.",
+        "  5. Media flows in real time ({:.1} s): the caller talks ({source}), 20 ms {} packets; the agent talks back.",
         secs(caller.len() as u64),
         match a.codec() {
             Codec::Pcmu => "PCMU",
@@ -643,13 +705,33 @@ async fn sip_demo(
         }
     ));
     drop(tx);
-    let (sent_a, sent_b, (), printed) = tokio::join!(
-        a.send_packets(&packets),
-        b.send_audio(&agent_voice, None),
-        milestones,
-        printer(w, rx)
-    );
+    let media = async {
+        let r = tokio::join!(
+            a.send_packets(&packets),
+            b.send_audio(&agent_voice, None),
+            milestones
+        );
+        // The capture has had the whole call; stop following if it is not done.
+        let view = match tokio::time::timeout(Duration::from_secs(2), &mut progress).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => Err(DemoError::Api(e.to_string())),
+            Err(_) => {
+                progress.abort();
+                Err(DemoError::Api("no progress from the session".into()))
+            }
+        };
+        (r, view)
+    };
+    let (((sent_a, sent_b, ()), view), printed) = tokio::join!(media, printer(w, rx));
     printed.map_err(io)?;
+    let view = view?;
+    sum.card_sealed = view["state"] == "sealed";
+    sum.digits_captured_inband = view["fields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["digits"].as_u64())
+        .sum::<u64>() as usize;
     let (sent_a, _) = (sent_a?, sent_b?);
     // The last packets are still on their way through the relay.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -680,11 +762,53 @@ async fn sip_demo(
     };
     writeln!(
         w,
-        "  4. Teardown: the trunk sends BYE and gets {status}; tonewall hangs up the contact centre ({}).",
+        "  6. Teardown: the trunk sends BYE and gets {status}; tonewall hangs up the contact centre ({}).",
         match cc_end {
             Ending::ByPeer => "BYE received, answered 200 OK",
             Ending::ByUs(_) => "it had hung up itself",
         }
+    )
+    .map_err(io)?;
+
+    // The integration unlocks the sealed card once; a second unlock is refused.
+    let unlock = serde_json::json!({
+        "token": created.token.expose_secret(),
+        "pin": created.pin.expose_secret(),
+    });
+    let (status, body) = api.post(&format!("{base}/unlock"), &unlock).await?;
+    if status == 200 {
+        let card: Unlocked = serde_json::from_slice(&body)
+            .map_err(|e| DemoError::Api(format!("unlock body: {e}")))?;
+        let pan = card.pan.expose_secret();
+        let last4 = pan.get(pan.len().saturating_sub(4)..).unwrap_or("????");
+        sum.card_unlocked = true;
+        writeln!(
+            w,
+            "  7. The integration unlocks the card with its token and PIN (POST …/unlock): {} •••• {last4},",
+            card.brand.as_deref().map_or("unknown brand".into(), brand_name)
+        )
+        .map_err(io)?;
+        writeln!(
+            w,
+            "     with expiry and CVV (shown here only as that); tonewall forgets it at once."
+        )
+        .map_err(io)?;
+    } else {
+        writeln!(
+            w,
+            "  7. Unlocking the card failed: {status} {}.",
+            error_code(&body)
+        )
+        .map_err(io)?;
+    }
+    drop(body);
+    let (status, body) = api.post(&format!("{base}/unlock"), &unlock).await?;
+    drop(unlock);
+    let code = error_code(&body);
+    sum.second_unlock_refused = status == 410 && code == "already_unlocked";
+    writeln!(
+        w,
+        "     A second unlock with the same token and PIN is refused: {status} {code}."
     )
     .map_err(io)?;
     relay.stop().await?;
@@ -714,7 +838,7 @@ fn analyse(
     sum.events_reaching_agent = call.events_received;
     writeln!(
         w,
-        "  5. Keys masked. An independent FFT decoder on the caller's side hears {} keys{} (shown here only as •);",
+        "  8. Keys masked. An independent FFT decoder on the caller's side hears {} keys{} (shown here only as •);",
         before.len(),
         if in_order { ", all of them in order" } else { "" }
     )
@@ -769,7 +893,7 @@ fn analyse(
     )?;
     writeln!(
         w,
-        "  6. Listen and look: {0}/caller.wav (what the caller keyed), {0}/agent.wav (what the agent heard),",
+        "  9. Listen and look: {0}/caller.wav (what the caller keyed), {0}/agent.wav (what the agent heard),",
         out_dir.display()
     )
     .map_err(io)?;
@@ -783,15 +907,220 @@ fn analyse(
         && sum.residue_on_agent_side == 0
         && sum.events_reaching_agent == 0
         && call.packets_received > 0;
+    let paid = sum.card_sealed && sum.card_unlocked && sum.second_unlock_refused;
     writeln!(
         w,
         "{}",
-        if ok {
-            "  Result: no digit reached the agent."
-        } else {
-            "  Result: DIGITS REACHED THE AGENT (or no media arrived)."
+        match (ok, paid) {
+            (true, true) => {
+                "  Result: no digit reached the agent; the card reached the payment integration, once, through the vault."
+            }
+            (true, false) => "  Result: no digit reached the agent, but THE PAYMENT DID NOT COMPLETE.",
+            (false, _) => "  Result: DIGITS REACHED THE AGENT (or no media arrived).",
         }
     )
     .map_err(io)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The payment integration's side: the control API over HTTP on loopback
+
+/// A bearer-token client of tonewall's control API (docs/openapi.yaml).
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Zeroizing<String>,
+}
+
+/// What `POST /v1/sessions` returns; the retrieval token and PIN are secrets.
+#[derive(serde::Deserialize)]
+struct Created {
+    id: String,
+    locator: String,
+    token: secrecy::SecretString,
+    pin: secrecy::SecretString,
+}
+
+/// What an unlock returns: only the brand and the PAN are read (to print the last four).
+#[derive(serde::Deserialize)]
+struct Unlocked {
+    pan: secrecy::SecretString,
+    brand: Option<String>,
+}
+
+fn api_err(e: reqwest::Error) -> DemoError {
+    DemoError::Api(chain(&e))
+}
+
+impl Api {
+    fn new(listen: SocketAddr, token: &str) -> Result<Api, DemoError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(SIP_TIMEOUT)
+            .build()
+            .map_err(api_err)?;
+        Ok(Api {
+            http,
+            base: format!("http://{listen}"),
+            token: Zeroizing::new(token.to_owned()),
+        })
+    }
+
+    /// POSTs JSON; returns the status and the body (kept in a zeroizing buffer).
+    async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(u16, Zeroizing<Vec<u8>>), DemoError> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(self.token.as_str())
+            .json(body)
+            .send()
+            .await
+            .map_err(api_err)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(api_err)?;
+        Ok((status, Zeroizing::new(bytes.to_vec())))
+    }
+
+    /// POSTs and expects `want`; anything else is an error naming the API's error code.
+    async fn expect(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        want: u16,
+    ) -> Result<Zeroizing<Vec<u8>>, DemoError> {
+        let (status, bytes) = self.post(path, body).await?;
+        if status != want {
+            return Err(DemoError::Api(format!(
+                "POST {path}: {status} {}",
+                error_code(&bytes)
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+/// A brand as the API names it (`visa`), as people write it.
+fn brand_name(api: &str) -> String {
+    match api {
+        "amex" => "American Express".into(),
+        "jcb" => "JCB".into(),
+        "union_pay" => "UnionPay".into(),
+        other => {
+            let mut c = other.chars();
+            c.next()
+                .map(|f| f.to_uppercase().chain(c).collect())
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// The `error.code` of an API error body.
+fn error_code(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "(no error code)".into())
+}
+
+/// Follows `GET /v1/sessions/{id}/events` and reports the masked progress as lines: when a
+/// field starts, when the brand is known, when a field completes or is rejected, and the
+/// session's state. Ends when the session is sealed or ended.
+async fn follow(
+    api: &Api,
+    id: &str,
+    t0: tokio::time::Instant,
+    say: mpsc::UnboundedSender<String>,
+) -> Result<serde_json::Value, DemoError> {
+    let mut resp = api
+        .http
+        .get(format!("{}/v1/sessions/{id}/events", api.base))
+        .bearer_auth(api.token.as_str())
+        // The stream lasts the whole capture.
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .map_err(api_err)?;
+    if !resp.status().is_success() {
+        return Err(DemoError::Api(format!("events: {}", resp.status())));
+    }
+    let mut buf = String::new();
+    let mut seen: HashMap<String, (String, bool, usize)> = HashMap::new();
+    let mut state = String::new();
+    let mut last = serde_json::Value::Null;
+    while let Some(chunk) = resp.chunk().await.map_err(api_err)? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let data: String = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            let Ok(view) = serde_json::from_str::<serde_json::Value>(&data) else {
+                continue;
+            };
+            let at = t0.elapsed().as_secs_f64();
+            for f in view["fields"].as_array().into_iter().flatten() {
+                let name = f["field"].as_str().unwrap_or("?").to_owned();
+                let fstate = f["state"].as_str().unwrap_or("?").to_owned();
+                let digits = f["digits"].as_u64().unwrap_or(0) as usize;
+                let brand = f["brand"].as_str().map(brand_name);
+                let prev = seen
+                    .entry(name.clone())
+                    .or_insert_with(|| ("waiting".into(), false, 0));
+                let mut line = None;
+                if digits > 0 && prev.2 == 0 {
+                    line = Some(format!(
+                        "{name}: keys arriving (the agent hears masking noise)"
+                    ));
+                }
+                if let (Some(b), false) = (&brand, prev.1) {
+                    line = Some(format!("{name}: {digits} keys so far, brand {b}"));
+                    prev.1 = true;
+                }
+                if fstate != prev.0 {
+                    match fstate.as_str() {
+                        "complete" => {
+                            let detail = match (&brand, f["last4"].as_str()) {
+                                (Some(b), Some(l4)) => format!("{b} •••• {l4}"),
+                                _ => format!("{digits} keys, shown only as •"),
+                            };
+                            line = Some(format!("{name} complete: {detail}"));
+                        }
+                        "invalid" => {
+                            line = Some(format!(
+                                "{name} rejected ({})",
+                                f["reason"].as_str().unwrap_or("invalid")
+                            ));
+                        }
+                        _ => {}
+                    }
+                    prev.0 = fstate;
+                }
+                prev.2 = digits;
+                if let Some(l) = line {
+                    let _ = say.send(format!("     {at:>5.1} s  capture: {l}"));
+                }
+            }
+            let now = view["state"].as_str().unwrap_or("?").to_owned();
+            if now != state {
+                let _ = say.send(format!("     {at:>5.1} s  payment session: {now}"));
+                state = now;
+            }
+            let done = matches!(
+                state.as_str(),
+                "sealed" | "unlocked" | "failed" | "cancelled" | "expired"
+            );
+            last = view;
+            if done {
+                return Ok(last);
+            }
+        }
+    }
+    Ok(last)
 }

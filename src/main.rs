@@ -98,10 +98,13 @@ fn main() -> Result<()> {
                 // environment.
                 tonewall::demo::run(&out, &mut stdout)?
             };
+            let paid =
+                summary.card_sealed && summary.card_unlocked && summary.second_unlock_refused;
             if summary.decoded_on_agent_side
                 + summary.residue_on_agent_side
                 + summary.events_reaching_agent
                 > 0
+                || (!offline && !paid)
             {
                 std::process::exit(1);
             }
