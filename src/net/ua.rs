@@ -1097,3 +1097,45 @@ async fn receive_rtp(sock: Arc<UdpSocket>, store: Arc<Mutex<RxStore>>) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_offer_reads_back_as_what_we_offered() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let body = sdp_body(ip, 40_000, &[Codec::Pcma, Codec::Pcmu], Some(96));
+        let (addr, codec, te) = answer_media(body.as_bytes()).unwrap();
+        assert_eq!(addr, SocketAddr::new(ip, 40_000));
+        // The first G.711 format listed is the one the peer sends.
+        assert_eq!(codec, Codec::Pcma);
+        assert_eq!(te, Some(96));
+    }
+
+    #[test]
+    fn answers_without_usable_audio_are_typed_errors() {
+        let no_g711 = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+        assert!(matches!(
+            answer_media(no_g711.as_bytes()),
+            Err(UaError::NoAudio)
+        ));
+        let disabled = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 0 RTP/AVP 0\r\n";
+        assert!(matches!(
+            answer_media(disabled.as_bytes()),
+            Err(UaError::NoAudio)
+        ));
+        assert!(matches!(answer_media(b"not sdp\r\n"), Err(UaError::Sdp(_))));
+        assert!(matches!(answer_media(b""), Err(UaError::NoAudio)));
+    }
+
+    #[test]
+    fn branches_carry_the_magic_cookie_and_differ() {
+        let (a, b) = (new_branch(), new_branch());
+        assert!(a.starts_with("z9hG4bK") && b.starts_with("z9hG4bK"));
+        assert_ne!(a, b);
+    }
+}
