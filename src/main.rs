@@ -31,11 +31,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run a self-contained payment call on the media path and show that no digit reaches the agent.
+    /// Run a payment call through tonewall over SIP on loopback and show that no digit reaches the agent.
     Demo {
         /// Folder for the audio and the spectrogram.
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
+        /// Only the media path, in process, without SIP or sockets.
+        #[arg(long)]
+        offline: bool,
     },
     /// Run a recording through the relay's scrubber as a trunk would send it; write what the agent hears.
     Scrub {
@@ -86,12 +89,22 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
-        Command::Demo { out } => {
-            let summary = tonewall::demo::run(&out, &mut std::io::stdout())?;
+        Command::Demo { out, offline } => {
+            let mut stdout = std::io::stdout();
+            let summary = if offline {
+                tonewall::demo::run_offline(&out, &mut stdout)?
+            } else {
+                // Before any other thread: the SIP demo sets its relay's token and key in the
+                // environment.
+                tonewall::demo::run(&out, &mut stdout)?
+            };
+            let paid =
+                summary.card_sealed && summary.card_unlocked && summary.second_unlock_refused;
             if summary.decoded_on_agent_side
                 + summary.residue_on_agent_side
                 + summary.events_reaching_agent
                 > 0
+                || (!offline && !paid)
             {
                 std::process::exit(1);
             }

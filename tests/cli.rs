@@ -1,4 +1,5 @@
-//! The offline tools as a user runs them: `tonewall scrub` and `tonewall scan` on WAV files.
+//! The tools as a user runs them: `tonewall demo` (over SIP on loopback, and offline), and
+//! `tonewall scrub` and `tonewall scan` on WAV files.
 
 mod common;
 
@@ -160,4 +161,118 @@ fn bad_input_gets_a_clear_error() {
     ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("delay"), "{}", text(&o));
+}
+
+/// The first number after `prefix` in `out`.
+fn number_after(out: &str, prefix: &str) -> usize {
+    let at = out
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix:?} not in:\n{out}"))
+        + prefix.len();
+    out[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {prefix:?}:\n{out}"))
+}
+
+#[test]
+fn demo_over_sip_keeps_every_key_from_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo");
+    let o = tonewall(&["demo", "--out", out_dir.to_str().unwrap()]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    // A real call through tonewall: the trunk saw tonewall's answers, the contact centre got
+    // the carried header, and both ends were hung up.
+    assert!(
+        out.contains("The trunk sees 100 Trying, 180 Ringing, 200 OK"),
+        "{out}"
+    );
+    assert!(out.contains("arrives with X-Agent: 7001"), "{out}");
+    assert!(out.contains("the trunk sends BYE and gets 200"), "{out}");
+    assert!(out.contains("BYE received, answered 200 OK"), "{out}");
+    // Media crossed, the events did not.
+    let sent = number_after(&out, "The trunk sent ");
+    let received = number_after(&out, "the agent received ");
+    let events = number_after(&out, "packets (");
+    assert!(events > 0 && sent > events, "{out}");
+    assert_eq!(received, sent, "one packet out for each packet in: {out}");
+    assert!(
+        out.contains(&format!("0 of {events} telephone-events arrived")),
+        "{out}"
+    );
+    // The payment: captured from the call, sealed, unlocked once, refused the second time.
+    for line in [
+        "capture: pan complete: Visa •••• 1111",
+        "payment session: sealed",
+        "): Visa •••• 1111,",
+        "is refused: 410 already_unlocked",
+    ] {
+        assert!(out.contains(line), "{line:?} missing:\n{out}");
+    }
+    // The decoders: every key on the caller's side, nothing on the agent's.
+    let keys = format!("{TEST_CARD}#{TEST_EXPIRY}#{TEST_CVV}#");
+    assert!(
+        out.contains(&format!(
+            "caller's side hears {} keys, all of them in order",
+            2 * keys.len()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("it hears 0 digits, the residue scanner finds 0 dual-tone fragments"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "Result: no digit reached the agent; the card reached the payment integration"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("100.00 % of its samples bit-exact"), "{out}");
+    // Ports and ids are random numbers; a run of the card's digits is not.
+    assert!(!out.contains("411111"), "digits printed: {out}");
+
+    // The files are there, and the auditor's scan agrees with the demo.
+    let png = std::fs::read(out_dir.join("spectrogram.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let caller = out_dir.join("caller.wav");
+    let agent = out_dir.join("agent.wav");
+    let o = tonewall(&["scan", caller.to_str().unwrap(), "--json"]);
+    let found: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let digits: String = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digit"].as_str().unwrap())
+        .collect();
+    assert_eq!(digits, format!("{keys}{keys}"));
+    let o = tonewall(&["scan", agent.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+    let heard = tonewall::wav::read_wav(&agent).unwrap();
+    assert!(
+        heard.len() > 8000 * 10,
+        "agent audio is {} samples",
+        heard.len()
+    );
+}
+
+#[test]
+fn offline_demo_still_runs_the_media_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = tonewall(&["demo", "--offline", "--out", dir.path().to_str().unwrap()]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("Result: no digit reached the agent."), "{out}");
+    for f in [
+        "caller.wav",
+        "agent_inband.wav",
+        "agent_events.wav",
+        "spectrogram.png",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
 }

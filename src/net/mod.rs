@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod ports;
 pub mod run;
 pub mod sip;
+pub mod ua;
