@@ -29,6 +29,9 @@ use crate::rtp::scrubber::{ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 use crate::rtp::trunk::{KeySpan, TrunkConfig, depacketize, packetize};
 
 /// Visa test number (Luhn-valid, never issued), expiry MMYY, CVV.
+/// The loop number's user part.
+const LOOP_USER: &str = "pay";
+
 const DEMO_PAN: &str = "4111111111111111";
 const DEMO_EXPIRY: &str = "1230";
 const DEMO_CVV: &str = "123";
@@ -377,7 +380,8 @@ fn free_port(tcp: bool) -> Result<u16, DemoError> {
 }
 
 /// The relay's config: everything on 127.0.0.1 on ports found free, so a tonewall already on
-/// 5060/8080 is not disturbed; one inline route to the contact centre, scrubbing always on.
+/// 5060/8080 is not disturbed; one loop route (PCI Pal model): the contact centre transfers
+/// callers to `sip:pay@…` and tonewall calls the contact centre's return number back.
 fn relay_config(cc: SocketAddr) -> Result<Config, DemoError> {
     let lo = IpAddr::from(Ipv4Addr::LOCALHOST);
     let mut cfg = Config::default();
@@ -393,12 +397,13 @@ fn relay_config(cc: SocketAddr) -> Result<Config, DemoError> {
     cfg.media.port_max = base + 199;
     cfg.routes = vec![RouteConfig {
         name: "demo".into(),
-        mode: RouteMode::Inline,
+        mode: RouteMode::Loop,
         sources: vec![IpNet::from(lo)],
-        user: None,
-        target: format!("sip:agents@{cc}"),
+        user: Some(LOOP_USER.into()),
+        target: format!("sip:return@{cc}"),
         target_transport: Transport::Udp,
         scrub: ScrubMode::Always,
+        ..RouteConfig::default()
     }];
     cfg.validate()
         .map_err(|e| DemoError::Relay(format!("demo config: {e}")))?;
@@ -582,23 +587,15 @@ async fn sip_demo(
     )
     .map_err(io)?;
 
-    // Call setup.
-    let target = format!("sip:5551234@{}", cfg.sip.listen);
-    let cc_side = async {
-        let inc = cc.accept().await?;
-        let seen = (
-            inc.request_uri().to_owned(),
-            inc.header("X-Agent").unwrap_or("none").to_owned(),
-        );
-        inc.ring().await?;
-        let call = inc.answer().await?;
-        Ok::<_, UaError>((call, seen))
-    };
-    let (a, b) = tokio::join!(
-        trunk.call(&target, cfg.sip.listen, &[("X-Agent", AGENT)]),
-        cc_side
-    );
-    let (mut a, (mut b, (cc_uri, cc_agent))) = (a?, b?);
+    // The loop: the contact centre's PBX transfers the caller to tonewall's loop number and
+    // keys the locator once tonewall answers; tonewall calls the agent back.
+    writeln!(
+        w,
+        "  3. The caller is talking with agent {AGENT} and agrees to pay. The contact centre transfers the caller"
+    )
+    .map_err(io)?;
+    let target = format!("sip:{LOOP_USER}@{}", cfg.sip.listen);
+    let a = trunk.call(&target, cfg.sip.listen, &[]).await?;
     let seen: Vec<String> = a
         .responses()
         .iter()
@@ -606,46 +603,59 @@ async fn sip_demo(
         .collect();
     writeln!(
         w,
-        "  3. Call setup: the trunk sends INVITE {target} with X-Agent: {AGENT}."
+        "     to tonewall's loop number: INVITE {target}. tonewall answers itself ({}) to read the locator.",
+        seen.join(", ")
+    )
+    .map_err(io)?;
+    let locator: Vec<Digit> = created
+        .locator
+        .chars()
+        .filter_map(Digit::from_char)
+        .collect();
+    let cc_side = async {
+        let inc = cc.accept().await?;
+        let seen = (
+            inc.request_uri().to_owned(),
+            inc.header("X-Agent").unwrap_or("none").to_owned(),
+            inc.header("X-Locator").unwrap_or("none").to_owned(),
+        );
+        inc.ring().await?;
+        let call = inc.answer().await?;
+        Ok::<_, UaError>((call, seen))
+    };
+    let (keyed, b) = tokio::join!(a.send_keys(&locator, 70, 80), cc_side);
+    keyed?;
+    let (mut b, (cc_uri, cc_agent, cc_locator)) = b?;
+    let mut a = a;
+    writeln!(
+        w,
+        "     The PBX keys the locator {} as RFC 4733 telephone-events.",
+        created.locator
     )
     .map_err(io)?;
     writeln!(
         w,
-        "     tonewall calls the contact centre: INVITE {cc_uri} arrives with X-Agent: {cc_agent}; it rings and answers."
+        "  4. tonewall finds the session, binds the call to it and starts capture, then calls the agent back:"
     )
     .map_err(io)?;
     writeln!(
         w,
-        "     The trunk sees {} and sends ACK. Media is anchored on tonewall: the trunk sends to {}, the agent hears from {}.",
-        seen.join(", "),
+        "     INVITE {cc_uri} arrives with X-Agent: {cc_agent} and X-Locator: {cc_locator}; it rings and the agent answers."
+    )
+    .map_err(io)?;
+    writeln!(
+        w,
+        "     The two legs are bridged on tonewall: the caller sends to {}, the agent hears from {}.",
         a.remote_rtp(),
         b.remote_rtp()
     )
     .map_err(io)?;
-
-    // The agent's desktop binds the session to the call and starts capture. tonewall numbers
-    // calls from 1 and this relay has carried no other, so the call is "1" (see the report:
-    // `GET /v1/calls` will list live calls).
-    let call_id = "1";
+    writeln!(
+        w,
+        "     The agent's desktop follows the masked progress live over SSE (GET /v1/sessions/{{id}}/events)."
+    )
+    .map_err(io)?;
     let base = format!("/v1/sessions/{}", created.id);
-    api.expect(
-        &format!("{base}/bind"),
-        &serde_json::json!({"call_id": call_id, "start": false}),
-        200,
-    )
-    .await?;
-    api.expect(&format!("{base}/start"), &serde_json::json!({}), 200)
-        .await?;
-    writeln!(
-        w,
-        "  4. The agent's desktop binds the session to tonewall's call {call_id} (POST …/bind) and starts capture"
-    )
-    .map_err(io)?;
-    writeln!(
-        w,
-        "     (POST …/start); the masked progress below comes live over SSE (GET …/events)."
-    )
-    .map_err(io)?;
 
     // Media: the caller's speech and keys one way, the agent's voice the other.
     let trunk_cfg = TrunkConfig {
@@ -705,6 +715,10 @@ async fn sip_demo(
         }
     ));
     drop(tx);
+    // The locator's own packets (masked) may still be crossing the bridge: let them land and
+    // judge only the payment call's media.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before_media = b.received_packets().len();
     let media = async {
         let r = tokio::join!(
             a.send_packets(&packets),
@@ -735,9 +749,14 @@ async fn sip_demo(
     let (sent_a, _) = (sent_a?, sent_b?);
     // The last packets are still on their way through the relay.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let received = b.received_packets();
+    let all = b.received_packets();
+    let received = all.get(before_media..).unwrap_or_default();
+    let origin = received
+        .first()
+        .and_then(|p| RtpView::parse(p).ok())
+        .map_or(0, |v| v.timestamp());
     let outcome = CallOutcome {
-        agent: b.received_audio().audio,
+        agent: depacketize(received.iter().map(Vec::as_slice), origin).audio,
         packets_sent: sent_a,
         events_sent,
         packets_received: received.len(),

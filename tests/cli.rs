@@ -184,13 +184,24 @@ fn demo_over_sip_keeps_every_key_from_the_agent() {
     let o = tonewall(&["demo", "--out", out_dir.to_str().unwrap()]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    // A real call through tonewall: the trunk saw tonewall's answers, the contact centre got
-    // the carried header, and both ends were hung up.
+    // The loop model over real SIP: tonewall answered the transferred call, read the locator,
+    // called the agent back with the agent and locator headers, and both ends were hung up.
     assert!(
-        out.contains("The trunk sees 100 Trying, 180 Ringing, 200 OK"),
+        out.contains("tonewall answers itself (100 Trying, 200 OK)"),
         "{out}"
     );
-    assert!(out.contains("arrives with X-Agent: 7001"), "{out}");
+    let locator = out
+        .split("locator ")
+        .nth(1)
+        .and_then(|r| r.get(..4))
+        .expect("the session's locator is printed");
+    assert!(locator.bytes().all(|b| b.is_ascii_digit()), "{out}");
+    assert!(
+        out.contains(&format!(
+            "arrives with X-Agent: 7001 and X-Locator: {locator}"
+        )),
+        "{out}"
+    );
     assert!(out.contains("the trunk sends BYE and gets 200"), "{out}");
     assert!(out.contains("BYE received, answered 200 OK"), "{out}");
     // Media crossed, the events did not.
