@@ -13,15 +13,19 @@
 //! hold anything across an await but its own buffers. Digits the scrubber hears go out on a
 //! channel for capture and are never logged.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::ReadBuf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Sleep};
 
 use crate::dsp::g711::Codec;
 use crate::net::ports::{PortLease, PortPair};
@@ -34,6 +38,9 @@ const MAX_DATAGRAM: usize = 2048;
 // 100 ms: event timeouts are 250 ms and inactivity is seconds; at thousands of calls a finer tick
 // would cost as many wake-ups as the packets themselves.
 const TICK: Duration = Duration::from_millis(100);
+/// The longest tick, used while no RFC 4733 event is pending: at thousands of calls, ticks
+/// every 100 ms would cost a fifth as many wake-ups as the packets themselves.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Digits waiting for the capture side; a full channel means capture has stalled.
 const DIGIT_QUEUE: usize = 64;
 
@@ -207,8 +214,14 @@ async fn relay_rtcp(
     }
 }
 
+/// Counts one. Each counter has a single writer (the relay task), so a plain load and store
+/// is enough and avoids a locked read-modify-write per packet; readers see a recent value.
 fn bump(a: &AtomicU64) {
-    a.fetch_add(1, Ordering::Relaxed);
+    a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
+fn set(a: &AtomicU64, v: u64) {
+    a.store(v, Ordering::Relaxed);
 }
 
 /// The caller's side of a running relay.
@@ -495,90 +508,154 @@ fn digit_sink<'a>(
     }
 }
 
+/// What woke the relay task.
+enum Wake {
+    Control(Option<MediaControl>),
+    /// A datagram arrived on one of the four sockets (index into [`SOCKETS`]).
+    Datagram(usize, std::io::Result<(usize, SocketAddr)>),
+    Tick,
+}
+
+/// The relay's sockets in polling order: A RTP, B RTP, A RTCP, B RTCP.
+const SOCKETS: usize = 4;
+
+/// Polls every source once, starting the sockets at `first` so that a flooded socket cannot
+/// starve the others. Each source that is not ready keeps the task's waker, so one poll per
+/// wake-up suffices; unlike `select!` over fresh `recv_from` futures, nothing is registered and
+/// deregistered per packet.
+fn poll_wake(
+    cx: &mut Context<'_>,
+    control: &mut mpsc::Receiver<MediaControl>,
+    socks: [&tokio::net::UdpSocket; SOCKETS],
+    bufs: &mut [[u8; MAX_DATAGRAM]; SOCKETS],
+    tick: Pin<&mut Sleep>,
+    first: usize,
+) -> Poll<Wake> {
+    if let Poll::Ready(c) = control.poll_recv(cx) {
+        return Poll::Ready(Wake::Control(c));
+    }
+    for j in 0..SOCKETS {
+        let i = (first + j) % SOCKETS;
+        let (Some(sock), Some(buf)) = (socks.get(i), bufs.get_mut(i)) else {
+            continue;
+        };
+        let mut rb = ReadBuf::new(buf);
+        if let Poll::Ready(r) = sock.poll_recv_from(cx, &mut rb) {
+            let n = rb.filled().len();
+            return Poll::Ready(Wake::Datagram(i, r.map(|src| (n, src))));
+        }
+    }
+    if tick.poll(cx).is_ready() {
+        return Poll::Ready(Wake::Tick);
+    }
+    Poll::Pending
+}
+
 impl Relay {
+    /// How often time is fed to the scrubber and silence checked while no RFC 4733 event is
+    /// sounding: a tenth of the inactivity period, between `TICK` and `IDLE_TICK`.
+    fn idle_tick(&self) -> Duration {
+        (self.inactivity / 10).clamp(TICK, IDLE_TICK)
+    }
+
     async fn run(mut self) -> Result<RelayOutcome, MediaError> {
         let start = Instant::now();
-        let mut buf_a = [0u8; MAX_DATAGRAM];
-        let mut buf_b = [0u8; MAX_DATAGRAM];
-        let mut buf_ac = [0u8; MAX_DATAGRAM];
-        let mut buf_bc = [0u8; MAX_DATAGRAM];
+        let mut bufs = [[0u8; MAX_DATAGRAM]; SOCKETS];
         let mut out = [0u8; MAX_DATAGRAM];
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let idle_tick = self.idle_tick();
+        let mut tick = Box::pin(tokio::time::sleep_until(start + idle_tick));
         let mut last_rtp = start;
         let mut inactive = false;
+        let mut first = 0usize;
         let now_ms = |t: Instant| t.duration_since(start).as_millis() as u64;
 
         loop {
-            tokio::select! {
-                r = self.a.rtp.recv_from(&mut buf_a) => {
+            let wake = std::future::poll_fn(|cx| {
+                poll_wake(
+                    cx,
+                    &mut self.control,
+                    [&self.a.rtp, &self.b.rtp, &self.a.rtcp, &self.b.rtcp],
+                    &mut bufs,
+                    tick.as_mut(),
+                    first,
+                )
+            })
+            .await;
+            first = (first + 1) % SOCKETS;
+            match wake {
+                Wake::Datagram(0, r) => {
                     let now = Instant::now();
-                    match r {
-                        Ok((n, src)) => {
-                            if !self.a_rtp.accept(src) {
-                                bump(&self.stats.dropped_stranger);
-                                continue;
-                            }
-                            bump(&self.stats.a_in);
-                            last_rtp = now;
-                            let input = buf_a.get(..n).unwrap_or_default();
-                            let verdict = {
-                                let mut sink = digit_sink(&self.digits, &self.stats);
-                                self.scrubber.process(now_ms(now), input, &mut out, &mut sink)
-                            };
-                            self.stats
-                                .samples_masked
-                                .store(self.scrubber.stats().samples_masked, Ordering::Relaxed);
-                            let len = match verdict {
-                                Verdict::Forward(len) => len,
-                                Verdict::Drop(_) => {
-                                    bump(&self.stats.dropped_scrubber);
-                                    continue;
-                                }
-                            };
-                            let Some(dest) = self.b_rtp.dest() else {
-                                bump(&self.stats.dropped_no_peer);
-                                continue;
-                            };
-                            let pkt = out.get(..len).unwrap_or_default();
-                            match self.b.rtp.send_to(pkt, dest).await {
-                                Ok(_) => bump(&self.stats.b_out),
-                                Err(_) => bump(&self.stats.send_errors),
-                            }
-                            if let Some(rec) = self.recorder.as_mut() {
-                                rec.agent.put(pkt, now_ms(now) as usize * 8);
-                            }
+                    let Ok((n, src)) = r else {
+                        bump(&self.stats.recv_errors);
+                        continue;
+                    };
+                    if !self.a_rtp.accept(src) {
+                        bump(&self.stats.dropped_stranger);
+                        continue;
+                    }
+                    bump(&self.stats.a_in);
+                    last_rtp = now;
+                    let input = bufs[0].get(..n).unwrap_or_default();
+                    let verdict = {
+                        let mut sink = digit_sink(&self.digits, &self.stats);
+                        self.scrubber
+                            .process(now_ms(now), input, &mut out, &mut sink)
+                    };
+                    // An RFC 4733 event whose end packets may be lost needs the short tick for
+                    // its timeout (RFC 4733 §2.5.2.2); re-armed only when that starts.
+                    if self.scrubber.event_pending() && tick.deadline() > now + TICK {
+                        tick.as_mut().reset(now + TICK);
+                    }
+                    set(
+                        &self.stats.samples_masked,
+                        self.scrubber.stats().samples_masked,
+                    );
+                    let len = match verdict {
+                        Verdict::Forward(len) => len,
+                        Verdict::Drop(_) => {
+                            bump(&self.stats.dropped_scrubber);
+                            continue;
                         }
-                        Err(_) => bump(&self.stats.recv_errors),
+                    };
+                    let Some(dest) = self.b_rtp.dest() else {
+                        bump(&self.stats.dropped_no_peer);
+                        continue;
+                    };
+                    let pkt = out.get(..len).unwrap_or_default();
+                    match self.b.rtp.send_to(pkt, dest).await {
+                        Ok(_) => bump(&self.stats.b_out),
+                        Err(_) => bump(&self.stats.send_errors),
+                    }
+                    if let Some(rec) = self.recorder.as_mut() {
+                        rec.agent.put(pkt, now_ms(now) as usize * 8);
                     }
                 }
-                r = self.b.rtp.recv_from(&mut buf_b) => {
+                Wake::Datagram(1, r) => {
                     let now = Instant::now();
-                    match r {
-                        Ok((n, src)) => {
-                            if !self.b_rtp.accept(src) {
-                                bump(&self.stats.dropped_stranger);
-                                continue;
-                            }
-                            bump(&self.stats.b_in);
-                            last_rtp = now;
-                            let Some(dest) = self.a_rtp.dest() else {
-                                bump(&self.stats.dropped_no_peer);
-                                continue;
-                            };
-                            let pkt = buf_b.get(..n).unwrap_or_default();
-                            match self.a.rtp.send_to(pkt, dest).await {
-                                Ok(_) => bump(&self.stats.a_out),
-                                Err(_) => bump(&self.stats.send_errors),
-                            }
-                            if let Some(rec) = self.recorder.as_mut() {
-                                rec.caller.put(pkt, now_ms(now) as usize * 8);
-                            }
-                        }
-                        Err(_) => bump(&self.stats.recv_errors),
+                    let Ok((n, src)) = r else {
+                        bump(&self.stats.recv_errors);
+                        continue;
+                    };
+                    if !self.b_rtp.accept(src) {
+                        bump(&self.stats.dropped_stranger);
+                        continue;
+                    }
+                    bump(&self.stats.b_in);
+                    last_rtp = now;
+                    let Some(dest) = self.a_rtp.dest() else {
+                        bump(&self.stats.dropped_no_peer);
+                        continue;
+                    };
+                    let pkt = bufs[1].get(..n).unwrap_or_default();
+                    match self.a.rtp.send_to(pkt, dest).await {
+                        Ok(_) => bump(&self.stats.a_out),
+                        Err(_) => bump(&self.stats.send_errors),
+                    }
+                    if let Some(rec) = self.recorder.as_mut() {
+                        rec.caller.put(pkt, now_ms(now) as usize * 8);
                     }
                 }
-                r = self.a.rtcp.recv_from(&mut buf_ac) => {
+                Wake::Datagram(2, r) => {
                     let leg = RtcpLeg {
                         from: &mut self.a_rtcp,
                         to: &self.b_rtcp,
@@ -586,9 +663,9 @@ impl Relay {
                         counted_in: &self.stats.rtcp_a_in,
                         counted_out: &self.stats.rtcp_b_out,
                     };
-                    relay_rtcp(r, &buf_ac, leg, &self.stats).await;
+                    relay_rtcp(r, &bufs[2], leg, &self.stats).await;
                 }
-                r = self.b.rtcp.recv_from(&mut buf_bc) => {
+                Wake::Datagram(_, r) => {
                     let leg = RtcpLeg {
                         from: &mut self.b_rtcp,
                         to: &self.a_rtcp,
@@ -596,36 +673,48 @@ impl Relay {
                         counted_in: &self.stats.rtcp_b_in,
                         counted_out: &self.stats.rtcp_a_out,
                     };
-                    relay_rtcp(r, &buf_bc, leg, &self.stats).await;
+                    relay_rtcp(r, &bufs[3], leg, &self.stats).await;
                 }
-                c = self.control.recv() => {
-                    match c {
-                        Some(MediaControl::Scrub(on)) => {
-                            let mut sink = digit_sink(&self.digits, &self.stats);
-                            self.scrubber.set_enabled(on, &mut sink);
-                        }
-                        Some(MediaControl::Peers { a, b }) => {
-                            self.a_rtp.update(a);
-                            self.b_rtp.update(b);
-                            self.a_rtcp.update(rtcp_of(a));
-                            self.b_rtcp.update(rtcp_of(b));
-                        }
-                        Some(MediaControl::EventPayloadType(pt)) => {
-                            self.scrubber.set_event_pt(pt);
-                        }
-                        // Every handle gone is a stop too: nobody could stop us later.
-                        Some(MediaControl::Stop) | None => break,
+                Wake::Control(c) => match c {
+                    Some(MediaControl::Scrub(on)) => {
+                        let mut sink = digit_sink(&self.digits, &self.stats);
+                        self.scrubber.set_enabled(on, &mut sink);
                     }
-                }
-                t = tick.tick() => {
-                    let mut sink = digit_sink(&self.digits, &self.stats);
-                    self.scrubber.tick(now_ms(t), &mut sink);
+                    Some(MediaControl::Peers { a, b }) => {
+                        self.a_rtp.update(a);
+                        self.b_rtp.update(b);
+                        self.a_rtcp.update(rtcp_of(a));
+                        self.b_rtcp.update(rtcp_of(b));
+                    }
+                    Some(MediaControl::EventPayloadType(pt)) => {
+                        self.scrubber.set_event_pt(pt);
+                    }
+                    // Every handle gone is a stop too: nobody could stop us later.
+                    Some(MediaControl::Stop) | None => break,
+                },
+                Wake::Tick => {
+                    let t = tick.deadline();
+                    {
+                        let mut sink = digit_sink(&self.digits, &self.stats);
+                        self.scrubber.tick(now_ms(t), &mut sink);
+                    }
                     let silent = t.saturating_duration_since(last_rtp) >= self.inactivity;
                     if silent != inactive {
                         inactive = silent;
-                        let ev = if silent { MediaEvent::Inactive } else { MediaEvent::Active };
+                        let ev = if silent {
+                            MediaEvent::Inactive
+                        } else {
+                            MediaEvent::Active
+                        };
                         let _ = self.events.try_send(ev);
                     }
+                    // Missed ticks are not made up: the next is one period from now.
+                    let period = if self.scrubber.event_pending() {
+                        TICK
+                    } else {
+                        idle_tick
+                    };
+                    tick.as_mut().reset(Instant::now() + period);
                 }
             }
         }

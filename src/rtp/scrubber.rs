@@ -13,7 +13,7 @@
 
 use crate::digit::{Digit, DigitSource};
 use crate::dsp::dtmf::{
-    DetectorConfig, DigitEvent, DtmfDetector, PresenceConfig, PresenceDetector,
+    DetectorConfig, DigitEvent, DtmfDetector, PresenceConfig, PresenceDetector, process_both,
 };
 use crate::dsp::g711::Codec;
 use crate::dsp::mask::{MaskKind, Masker};
@@ -279,6 +279,12 @@ impl Scrubber {
         verdict
     }
 
+    /// Whether an RFC 4733 event is sounding without its end seen: only then does
+    /// [`Scrubber::tick`] have anything to time out, so the shell can tick slowly otherwise.
+    pub fn event_pending(&self) -> bool {
+        matches!(self.event, Some(ev) if !ev.ended)
+    }
+
     /// Lets time pass without packets: ends an event whose end packets were all lost.
     pub fn tick(&mut self, now_ms: u64, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
         if let Some(ev) = self.event
@@ -489,15 +495,17 @@ impl Scrubber {
         detect: bool,
         on_digit: &mut dyn FnMut(ScrubbedDigit),
     ) {
-        self.presence
-            .process(&self.lin_in[..n], &mut self.mask[..n]);
         if detect {
             let last_digit = &mut self.last_digit;
             let stats = &mut self.stats;
             // Detector offsets count only the samples it heard; map them back to the stream.
             let skew = self.detector_skew;
-            self.detector
-                .process(&self.lin_in[..n], &mut |ev: DigitEvent| {
+            process_both(
+                &mut self.presence,
+                &mut self.detector,
+                &self.lin_in[..n],
+                &mut self.mask[..n],
+                &mut |ev: DigitEvent| {
                     let d = ScrubbedDigit {
                         digit: ev.digit,
                         source: DigitSource::InBand,
@@ -505,8 +513,11 @@ impl Scrubber {
                         end: ev.end + skew,
                     };
                     emit_digit(last_digit, stats, d, on_digit);
-                });
+                },
+            );
         } else {
+            self.presence
+                .process(&self.lin_in[..n], &mut self.mask[..n]);
             self.detector_skew += n as u64;
         }
         self.pos += n as u64;
