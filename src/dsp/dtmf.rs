@@ -123,7 +123,11 @@ struct Kernels {
     full_sum: f32,
 }
 
-static KERNELS: std::sync::LazyLock<Box<Kernels>> = std::sync::LazyLock::new(|| {
+static KERNELS: std::sync::LazyLock<Box<Kernels>> = std::sync::LazyLock::new(kernels);
+
+// Parallel fixed-size tables indexed by frequency and sample.
+#[allow(clippy::needless_range_loop)]
+fn kernels() -> Box<Kernels> {
     let hp: [f32; PHASE_WIN] = hann();
     let hf: [f32; BLOCK] = hann();
     let mut k = Box::new(Kernels {
@@ -151,7 +155,7 @@ static KERNELS: std::sync::LazyLock<Box<Kernels>> = std::sync::LazyLock::new(|| 
         }
     }
     k
-});
+}
 
 /// Why a block was not a key (for tracing the detector in tests).
 #[derive(Clone, Copy, Debug)]

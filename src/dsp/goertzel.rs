@@ -53,7 +53,11 @@ struct Tables {
     step_i: [f64; 8],
 }
 
-static TABLES: std::sync::LazyLock<Tables> = std::sync::LazyLock::new(|| {
+static TABLES: std::sync::LazyLock<Tables> = std::sync::LazyLock::new(tables);
+
+// Parallel fixed-size arrays indexed by frequency and sample.
+#[allow(clippy::needless_range_loop)]
+fn tables() -> Tables {
     let mut t = Tables {
         cos: [[0.0; 8]; SUB],
         sin: [[0.0; 8]; SUB],
@@ -70,7 +74,7 @@ static TABLES: std::sync::LazyLock<Tables> = std::sync::LazyLock::new(|| {
         t.step_i[k] = -(w * SUB as f64).sin();
     }
     t
-});
+}
 
 /// Local DFT terms of one 8-sample sub-block at the DTMF grid.
 // Parallel fixed-size arrays indexed by frequency: plain indexing reads clearest here and the
