@@ -2,7 +2,8 @@
 //! RTP/RTCP port pair, and one task that moves packets between them.
 //!
 //! Caller→agent RTP goes through the `Scrubber`; agent→caller RTP and RTCP both ways pass
-//! through untouched. Symmetric RTP with latching (RFC 4961 for the symmetric part; latching as
+//! through untouched (the agent→caller RTP may be listened to for the agent's keys, read only,
+//! when `MediaControl::AgentDigits` asks for it). Symmetric RTP with latching (RFC 4961 for the symmetric part; latching as
 //! in RFC 7362 §4): each leg's first packet from the peer IP the SDP advertised fixes the peer's
 //! address (the port may differ behind NAT); packets from any other source are dropped and
 //! counted. Until a leg has latched, packets for it go to the SDP address.
@@ -30,7 +31,7 @@ use tokio::time::{Instant, Sleep};
 use crate::dsp::g711::Codec;
 use crate::net::ports::{PortLease, PortPair};
 use crate::rtp::packet::RtpView;
-use crate::rtp::scrubber::{ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
+use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 
 /// Largest datagram accepted; RTP over UDP on Ethernet never comes close.
 const MAX_DATAGRAM: usize = 2048;
@@ -54,6 +55,9 @@ pub struct RelayOptions {
     pub record_dir: Option<PathBuf>,
     /// File name stem for the recording (the call id).
     pub call_label: String,
+    /// Listen for keys on the agent→caller direction from the start (see
+    /// [`MediaControl::AgentDigits`]).
+    pub agent_digits: bool,
     /// Recording length cap, seconds per channel.
     pub max_record_s: u64,
 }
@@ -64,6 +68,7 @@ impl Default for RelayOptions {
             inactivity: Duration::from_secs(60),
             record_dir: None,
             call_label: "call".into(),
+            agent_digits: false,
             max_record_s: 3600,
         }
     }
@@ -81,6 +86,11 @@ pub enum MediaControl {
     },
     /// The caller's telephone-event payload type changed (re-INVITE offered another).
     EventPayloadType(Option<u8>),
+    /// Listen for keys on the agent→caller direction (in-band with the strict detector, and
+    /// RFC 4733 events) and report them on `MediaHandle::agent_digits`, leaving that audio
+    /// untouched: the agent keying a payment session's locator binds the call to it. Off by
+    /// default; switching it off reports a key still sounding.
+    AgentDigits(bool),
     Stop,
 }
 
@@ -130,6 +140,10 @@ pub struct RelayStats {
     pub digits: AtomicU64,
     /// Digits lost because the capture channel was full or closed.
     pub digits_lost: AtomicU64,
+    /// Keys heard on the agent→caller direction (when listening for them).
+    pub agent_digits: AtomicU64,
+    /// Agent keys lost because their channel was full or closed.
+    pub agent_digits_lost: AtomicU64,
 }
 
 /// A plain copy of [`RelayStats`].
@@ -151,6 +165,8 @@ pub struct RelayStatsSnapshot {
     pub samples_masked: u64,
     pub digits: u64,
     pub digits_lost: u64,
+    pub agent_digits: u64,
+    pub agent_digits_lost: u64,
 }
 
 impl RelayStats {
@@ -173,6 +189,8 @@ impl RelayStats {
             samples_masked: g(&self.samples_masked),
             digits: g(&self.digits),
             digits_lost: g(&self.digits_lost),
+            agent_digits: g(&self.agent_digits),
+            agent_digits_lost: g(&self.agent_digits_lost),
         }
     }
 }
@@ -231,6 +249,9 @@ pub struct MediaHandle {
     stats: Arc<RelayStats>,
     /// Digits heard on the caller→agent direction, for capture. Never log them.
     pub digits: mpsc::Receiver<ScrubbedDigit>,
+    /// Keys the agent pressed (agent→caller direction), while listening for them is on
+    /// ([`MediaControl::AgentDigits`]). Never log them.
+    pub agent_digits: mpsc::Receiver<ScrubbedDigit>,
     pub events: mpsc::Receiver<MediaEvent>,
     /// Addresses to advertise in SDP: leg A (towards the trunk) and leg B (towards the agent).
     pub a_addr: SocketAddr,
@@ -255,6 +276,14 @@ impl MediaHandle {
     pub async fn update_peers(&self, a: Option<SocketAddr>, b: Option<SocketAddr>) -> bool {
         self.control
             .send(MediaControl::Peers { a, b })
+            .await
+            .is_ok()
+    }
+
+    /// Listens for the agent's keys (or stops); returns false when the relay has stopped.
+    pub async fn set_agent_digits(&self, on: bool) -> bool {
+        self.control
+            .send(MediaControl::AgentDigits(on))
             .await
             .is_ok()
     }
@@ -421,12 +450,14 @@ impl MediaRelay {
     ) -> (MediaHandle, JoinHandle<Result<RelayOutcome, MediaError>>) {
         let (control_tx, control_rx) = mpsc::channel(16);
         let (digit_tx, digit_rx) = mpsc::channel(DIGIT_QUEUE);
+        let (agent_tx, agent_rx) = mpsc::channel(DIGIT_QUEUE);
         let (event_tx, event_rx) = mpsc::channel(8);
         let stats = Arc::new(RelayStats::default());
         let handle = MediaHandle {
             control: control_tx,
             stats: stats.clone(),
             digits: digit_rx,
+            agent_digits: agent_rx,
             events: event_rx,
             a_addr: a.rtp_addr(),
             b_addr: b.rtp_addr(),
@@ -441,6 +472,7 @@ impl MediaRelay {
         });
         let mut cfg = scrubber;
         cfg.enabled = scrub_on;
+        let agent_tap = opts.agent_digits.then(|| DigitTap::new(&cfg));
         let task = Relay {
             a,
             b,
@@ -449,8 +481,10 @@ impl MediaRelay {
             a_rtcp: Latch::new(rtcp_of(a_peer)),
             b_rtcp: Latch::new(rtcp_of(b_peer)),
             scrubber: Scrubber::new(cfg),
+            agent_tap,
             stats,
             digits: digit_tx,
+            agent_digits: agent_tx,
             events: event_tx,
             control: control_rx,
             inactivity: opts.inactivity,
@@ -487,8 +521,11 @@ struct Relay {
     a_rtcp: Latch,
     b_rtcp: Latch,
     scrubber: Scrubber,
+    /// Listens to the agent→caller direction when agent keys are wanted.
+    agent_tap: Option<DigitTap>,
     stats: Arc<RelayStats>,
     digits: mpsc::Sender<ScrubbedDigit>,
+    agent_digits: mpsc::Sender<ScrubbedDigit>,
     events: mpsc::Sender<MediaEvent>,
     control: mpsc::Receiver<MediaControl>,
     inactivity: Duration,
@@ -500,10 +537,26 @@ fn digit_sink<'a>(
     tx: &'a mpsc::Sender<ScrubbedDigit>,
     stats: &'a RelayStats,
 ) -> impl FnMut(ScrubbedDigit) + 'a {
+    counted_sink(tx, &stats.digits, &stats.digits_lost)
+}
+
+/// The same for keys heard on the agent→caller direction.
+fn agent_sink<'a>(
+    tx: &'a mpsc::Sender<ScrubbedDigit>,
+    stats: &'a RelayStats,
+) -> impl FnMut(ScrubbedDigit) + 'a {
+    counted_sink(tx, &stats.agent_digits, &stats.agent_digits_lost)
+}
+
+fn counted_sink<'a>(
+    tx: &'a mpsc::Sender<ScrubbedDigit>,
+    heard: &'a AtomicU64,
+    lost: &'a AtomicU64,
+) -> impl FnMut(ScrubbedDigit) + 'a {
     move |d| {
-        bump(&stats.digits);
+        bump(heard);
         if tx.try_send(d).is_err() {
-            bump(&stats.digits_lost);
+            bump(lost);
         }
     }
 }
@@ -651,6 +704,14 @@ impl Relay {
                         Ok(_) => bump(&self.stats.a_out),
                         Err(_) => bump(&self.stats.send_errors),
                     }
+                    // Listened to after it has gone out as it came: the tap only reads.
+                    if let Some(tap) = self.agent_tap.as_mut() {
+                        let mut sink = agent_sink(&self.agent_digits, &self.stats);
+                        tap.observe(now_ms(now), pkt, &mut sink);
+                        if tap.event_pending() && tick.deadline() > now + TICK {
+                            tick.as_mut().reset(now + TICK);
+                        }
+                    }
                     if let Some(rec) = self.recorder.as_mut() {
                         rec.caller.put(pkt, now_ms(now) as usize * 8);
                     }
@@ -688,6 +749,17 @@ impl Relay {
                     }
                     Some(MediaControl::EventPayloadType(pt)) => {
                         self.scrubber.set_event_pt(pt);
+                        if let Some(tap) = self.agent_tap.as_mut() {
+                            tap.set_event_pt(pt);
+                        }
+                    }
+                    Some(MediaControl::AgentDigits(on)) => {
+                        if on && self.agent_tap.is_none() {
+                            self.agent_tap = Some(DigitTap::new(self.scrubber.config()));
+                        } else if !on && let Some(mut tap) = self.agent_tap.take() {
+                            let mut sink = agent_sink(&self.agent_digits, &self.stats);
+                            tap.finish(&mut sink);
+                        }
                     }
                     // Every handle gone is a stop too: nobody could stop us later.
                     Some(MediaControl::Stop) | None => break,
@@ -697,6 +769,10 @@ impl Relay {
                     {
                         let mut sink = digit_sink(&self.digits, &self.stats);
                         self.scrubber.tick(now_ms(t), &mut sink);
+                    }
+                    if let Some(tap) = self.agent_tap.as_mut() {
+                        let mut sink = agent_sink(&self.agent_digits, &self.stats);
+                        tap.tick(now_ms(t), &mut sink);
                     }
                     let silent = t.saturating_duration_since(last_rtp) >= self.inactivity;
                     if silent != inactive {
@@ -709,7 +785,8 @@ impl Relay {
                         let _ = self.events.try_send(ev);
                     }
                     // Missed ticks are not made up: the next is one period from now.
-                    let period = if self.scrubber.event_pending() {
+                    let tap_pending = self.agent_tap.as_ref().is_some_and(DigitTap::event_pending);
+                    let period = if self.scrubber.event_pending() || tap_pending {
                         TICK
                     } else {
                         idle_tick
@@ -725,6 +802,10 @@ impl Relay {
         {
             let mut sink = digit_sink(&self.digits, &self.stats);
             self.scrubber.finish(&mut sink);
+        }
+        if let Some(tap) = self.agent_tap.as_mut() {
+            let mut sink = agent_sink(&self.agent_digits, &self.stats);
+            tap.finish(&mut sink);
         }
         self.stats
             .samples_masked
