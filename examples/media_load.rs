@@ -5,6 +5,7 @@
 //!     cargo run --release --example media_load -- --streams 2000 --seconds 20
 //!
 //! Options: --streams N (2000), --seconds S (20), --relay-threads T (1), --sink-threads K (1),
+//! --no-scrub (relay with scrubbing off, to separate the relay task's cost from the DSP's),
 //! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarder 2 per
 //! stream above that).
 //!
@@ -50,6 +51,10 @@ struct Args {
     /// Threads of the sinks' runtime (the generator has its own thread).
     #[arg(long, default_value_t = 1)]
     sink_threads: usize,
+    /// Relay with scrubbing off (a bit-exact pass-through): isolates the relay task's own cost
+    /// from the DSP's.
+    #[arg(long)]
+    no_scrub: bool,
 }
 
 /// Send-time ring per stream: enough slots for a second and a bit of packets in flight.
@@ -399,7 +404,7 @@ fn main() {
                 Some(gen_addrs[i % GEN_SOCKETS]),
                 Some(sink_addrs[i % SINK_SOCKETS]),
                 ScrubberConfig::default(),
-                true,
+                !args.no_scrub,
                 RelayOptions::default(),
             ));
         }
