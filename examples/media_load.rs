@@ -4,15 +4,17 @@
 //!
 //!     cargo run --release --example media_load -- --streams 2000 --seconds 20
 //!
-//! Options: --streams N (2000), --seconds S (20), --relay-threads T (1), --base-port P (30000;
-//! the relay takes 4 ports per stream from P upwards, the forwarder 2 per stream above that).
+//! Options: --streams N (2000), --seconds S (20), --relay-threads T (1), --sink-threads K (1),
+//! --no-scrub (relay with scrubbing off, to separate the relay task's cost from the DSP's),
+//! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarder 2 per
+//! stream above that).
 //!
 //! What is measured, and how:
 //! - CPU: the relay (and, in its phase, the forwarder) runs on its own tokio runtime whose
 //!   threads record their ids at start; utime+stime of exactly those threads is read from
 //!   /proc/self/task/<tid>/stat (clock ticks, USER_HZ = 100) at the start and end of the traffic
 //!   window. Reported as CPU time per 1000 packets received and forwarded. The traffic generator
-//!   and the sink run on a separate runtime and are not counted.
+//!   (its own OS thread, blocking sockets) and the sinks (their own runtime) are not counted.
 //! - Loss: packets sent minus packets that reached the sink, after a 1 s drain.
 //! - Added latency: the generator stamps each packet's send time in a side table keyed by
 //!   (SSRC, sequence), which the relay keeps intact; the sink subtracts it from the receive time.
@@ -46,6 +48,13 @@ struct Args {
     relay_threads: usize,
     #[arg(long, default_value_t = 30_000)]
     base_port: u16,
+    /// Threads of the sinks' runtime (the generator has its own thread).
+    #[arg(long, default_value_t = 1)]
+    sink_threads: usize,
+    /// Relay with scrubbing off (a bit-exact pass-through): isolates the relay task's own cost
+    /// from the DSP's.
+    #[arg(long)]
+    no_scrub: bool,
 }
 
 /// Send-time ring per stream: enough slots for a second and a bit of packets in flight.
@@ -160,21 +169,28 @@ fn audio_bytes() -> Vec<u8> {
 }
 
 /// Sends one 20 ms packet per stream per 20 ms, spread over 1 ms slots; counts and stamps each.
-async fn generate(
+///
+/// Runs on its own OS thread with blocking std sockets: a `send_to` is then one system call with
+/// no readiness bookkeeping, and the generator never waits behind the sinks (an async generator
+/// sharing a runtime with them fell behind the schedule at 2000 streams). A slot that starts
+/// late is sent at once (bursts catch up), so the offered load stays on schedule on average.
+fn generate(
     shared: Arc<Shared>,
-    socks: Arc<Vec<UdpSocket>>,
+    socks: Arc<Vec<std::net::UdpSocket>>,
     targets: Arc<Vec<SocketAddr>>,
     seconds: u64,
 ) {
     let audio = audio_bytes();
     let n = targets.len();
     let mut pkt = [0u8; 172];
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let end = Instant::now() + Duration::from_secs(seconds);
-    let mut slot: u64 = 0;
-    while Instant::now() < end {
-        tick.tick().await;
+    let begin = Instant::now();
+    let slots = seconds * 1000;
+    for slot in 0..slots {
+        let due = begin + Duration::from_millis(slot);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
         let frame = slot / 20;
         let sub = (slot % 20) as usize;
         for i in (sub..n).step_by(20) {
@@ -194,15 +210,10 @@ async fn generate(
             pkt[12..].copy_from_slice(src);
             shared.sent_at[i * SLOTS + (seq as usize % SLOTS)]
                 .store(shared.now_us(), Ordering::Relaxed);
-            if socks[i % GEN_SOCKETS]
-                .send_to(&pkt, targets[i])
-                .await
-                .is_ok()
-            {
+            if socks[i % GEN_SOCKETS].send_to(&pkt, targets[i]).is_ok() {
                 shared.sent.fetch_add(1, Ordering::Relaxed);
             }
         }
-        slot += 1;
     }
 }
 
@@ -238,10 +249,10 @@ async fn sink(shared: Arc<Shared>, sock: UdpSocket, streams: usize) {
     }
 }
 
-/// The traffic generator's runtime and sockets, kept apart from the measured runtime.
+/// The sinks' runtime and the generator's sockets, kept apart from the measured runtime.
 struct Generator {
     rt: tokio::runtime::Runtime,
-    socks: Arc<Vec<UdpSocket>>,
+    socks: Arc<Vec<std::net::UdpSocket>>,
 }
 
 /// Runs traffic through `inputs` (one address per stream, all forwarding to the sinks) while
@@ -272,12 +283,16 @@ fn drive(
         .into_iter()
         .map(|s| gen_rt.spawn(sink(shared.clone(), s, args.streams)))
         .collect();
-    gen_rt.block_on(generate(
-        shared.clone(),
-        generator.socks.clone(),
-        Arc::new(inputs),
-        args.seconds,
-    ));
+    {
+        let (shared, socks, seconds) = (shared.clone(), generator.socks.clone(), args.seconds);
+        let inputs = Arc::new(inputs);
+        std::thread::Builder::new()
+            .name("generator".into())
+            .spawn(move || generate(shared, socks, inputs, seconds))
+            .expect("generator thread")
+            .join()
+            .expect("generator");
+    }
     std::thread::sleep(Duration::from_secs(1));
     let cpu1 = ticks_of(tids);
     let fwd = forwarded() - fwd0;
@@ -349,11 +364,15 @@ fn main() {
             .unwrap_or(0)
     );
     let gen_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(args.sink_threads.max(1))
         .enable_all()
         .build()
-        .expect("generator runtime");
-    let gen_socks = Arc::new(bind_many(&gen_rt, GEN_SOCKETS));
+        .expect("sink runtime");
+    let gen_socks: Arc<Vec<std::net::UdpSocket>> = Arc::new(
+        (0..GEN_SOCKETS)
+            .map(|_| std::net::UdpSocket::bind((lo(), 0)).expect("bind"))
+            .collect(),
+    );
     let generator = Generator {
         rt: gen_rt,
         socks: gen_socks.clone(),
@@ -385,7 +404,7 @@ fn main() {
                 Some(gen_addrs[i % GEN_SOCKETS]),
                 Some(sink_addrs[i % SINK_SOCKETS]),
                 ScrubberConfig::default(),
-                true,
+                !args.no_scrub,
                 RelayOptions::default(),
             ));
         }

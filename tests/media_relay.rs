@@ -336,3 +336,58 @@ async fn reinvite_changes_the_event_payload_type() {
     let (_, keys) = stop(c).await;
     assert_eq!(keys, "59");
 }
+
+#[tokio::test]
+async fn agent_keys_are_reported_when_asked_and_their_audio_passes_untouched() {
+    let mut c = call(42_600, true, RelayOptions::default()).await;
+    let trunk = TrunkConfig {
+        ssrc: 0xa9e8,
+        ..TrunkConfig::default()
+    };
+    // Until asked for, the agent's keys are not listened to.
+    let (sig, _) = tones("555", ToneParams::default(), 200.0, 11);
+    let mut before = to_i16(&sig);
+    before.extend(std::iter::repeat_n(0, 1600));
+    let first = packetize(&before, &trunk, None);
+    send_all(&c.agent.rtp, c.handle.b_addr, &first).await;
+    assert_eq!(recv_n(&c.caller.rtp, first.len()).await, first);
+
+    assert!(c.handle.set_agent_digits(true).await);
+    // A locator keyed on the agent's phone: three keys in-band, the last two as RFC 4733 events.
+    let (sig, spans) = tones("40721", ToneParams::default(), 300.0, 12);
+    let mut audio = to_i16(&sig);
+    audio.extend(std::iter::repeat_n(0, 1600));
+    let second = packetize(
+        &audio,
+        &TrunkConfig {
+            first_seq: 3000,
+            first_ts: 400_000,
+            ..trunk
+        },
+        Some(&spans[3..]),
+    );
+    assert!(
+        second
+            .iter()
+            .any(|p| RtpView::parse(p).unwrap().payload_type() == 101)
+    );
+    send_all(&c.agent.rtp, c.handle.b_addr, &second).await;
+    let got = recv_n(&c.caller.rtp, second.len()).await;
+    assert_eq!(got, second, "the agent's audio and events pass unchanged");
+
+    assert!(c.handle.stop().await);
+    let out = timeout(WAIT, &mut c.task).await.unwrap().unwrap().unwrap();
+    let mut agent_keys = String::new();
+    while let Ok(Some(d)) = timeout(WAIT, c.handle.agent_digits.recv()).await {
+        agent_keys.push(d.digit.reveal());
+    }
+    assert_eq!(agent_keys, "40721");
+    assert_eq!(out.stats.agent_digits, 5);
+    assert_eq!(out.stats.digits, 0, "nothing came from the caller");
+    assert!(
+        timeout(WAIT, c.handle.digits.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

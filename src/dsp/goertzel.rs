@@ -33,49 +33,94 @@ pub struct SubBlock {
     pub energy: f32,
 }
 
-/// Complex DFT terms at eight frequencies over consecutive 8-sample sub-blocks.
+/// Sub-block DFT terms before phase referencing: `c[k] = Σ x[m]·cos(ω_k m)`,
+/// `s[k] = Σ x[m]·sin(ω_k m)` over the sub-block's 8 samples, and its energy. They depend only
+/// on the samples, so two detectors fed the same sub-block share one computation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Terms {
+    pub c: [f32; 8],
+    pub s: [f32; 8],
+    pub energy: f32,
+}
+
+/// The DTMF grid's cos/sin tables, laid out sample-major (`cos[m][k]`) so the inner loop runs
+/// across the eight frequencies at once and the compiler keeps them in vector registers.
+/// One copy for the process: per-detector copies cost a kilobyte of cache per call.
+struct Tables {
+    cos: [[f32; 8]; SUB],
+    sin: [[f32; 8]; SUB],
+    step_r: [f64; 8],
+    step_i: [f64; 8],
+}
+
+static TABLES: std::sync::LazyLock<Tables> = std::sync::LazyLock::new(tables);
+
+// Parallel fixed-size arrays indexed by frequency and sample.
+#[allow(clippy::needless_range_loop)]
+fn tables() -> Tables {
+    let mut t = Tables {
+        cos: [[0.0; 8]; SUB],
+        sin: [[0.0; 8]; SUB],
+        step_r: [1.0; 8],
+        step_i: [0.0; 8],
+    };
+    for k in 0..8 {
+        let w = 2.0 * std::f64::consts::PI * f64::from(DTMF_HZ[k]) / f64::from(RATE);
+        for m in 0..SUB {
+            t.cos[m][k] = (w * m as f64).cos() as f32;
+            t.sin[m][k] = (w * m as f64).sin() as f32;
+        }
+        t.step_r[k] = (w * SUB as f64).cos();
+        t.step_i[k] = -(w * SUB as f64).sin();
+    }
+    t
+}
+
+/// Local DFT terms of one 8-sample sub-block at the DTMF grid.
+// Parallel fixed-size arrays indexed by frequency: plain indexing reads clearest here and the
+// bounds are compile-time constants, so it vectorises.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+pub fn sub_block_terms(x: &[f32; SUB]) -> Terms {
+    let t = &*TABLES;
+    let mut out = Terms::default();
+    for m in 0..SUB {
+        let v = x[m];
+        out.energy += v * v;
+        for k in 0..8 {
+            out.c[k] += v * t.cos[m][k];
+            out.s[k] += v * t.sin[m][k];
+        }
+    }
+    out
+}
+
+/// Complex DFT terms at the eight DTMF frequencies over consecutive 8-sample sub-blocks.
 ///
 /// Term k of a sub-block starting at absolute sample n0 is Σ x[n]·e^{-jω_k n} over the
 /// sub-block's samples, so summing consecutive sub-blocks gives the DFT term of the longer
 /// window with a consistent phase reference.
 #[derive(Clone, Debug)]
 pub struct Bank {
-    /// Tables laid out sample-major (`cos[m][k]`) so the inner loop runs across the eight
-    /// frequencies at once and the compiler can keep them in vector registers.
-    cos: [[f32; 8]; SUB],
-    sin: [[f32; 8]; SUB],
     /// e^{-jω n0} for the current sub-block, kept in f64 so hours of audio do not drift.
     pr: [f64; 8],
     pi: [f64; 8],
-    step_r: [f64; 8],
-    step_i: [f64; 8],
     buf: [f32; SUB],
     fill: usize,
     blocks: u64,
 }
 
+impl Default for Bank {
+    fn default() -> Self {
+        Bank::new()
+    }
+}
+
 impl Bank {
-    pub fn new(freqs: [f32; 8]) -> Bank {
-        let mut cos = [[0.0; 8]; SUB];
-        let mut sin = [[0.0; 8]; SUB];
-        let mut step_r = [1.0; 8];
-        let mut step_i = [0.0; 8];
-        for k in 0..8 {
-            let w = 2.0 * std::f64::consts::PI * f64::from(freqs[k]) / f64::from(RATE);
-            for m in 0..SUB {
-                cos[m][k] = (w * m as f64).cos() as f32;
-                sin[m][k] = (w * m as f64).sin() as f32;
-            }
-            step_r[k] = (w * SUB as f64).cos();
-            step_i[k] = -(w * SUB as f64).sin();
-        }
+    pub fn new() -> Bank {
         Bank {
-            cos,
-            sin,
             pr: [1.0; 8],
             pi: [0.0; 8],
-            step_r,
-            step_i,
             buf: [0.0; SUB],
             fill: 0,
             blocks: 0,
@@ -87,46 +132,57 @@ impl Bank {
         self.blocks
     }
 
+    /// Samples of the current sub-block received so far (0..8).
+    pub fn fill(&self) -> usize {
+        self.fill
+    }
+
     /// Feeds one sample; returns the sub-block it completes, if any.
     #[inline]
     pub fn push(&mut self, x: i16) -> Option<SubBlock> {
-        self.buf[self.fill] = f32::from(x);
-        self.fill += 1;
-        if self.fill < SUB {
-            return None;
+        if self.stage(x) {
+            let t = sub_block_terms(&self.buf);
+            Some(self.rotate(&t))
+        } else {
+            None
         }
-        self.fill = 0;
-        Some(self.finish_block())
     }
 
-    // Parallel fixed-size arrays indexed by frequency: plain indexing reads clearest here and
-    // the bounds are compile-time constants, so it vectorises.
-    #[allow(clippy::needless_range_loop)]
-    fn finish_block(&mut self) -> SubBlock {
-        let x = self.buf;
-        let mut c = [0f32; 8];
-        let mut s = [0f32; 8];
-        let mut energy = 0.0;
-        for m in 0..SUB {
-            let v = x[m];
-            energy += v * v;
-            for k in 0..8 {
-                c[k] += v * self.cos[m][k];
-                s[k] += v * self.sin[m][k];
-            }
+    /// Buffers one sample; true when it completes a sub-block, whose samples are then in
+    /// [`Bank::pending`] until the next call and must be turned into terms and [`Bank::rotate`]d.
+    #[inline]
+    pub fn stage(&mut self, x: i16) -> bool {
+        // `fill` is always below SUB here; the mask keeps the index provably in range.
+        self.buf[self.fill & (SUB - 1)] = f32::from(x);
+        self.fill += 1;
+        if self.fill < SUB {
+            return false;
         }
+        self.fill = 0;
+        true
+    }
+
+    /// The samples of the sub-block just completed by [`Bank::stage`].
+    pub fn pending(&self) -> &[f32; SUB] {
+        &self.buf
+    }
+
+    /// Phase-references the local terms of the next sub-block to the absolute sample index.
+    #[allow(clippy::needless_range_loop)]
+    pub fn rotate(&mut self, t: &Terms) -> SubBlock {
+        let step = &*TABLES;
         let mut out = SubBlock {
-            energy,
+            energy: t.energy,
             ..SubBlock::default()
         };
         for k in 0..8 {
             // (pr + j·pi)(c − j·s), with pr + j·pi = e^{-jω n0}.
             let (pr, pi) = (self.pr[k] as f32, self.pi[k] as f32);
-            out.re[k] = pr * c[k] + pi * s[k];
-            out.im[k] = pi * c[k] - pr * s[k];
+            out.re[k] = pr * t.c[k] + pi * t.s[k];
+            out.im[k] = pi * t.c[k] - pr * t.s[k];
             let (a, b) = (self.pr[k], self.pi[k]);
-            self.pr[k] = a * self.step_r[k] - b * self.step_i[k];
-            self.pi[k] = a * self.step_i[k] + b * self.step_r[k];
+            self.pr[k] = a * step.step_r[k] - b * step.step_i[k];
+            self.pi[k] = a * step.step_i[k] + b * step.step_r[k];
         }
         self.blocks += 1;
         if self.blocks.is_multiple_of(1024) {
@@ -169,7 +225,7 @@ mod tests {
     #[test]
     fn summed_sub_blocks_equal_the_direct_dft() {
         let x = sine(770.0, 8000.0, 96, 0.3);
-        let mut bank = Bank::new(DTMF_HZ);
+        let mut bank = Bank::new();
         let (mut re, mut im) = ([0f32; 8], [0f32; 8]);
         for &s in &x {
             if let Some(b) = bank.push(s) {
@@ -204,7 +260,7 @@ mod tests {
     fn phase_advances_by_the_frequency_offset() {
         // A tone 1 % above 941 Hz rotates the 941 Hz term by 2π·9.41·48/8000 per 48 samples.
         let x = sine(941.0 * 1.01, 8000.0, 960, 1.0);
-        let mut bank = Bank::new(DTMF_HZ);
+        let mut bank = Bank::new();
         let mut halves = Vec::new();
         let (mut re, mut im) = (0f32, 0f32);
         for &s in &x {

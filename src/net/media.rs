@@ -2,7 +2,8 @@
 //! RTP/RTCP port pair, and one task that moves packets between them.
 //!
 //! Caller→agent RTP goes through the `Scrubber`; agent→caller RTP and RTCP both ways pass
-//! through untouched. Symmetric RTP with latching (RFC 4961 for the symmetric part; latching as
+//! through untouched (the agent→caller RTP may be listened to for the agent's keys, read only,
+//! when `MediaControl::AgentDigits` asks for it). Symmetric RTP with latching (RFC 4961 for the symmetric part; latching as
 //! in RFC 7362 §4): each leg's first packet from the peer IP the SDP advertised fixes the peer's
 //! address (the port may differ behind NAT); packets from any other source are dropped and
 //! counted. Until a leg has latched, packets for it go to the SDP address.
@@ -13,20 +14,24 @@
 //! hold anything across an await but its own buffers. Digits the scrubber hears go out on a
 //! channel for capture and are never logged.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::ReadBuf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Sleep};
 
 use crate::dsp::g711::Codec;
 use crate::net::ports::{PortLease, PortPair};
 use crate::rtp::packet::RtpView;
-use crate::rtp::scrubber::{ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
+use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 
 /// Largest datagram accepted; RTP over UDP on Ethernet never comes close.
 const MAX_DATAGRAM: usize = 2048;
@@ -34,6 +39,9 @@ const MAX_DATAGRAM: usize = 2048;
 // 100 ms: event timeouts are 250 ms and inactivity is seconds; at thousands of calls a finer tick
 // would cost as many wake-ups as the packets themselves.
 const TICK: Duration = Duration::from_millis(100);
+/// The longest tick, used while no RFC 4733 event is pending: at thousands of calls, ticks
+/// every 100 ms would cost a fifth as many wake-ups as the packets themselves.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Digits waiting for the capture side; a full channel means capture has stalled.
 const DIGIT_QUEUE: usize = 64;
 
@@ -47,6 +55,9 @@ pub struct RelayOptions {
     pub record_dir: Option<PathBuf>,
     /// File name stem for the recording (the call id).
     pub call_label: String,
+    /// Listen for keys on the agent→caller direction from the start (see
+    /// [`MediaControl::AgentDigits`]).
+    pub agent_digits: bool,
     /// Recording length cap, seconds per channel.
     pub max_record_s: u64,
 }
@@ -57,6 +68,7 @@ impl Default for RelayOptions {
             inactivity: Duration::from_secs(60),
             record_dir: None,
             call_label: "call".into(),
+            agent_digits: false,
             max_record_s: 3600,
         }
     }
@@ -74,6 +86,11 @@ pub enum MediaControl {
     },
     /// The caller's telephone-event payload type changed (re-INVITE offered another).
     EventPayloadType(Option<u8>),
+    /// Listen for keys on the agent→caller direction (in-band with the strict detector, and
+    /// RFC 4733 events) and report them on `MediaHandle::agent_digits`, leaving that audio
+    /// untouched: the agent keying a payment session's locator binds the call to it. Off by
+    /// default; switching it off reports a key still sounding.
+    AgentDigits(bool),
     Stop,
 }
 
@@ -123,6 +140,10 @@ pub struct RelayStats {
     pub digits: AtomicU64,
     /// Digits lost because the capture channel was full or closed.
     pub digits_lost: AtomicU64,
+    /// Keys heard on the agent→caller direction (when listening for them).
+    pub agent_digits: AtomicU64,
+    /// Agent keys lost because their channel was full or closed.
+    pub agent_digits_lost: AtomicU64,
 }
 
 /// A plain copy of [`RelayStats`].
@@ -144,6 +165,8 @@ pub struct RelayStatsSnapshot {
     pub samples_masked: u64,
     pub digits: u64,
     pub digits_lost: u64,
+    pub agent_digits: u64,
+    pub agent_digits_lost: u64,
 }
 
 impl RelayStats {
@@ -166,6 +189,8 @@ impl RelayStats {
             samples_masked: g(&self.samples_masked),
             digits: g(&self.digits),
             digits_lost: g(&self.digits_lost),
+            agent_digits: g(&self.agent_digits),
+            agent_digits_lost: g(&self.agent_digits_lost),
         }
     }
 }
@@ -207,8 +232,14 @@ async fn relay_rtcp(
     }
 }
 
+/// Counts one. Each counter has a single writer (the relay task), so a plain load and store
+/// is enough and avoids a locked read-modify-write per packet; readers see a recent value.
 fn bump(a: &AtomicU64) {
-    a.fetch_add(1, Ordering::Relaxed);
+    a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
+fn set(a: &AtomicU64, v: u64) {
+    a.store(v, Ordering::Relaxed);
 }
 
 /// The caller's side of a running relay.
@@ -218,6 +249,9 @@ pub struct MediaHandle {
     stats: Arc<RelayStats>,
     /// Digits heard on the caller→agent direction, for capture. Never log them.
     pub digits: mpsc::Receiver<ScrubbedDigit>,
+    /// Keys the agent pressed (agent→caller direction), while listening for them is on
+    /// ([`MediaControl::AgentDigits`]). Never log them.
+    pub agent_digits: mpsc::Receiver<ScrubbedDigit>,
     pub events: mpsc::Receiver<MediaEvent>,
     /// Addresses to advertise in SDP: leg A (towards the trunk) and leg B (towards the agent).
     pub a_addr: SocketAddr,
@@ -242,6 +276,14 @@ impl MediaHandle {
     pub async fn update_peers(&self, a: Option<SocketAddr>, b: Option<SocketAddr>) -> bool {
         self.control
             .send(MediaControl::Peers { a, b })
+            .await
+            .is_ok()
+    }
+
+    /// Listens for the agent's keys (or stops); returns false when the relay has stopped.
+    pub async fn set_agent_digits(&self, on: bool) -> bool {
+        self.control
+            .send(MediaControl::AgentDigits(on))
             .await
             .is_ok()
     }
@@ -408,12 +450,14 @@ impl MediaRelay {
     ) -> (MediaHandle, JoinHandle<Result<RelayOutcome, MediaError>>) {
         let (control_tx, control_rx) = mpsc::channel(16);
         let (digit_tx, digit_rx) = mpsc::channel(DIGIT_QUEUE);
+        let (agent_tx, agent_rx) = mpsc::channel(DIGIT_QUEUE);
         let (event_tx, event_rx) = mpsc::channel(8);
         let stats = Arc::new(RelayStats::default());
         let handle = MediaHandle {
             control: control_tx,
             stats: stats.clone(),
             digits: digit_rx,
+            agent_digits: agent_rx,
             events: event_rx,
             a_addr: a.rtp_addr(),
             b_addr: b.rtp_addr(),
@@ -428,6 +472,7 @@ impl MediaRelay {
         });
         let mut cfg = scrubber;
         cfg.enabled = scrub_on;
+        let agent_tap = opts.agent_digits.then(|| DigitTap::new(&cfg));
         let task = Relay {
             a,
             b,
@@ -436,8 +481,10 @@ impl MediaRelay {
             a_rtcp: Latch::new(rtcp_of(a_peer)),
             b_rtcp: Latch::new(rtcp_of(b_peer)),
             scrubber: Scrubber::new(cfg),
+            agent_tap,
             stats,
             digits: digit_tx,
+            agent_digits: agent_tx,
             events: event_tx,
             control: control_rx,
             inactivity: opts.inactivity,
@@ -474,8 +521,11 @@ struct Relay {
     a_rtcp: Latch,
     b_rtcp: Latch,
     scrubber: Scrubber,
+    /// Listens to the agent→caller direction when agent keys are wanted.
+    agent_tap: Option<DigitTap>,
     stats: Arc<RelayStats>,
     digits: mpsc::Sender<ScrubbedDigit>,
+    agent_digits: mpsc::Sender<ScrubbedDigit>,
     events: mpsc::Sender<MediaEvent>,
     control: mpsc::Receiver<MediaControl>,
     inactivity: Duration,
@@ -487,98 +537,186 @@ fn digit_sink<'a>(
     tx: &'a mpsc::Sender<ScrubbedDigit>,
     stats: &'a RelayStats,
 ) -> impl FnMut(ScrubbedDigit) + 'a {
+    counted_sink(tx, &stats.digits, &stats.digits_lost)
+}
+
+/// The same for keys heard on the agent→caller direction.
+fn agent_sink<'a>(
+    tx: &'a mpsc::Sender<ScrubbedDigit>,
+    stats: &'a RelayStats,
+) -> impl FnMut(ScrubbedDigit) + 'a {
+    counted_sink(tx, &stats.agent_digits, &stats.agent_digits_lost)
+}
+
+fn counted_sink<'a>(
+    tx: &'a mpsc::Sender<ScrubbedDigit>,
+    heard: &'a AtomicU64,
+    lost: &'a AtomicU64,
+) -> impl FnMut(ScrubbedDigit) + 'a {
     move |d| {
-        bump(&stats.digits);
+        bump(heard);
         if tx.try_send(d).is_err() {
-            bump(&stats.digits_lost);
+            bump(lost);
         }
     }
 }
 
+/// What woke the relay task.
+enum Wake {
+    Control(Option<MediaControl>),
+    /// A datagram arrived on one of the four sockets (index into [`SOCKETS`]).
+    Datagram(usize, std::io::Result<(usize, SocketAddr)>),
+    Tick,
+}
+
+/// The relay's sockets in polling order: A RTP, B RTP, A RTCP, B RTCP.
+const SOCKETS: usize = 4;
+
+/// Polls every source once, starting the sockets at `first` so that a flooded socket cannot
+/// starve the others. Each source that is not ready keeps the task's waker, so one poll per
+/// wake-up suffices; unlike `select!` over fresh `recv_from` futures, nothing is registered and
+/// deregistered per packet.
+fn poll_wake(
+    cx: &mut Context<'_>,
+    control: &mut mpsc::Receiver<MediaControl>,
+    socks: [&tokio::net::UdpSocket; SOCKETS],
+    bufs: &mut [[u8; MAX_DATAGRAM]; SOCKETS],
+    tick: Pin<&mut Sleep>,
+    first: usize,
+) -> Poll<Wake> {
+    if let Poll::Ready(c) = control.poll_recv(cx) {
+        return Poll::Ready(Wake::Control(c));
+    }
+    for j in 0..SOCKETS {
+        let i = (first + j) % SOCKETS;
+        let (Some(sock), Some(buf)) = (socks.get(i), bufs.get_mut(i)) else {
+            continue;
+        };
+        let mut rb = ReadBuf::new(buf);
+        if let Poll::Ready(r) = sock.poll_recv_from(cx, &mut rb) {
+            let n = rb.filled().len();
+            return Poll::Ready(Wake::Datagram(i, r.map(|src| (n, src))));
+        }
+    }
+    if tick.poll(cx).is_ready() {
+        return Poll::Ready(Wake::Tick);
+    }
+    Poll::Pending
+}
+
 impl Relay {
+    /// How often time is fed to the scrubber and silence checked while no RFC 4733 event is
+    /// sounding: a tenth of the inactivity period, between `TICK` and `IDLE_TICK`.
+    fn idle_tick(&self) -> Duration {
+        (self.inactivity / 10).clamp(TICK, IDLE_TICK)
+    }
+
     async fn run(mut self) -> Result<RelayOutcome, MediaError> {
         let start = Instant::now();
-        let mut buf_a = [0u8; MAX_DATAGRAM];
-        let mut buf_b = [0u8; MAX_DATAGRAM];
-        let mut buf_ac = [0u8; MAX_DATAGRAM];
-        let mut buf_bc = [0u8; MAX_DATAGRAM];
+        let mut bufs = [[0u8; MAX_DATAGRAM]; SOCKETS];
         let mut out = [0u8; MAX_DATAGRAM];
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let idle_tick = self.idle_tick();
+        let mut tick = Box::pin(tokio::time::sleep_until(start + idle_tick));
         let mut last_rtp = start;
         let mut inactive = false;
+        let mut first = 0usize;
         let now_ms = |t: Instant| t.duration_since(start).as_millis() as u64;
 
         loop {
-            tokio::select! {
-                r = self.a.rtp.recv_from(&mut buf_a) => {
+            let wake = std::future::poll_fn(|cx| {
+                poll_wake(
+                    cx,
+                    &mut self.control,
+                    [&self.a.rtp, &self.b.rtp, &self.a.rtcp, &self.b.rtcp],
+                    &mut bufs,
+                    tick.as_mut(),
+                    first,
+                )
+            })
+            .await;
+            first = (first + 1) % SOCKETS;
+            match wake {
+                Wake::Datagram(0, r) => {
                     let now = Instant::now();
-                    match r {
-                        Ok((n, src)) => {
-                            if !self.a_rtp.accept(src) {
-                                bump(&self.stats.dropped_stranger);
-                                continue;
-                            }
-                            bump(&self.stats.a_in);
-                            last_rtp = now;
-                            let input = buf_a.get(..n).unwrap_or_default();
-                            let verdict = {
-                                let mut sink = digit_sink(&self.digits, &self.stats);
-                                self.scrubber.process(now_ms(now), input, &mut out, &mut sink)
-                            };
-                            self.stats
-                                .samples_masked
-                                .store(self.scrubber.stats().samples_masked, Ordering::Relaxed);
-                            let len = match verdict {
-                                Verdict::Forward(len) => len,
-                                Verdict::Drop(_) => {
-                                    bump(&self.stats.dropped_scrubber);
-                                    continue;
-                                }
-                            };
-                            let Some(dest) = self.b_rtp.dest() else {
-                                bump(&self.stats.dropped_no_peer);
-                                continue;
-                            };
-                            let pkt = out.get(..len).unwrap_or_default();
-                            match self.b.rtp.send_to(pkt, dest).await {
-                                Ok(_) => bump(&self.stats.b_out),
-                                Err(_) => bump(&self.stats.send_errors),
-                            }
-                            if let Some(rec) = self.recorder.as_mut() {
-                                rec.agent.put(pkt, now_ms(now) as usize * 8);
-                            }
+                    let Ok((n, src)) = r else {
+                        bump(&self.stats.recv_errors);
+                        continue;
+                    };
+                    if !self.a_rtp.accept(src) {
+                        bump(&self.stats.dropped_stranger);
+                        continue;
+                    }
+                    bump(&self.stats.a_in);
+                    last_rtp = now;
+                    let input = bufs[0].get(..n).unwrap_or_default();
+                    let verdict = {
+                        let mut sink = digit_sink(&self.digits, &self.stats);
+                        self.scrubber
+                            .process(now_ms(now), input, &mut out, &mut sink)
+                    };
+                    // An RFC 4733 event whose end packets may be lost needs the short tick for
+                    // its timeout (RFC 4733 §2.5.2.2); re-armed only when that starts.
+                    if self.scrubber.event_pending() && tick.deadline() > now + TICK {
+                        tick.as_mut().reset(now + TICK);
+                    }
+                    set(
+                        &self.stats.samples_masked,
+                        self.scrubber.stats().samples_masked,
+                    );
+                    let len = match verdict {
+                        Verdict::Forward(len) => len,
+                        Verdict::Drop(_) => {
+                            bump(&self.stats.dropped_scrubber);
+                            continue;
                         }
-                        Err(_) => bump(&self.stats.recv_errors),
+                    };
+                    let Some(dest) = self.b_rtp.dest() else {
+                        bump(&self.stats.dropped_no_peer);
+                        continue;
+                    };
+                    let pkt = out.get(..len).unwrap_or_default();
+                    match self.b.rtp.send_to(pkt, dest).await {
+                        Ok(_) => bump(&self.stats.b_out),
+                        Err(_) => bump(&self.stats.send_errors),
+                    }
+                    if let Some(rec) = self.recorder.as_mut() {
+                        rec.agent.put(pkt, now_ms(now) as usize * 8);
                     }
                 }
-                r = self.b.rtp.recv_from(&mut buf_b) => {
+                Wake::Datagram(1, r) => {
                     let now = Instant::now();
-                    match r {
-                        Ok((n, src)) => {
-                            if !self.b_rtp.accept(src) {
-                                bump(&self.stats.dropped_stranger);
-                                continue;
-                            }
-                            bump(&self.stats.b_in);
-                            last_rtp = now;
-                            let Some(dest) = self.a_rtp.dest() else {
-                                bump(&self.stats.dropped_no_peer);
-                                continue;
-                            };
-                            let pkt = buf_b.get(..n).unwrap_or_default();
-                            match self.a.rtp.send_to(pkt, dest).await {
-                                Ok(_) => bump(&self.stats.a_out),
-                                Err(_) => bump(&self.stats.send_errors),
-                            }
-                            if let Some(rec) = self.recorder.as_mut() {
-                                rec.caller.put(pkt, now_ms(now) as usize * 8);
-                            }
+                    let Ok((n, src)) = r else {
+                        bump(&self.stats.recv_errors);
+                        continue;
+                    };
+                    if !self.b_rtp.accept(src) {
+                        bump(&self.stats.dropped_stranger);
+                        continue;
+                    }
+                    bump(&self.stats.b_in);
+                    last_rtp = now;
+                    let Some(dest) = self.a_rtp.dest() else {
+                        bump(&self.stats.dropped_no_peer);
+                        continue;
+                    };
+                    let pkt = bufs[1].get(..n).unwrap_or_default();
+                    match self.a.rtp.send_to(pkt, dest).await {
+                        Ok(_) => bump(&self.stats.a_out),
+                        Err(_) => bump(&self.stats.send_errors),
+                    }
+                    // Listened to after it has gone out as it came: the tap only reads.
+                    if let Some(tap) = self.agent_tap.as_mut() {
+                        let mut sink = agent_sink(&self.agent_digits, &self.stats);
+                        tap.observe(now_ms(now), pkt, &mut sink);
+                        if tap.event_pending() && tick.deadline() > now + TICK {
+                            tick.as_mut().reset(now + TICK);
                         }
-                        Err(_) => bump(&self.stats.recv_errors),
+                    }
+                    if let Some(rec) = self.recorder.as_mut() {
+                        rec.caller.put(pkt, now_ms(now) as usize * 8);
                     }
                 }
-                r = self.a.rtcp.recv_from(&mut buf_ac) => {
+                Wake::Datagram(2, r) => {
                     let leg = RtcpLeg {
                         from: &mut self.a_rtcp,
                         to: &self.b_rtcp,
@@ -586,9 +724,9 @@ impl Relay {
                         counted_in: &self.stats.rtcp_a_in,
                         counted_out: &self.stats.rtcp_b_out,
                     };
-                    relay_rtcp(r, &buf_ac, leg, &self.stats).await;
+                    relay_rtcp(r, &bufs[2], leg, &self.stats).await;
                 }
-                r = self.b.rtcp.recv_from(&mut buf_bc) => {
+                Wake::Datagram(_, r) => {
                     let leg = RtcpLeg {
                         from: &mut self.b_rtcp,
                         to: &self.a_rtcp,
@@ -596,36 +734,64 @@ impl Relay {
                         counted_in: &self.stats.rtcp_b_in,
                         counted_out: &self.stats.rtcp_a_out,
                     };
-                    relay_rtcp(r, &buf_bc, leg, &self.stats).await;
+                    relay_rtcp(r, &bufs[3], leg, &self.stats).await;
                 }
-                c = self.control.recv() => {
-                    match c {
-                        Some(MediaControl::Scrub(on)) => {
-                            let mut sink = digit_sink(&self.digits, &self.stats);
-                            self.scrubber.set_enabled(on, &mut sink);
-                        }
-                        Some(MediaControl::Peers { a, b }) => {
-                            self.a_rtp.update(a);
-                            self.b_rtp.update(b);
-                            self.a_rtcp.update(rtcp_of(a));
-                            self.b_rtcp.update(rtcp_of(b));
-                        }
-                        Some(MediaControl::EventPayloadType(pt)) => {
-                            self.scrubber.set_event_pt(pt);
-                        }
-                        // Every handle gone is a stop too: nobody could stop us later.
-                        Some(MediaControl::Stop) | None => break,
+                Wake::Control(c) => match c {
+                    Some(MediaControl::Scrub(on)) => {
+                        let mut sink = digit_sink(&self.digits, &self.stats);
+                        self.scrubber.set_enabled(on, &mut sink);
                     }
-                }
-                t = tick.tick() => {
-                    let mut sink = digit_sink(&self.digits, &self.stats);
-                    self.scrubber.tick(now_ms(t), &mut sink);
+                    Some(MediaControl::Peers { a, b }) => {
+                        self.a_rtp.update(a);
+                        self.b_rtp.update(b);
+                        self.a_rtcp.update(rtcp_of(a));
+                        self.b_rtcp.update(rtcp_of(b));
+                    }
+                    Some(MediaControl::EventPayloadType(pt)) => {
+                        self.scrubber.set_event_pt(pt);
+                        if let Some(tap) = self.agent_tap.as_mut() {
+                            tap.set_event_pt(pt);
+                        }
+                    }
+                    Some(MediaControl::AgentDigits(on)) => {
+                        if on && self.agent_tap.is_none() {
+                            self.agent_tap = Some(DigitTap::new(self.scrubber.config()));
+                        } else if !on && let Some(mut tap) = self.agent_tap.take() {
+                            let mut sink = agent_sink(&self.agent_digits, &self.stats);
+                            tap.finish(&mut sink);
+                        }
+                    }
+                    // Every handle gone is a stop too: nobody could stop us later.
+                    Some(MediaControl::Stop) | None => break,
+                },
+                Wake::Tick => {
+                    let t = tick.deadline();
+                    {
+                        let mut sink = digit_sink(&self.digits, &self.stats);
+                        self.scrubber.tick(now_ms(t), &mut sink);
+                    }
+                    if let Some(tap) = self.agent_tap.as_mut() {
+                        let mut sink = agent_sink(&self.agent_digits, &self.stats);
+                        tap.tick(now_ms(t), &mut sink);
+                    }
                     let silent = t.saturating_duration_since(last_rtp) >= self.inactivity;
                     if silent != inactive {
                         inactive = silent;
-                        let ev = if silent { MediaEvent::Inactive } else { MediaEvent::Active };
+                        let ev = if silent {
+                            MediaEvent::Inactive
+                        } else {
+                            MediaEvent::Active
+                        };
                         let _ = self.events.try_send(ev);
                     }
+                    // Missed ticks are not made up: the next is one period from now.
+                    let tap_pending = self.agent_tap.as_ref().is_some_and(DigitTap::event_pending);
+                    let period = if self.scrubber.event_pending() || tap_pending {
+                        TICK
+                    } else {
+                        idle_tick
+                    };
+                    tick.as_mut().reset(Instant::now() + period);
                 }
             }
         }
@@ -636,6 +802,10 @@ impl Relay {
         {
             let mut sink = digit_sink(&self.digits, &self.stats);
             self.scrubber.finish(&mut sink);
+        }
+        if let Some(tap) = self.agent_tap.as_mut() {
+            let mut sink = agent_sink(&self.agent_digits, &self.stats);
+            tap.finish(&mut sink);
         }
         self.stats
             .samples_masked

@@ -10,10 +10,13 @@
 //!
 //! It must never allocate, lock, log or panic per packet; it never reads a clock (time arrives as
 //! an argument). Digits it reports are `Digit`s, which never print.
+//!
+//! [`DigitTap`] is its read-only sibling for the other direction: it hears the agent's keys
+//! (in-band and RFC 4733) without touching the packets.
 
 use crate::digit::{Digit, DigitSource};
 use crate::dsp::dtmf::{
-    DetectorConfig, DigitEvent, DtmfDetector, PresenceConfig, PresenceDetector,
+    DetectorConfig, DigitEvent, DtmfDetector, PresenceConfig, PresenceDetector, process_both,
 };
 use crate::dsp::g711::Codec;
 use crate::dsp::mask::{MaskKind, Masker};
@@ -205,6 +208,11 @@ impl Scrubber {
         s
     }
 
+    /// The configuration it was built with (scrubbing state aside).
+    pub fn config(&self) -> &ScrubberConfig {
+        &self.cfg
+    }
+
     /// The added delay in samples (D).
     pub fn delay_samples(&self) -> usize {
         self.delay
@@ -277,6 +285,12 @@ impl Scrubber {
             },
         }
         verdict
+    }
+
+    /// Whether an RFC 4733 event is sounding without its end seen: only then does
+    /// [`Scrubber::tick`] have anything to time out, so the shell can tick slowly otherwise.
+    pub fn event_pending(&self) -> bool {
+        matches!(self.event, Some(ev) if !ev.ended)
     }
 
     /// Lets time pass without packets: ends an event whose end packets were all lost.
@@ -489,15 +503,17 @@ impl Scrubber {
         detect: bool,
         on_digit: &mut dyn FnMut(ScrubbedDigit),
     ) {
-        self.presence
-            .process(&self.lin_in[..n], &mut self.mask[..n]);
         if detect {
             let last_digit = &mut self.last_digit;
             let stats = &mut self.stats;
             // Detector offsets count only the samples it heard; map them back to the stream.
             let skew = self.detector_skew;
-            self.detector
-                .process(&self.lin_in[..n], &mut |ev: DigitEvent| {
+            process_both(
+                &mut self.presence,
+                &mut self.detector,
+                &self.lin_in[..n],
+                &mut self.mask[..n],
+                &mut |ev: DigitEvent| {
                     let d = ScrubbedDigit {
                         digit: ev.digit,
                         source: DigitSource::InBand,
@@ -505,8 +521,11 @@ impl Scrubber {
                         end: ev.end + skew,
                     };
                     emit_digit(last_digit, stats, d, on_digit);
-                });
+                },
+            );
         } else {
+            self.presence
+                .process(&self.lin_in[..n], &mut self.mask[..n]);
             self.detector_skew += n as u64;
         }
         self.pos += n as u64;
@@ -613,6 +632,222 @@ impl Scrubber {
                 source: DigitSource::InBand,
                 start: ev.start + skew,
                 end: ev.end + skew,
+            };
+            emit_digit(last_digit, stats, d, on_digit);
+        });
+    }
+}
+
+/// An RFC 4733 event heard by a [`DigitTap`].
+#[derive(Clone, Copy, Debug)]
+struct TapEvent {
+    digit: Option<Digit>,
+    rtp_ts: u32,
+    duration: u32,
+    ended: bool,
+    start_pos: u64,
+    last_seen_ms: u64,
+    reported: bool,
+}
+
+/// Listens for keys on a stream it must not alter: the agent→caller direction, where the agent
+/// keys a payment session's locator on their phone. The strict detector runs on the decoded
+/// G.711 audio and RFC 4733 events are parsed; a key carried both ways is reported once. No
+/// presence detector, no delay line, no masking: the packets are only read.
+///
+/// Same rules as the scrubber: no allocation, lock, log or panic per packet, no clock.
+pub struct DigitTap {
+    event_pt: Option<u8>,
+    event_timeout_ms: u64,
+    detector: DtmfDetector,
+    lin: [i16; MAX_FRAME],
+    /// Audio samples heard: the timeline of reported digits.
+    pos: u64,
+    last_in: Option<(u16, u32)>,
+    event: Option<TapEvent>,
+    last_digit: Option<ScrubbedDigit>,
+    stats: ScrubStats,
+}
+
+impl DigitTap {
+    /// A tap with the scrubber's detector settings, event payload type and event timeout.
+    pub fn new(cfg: &ScrubberConfig) -> DigitTap {
+        DigitTap {
+            event_pt: cfg.event_pt,
+            event_timeout_ms: cfg.event_timeout_ms,
+            detector: DtmfDetector::new(cfg.detector.clone()),
+            lin: [0; MAX_FRAME],
+            pos: 0,
+            last_in: None,
+            event: None,
+            last_digit: None,
+            stats: ScrubStats::default(),
+        }
+    }
+
+    /// Counters: `packets_in`, the `digits_*` and `dropped_*` (packets not inspected) apply.
+    pub fn stats(&self) -> &ScrubStats {
+        &self.stats
+    }
+
+    /// Changes the negotiated telephone-event payload type (re-INVITE).
+    pub fn set_event_pt(&mut self, pt: Option<u8>) {
+        self.event_pt = pt;
+    }
+
+    /// Whether an event is sounding without its end seen (see [`Scrubber::event_pending`]).
+    pub fn event_pending(&self) -> bool {
+        matches!(self.event, Some(ev) if !ev.ended)
+    }
+
+    /// Reads one datagram received at `now_ms`. Packets it cannot inspect (malformed, other
+    /// payload types, oversize) are counted and ignored; the caller forwards every packet as
+    /// it was, whatever this says.
+    pub fn observe(&mut self, now_ms: u64, input: &[u8], on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        self.stats.packets_in += 1;
+        let view = match RtpView::parse(input) {
+            Ok(v) => v,
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        let id = (view.sequence(), view.timestamp());
+        if self.last_in == Some(id) {
+            self.stats.dropped_duplicate += 1;
+            return;
+        }
+        self.last_in = Some(id);
+        self.tick(now_ms, on_digit);
+        let pt = view.payload_type();
+        if Some(pt) == self.event_pt {
+            self.observe_event(now_ms, &view, on_digit);
+        } else if let Some(codec) = Codec::from_payload_type(pt) {
+            self.observe_audio(codec, &view, on_digit);
+        } else if pt != PT_CN {
+            self.stats.dropped_unsupported += 1;
+        }
+    }
+
+    fn observe_audio(
+        &mut self,
+        codec: Codec,
+        view: &RtpView<'_>,
+        on_digit: &mut dyn FnMut(ScrubbedDigit),
+    ) {
+        let payload = view.payload();
+        let n = payload.len();
+        if n > MAX_FRAME {
+            self.stats.dropped_oversize += 1;
+            return;
+        }
+        if let Some(ev) = self.event
+            && !ev.ended
+            && view.timestamp().wrapping_sub(ev.rtp_ts) >= ev.duration.saturating_add(n as u32)
+        {
+            // Audio resumed past the event: its end packets were lost.
+            self.finish_event(on_digit);
+        }
+        for (l, &b) in self.lin.iter_mut().zip(payload) {
+            *l = codec.decode(b);
+        }
+        let last_digit = &mut self.last_digit;
+        let stats = &mut self.stats;
+        self.detector
+            .process(&self.lin[..n], &mut |ev: DigitEvent| {
+                let d = ScrubbedDigit {
+                    digit: ev.digit,
+                    source: DigitSource::InBand,
+                    start: ev.start,
+                    end: ev.end,
+                };
+                emit_digit(last_digit, stats, d, on_digit);
+            });
+        self.pos += n as u64;
+    }
+
+    fn observe_event(
+        &mut self,
+        now_ms: u64,
+        view: &RtpView<'_>,
+        on_digit: &mut dyn FnMut(ScrubbedDigit),
+    ) {
+        let ev = match TelephoneEvent::parse(view.payload()) {
+            Ok(ev) => ev,
+            Err(_) => {
+                self.stats.dropped_bad_event += 1;
+                return;
+            }
+        };
+        let ts = view.timestamp();
+        if !matches!(self.event, Some(a) if a.rtp_ts == ts) {
+            // RFC 4733 §2.5.1.2: a new timestamp starts a new event.
+            self.finish_event(on_digit);
+            self.event = Some(TapEvent {
+                digit: Digit::from_event_code(ev.event),
+                rtp_ts: ts,
+                duration: 0,
+                ended: false,
+                start_pos: self.pos,
+                last_seen_ms: now_ms,
+                reported: false,
+            });
+        }
+        if let Some(active) = self.event.as_mut() {
+            active.last_seen_ms = now_ms;
+            active.duration = active.duration.max(u32::from(ev.duration));
+        }
+        if ev.end {
+            self.finish_event(on_digit);
+        }
+    }
+
+    /// Lets time pass without packets: ends an event whose end packets were all lost
+    /// (RFC 4733 §2.5.2.2).
+    pub fn tick(&mut self, now_ms: u64, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        if let Some(ev) = self.event
+            && !ev.ended
+            && now_ms.saturating_sub(ev.last_seen_ms) >= self.event_timeout_ms
+        {
+            self.finish_event(on_digit);
+        }
+    }
+
+    /// Ends the current event and reports its key once; late copies of its packets (same
+    /// timestamp) are then stragglers, not a new key.
+    fn finish_event(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        let Some(ev) = self.event.as_mut() else {
+            return;
+        };
+        ev.ended = true;
+        if ev.reported {
+            return;
+        }
+        ev.reported = true;
+        let Some(digit) = ev.digit else {
+            return;
+        };
+        let d = ScrubbedDigit {
+            digit,
+            source: DigitSource::Rfc4733,
+            start: ev.start_pos,
+            end: ev.start_pos + u64::from(ev.duration),
+        };
+        emit_digit(&mut self.last_digit, &mut self.stats, d, on_digit);
+    }
+
+    /// Flushes at the end of a stream (or when the tap is switched off): reports a key still
+    /// sounding.
+    pub fn finish(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        self.finish_event(on_digit);
+        let last_digit = &mut self.last_digit;
+        let stats = &mut self.stats;
+        self.detector.finish(&mut |ev: DigitEvent| {
+            let d = ScrubbedDigit {
+                digit: ev.digit,
+                source: DigitSource::InBand,
+                start: ev.start,
+                end: ev.end,
             };
             emit_digit(last_digit, stats, d, on_digit);
         });
@@ -921,5 +1156,31 @@ mod tests {
             s.process(0, &pkt, &mut buf, &mut |_| {}),
             Verdict::Drop(DropReason::UnsupportedPayload(18))
         );
+    }
+
+    #[test]
+    fn tap_hears_in_band_and_event_keys_without_a_copy() {
+        let mut audio = vec![0i16; 800];
+        audio.extend(tone(key('4'), 800));
+        audio.extend(vec![0; 800]);
+        audio.extend(tone(key('9'), 800));
+        audio.extend(vec![0; 1600]);
+        let spans = [KeySpan {
+            digit: key('9'),
+            start: 2400,
+            end: 3200,
+        }];
+        let packets = packetize(&audio, &TrunkConfig::default(), Some(&spans));
+        let mut tap = DigitTap::new(&ScrubberConfig::default());
+        let mut got = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            tap.observe(i as u64 * 20, p, &mut |d| got.push(d));
+        }
+        tap.finish(&mut |d| got.push(d));
+        let keys: String = got.iter().map(|d| d.digit.reveal()).collect();
+        assert_eq!(keys, "49");
+        assert_eq!(got[0].source, DigitSource::InBand);
+        assert_eq!(got[1].source, DigitSource::Rfc4733);
+        assert_eq!(tap.stats().packets_in, packets.len() as u64);
     }
 }
