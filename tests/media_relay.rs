@@ -391,3 +391,40 @@ async fn agent_keys_are_reported_when_asked_and_their_audio_passes_untouched() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn announce_plays_the_intercept_tone_to_the_caller_until_stopped() {
+    use tonewall::dsp::g711::Codec;
+    use tonewall::net::media::MediaControl;
+    let c = call(42_800, true, RelayOptions::default()).await;
+    // Nothing to relay: the call is being given up; the caller hears the tone.
+    c.handle
+        .control()
+        .send(MediaControl::Announce(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let got = recv_n(&c.caller.rtp, 10).await;
+    assert_eq!(got.len(), 10);
+    let views: Vec<_> = got.iter().map(|p| RtpView::parse(p).unwrap()).collect();
+    for w in views.windows(2) {
+        assert_eq!(w[1].sequence(), w[0].sequence().wrapping_add(1));
+        assert_eq!(w[1].timestamp(), w[0].timestamp().wrapping_add(160));
+        assert_eq!(w[1].ssrc(), w[0].ssrc());
+    }
+    assert!(
+        views
+            .iter()
+            .all(|v| v.payload_type() == 0 && v.payload().len() == 160)
+    );
+    // Audible: the first tone is well above silence.
+    let loud = views[2]
+        .payload()
+        .iter()
+        .map(|&b| i32::from(Codec::Pcmu.decode(b)).abs())
+        .max()
+        .unwrap();
+    assert!(loud > 1000, "{loud}");
+    let (out, keys) = stop(c).await;
+    assert!(keys.is_empty());
+    assert!(out.stats.a_out >= 10);
+}

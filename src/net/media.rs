@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::dsp::g711::Codec;
 use crate::net::ports::{PortLease, PortPair};
+use crate::rtp::announce::Announcer;
 use crate::rtp::packet::RtpView;
 use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 
@@ -91,6 +92,9 @@ pub enum MediaControl {
     /// untouched: the agent keying a payment session's locator binds the call to it. Off by
     /// default; switching it off reports a key still sounding.
     AgentDigits(bool),
+    /// The call failed before reaching an agent (a loop call's locator led nowhere): stop
+    /// relaying and play the intercept tone towards the caller for this long, or until `Stop`.
+    Announce(Duration),
     Stop,
 }
 
@@ -605,6 +609,36 @@ fn poll_wake(
 }
 
 impl Relay {
+    /// Plays the failure announcement ([`Announcer`]) to the caller leg in real time. Nothing
+    /// is relayed meanwhile: the call is being given up. True when told to stop.
+    async fn announce(&mut self, dur: Duration) -> bool {
+        let Some(dest) = self.a_rtp.dest() else {
+            return false;
+        };
+        let codec = self.scrubber.config().default_codec;
+        let mut ann = Announcer::new(codec, rand::random(), rand::random(), rand::random());
+        let mut buf = [0u8; 256];
+        let mut every = tokio::time::interval(Duration::from_millis(20));
+        let end = Instant::now() + dur;
+        while Instant::now() < end {
+            tokio::select! {
+                _ = every.tick() => {
+                    let n = ann.next_packet(&mut buf);
+                    match self.a.rtp.send_to(buf.get(..n).unwrap_or_default(), dest).await {
+                        Ok(_) => bump(&self.stats.a_out),
+                        Err(_) => bump(&self.stats.send_errors),
+                    }
+                }
+                c = self.control.recv() => match c {
+                    Some(MediaControl::Stop) | None => return true,
+                    // Scrubbing, peers and the rest no longer matter for this call.
+                    Some(_) => {}
+                },
+            }
+        }
+        false
+    }
+
     /// How often time is fed to the scrubber and silence checked while no RFC 4733 event is
     /// sounding: a tenth of the inactivity period, between `TICK` and `IDLE_TICK`.
     fn idle_tick(&self) -> Duration {
@@ -759,6 +793,11 @@ impl Relay {
                         } else if !on && let Some(mut tap) = self.agent_tap.take() {
                             let mut sink = agent_sink(&self.agent_digits, &self.stats);
                             tap.finish(&mut sink);
+                        }
+                    }
+                    Some(MediaControl::Announce(d)) => {
+                        if self.announce(d).await {
+                            break;
                         }
                     }
                     // Every handle gone is a stop too: nobody could stop us later.

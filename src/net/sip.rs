@@ -366,6 +366,12 @@ impl Shell {
                 }
                 Output::Announce { call } => {
                     tracing::info!(call = call.0, "loop route: locator not found, announcing");
+                    // The core hangs up after the route's announce_ms, which stops the relay.
+                    if let Some(r) = self.relays.get(&call) {
+                        let _ = r
+                            .control
+                            .try_send(MediaControl::Announce(Duration::from_secs(60)));
+                    }
                 }
             }
         }

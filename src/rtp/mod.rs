@@ -1,5 +1,6 @@
 //! Pure RTP logic: header views, RFC 4733 events and the per-direction scrubber.
 
+pub mod announce;
 pub mod event;
 pub mod fuzz;
 pub mod packet;
