@@ -203,6 +203,9 @@ pub struct RouteConfig {
     pub target: String,
     pub target_transport: Transport,
     pub scrub: ScrubMode,
+    /// Inline routes: listen on the agent→caller direction until the agent keys a payment
+    /// session's locator on their phone, then bind the call to that session.
+    pub agent_locator: bool,
     // The keys below only mean something for `mode = "loop"`.
     /// Locator sources: "ruri" and "header" tried in this order, then "dtmf" if listed.
     pub locator_from: Vec<LocatorSource>,
@@ -229,6 +232,7 @@ impl Default for RouteConfig {
             target: "sip:agents@127.0.0.1:5080".into(),
             target_transport: Transport::Udp,
             scrub: ScrubMode::Always,
+            agent_locator: true,
             locator_from: vec![
                 LocatorSource::Ruri,
                 LocatorSource::Header,

@@ -70,6 +70,12 @@ enum CoreMsg {
         digit: crate::digit::Digit,
         at_ms: u64,
     },
+    /// A key the agent pressed on an inline call (agent→caller direction).
+    AgentKey {
+        call: CallId,
+        digit: crate::digit::Digit,
+        at_ms: u64,
+    },
 }
 
 /// The sockets SIP listens on (bound by the caller, so it can report the addresses).
@@ -125,6 +131,8 @@ struct Shell {
     calls: HashMap<CallId, CallShell>,
     scrub_routes: HashSet<String>,
     loop_routes: HashSet<String>,
+    /// Inline routes where the agent keying a locator binds the call.
+    agent_routes: HashSet<String>,
     locator_len: usize,
     locator_inter_key_ms: u64,
     scrubber: ScrubberConfig,
@@ -144,6 +152,8 @@ struct CallShell {
     pre_bridge: Arc<AtomicBool>,
     /// Collecting a locator from the caller leg's keys (loop route, locator by DTMF).
     collector: Option<LocatorCollector>,
+    /// Collecting a locator from the agent's keys (inline route, until bound).
+    agent: Option<LocatorCollector>,
 }
 
 fn call_label(call: CallId) -> String {
@@ -223,6 +233,12 @@ pub async fn serve(
             .filter(|r| r.mode == RouteMode::Loop)
             .map(|r| r.name.clone())
             .collect(),
+        agent_routes: config
+            .routes
+            .iter()
+            .filter(|r| r.mode == RouteMode::Inline && r.agent_locator)
+            .map(|r| r.name.clone())
+            .collect(),
         locator_len: config.payment.locator_len,
         locator_inter_key_ms: config.payment.locator_inter_key_ms,
         scrubber,
@@ -271,6 +287,10 @@ pub async fn serve(
                 Some(CoreMsg::Located { call, outcome }) => Some(Input::Located { call, outcome }),
                 Some(CoreMsg::LocatorKey { call, digit, at_ms }) => {
                     shell.locator_key(call, digit, at_ms);
+                    None
+                }
+                Some(CoreMsg::AgentKey { call, digit, at_ms }) => {
+                    shell.agent_key(call, digit, at_ms);
                     None
                 }
                 None => break,
@@ -383,12 +403,17 @@ impl Shell {
                 tracing::info!(call = call.0, route = %route, "call started");
                 let scrub = self.scrub_routes.contains(route);
                 let looped = self.loop_routes.contains(route);
+                let (len, gap) = (self.locator_len, self.locator_inter_key_ms);
                 self.calls.insert(
                     call,
                     CallShell {
                         scrub,
                         pre_bridge: Arc::new(AtomicBool::new(looped)),
                         collector: None,
+                        agent: self
+                            .agent_routes
+                            .contains(route)
+                            .then(|| LocatorCollector::new(len, gap)),
                     },
                 );
                 let m = self.api.metrics();
@@ -454,6 +479,38 @@ impl Shell {
                 None => LocateOutcome::NotFound,
             };
             let _ = core_tx.send(CoreMsg::Located { call, outcome }).await;
+        });
+    }
+
+    /// A key the agent pressed on an inline call not yet bound: when it completes a locator
+    /// of a live session, the call is bound to it (capture starts, scrubbing switches on) and
+    /// the relay stops listening to the agent.
+    fn agent_key(&mut self, call: CallId, digit: crate::digit::Digit, at_ms: u64) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let Some(locator) = c.agent.as_mut().and_then(|a| a.push(digit, at_ms)) else {
+            return;
+        };
+        let api = self.api.clone();
+        let control = self.relays.get(&call).map(|r| r.control.clone());
+        tokio::spawn(async move {
+            let label = call_label(call);
+            let Some((session, _)) = api.locate(locator.as_str()).await else {
+                tracing::info!(call = call.0, "agent keyed a locator no live session holds");
+                return;
+            };
+            match api.bind_call(session, &label, true).await {
+                Ok(()) => {
+                    tracing::info!(call = call.0, %session, "agent keyed the locator: call bound to its payment session");
+                    if let Some(c) = control {
+                        let _ = c.send(MediaControl::AgentDigits(false)).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(call = call.0, %session, code = e.code, "agent's locator: call cannot be bound")
+                }
+            }
         });
     }
 
@@ -551,6 +608,7 @@ impl Shell {
         );
         let opts = RelayOptions {
             call_label: call_label(call),
+            agent_digits: self.calls.get(&call).is_some_and(|c| c.agent.is_some()),
             ..self.relay_opts.clone()
         };
         let (handle, task) =
@@ -671,6 +729,10 @@ async fn supervise(
                 } else {
                     feed(&api, &label, call, d.digit, d.source, at_ms).await;
                 }
+            }
+            Some(d) = handle.agent_digits.recv() => {
+                let key = CoreMsg::AgentKey { call, digit: d.digit, at_ms: d.start / 8 };
+                let _ = core_tx.send(key).await;
             }
             Some(ev) = handle.events.recv() => {
                 if ev == MediaEvent::Inactive {
