@@ -186,6 +186,42 @@ master_key_env = "TONEWALL_INLINE_TEST_KEY"
         .count();
     assert_eq!(events, 0, "telephone-events reached the agent");
 
+    // The metrics count the call, its packets and the stripped events (folded once a second),
+    // never a digit.
+    let mut metrics = String::new();
+    for _ in 0..40 {
+        metrics = http
+            .client
+            .get(format!("{}/metrics", http.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("tonewall_rtp_events_stripped_total ") && !l.ends_with(" 0"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        metrics.contains("tonewall_calls_started_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tonewall_calls_active 1"), "{metrics}");
+    assert!(
+        metrics.contains("tonewall_rtp_packets_total{direction=\"caller_to_agent\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("tonewall_rtp_events_stripped_total 0"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("411111") && !metrics.contains("1230123"));
+
     let (st, card) = http
         .send(
             reqwest::Method::POST,

@@ -140,6 +140,8 @@ pub struct RelayStats {
     pub recv_errors: AtomicU64,
     /// Samples changed by masking on the agent leg.
     pub samples_masked: AtomicU64,
+    /// RFC 4733 telephone-event packets replaced by masking audio on the agent leg.
+    pub events_stripped: AtomicU64,
     /// Digits heard (sent to capture).
     pub digits: AtomicU64,
     /// Digits lost because the capture channel was full or closed.
@@ -167,6 +169,7 @@ pub struct RelayStatsSnapshot {
     pub send_errors: u64,
     pub recv_errors: u64,
     pub samples_masked: u64,
+    pub events_stripped: u64,
     pub digits: u64,
     pub digits_lost: u64,
     pub agent_digits: u64,
@@ -191,6 +194,7 @@ impl RelayStats {
             send_errors: g(&self.send_errors),
             recv_errors: g(&self.recv_errors),
             samples_masked: g(&self.samples_masked),
+            events_stripped: g(&self.events_stripped),
             digits: g(&self.digits),
             digits_lost: g(&self.digits_lost),
             agent_digits: g(&self.agent_digits),
@@ -693,10 +697,9 @@ impl Relay {
                     if self.scrubber.event_pending() && tick.deadline() > now + TICK {
                         tick.as_mut().reset(now + TICK);
                     }
-                    set(
-                        &self.stats.samples_masked,
-                        self.scrubber.stats().samples_masked,
-                    );
+                    let sc = self.scrubber.stats();
+                    set(&self.stats.samples_masked, sc.samples_masked);
+                    set(&self.stats.events_stripped, sc.events_converted);
                     let len = match verdict {
                         Verdict::Forward(len) => len,
                         Verdict::Drop(_) => {

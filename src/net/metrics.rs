@@ -45,6 +45,8 @@ pub struct Metrics {
     pub dtmf_keys_heard: Counter,
     /// Audio samples replaced by masking on the agent leg (8 000 per second).
     pub samples_masked: Counter,
+    /// RFC 4733 telephone-event packets replaced by masking audio on the agent leg.
+    pub events_stripped: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +72,7 @@ impl Metrics {
             rtp_dropped: Family::default(),
             dtmf_keys_heard: Counter::default(),
             samples_masked: Counter::default(),
+            events_stripped: Counter::default(),
         };
         registry.register(
             "payment_sessions_created",
@@ -126,6 +129,11 @@ impl Metrics {
             "samples_masked",
             "Audio samples replaced by masking on the agent leg",
             m.samples_masked.clone(),
+        );
+        registry.register(
+            "rtp_events_stripped",
+            "RFC 4733 telephone-event packets replaced by masking audio on the agent leg",
+            m.events_stripped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -700,6 +700,8 @@ fn fold_stats(api: &ApiState, last: &mut RelayStatsSnapshot, now: RelayStatsSnap
         .inc_by(now.digits.saturating_sub(last.digits));
     m.samples_masked
         .inc_by(now.samples_masked.saturating_sub(last.samples_masked));
+    m.events_stripped
+        .inc_by(now.events_stripped.saturating_sub(last.events_stripped));
     *last = now;
 }
 
