@@ -636,8 +636,171 @@ async fn locator_keyed_after_answer_then_card_is_captured_and_kept_from_the_agen
         "the capturing subscriber sees tonewall's logs at TRACE"
     );
     assert!(
-        !log.contains(&s.token),
-        "the retrieval token is in the logs"
+        !log.contains(&s.token) && !log.contains(&s.pin),
+        "the retrieval token or PIN is in the logs"
     );
     assert_no_card_data("the logs", &log);
+}
+
+/// The PBX dials `pay*<locator>`: tonewall resolves the locator from the Request-URI without
+/// answering the caller, calls the agent back with X-Agent / X-Locator, and relays the answer.
+/// The card keyed as events is captured into the session the call was bound to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locator_in_the_request_uri_binds_the_call_without_dtmf() {
+    sipp_available();
+    let codec = Codec::Pcmu;
+    let tw = start_tonewall(51_000).await;
+    let s = tw.create_session(AGENT).await;
+    let card = format!("{TEST_CARD}#{TEST_EXPIRY}{TEST_CVV}");
+    let caller = keys_over_speech(
+        codec,
+        &[KeyRun {
+            lead_ms: 600.0,
+            text: &card,
+            keys: Keys::Events,
+        }],
+        500.0,
+    );
+    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let capture_addr = capture.local_addr().unwrap();
+    let uas = start_contact_centre(&tw, codec, AGENT, &s.locator, capture_addr).await;
+    let collector = collect(capture);
+    let service = format!("pay*{}", s.locator);
+    let (uac, _) = start_pbx(&tw, "loop_pbx_uac.xml", &service, codec, &caller);
+    finish("sipp UAC (PBX dialling pay*<locator>)", &tw.dir, uac).await;
+    finish("sipp UAS (contact centre return number)", &tw.dir, uas).await;
+    let heard = collector.await.unwrap();
+
+    assert!(
+        heard.len() * 10 >= caller.packets.len() * 9,
+        "{} packets reached the contact centre for {} sent",
+        heard.len(),
+        caller.packets.len()
+    );
+    assert_eq!(
+        heard.iter().filter(|p| is_event(p)).count(),
+        0,
+        "telephone-events reached the contact centre"
+    );
+    let cc = depacketize(heard.iter().map(|p| p.as_slice()), caller.trunk.first_ts).audio;
+    assert!(spectrum::fft_decode(&cc, &mut |_| {}).is_empty());
+    let (v, text) = tw.session(&s.id).await;
+    assert_eq!(v["state"], "sealed", "{text}");
+    assert!(
+        v["call_id"].as_str().is_some_and(|c| !c.is_empty()),
+        "the session names the call it was bound to: {text}"
+    );
+    assert_eq!(v["fields"][0]["last4"], "1111", "{text}");
+    assert_no_card_data("the session view", &text);
+    tw.shut_down().await;
+}
+
+/// A locator no session holds, keyed after tonewall answers: with on_failure = "announce" the
+/// caller hears the failure tone and tonewall hangs up with a BYE; the contact centre's return
+/// number is never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_locator_is_announced_and_hung_up_without_calling_the_contact_centre() {
+    sipp_available();
+    let codec = Codec::Pcma;
+    let tw = start_tonewall(52_000).await;
+    let s = tw.create_session(AGENT).await;
+    let wrong = format!(
+        "{:04}",
+        (s.locator.parse::<u32>().unwrap() + 5_003) % 10_000
+    );
+    assert_ne!(wrong, s.locator);
+    let caller = keys_over_speech(
+        codec,
+        &[KeyRun {
+            lead_ms: 600.0,
+            text: &wrong,
+            keys: Keys::Events,
+        }],
+        3_000.0,
+    );
+    // The return number's SIP port: anything tonewall sends there is a failure.
+    let cc = tokio::net::UdpSocket::bind(("127.0.0.1", tw.cc_port))
+        .await
+        .unwrap();
+    let (uac, _) = start_pbx(&tw, "loop_pbx_uac_not_found.xml", "pay", codec, &caller);
+    finish(
+        "sipp UAC (PBX transfer, unknown locator, expects tonewall's BYE)",
+        &tw.dir,
+        uac,
+    )
+    .await;
+    let mut buf = [0u8; 2048];
+    let got = tokio::time::timeout(Duration::from_millis(500), cc.recv_from(&mut buf)).await;
+    assert!(
+        got.is_err(),
+        "the contact centre was sent: {}",
+        got.map(|r| String::from_utf8_lossy(&buf[..r.unwrap().0]).into_owned())
+            .unwrap_or_default()
+    );
+    let (v, text) = tw.session(&s.id).await;
+    assert_eq!(v["state"], "pending", "the session is not bound: {text}");
+    let (_, metrics) = tw.http("GET", "/metrics", None).await;
+    assert!(
+        metrics.contains("cause=\"not_located\"} 1"),
+        "the call ended as not located: {metrics}"
+    );
+    tw.shut_down().await;
+}
+
+/// Control for the contact centre's scenario: a return call without the agent's header (here
+/// sipp's own UAC calling it directly) fails it, so its exit status above means X-Agent and
+/// X-Locator were there with the session's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contact_centre_scenario_fails_a_call_without_x_agent() {
+    sipp_available();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let xml = scenario(dir, "loop_cc_uas.xml", AGENT, "1234");
+    let port = free_port();
+    let mut args = vec![
+        "-sf".into(),
+        xml.display().to_string(),
+        "-p".into(),
+        port.to_string(),
+        "-key".into(),
+        "capture_ip".into(),
+        "127.0.0.1".into(),
+        "-key".into(),
+        "capture_port".into(),
+        free_port().to_string(),
+    ];
+    args.extend(keys_args(Codec::Pcmu));
+    let uas = sipp(dir, &args).spawn().unwrap();
+    let mut bound = false;
+    for _ in 0..200 {
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            bound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(bound, "sipp UAS did not bind {port}");
+    let uac = sipp(
+        dir,
+        &[
+            "-sn".into(),
+            "uac".into(),
+            format!("127.0.0.1:{port}"),
+            "-p".into(),
+            free_port().to_string(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let out = tokio::time::timeout(WAIT, uas.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!out.status.success(), "the UAS took a call without X-Agent");
+    assert!(
+        sipp_traces(dir).contains("header X-Agent: not found"),
+        "{}",
+        sipp_traces(dir)
+    );
+    let _ = tokio::time::timeout(WAIT, uac.wait_with_output()).await;
 }
