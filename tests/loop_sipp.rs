@@ -105,12 +105,22 @@ struct Tonewall {
     dir: PathBuf,
     sip_port: u16,
     cc_port: u16,
+    /// The fallback route's port (on_failure = "fallback"), when there is one.
+    fallback_port: Option<u16>,
     api: SocketAddr,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Media ports come from `media_min`..+999: above the kernel's ephemeral range (32768-60999
+/// by default), so `free_port` never hands sipp a port the pool may bind.
 async fn start_tonewall(media_min: u16) -> Tonewall {
+    start_tonewall_with(media_min, false).await
+}
+
+/// As [`start_tonewall`]; with `fallback`, a locator not found sends the call to a fallback
+/// URI on another port instead of the failure announcement.
+async fn start_tonewall_with(media_min: u16, fallback: bool) -> Tonewall {
     logs();
     // SAFETY: every test stores the same value before any reader in this binary runs.
     unsafe { std::env::set_var(TOKENS_ENV, format!("test:{TOKEN}")) };
@@ -119,6 +129,11 @@ async fn start_tonewall(media_min: u16) -> Tonewall {
     let key = dir.join("master.key");
     std::fs::write(&key, "22".repeat(32)).unwrap();
     let (sip_port, cc_port, api_port) = (free_port(), free_port(), free_port());
+    let fallback_port = fallback.then(free_port);
+    let on_failure = match fallback_port {
+        Some(p) => format!("on_failure = \"fallback\"\nfallback = \"sip:queue@127.0.0.1:{p}\""),
+        None => "on_failure = \"announce\"\nannounce_ms = 1000".to_owned(),
+    };
     let text = format!(
         r#"
 [sip]
@@ -141,8 +156,7 @@ locator_from = ["ruri", "header", "dtmf"]
 locator_header = "X-Locator"
 agent_header = "X-Agent"
 locator_timeout_s = 10
-on_failure = "announce"
-announce_ms = 1000
+{on_failure}
 [api]
 listen = "127.0.0.1:{api_port}"
 tokens_env = "{TOKENS_ENV}"
@@ -183,6 +197,7 @@ level = "trace"
         dir,
         sip_port,
         cc_port,
+        fallback_port,
         api: ([127, 0, 0, 1], api_port).into(),
         stop,
         task,
@@ -471,7 +486,7 @@ fn assert_no_card_data(what: &str, text: &str) {
 async fn locator_keyed_after_answer_then_card_is_captured_and_kept_from_the_agent() {
     sipp_available();
     let codec = Codec::Pcma;
-    let tw = start_tonewall(50_000).await;
+    let tw = start_tonewall(61_000).await;
     let s = tw.create_session(AGENT).await;
     assert_eq!(s.locator.len(), 4, "locator_len = 4");
 
@@ -649,7 +664,7 @@ async fn locator_keyed_after_answer_then_card_is_captured_and_kept_from_the_agen
 async fn locator_in_the_request_uri_binds_the_call_without_dtmf() {
     sipp_available();
     let codec = Codec::Pcmu;
-    let tw = start_tonewall(51_000).await;
+    let tw = start_tonewall(62_000).await;
     let s = tw.create_session(AGENT).await;
     let card = format!("{TEST_CARD}#{TEST_EXPIRY}{TEST_CVV}");
     let caller = keys_over_speech(
@@ -702,7 +717,7 @@ async fn locator_in_the_request_uri_binds_the_call_without_dtmf() {
 async fn an_unknown_locator_is_announced_and_hung_up_without_calling_the_contact_centre() {
     sipp_available();
     let codec = Codec::Pcma;
-    let tw = start_tonewall(52_000).await;
+    let tw = start_tonewall(63_000).await;
     let s = tw.create_session(AGENT).await;
     let wrong = format!(
         "{:04}",
@@ -803,4 +818,111 @@ async fn the_contact_centre_scenario_fails_a_call_without_x_agent() {
         sipp_traces(dir)
     );
     let _ = tokio::time::timeout(WAIT, uac.wait_with_output()).await;
+}
+
+/// The same unknown locator on a route whose on_failure is "fallback": the caller, already
+/// answered by tonewall, is put through to the fallback URI (scrubbed like any call) and the
+/// return number is never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_locator_goes_to_the_fallback_uri_when_one_is_configured() {
+    sipp_available();
+    let codec = Codec::Pcma;
+    let tw = start_tonewall_with(64_000, true).await;
+    let s = tw.create_session(AGENT).await;
+    let wrong = format!(
+        "{:04}",
+        (s.locator.parse::<u32>().unwrap() + 5_003) % 10_000
+    );
+    // After the wrong locator, speech and then a key over it: the fallback queue must hear
+    // the speech and not the key.
+    let caller = keys_over_speech(
+        codec,
+        &[
+            KeyRun {
+                lead_ms: 600.0,
+                text: &wrong,
+                keys: Keys::Events,
+            },
+            KeyRun {
+                lead_ms: 1500.0,
+                text: "5",
+                keys: Keys::InBand,
+            },
+        ],
+        1_000.0,
+    );
+    let cc = tokio::net::UdpSocket::bind(("127.0.0.1", tw.cc_port))
+        .await
+        .unwrap();
+    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let capture_addr = capture.local_addr().unwrap();
+    // The fallback queue: the inline tests' contact centre, which checks no header.
+    let fb_port = tw.fallback_port.unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+    let queue = sipp(
+        &tw.dir,
+        &[
+            "-sf".into(),
+            repo.join("cc_uas_capture.xml").display().to_string(),
+            "-p".into(),
+            fb_port.to_string(),
+            "-key".into(),
+            "capture_ip".into(),
+            "127.0.0.1".into(),
+            "-key".into(),
+            "capture_port".into(),
+            capture_addr.port().to_string(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut bound = false;
+    for _ in 0..200 {
+        if UdpSocket::bind(("127.0.0.1", fb_port)).is_err() {
+            bound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(bound, "sipp UAS did not bind {fb_port}");
+    let collector = collect(capture);
+    let (uac, _) = start_pbx(&tw, "loop_pbx_uac.xml", "pay", codec, &caller);
+    finish("sipp UAC (PBX transfer, unknown locator)", &tw.dir, uac).await;
+    finish("sipp UAS (fallback queue)", &tw.dir, queue).await;
+    let heard = collector.await.unwrap();
+
+    let mut buf = [0u8; 2048];
+    let got = tokio::time::timeout(Duration::from_millis(500), cc.recv_from(&mut buf)).await;
+    assert!(
+        got.is_err(),
+        "the return number was sent: {}",
+        got.map(|r| String::from_utf8_lossy(&buf[..r.unwrap().0]).into_owned())
+            .unwrap_or_default()
+    );
+    // Control: the key is in the caller's audio.
+    let said = g711_round_trip(&caller.audio, codec);
+    assert_eq!(
+        decoded(&spectrum::fft_decode(&said, &mut |_| {})),
+        format!("{wrong}5")
+    );
+    let key = caller.spans.last().unwrap();
+    assert!(
+        heard.len() * 10 >= (caller.packets.len() - key.start as usize / 160) * 9,
+        "{} packets reached the fallback queue",
+        heard.len()
+    );
+    assert_eq!(heard.iter().filter(|p| is_event(p)).count(), 0);
+    let fb = depacketize(heard.iter().map(|p| p.as_slice()), caller.trunk.first_ts).audio;
+    assert!(
+        spectrum::fft_decode(&fb, &mut |_| {}).is_empty(),
+        "a key reached the fallback queue"
+    );
+    let tail = key.end as usize + 1600..said.len() - 1600;
+    assert!(
+        rms(&fb[tail.clone()]) > 0.5 * rms(&said[tail]),
+        "speech reached the queue"
+    );
+    let (v, text) = tw.session(&s.id).await;
+    assert_eq!(v["state"], "pending", "the session is not bound: {text}");
+    tw.shut_down().await;
 }
