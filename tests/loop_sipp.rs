@@ -389,7 +389,7 @@ async fn start_contact_centre(
 }
 
 /// The PBX transferring the caller to `service` ("pay" or "pay*<locator>") with `scenario`,
-/// playing `caller` (written to the working directory as caller.pcap) for `play_ms`.
+/// playing `caller` (written to the working directory as caller.pcap); the capture as written.
 fn start_pbx(
     tw: &Tonewall,
     scenario_name: &str,
@@ -477,6 +477,38 @@ fn assert_no_card_data(what: &str, text: &str) {
                 .map(|i| &text[i.saturating_sub(300)..(i + 300).min(text.len())])
                 .unwrap_or_default()
         );
+    }
+}
+
+/// The session view carries progress, never values: only the documented keys (docs/openapi.yaml
+/// `Session`, `FieldProgress`), so no field can hold digits besides the PAN's last four.
+fn assert_view_has_no_values(v: &Value) {
+    let allowed = [
+        "id",
+        "agent",
+        "locator",
+        "state",
+        "capture",
+        "call_id",
+        "amount",
+        "reference",
+        "fields",
+        "expires_at",
+    ];
+    for k in v.as_object().unwrap().keys() {
+        assert!(allowed.contains(&k.as_str()), "session view key {k:?}");
+    }
+    let field_keys = [
+        "field", "digits", "state", "brand", "last4", "attempts", "reason",
+    ];
+    for f in v["fields"].as_array().unwrap() {
+        for (k, val) in f.as_object().unwrap() {
+            assert!(field_keys.contains(&k.as_str()), "field progress key {k:?}");
+            if k == "last4" {
+                assert_eq!(f["field"], "pan", "last four on {f}");
+                assert_eq!(val.as_str().map(str::len), Some(4));
+            }
+        }
     }
 }
 
@@ -623,6 +655,7 @@ async fn locator_keyed_after_answer_then_card_is_captured_and_kept_from_the_agen
     assert_eq!(v["fields"][1]["digits"], 4, "{text}");
     assert_eq!(v["fields"][2]["digits"], 3, "{text}");
     assert_no_card_data("the session view", &text);
+    assert_view_has_no_values(&v);
 
     // The payment integration unlocks the card once.
     let unlock = json!({ "token": s.token, "pin": s.pin });
@@ -707,6 +740,7 @@ async fn locator_in_the_request_uri_binds_the_call_without_dtmf() {
     );
     assert_eq!(v["fields"][0]["last4"], "1111", "{text}");
     assert_no_card_data("the session view", &text);
+    assert_view_has_no_values(&v);
     tw.shut_down().await;
 }
 
