@@ -154,3 +154,51 @@ pub fn card_over_speech(codec: Codec, keys: Keys, lead_ms: f64, tail_ms: f64) ->
         packets,
     }
 }
+
+/// One run of keys in [`keys_over_speech`]: `lead_ms` of speech, then `text` keyed (60 ms
+/// tones, 60 ms pauses, −10 dBm0) and travelling as `keys` says.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyRun<'a> {
+    pub lead_ms: f64,
+    pub text: &'a str,
+    pub keys: Keys,
+}
+
+/// A caller keying several runs over speech (say a locator as events, later a card partly
+/// in-band and partly as events), with `tail_ms` of speech after the last. As in
+/// [`card_over_speech`], the speech fixture runs 12 dB down under everything; `spans` holds
+/// every key of every run, in order.
+pub fn keys_over_speech(codec: Codec, runs: &[KeyRun<'_>], tail_ms: f64) -> CallerMedia {
+    let mut sig = Vec::new();
+    let (mut spans, mut event_spans) = (Vec::new(), Vec::new());
+    for (i, run) in runs.iter().enumerate() {
+        let (part, part_spans) = tones(run.text, ToneParams::default(), run.lead_ms, 11 + i as u64);
+        let at = sig.len() as u64;
+        for s in part_spans {
+            let s = KeySpan {
+                start: s.start + at,
+                end: s.end + at,
+                ..s
+            };
+            spans.push(s);
+            if run.keys == Keys::Events {
+                event_spans.push(s);
+            }
+        }
+        sig.extend(part);
+    }
+    sig.extend(std::iter::repeat_n(0.0, (tail_ms * 8.0) as usize));
+    mix_under(&mut sig, &fixture("speech_en_hello.wav"), -12.0);
+    let audio = to_i16(&sig);
+    let trunk = TrunkConfig {
+        codec,
+        ..TrunkConfig::default()
+    };
+    let packets = packetize(&audio, &trunk, Some(event_spans.as_slice()));
+    CallerMedia {
+        audio,
+        spans,
+        trunk,
+        packets,
+    }
+}
