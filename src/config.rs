@@ -254,6 +254,10 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Environment variable holding the bearer tokens (comma-separated `name:token` pairs).
     pub tokens_env: String,
+    /// PEM certificate chain (leaf first) for HTTPS; set with `tls_key`, or neither for HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -261,7 +265,17 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tokens_env: "TONEWALL_API_TOKENS".into(),
+            tls_cert: None,
+            tls_key: None,
         }
+    }
+}
+
+impl ApiConfig {
+    /// The certificate and key files when the API serves HTTPS (validation has made sure they
+    /// are set together).
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
     }
 }
 
@@ -527,6 +541,21 @@ impl Config {
             }
             validate_loop(r, &key)?;
         }
+        match (&self.api.tls_cert, &self.api.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "api.tls_key",
+                    "missing: api.tls_cert is set, and HTTPS needs both (or neither for HTTP)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "api.tls_cert",
+                    "missing: api.tls_key is set, and HTTPS needs both (or neither for HTTP)",
+                ));
+            }
+            _ => {}
+        }
         if self.vault.ttl_s == 0 || self.vault.ttl_s > 3600 {
             return Err(invalid("vault.ttl_s", "must be between 1 and 3600 seconds"));
         }
@@ -595,6 +624,35 @@ mod tests {
         assert_eq!(c.sip.listen, d.sip.listen);
         assert_eq!(c.routes[0].target, "sip:agents@127.0.0.1:5080");
         assert_eq!(c.media.port_min, d.media.port_min);
+    }
+
+    #[test]
+    fn api_tls_needs_both_files_or_neither() {
+        let plain = Config::parse("[api]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+        assert_eq!(plain.api.tls_files(), None);
+
+        let both = Config::parse(
+            "[api]\ntls_cert = \"/etc/tw/cert.pem\"\ntls_key = \"/etc/tw/key.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            both.api.tls_files(),
+            Some((Path::new("/etc/tw/cert.pem"), Path::new("/etc/tw/key.pem")))
+        );
+
+        let e = Config::parse("[api]\ntls_cert = \"/etc/tw/cert.pem\"\n").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { key, .. } if key == "api.tls_key"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("api.tls_cert is set"), "{e}");
+
+        let e = Config::parse("[api]\ntls_key = \"/etc/tw/key.pem\"\n").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { key, .. } if key == "api.tls_cert"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("api.tls_key is set"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::net::api::{self, ApiInitError, ApiState};
+use crate::net::api::{self, ApiInitError, ApiState, TlsConfigError};
 use crate::net::ports::{PortError, PortPool};
 use crate::net::sip;
 use crate::sip::b2bua::{B2buaConfig, B2buaError};
@@ -21,6 +21,8 @@ pub enum RunError {
     Ports(#[from] PortError),
     #[error("cannot set up the control API")]
     Api(#[from] ApiInitError),
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
     #[error("cannot listen for {what} on {addr}")]
     Bind {
         what: &'static str,
@@ -37,6 +39,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     B2buaConfig::from_config(&config, 0)?;
     let pool = PortPool::from_config(&config.media)?;
     let api_state = ApiState::from_config(&config).await?;
+    let api_tls = match config.api.tls_files() {
+        Some((cert, key)) => Some(api::tls_acceptor(cert, key)?),
+        None => None,
+    };
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -54,15 +60,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         transports = ?config.sip.transports,
         media = %format!("{}:{}-{}", config.media.address, config.media.port_min, config.media.port_max),
         api = %config.api.listen,
+        api_tls = api_tls.is_some(),
         "tonewall running"
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let api_task = tokio::spawn(api::serve(
-        api_listener,
-        api_state.clone(),
-        sip::wait_true(stop_rx.clone()),
-    ));
+    let api_stop = sip::wait_true(stop_rx.clone());
+    let api_task = match api_tls {
+        Some(tls) => tokio::spawn(api::serve_tls(
+            api_listener,
+            api_state.clone(),
+            tls,
+            api_stop,
+        )),
+        None => tokio::spawn(api::serve(api_listener, api_state.clone(), api_stop)),
+    };
     let sip_task = sip::serve(&config, sockets, pool, api_state, stop_rx);
     tokio::pin!(sip_task);
     tokio::pin!(shutdown);
