@@ -23,7 +23,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::pcap::{CallerMedia, KeyRun, Keys, keys_over_speech, read_udp_payloads, rtp_pcap};
+use common::pcap::{
+    CallerMedia, KeyRun, Keys, collect_rtp, keys_over_speech, read_udp_payloads, rtp_pcap,
+};
 use common::{TEST_CARD, TEST_CVV, TEST_EXPIRY, g711_round_trip};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -421,28 +423,6 @@ fn start_pbx(
     (sipp(&tw.dir, &args).spawn().unwrap(), pcap)
 }
 
-/// Collects the RTP datagrams reaching `sock` until two quiet seconds after the first (or
-/// 30 s with none).
-fn collect(sock: tokio::net::UdpSocket) -> tokio::task::JoinHandle<Vec<Vec<u8>>> {
-    tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        let mut packets = Vec::new();
-        loop {
-            let wait = if packets.is_empty() {
-                Duration::from_secs(30)
-            } else {
-                Duration::from_secs(2)
-            };
-            match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
-                Ok(Ok((n, _))) if n >= 12 => packets.push(buf[..n].to_vec()),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        packets
-    })
-}
-
 fn is_event(p: &[u8]) -> bool {
     p[1] & 0x7f == 101
 }
@@ -550,7 +530,7 @@ async fn locator_keyed_after_answer_then_card_is_captured_and_kept_from_the_agen
     let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let capture_addr = capture.local_addr().unwrap();
     let uas = start_contact_centre(&tw, codec, AGENT, &s.locator, capture_addr).await;
-    let collector = collect(capture);
+    let collector = collect_rtp(capture);
     let (uac, pcap) = start_pbx(&tw, "loop_pbx_uac.xml", "pay", codec, &caller);
     finish("sipp UAC (PBX transfer to the loop number)", &tw.dir, uac).await;
     finish("sipp UAS (contact centre return number)", &tw.dir, uas).await;
@@ -712,7 +692,7 @@ async fn locator_in_the_request_uri_binds_the_call_without_dtmf() {
     let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let capture_addr = capture.local_addr().unwrap();
     let uas = start_contact_centre(&tw, codec, AGENT, &s.locator, capture_addr).await;
-    let collector = collect(capture);
+    let collector = collect_rtp(capture);
     let service = format!("pay*{}", s.locator);
     let (uac, _) = start_pbx(&tw, "loop_pbx_uac.xml", &service, codec, &caller);
     finish("sipp UAC (PBX dialling pay*<locator>)", &tw.dir, uac).await;
@@ -919,7 +899,7 @@ async fn an_unknown_locator_goes_to_the_fallback_uri_when_one_is_configured() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(bound, "sipp UAS did not bind {fb_port}");
-    let collector = collect(capture);
+    let collector = collect_rtp(capture);
     let (uac, _) = start_pbx(&tw, "loop_pbx_uac.xml", "pay", codec, &caller);
     finish("sipp UAC (PBX transfer, unknown locator)", &tw.dir, uac).await;
     finish("sipp UAS (fallback queue)", &tw.dir, queue).await;

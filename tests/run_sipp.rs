@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::g711_round_trip;
-use common::pcap::{CallerMedia, Keys, card_over_speech, read_udp_payloads, rtp_pcap};
+use common::pcap::{CallerMedia, Keys, card_over_speech, collect_rtp, read_udp_payloads, rtp_pcap};
 use tokio::process::Command;
 use tokio::sync::oneshot;
 use tonewall::config::Config;
@@ -370,24 +370,7 @@ async fn pcap_call(media_min: u16, scrub: &str, sends: CallerSends) -> Heard {
         ],
     )
     .await;
-    let collector = tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        let mut packets = Vec::new();
-        // Packets stop when the call ends; a quiet two seconds after that ends the collection.
-        loop {
-            let wait = if packets.is_empty() {
-                Duration::from_secs(30)
-            } else {
-                Duration::from_secs(2)
-            };
-            match tokio::time::timeout(wait, capture.recv_from(&mut buf)).await {
-                Ok(Ok((n, _))) if n >= 12 => packets.push(buf[..n].to_vec()),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        packets
-    });
+    let collector = collect_rtp(capture);
     let uac = sipp(
         &s.dir,
         &[

@@ -142,6 +142,25 @@ struct ActiveEvent {
     reported: bool,
 }
 
+/// An RFC 4733 event's key, the first time it is asked for (None after, or for a non-DTMF
+/// event code).
+fn report_once(
+    reported: &mut bool,
+    digit: Option<Digit>,
+    start: u64,
+    duration: u32,
+) -> Option<ScrubbedDigit> {
+    if std::mem::replace(reported, true) {
+        return None;
+    }
+    Some(ScrubbedDigit {
+        digit: digit?,
+        source: DigitSource::Rfc4733,
+        start,
+        end: start + u64::from(duration),
+    })
+}
+
 pub struct Scrubber {
     cfg: ScrubberConfig,
     enabled: bool,
@@ -594,20 +613,9 @@ impl Scrubber {
         let Some(ev) = self.event.as_mut() else {
             return;
         };
-        if ev.reported {
-            return;
+        if let Some(d) = report_once(&mut ev.reported, ev.digit, ev.start_pos, ev.duration) {
+            emit_digit(&mut self.last_digit, &mut self.stats, d, on_digit);
         }
-        ev.reported = true;
-        let Some(digit) = ev.digit else {
-            return;
-        };
-        let d = ScrubbedDigit {
-            digit,
-            source: DigitSource::Rfc4733,
-            start: ev.start_pos,
-            end: ev.start_pos + u64::from(ev.duration),
-        };
-        emit_digit(&mut self.last_digit, &mut self.stats, d, on_digit);
     }
 
     /// Ends the current event (end packets seen, lost, or superseded) and reports its key.
@@ -820,20 +828,9 @@ impl DigitTap {
             return;
         };
         ev.ended = true;
-        if ev.reported {
-            return;
+        if let Some(d) = report_once(&mut ev.reported, ev.digit, ev.start_pos, ev.duration) {
+            emit_digit(&mut self.last_digit, &mut self.stats, d, on_digit);
         }
-        ev.reported = true;
-        let Some(digit) = ev.digit else {
-            return;
-        };
-        let d = ScrubbedDigit {
-            digit,
-            source: DigitSource::Rfc4733,
-            start: ev.start_pos,
-            end: ev.start_pos + u64::from(ev.duration),
-        };
-        emit_digit(&mut self.last_digit, &mut self.stats, d, on_digit);
     }
 
     /// Flushes at the end of a stream (or when the tap is switched off): reports a key still

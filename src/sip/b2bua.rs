@@ -36,6 +36,16 @@ use locate::LoopCall;
 /// Methods we implement; anything else gets 501 (RFC 3261 §8.2.1) and the call goes on.
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
 
+/// Reason phrase for a rejected SDP body: 488 when we cannot use the offer (RFC 3261 §21.4.26),
+/// else the body was malformed.
+fn sdp_failure_reason(status: u16) -> &'static str {
+    if status == 488 {
+        "Not Acceptable Here"
+    } else {
+        "Bad Request"
+    }
+}
+
 /// A call handled by the core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallId(pub u64);
@@ -1323,12 +1333,7 @@ impl B2bua {
                     ports.release(pa);
                     ports.release(pb);
                     let status = e.sip_status();
-                    let reason = if status == 488 {
-                        "Not Acceptable Here"
-                    } else {
-                        "Bad Request"
-                    };
-                    reject(self, status, reason, &[], out);
+                    reject(self, status, sdp_failure_reason(status), &[], out);
                     return;
                 }
             }
@@ -1787,11 +1792,7 @@ impl B2bua {
                 Ok(b) => body = Some(("application/sdp".to_owned(), b)),
                 Err(e) => {
                     let s = e.sip_status();
-                    let r = if s == 488 {
-                        "Not Acceptable Here"
-                    } else {
-                        "Bad Request"
-                    };
+                    let r = sdp_failure_reason(s);
                     self.reply(&key, s, r, Some(tag), &[], None, now, out);
                     return;
                 }

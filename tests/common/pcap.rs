@@ -202,3 +202,25 @@ pub fn keys_over_speech(codec: Codec, runs: &[KeyRun<'_>], tail_ms: f64) -> Call
         packets,
     }
 }
+
+/// Collects the RTP datagrams reaching `sock` until two quiet seconds after the first (or
+/// 30 s with none).
+pub fn collect_rtp(sock: tokio::net::UdpSocket) -> tokio::task::JoinHandle<Vec<Vec<u8>>> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        let mut packets = Vec::new();
+        loop {
+            let wait = if packets.is_empty() {
+                std::time::Duration::from_secs(30)
+            } else {
+                std::time::Duration::from_secs(2)
+            };
+            match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+                Ok(Ok((n, _))) if n >= 12 => packets.push(buf[..n].to_vec()),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        packets
+    })
+}

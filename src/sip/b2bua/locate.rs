@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::{
     ALLOW, AckWait, B2bua, CallEvent, CallId, Dialog, EndCause, Leg, LegMedia, LocateOutcome,
     Output, Phase, PortAllocator, Purpose, RelayPorts, Retrans, Route, SKey, is_sdp, lossy,
+    sdp_failure_reason,
 };
 use crate::config::{LocatorSource, OnFailure, Transport};
 use crate::sip::message::{Message, ResponseBuilder};
@@ -522,11 +523,7 @@ impl B2bua {
                 }
                 Err(e) => {
                     let s = e.sip_status();
-                    let r = if s == 488 {
-                        "Not Acceptable Here"
-                    } else {
-                        "Bad Request"
-                    };
+                    let r = sdp_failure_reason(s);
                     self.reply(&key, s, r, Some(tag), &[], None, now, out);
                     return;
                 }
