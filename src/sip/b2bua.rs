@@ -219,6 +219,12 @@ impl B2buaConfig {
             .advertised_host
             .clone()
             .unwrap_or_else(|| cfg.sip.listen.ip().to_string());
+        // RFC 3261 §25.1: an IPv6 reference in a host:port is bracketed.
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         Ok(B2buaConfig {
             sip_host: format!("{host}:{}", cfg.sip.listen.port()),
             media_address: cfg.media.address,
