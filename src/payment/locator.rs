@@ -4,8 +4,10 @@
 //! A contact flow sends the locator after a few pauses (PCI Pal's seed dials `,,1234`), so the
 //! time before the first key does not count; between keys a gap longer than the inter-key limit
 //! starts the locator again. `*` clears what was keyed, `#` ends it early (a short locator then
-//! simply matches no session). The same key arriving in-band and as an RFC 4733 event carries
-//! the same onset and is counted once, as [`crate::payment::capture`] does.
+//! simply matches no session). A key carried both in-band and as an RFC 4733 event arrives
+//! here once: the scrubber and the agent-side tap report it once. Onsets are not used to tell
+//! keys apart, because a stream of events without audio between them (the tap's timeline only
+//! moves with audio) gives two presses of one key the same onset.
 //!
 //! Sans-IO: times are the caller's milliseconds. A locator is not card data, but the collector
 //! never logs what it holds either.
@@ -17,17 +19,13 @@ use crate::payment::session::{LOCATOR_LEN, Locator};
 /// apart; a person keying on a phone is well inside 3 s).
 pub const DEFAULT_INTER_KEY_MS: u64 = 3_000;
 
-/// How close two onsets of the same key must be to be one key heard twice (in-band and RFC 4733
-/// copies differ by the scrubber's block alignment, well under a tone's 40 ms minimum).
-const SAME_KEY_MS: u64 = 30;
-
 /// Collects keys into a locator of a fixed length.
 #[derive(Clone, Debug)]
 pub struct LocatorCollector {
     len: usize,
     inter_key_ms: u64,
     keys: String,
-    last: Option<(Digit, u64)>,
+    last_ms: Option<u64>,
 }
 
 impl LocatorCollector {
@@ -38,7 +36,7 @@ impl LocatorCollector {
             len,
             inter_key_ms,
             keys: String::with_capacity(len),
-            last: None,
+            last_ms: None,
         }
     }
 
@@ -50,18 +48,12 @@ impl LocatorCollector {
     /// One key with its onset. Returns a locator when one is complete (the collector is then
     /// empty again, ready for another try).
     pub fn push(&mut self, digit: Digit, at_ms: u64) -> Option<Locator> {
-        if let Some((d, t)) = self.last
-            && d == digit
-            && at_ms.abs_diff(t) <= SAME_KEY_MS
-        {
-            return None;
-        }
-        if let Some((_, t)) = self.last
+        if let Some(t) = self.last_ms
             && at_ms.saturating_sub(t) > self.inter_key_ms
         {
             self.keys.clear();
         }
-        self.last = Some((digit, at_ms));
+        self.last_ms = Some(at_ms);
         match digit.reveal() {
             '*' => {
                 self.keys.clear();
@@ -111,19 +103,10 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_copies_count_once_but_repeated_presses_count() {
+    fn repeated_presses_count_even_with_one_onset() {
+        // Events without audio between them: every key carries the same onset.
         let mut c = LocatorCollector::new(4, DEFAULT_INTER_KEY_MS);
-        let d = |ch| Digit::from_char(ch).unwrap();
-        assert_eq!(c.push(d('1'), 1_000), None);
-        // The RFC 4733 copy of the same key, onset a block later.
-        assert_eq!(c.push(d('1'), 1_012), None);
-        // A real second press of 1.
-        assert_eq!(c.push(d('1'), 1_200), None);
-        assert_eq!(c.push(d('5'), 1_400), None);
-        assert_eq!(
-            c.push(d('9'), 1_600).map(|l| l.as_str().to_string()),
-            Some("1159".into())
-        );
+        assert_eq!(keys(&mut c, "0077", 5_000, 0), vec!["0077"]);
     }
 
     #[test]
