@@ -595,7 +595,7 @@ async fn sip_demo(
     )
     .map_err(io)?;
     let target = format!("sip:{LOOP_USER}@{}", cfg.sip.listen);
-    let a = trunk.call(&target, cfg.sip.listen, &[]).await?;
+    let mut a = trunk.call(&target, cfg.sip.listen, &[]).await?;
     let seen: Vec<String> = a
         .responses()
         .iter()
@@ -626,7 +626,6 @@ async fn sip_demo(
     let (keyed, b) = tokio::join!(a.send_keys(&locator, 70, 80), cc_side);
     keyed?;
     let (mut b, (cc_uri, cc_agent, cc_locator)) = b?;
-    let mut a = a;
     writeln!(
         w,
         "     The PBX keys the locator {} as RFC 4733 telephone-events.",

@@ -464,18 +464,11 @@ impl Shell {
         let api = self.api.clone();
         let core_tx = self.core_tx.clone();
         tokio::spawn(async move {
-            let label = call_label(call);
-            let outcome = match api.locate(&locator).await {
-                Some((session, agent)) => match api.bind_call(session, &label, true).await {
-                    Ok(()) => {
-                        tracing::info!(call = call.0, %session, "loop call bound to its payment session");
-                        LocateOutcome::Found { agent, locator }
-                    }
-                    Err(e) => {
-                        tracing::warn!(call = call.0, %session, code = e.code, "loop call cannot be bound");
-                        LocateOutcome::NotFound
-                    }
-                },
+            let outcome = match bind_by_locator(&api, call, &locator).await {
+                Some((session, agent)) => {
+                    tracing::info!(call = call.0, %session, "loop call bound to its payment session");
+                    LocateOutcome::Found { agent, locator }
+                }
                 None => LocateOutcome::NotFound,
             };
             let _ = core_tx.send(CoreMsg::Located { call, outcome }).await;
@@ -495,21 +488,12 @@ impl Shell {
         let api = self.api.clone();
         let control = self.relays.get(&call).map(|r| r.control.clone());
         tokio::spawn(async move {
-            let label = call_label(call);
-            let Some((session, _)) = api.locate(locator.as_str()).await else {
-                tracing::info!(call = call.0, "agent keyed a locator no live session holds");
+            let Some((session, _)) = bind_by_locator(&api, call, locator.as_str()).await else {
                 return;
             };
-            match api.bind_call(session, &label, true).await {
-                Ok(()) => {
-                    tracing::info!(call = call.0, %session, "agent keyed the locator: call bound to its payment session");
-                    if let Some(c) = control {
-                        let _ = c.send(MediaControl::AgentDigits(false)).await;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(call = call.0, %session, code = e.code, "agent's locator: call cannot be bound")
-                }
+            tracing::info!(call = call.0, %session, "agent keyed the locator: call bound to its payment session");
+            if let Some(c) = control {
+                let _ = c.send(MediaControl::AgentDigits(false)).await;
             }
         });
     }
@@ -649,6 +633,26 @@ fn stop_relay(control: &mpsc::Sender<MediaControl>) {
         tokio::spawn(async move {
             let _ = c.send(MediaControl::Stop).await;
         });
+    }
+}
+
+/// Finds the live session holding `locator` (in the shared directory too) and binds the call to
+/// it, capture started. Returns the session and its agent; logs why not otherwise.
+async fn bind_by_locator(
+    api: &ApiState,
+    call: CallId,
+    locator: &str,
+) -> Option<(crate::payment::session::SessionId, String)> {
+    let Some((session, agent)) = api.locate(locator).await else {
+        tracing::info!(call = call.0, "no live session holds the locator keyed");
+        return None;
+    };
+    match api.bind_call(session, &call_label(call), true).await {
+        Ok(()) => Some((session, agent)),
+        Err(e) => {
+            tracing::warn!(call = call.0, %session, code = e.code, "call cannot be bound to the locator's session");
+            None
+        }
     }
 }
 
