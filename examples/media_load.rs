@@ -90,11 +90,12 @@ fn own_tid() -> u32 {
 }
 
 /// A runtime whose threads are all known, so their CPU time can be read.
-fn measured_runtime(threads: usize) -> (tokio::runtime::Runtime, Arc<Mutex<Vec<u32>>>) {
+fn measured_runtime(threads: usize, name: &str) -> (tokio::runtime::Runtime, Arc<Mutex<Vec<u32>>>) {
     let tids = Arc::new(Mutex::new(Vec::new()));
     let t2 = tids.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
+        .thread_name(name)
         .enable_all()
         .on_thread_start(move || {
             if let Ok(mut v) = t2.lock() {
@@ -381,7 +382,7 @@ fn main() {
     let delay = Scrubber::new(ScrubberConfig::default()).delay_samples();
 
     // Phase 1: the relay, scrubbing on.
-    let (relay_rt, relay_tids) = measured_runtime(args.relay_threads);
+    let (relay_rt, relay_tids) = measured_runtime(args.relay_threads, "relay");
     let sinks = bind_many(gen_rt, SINK_SOCKETS);
     let sink_addrs: Vec<SocketAddr> = sinks
         .iter()
@@ -437,7 +438,7 @@ fn main() {
     drop(relay_rt);
 
     // Phase 2: bare forwarder, same traffic shape.
-    let (bare_rt, bare_tids) = measured_runtime(args.relay_threads);
+    let (bare_rt, bare_tids) = measured_runtime(args.relay_threads, "bare");
     let sinks = bind_many(gen_rt, SINK_SOCKETS);
     let sink_addrs: Vec<SocketAddr> = sinks
         .iter()

@@ -19,10 +19,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake as TaskWake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::io::ReadBuf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -480,7 +481,7 @@ impl MediaRelay {
         });
         let mut cfg = scrubber;
         cfg.enabled = scrub_on;
-        let agent_tap = opts.agent_digits.then(|| DigitTap::new(&cfg));
+        let agent_tap = opts.agent_digits.then(|| Box::new(DigitTap::new(&cfg)));
         let task = Relay {
             a,
             b,
@@ -497,8 +498,10 @@ impl MediaRelay {
             control: control_rx,
             inactivity: opts.inactivity,
             recorder,
+            rx: [0; MAX_DATAGRAM],
+            out: [0; MAX_DATAGRAM],
         };
-        (handle, tokio::spawn(task.run()))
+        (handle, tokio::spawn(Box::new(task).run()))
     }
 }
 
@@ -530,7 +533,7 @@ struct Relay {
     b_rtcp: Latch,
     scrubber: Scrubber,
     /// Listens to the agent→caller direction when agent keys are wanted.
-    agent_tap: Option<DigitTap>,
+    agent_tap: Option<Box<DigitTap>>,
     stats: Arc<RelayStats>,
     digits: mpsc::Sender<ScrubbedDigit>,
     agent_digits: mpsc::Sender<ScrubbedDigit>,
@@ -538,6 +541,9 @@ struct Relay {
     control: mpsc::Receiver<MediaControl>,
     inactivity: Duration,
     recorder: Option<Recorder>,
+    /// The datagram just received (from whichever socket) and the scrubber's output.
+    rx: [u8; MAX_DATAGRAM],
+    out: [u8; MAX_DATAGRAM],
 }
 
 /// Hands a digit to capture without waiting: the packet path cannot block on a slow consumer.
@@ -579,34 +585,130 @@ enum Wake {
 
 /// The relay's sockets in polling order: A RTP, B RTP, A RTCP, B RTCP.
 const SOCKETS: usize = 4;
+/// The other two sources the task waits on, numbered after the sockets.
+const CONTROL: usize = SOCKETS;
+const TIMER: usize = SOCKETS + 1;
+const SOURCES: usize = SOCKETS + 2;
+const ALL_SOURCES: u8 = (1 << SOURCES) - 1;
 
-/// Polls every source once, starting the sockets at `first` so that a flooded socket cannot
-/// starve the others. Each source that is not ready keeps the task's waker, so one poll per
-/// wake-up suffices; unlike `select!` over fresh `recv_from` futures, nothing is registered and
-/// deregistered per packet.
+/// Which of the relay task's sources have fired since it last looked.
+struct WakeSet {
+    fired: AtomicU8,
+    task: AtomicWaker,
+}
+
+/// The waker one source (a socket, the control channel, the timer) is polled with: it notes
+/// the source, then wakes the task.
+struct SourceWaker {
+    set: Arc<WakeSet>,
+    bit: u8,
+}
+
+impl TaskWake for SourceWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.set.fired.fetch_or(self.bit, Ordering::AcqRel);
+        self.set.task.wake();
+    }
+}
+
+/// Polls only the sources that can be ready. Every source is polled with its own waker, so a
+/// wake-up says which source fired; at 50 packets a second on one socket the other five cost
+/// nothing per packet (in tokio each poll of a source that is not ready takes a lock to store
+/// its waker, and a channel poll walks its block list).
+struct Sources {
+    set: Arc<WakeSet>,
+    wakers: [Waker; SOURCES],
+    /// Sources to poll on this wake-up: those that fired, and those that were ready last time
+    /// (a socket that gave a datagram may hold more; it is polled until it says Pending).
+    due: u8,
+}
+
+impl Sources {
+    fn new() -> Sources {
+        let set = Arc::new(WakeSet {
+            fired: AtomicU8::new(0),
+            task: AtomicWaker::new(),
+        });
+        let wakers = std::array::from_fn(|i| {
+            Waker::from(Arc::new(SourceWaker {
+                set: set.clone(),
+                bit: 1 << i,
+            }))
+        });
+        Sources {
+            set,
+            wakers,
+            due: ALL_SOURCES,
+        }
+    }
+
+    /// Polls a source with its own waker; a source that is not ready drops out of `due` until
+    /// its waker fires.
+    fn poll<T>(&mut self, i: usize, f: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+        let bit = 1u8 << i;
+        if self.due & bit == 0 {
+            return Poll::Pending;
+        }
+        let Some(waker) = self.wakers.get(i) else {
+            return Poll::Pending;
+        };
+        let r = f(&mut Context::from_waker(waker));
+        if r.is_pending() {
+            self.due &= !bit;
+        }
+        r
+    }
+
+    /// Re-arms the timer; it is polled on the next wake-up so that it registers its deadline
+    /// under its own waker.
+    fn rearm(&mut self, tick: Pin<&mut Sleep>, at: Instant) {
+        tick.reset(at);
+        self.due |= 1 << TIMER;
+    }
+
+    /// After something else has polled the sources with the task's own waker (the
+    /// announcement), every source is polled again to get its own waker back.
+    fn poll_all(&mut self) {
+        self.due = ALL_SOURCES;
+    }
+}
+
+/// Polls the sources that may be ready, starting the sockets at `first` so that a flooded
+/// socket cannot starve the others. Unlike `select!` over fresh `recv_from` futures, nothing is
+/// registered and deregistered per packet.
 fn poll_wake(
     cx: &mut Context<'_>,
+    src: &mut Sources,
     control: &mut mpsc::Receiver<MediaControl>,
     socks: [&tokio::net::UdpSocket; SOCKETS],
-    bufs: &mut [[u8; MAX_DATAGRAM]; SOCKETS],
-    tick: Pin<&mut Sleep>,
+    buf: &mut [u8; MAX_DATAGRAM],
+    mut tick: Pin<&mut Sleep>,
     first: usize,
 ) -> Poll<Wake> {
-    if let Poll::Ready(c) = control.poll_recv(cx) {
+    // Registered before the fired set is read, so a source firing in between wakes us again.
+    src.set.task.register(cx.waker());
+    src.due |= src.set.fired.swap(0, Ordering::AcqRel);
+    if let Poll::Ready(c) = src.poll(CONTROL, |cx| control.poll_recv(cx)) {
         return Poll::Ready(Wake::Control(c));
     }
     for j in 0..SOCKETS {
         let i = (first + j) % SOCKETS;
-        let (Some(sock), Some(buf)) = (socks.get(i), bufs.get_mut(i)) else {
+        let Some(sock) = socks.get(i) else {
             continue;
         };
         let mut rb = ReadBuf::new(buf);
-        if let Poll::Ready(r) = sock.poll_recv_from(cx, &mut rb) {
+        if let Poll::Ready(r) = src.poll(i, |cx| sock.poll_recv_from(cx, &mut rb)) {
             let n = rb.filled().len();
-            return Poll::Ready(Wake::Datagram(i, r.map(|src| (n, src))));
+            return Poll::Ready(Wake::Datagram(i, r.map(|from| (n, from))));
         }
     }
-    if tick.poll(cx).is_ready() {
+    if src.poll(TIMER, |cx| tick.as_mut().poll(cx)).is_ready() {
+        // An elapsed sleep stays ready; the tick is handled once and then re-armed.
+        src.due &= !(1 << TIMER);
         return Poll::Ready(Wake::Tick);
     }
     Poll::Pending
@@ -649,24 +751,28 @@ impl Relay {
         (self.inactivity / 10).clamp(TICK, IDLE_TICK)
     }
 
-    async fn run(mut self) -> Result<RelayOutcome, MediaError> {
+    // Boxed: the task's future then holds a pointer, not the relay's state twice over (an
+    // async fn keeps its argument and the moved-in value apart), and the state a packet touches
+    // sits in one allocation — at thousands of calls, cache and TLB misses are most of the
+    // relay's own cost per packet.
+    async fn run(mut self: Box<Self>) -> Result<RelayOutcome, MediaError> {
         let start = Instant::now();
-        let mut bufs = [[0u8; MAX_DATAGRAM]; SOCKETS];
-        let mut out = [0u8; MAX_DATAGRAM];
         let idle_tick = self.idle_tick();
         let mut tick = Box::pin(tokio::time::sleep_until(start + idle_tick));
         let mut last_rtp = start;
         let mut inactive = false;
         let mut first = 0usize;
+        let mut sources = Sources::new();
         let now_ms = |t: Instant| t.duration_since(start).as_millis() as u64;
 
         loop {
             let wake = std::future::poll_fn(|cx| {
                 poll_wake(
                     cx,
+                    &mut sources,
                     &mut self.control,
                     [&self.a.rtp, &self.b.rtp, &self.a.rtcp, &self.b.rtcp],
-                    &mut bufs,
+                    &mut self.rx,
                     tick.as_mut(),
                     first,
                 )
@@ -686,16 +792,16 @@ impl Relay {
                     }
                     bump(&self.stats.a_in);
                     last_rtp = now;
-                    let input = bufs[0].get(..n).unwrap_or_default();
+                    let input = self.rx.get(..n).unwrap_or_default();
                     let verdict = {
                         let mut sink = digit_sink(&self.digits, &self.stats);
                         self.scrubber
-                            .process(now_ms(now), input, &mut out, &mut sink)
+                            .process(now_ms(now), input, &mut self.out, &mut sink)
                     };
                     // An RFC 4733 event whose end packets may be lost needs the short tick for
                     // its timeout (RFC 4733 §2.5.2.2); re-armed only when that starts.
                     if self.scrubber.event_pending() && tick.deadline() > now + TICK {
-                        tick.as_mut().reset(now + TICK);
+                        sources.rearm(tick.as_mut(), now + TICK);
                     }
                     let sc = self.scrubber.stats();
                     set(&self.stats.samples_masked, sc.samples_masked);
@@ -711,7 +817,7 @@ impl Relay {
                         bump(&self.stats.dropped_no_peer);
                         continue;
                     };
-                    let pkt = out.get(..len).unwrap_or_default();
+                    let pkt = self.out.get(..len).unwrap_or_default();
                     match self.b.rtp.send_to(pkt, dest).await {
                         Ok(_) => bump(&self.stats.b_out),
                         Err(_) => bump(&self.stats.send_errors),
@@ -736,7 +842,7 @@ impl Relay {
                         bump(&self.stats.dropped_no_peer);
                         continue;
                     };
-                    let pkt = bufs[1].get(..n).unwrap_or_default();
+                    let pkt = self.rx.get(..n).unwrap_or_default();
                     match self.a.rtp.send_to(pkt, dest).await {
                         Ok(_) => bump(&self.stats.a_out),
                         Err(_) => bump(&self.stats.send_errors),
@@ -746,7 +852,7 @@ impl Relay {
                         let mut sink = agent_sink(&self.agent_digits, &self.stats);
                         tap.observe(now_ms(now), pkt, &mut sink);
                         if tap.event_pending() && tick.deadline() > now + TICK {
-                            tick.as_mut().reset(now + TICK);
+                            sources.rearm(tick.as_mut(), now + TICK);
                         }
                     }
                     if let Some(rec) = self.recorder.as_mut() {
@@ -761,7 +867,7 @@ impl Relay {
                         counted_in: &self.stats.rtcp_a_in,
                         counted_out: &self.stats.rtcp_b_out,
                     };
-                    relay_rtcp(r, &bufs[2], leg, &self.stats).await;
+                    relay_rtcp(r, &self.rx, leg, &self.stats).await;
                 }
                 Wake::Datagram(_, r) => {
                     let leg = RtcpLeg {
@@ -771,7 +877,7 @@ impl Relay {
                         counted_in: &self.stats.rtcp_b_in,
                         counted_out: &self.stats.rtcp_a_out,
                     };
-                    relay_rtcp(r, &bufs[3], leg, &self.stats).await;
+                    relay_rtcp(r, &self.rx, leg, &self.stats).await;
                 }
                 Wake::Control(c) => match c {
                     Some(MediaControl::Scrub(on)) => {
@@ -792,7 +898,7 @@ impl Relay {
                     }
                     Some(MediaControl::AgentDigits(on)) => {
                         if on && self.agent_tap.is_none() {
-                            self.agent_tap = Some(DigitTap::new(self.scrubber.config()));
+                            self.agent_tap = Some(Box::new(DigitTap::new(self.scrubber.config())));
                         } else if !on && let Some(mut tap) = self.agent_tap.take() {
                             let mut sink = agent_sink(&self.agent_digits, &self.stats);
                             tap.finish(&mut sink);
@@ -802,6 +908,7 @@ impl Relay {
                         if self.announce(d).await {
                             break;
                         }
+                        sources.poll_all();
                     }
                     // Every handle gone is a stop too: nobody could stop us later.
                     Some(MediaControl::Stop) | None => break,
@@ -827,20 +934,23 @@ impl Relay {
                         let _ = self.events.try_send(ev);
                     }
                     // Missed ticks are not made up: the next is one period from now.
-                    let tap_pending = self.agent_tap.as_ref().is_some_and(DigitTap::event_pending);
+                    let tap_pending = self
+                        .agent_tap
+                        .as_deref()
+                        .is_some_and(DigitTap::event_pending);
                     let period = if self.scrubber.event_pending() || tap_pending {
                         TICK
                     } else {
                         idle_tick
                     };
-                    tick.as_mut().reset(Instant::now() + period);
+                    sources.rearm(tick.as_mut(), Instant::now() + period);
                 }
             }
         }
         self.finish().await
     }
 
-    async fn finish(mut self) -> Result<RelayOutcome, MediaError> {
+    async fn finish(mut self: Box<Self>) -> Result<RelayOutcome, MediaError> {
         {
             let mut sink = digit_sink(&self.digits, &self.stats);
             self.scrubber.finish(&mut sink);
@@ -859,7 +969,7 @@ impl Relay {
             recorder,
             stats,
             ..
-        } = self;
+        } = *self;
         let leases: (PortLease, PortLease) = (a.lease, b.lease);
         drop((a.rtp, a.rtcp, b.rtp, b.rtcp));
         drop(leases);

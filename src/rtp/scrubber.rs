@@ -27,6 +27,11 @@ use crate::rtp::packet::{RtpError, RtpView, write_header};
 pub const MAX_FRAME: usize = 1600;
 /// Largest delay line the scrubber supports, in samples (20 ms).
 pub const MAX_DELAY: usize = 160;
+/// Frames go through the delay line and detectors in pieces of at most this many samples
+/// (20 ms), so the working buffers stay small: at thousands of calls the scrubbers' state is
+/// read from memory on every packet, and its size is what the cache and TLB pay for. Every
+/// stage is a streaming one, so pieces give exactly the result of whole frames.
+const CHUNK: usize = 160;
 /// RTP static payload type for comfort noise (RFC 3389).
 const PT_CN: u8 = 13;
 
@@ -169,11 +174,11 @@ pub struct Scrubber {
     masker: Masker,
     delay: usize,
     /// Delay line plus the frame being processed: codec bytes and "must mask" flags.
-    work: [u8; MAX_DELAY + MAX_FRAME],
-    forced: [bool; MAX_DELAY + MAX_FRAME],
-    lin_in: [i16; MAX_FRAME],
-    lin_out: [i16; MAX_FRAME],
-    mask: [bool; MAX_FRAME],
+    work: [u8; MAX_DELAY + CHUNK],
+    forced: [bool; MAX_DELAY + CHUNK],
+    lin_in: [i16; CHUNK],
+    lin_out: [i16; CHUNK],
+    mask: [bool; CHUNK],
     /// Codec of the bytes in the delay line.
     codec: Option<Codec>,
     /// Samples pushed through the pipeline since start: the digit timeline.
@@ -194,6 +199,15 @@ pub struct Scrubber {
     stats: ScrubStats,
 }
 
+/// What a frame pushed through the delay line carries.
+#[derive(Clone, Copy)]
+enum Samples<'a> {
+    /// The sender's G.711 bytes.
+    Audio(&'a [u8]),
+    /// Silence standing in for an RFC 4733 event, as long as the output.
+    Silence,
+}
+
 impl Scrubber {
     pub fn new(cfg: ScrubberConfig) -> Scrubber {
         let presence = PresenceDetector::new(cfg.presence.clone());
@@ -204,11 +218,11 @@ impl Scrubber {
             masker: Masker::new(cfg.mask),
             presence,
             delay,
-            work: [0; MAX_DELAY + MAX_FRAME],
-            forced: [false; MAX_DELAY + MAX_FRAME],
-            lin_in: [0; MAX_FRAME],
-            lin_out: [0; MAX_FRAME],
-            mask: [false; MAX_FRAME],
+            work: [0; MAX_DELAY + CHUNK],
+            forced: [false; MAX_DELAY + CHUNK],
+            lin_in: [0; CHUNK],
+            lin_out: [0; CHUNK],
+            mask: [false; CHUNK],
             codec: None,
             pos: 0,
             detector_skew: 0,
@@ -399,17 +413,14 @@ impl Scrubber {
             }
         }
 
-        let d = self.delay;
-        self.work[d..d + n].copy_from_slice(payload);
-        self.forced[d..d + n].fill(force);
-        for (l, &b) in self.lin_in[..n].iter_mut().zip(payload) {
-            *l = codec.decode(b);
-        }
-        self.run_pipeline(codec, n, true, on_digit);
-
         out[..input.len()].copy_from_slice(input);
-        out[hl..hl + n].copy_from_slice(&self.work[..n]);
-        self.shift_delay_line(n);
+        self.delay_frame(
+            codec,
+            Samples::Audio(payload),
+            force,
+            &mut out[hl..hl + n],
+            on_digit,
+        );
         self.last_audio_pt = Some(view.payload_type());
         self.last_frame_len = n.max(1);
         self.note_sent(view.ssrc(), view.timestamp(), n);
@@ -494,24 +505,57 @@ impl Scrubber {
             return Verdict::Drop(DropReason::OutputTooSmall);
         }
 
-        let d = self.delay;
-        let silence = codec.encode(0);
-        self.work[d..d + n].fill(silence);
-        self.forced[d..d + n].fill(true);
-        self.lin_in[..n].fill(0);
-        // The strict detector does not hear synthesized frames: a sender that sends a key both
-        // in its audio and as events would otherwise have silence spliced into its tone.
-        self.run_pipeline(codec, n, false, on_digit);
-
         let hl = write_header(out, false, pt, view.sequence(), out_ts, ssrc);
-        out[hl..hl + n].copy_from_slice(&self.work[..n]);
-        self.shift_delay_line(n);
+        self.delay_frame(
+            codec,
+            Samples::Silence,
+            true,
+            &mut out[hl..hl + n],
+            on_digit,
+        );
         self.stats.events_converted += 1;
         self.note_sent(ssrc, out_ts, n);
         if ev.end {
             self.report_event(on_digit);
         }
         Verdict::Forward(hl + n)
+    }
+
+    /// Pushes a frame through the delay line piece by piece, writing the delayed (and masked)
+    /// samples to `out` (as long as the frame). `force` masks the frame whatever the detectors say.
+    fn delay_frame(
+        &mut self,
+        codec: Codec,
+        frame: Samples<'_>,
+        force: bool,
+        out: &mut [u8],
+        on_digit: &mut dyn FnMut(ScrubbedDigit),
+    ) {
+        let d = self.delay;
+        let silence = codec.encode(0);
+        for (at, piece) in out.chunks_mut(CHUNK).enumerate() {
+            let n = piece.len();
+            match frame {
+                Samples::Audio(payload) => {
+                    let input = payload.get(at * CHUNK..at * CHUNK + n).unwrap_or_default();
+                    self.work[d..d + n].copy_from_slice(input);
+                    for (l, &b) in self.lin_in[..n].iter_mut().zip(input) {
+                        *l = codec.decode(b);
+                    }
+                }
+                Samples::Silence => {
+                    self.work[d..d + n].fill(silence);
+                    self.lin_in[..n].fill(0);
+                }
+            }
+            self.forced[d..d + n].fill(force);
+            // The strict detector does not hear synthesized frames: a sender that sends a key
+            // both in its audio and as events would otherwise have silence spliced into its tone.
+            let detect = matches!(frame, Samples::Audio(_));
+            self.run_pipeline(codec, n, detect, on_digit);
+            piece.copy_from_slice(&self.work[..n]);
+            self.shift_delay_line(n);
+        }
     }
 
     /// Runs detectors over `lin_in[..n]` and masks the `n` delayed samples at `work[..n]`.
@@ -668,7 +712,7 @@ pub struct DigitTap {
     event_pt: Option<u8>,
     event_timeout_ms: u64,
     detector: DtmfDetector,
-    lin: [i16; MAX_FRAME],
+    lin: [i16; CHUNK],
     /// Audio samples heard: the timeline of reported digits.
     pos: u64,
     last_in: Option<(u16, u32)>,
@@ -684,7 +728,7 @@ impl DigitTap {
             event_pt: cfg.event_pt,
             event_timeout_ms: cfg.event_timeout_ms,
             detector: DtmfDetector::new(cfg.detector.clone()),
-            lin: [0; MAX_FRAME],
+            lin: [0; CHUNK],
             pos: 0,
             last_in: None,
             event: None,
@@ -756,21 +800,23 @@ impl DigitTap {
             // Audio resumed past the event: its end packets were lost.
             self.finish_event(on_digit);
         }
-        for (l, &b) in self.lin.iter_mut().zip(payload) {
-            *l = codec.decode(b);
-        }
         let last_digit = &mut self.last_digit;
         let stats = &mut self.stats;
-        self.detector
-            .process(&self.lin[..n], &mut |ev: DigitEvent| {
-                let d = ScrubbedDigit {
-                    digit: ev.digit,
-                    source: DigitSource::InBand,
-                    start: ev.start,
-                    end: ev.end,
-                };
-                emit_digit(last_digit, stats, d, on_digit);
-            });
+        let mut report = |ev: DigitEvent| {
+            let d = ScrubbedDigit {
+                digit: ev.digit,
+                source: DigitSource::InBand,
+                start: ev.start,
+                end: ev.end,
+            };
+            emit_digit(last_digit, stats, d, on_digit);
+        };
+        for piece in payload.chunks(CHUNK) {
+            for (l, &b) in self.lin.iter_mut().zip(piece) {
+                *l = codec.decode(b);
+            }
+            self.detector.process(&self.lin[..piece.len()], &mut report);
+        }
         self.pos += n as u64;
     }
 
@@ -989,6 +1035,39 @@ mod tests {
             "speech must pass bit-exact, delayed by D"
         );
         assert_eq!(s.stats().samples_masked, 0);
+    }
+
+    #[test]
+    fn frame_length_does_not_change_what_the_agent_hears() {
+        // Frames longer than the scrubber's working piece (20 ms) go through in pieces; the
+        // audio out, the masking and the digits must be those of 20 ms frames.
+        let mut audio = voice(6000, 5);
+        audio.extend(tone(key('3'), 720));
+        audio.extend(voice(2400, 6));
+        audio.extend(tone(key('#'), 480));
+        audio.extend(voice(4800, 8));
+        let heard = |ptime: usize| {
+            let cfg = TrunkConfig {
+                ptime,
+                ..TrunkConfig::default()
+            };
+            let packets = packetize(&audio, &cfg, None);
+            let mut s = Scrubber::new(ScrubberConfig::default());
+            let (out, digits) = run(&mut s, &packets);
+            let payload: Vec<u8> = out.iter().flat_map(|p| p[12..].to_vec()).collect();
+            let keys: Vec<(Digit, u64, u64)> =
+                digits.iter().map(|d| (d.digit, d.start, d.end)).collect();
+            (payload, keys, s.stats().samples_masked)
+        };
+        let (base, keys, masked) = heard(160);
+        assert_eq!(keys.len(), 2, "both keys heard at 20 ms");
+        assert!(masked > 1000, "the keys are masked at 20 ms");
+        for ptime in [80, 240, 480, 1600] {
+            let (payload, k, m) = heard(ptime);
+            assert_eq!(payload, base, "audio at {ptime} samples per packet");
+            assert_eq!(k, keys, "digits at {ptime} samples per packet");
+            assert_eq!(m, masked, "masked samples at {ptime} samples per packet");
+        }
     }
 
     #[test]
