@@ -6,6 +6,7 @@
 //!
 //! Options: --streams N (2000), --seconds S (20), --relay-threads T (1), --sink-threads K (1),
 //! --no-scrub (relay with scrubbing off, to separate the relay task's cost from the DSP's),
+//! --rounds R (1; relay and forwarder phases alternate R times, median ratio reported),
 //! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarder 2 per
 //! stream above that).
 //!
@@ -55,6 +56,10 @@ struct Args {
     /// from the DSP's.
     #[arg(long)]
     no_scrub: bool,
+    /// Relay and forwarder phases alternate this many times; the ratio is reported per round
+    /// and as the median, since a shared machine's other load moves single figures.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// Send-time ring per stream: enough slots for a second and a bit of packets in flight.
@@ -353,47 +358,17 @@ fn report(r: &PhaseResult) {
     );
 }
 
-fn main() {
-    let args = Args::parse();
+/// Phase 1 of a round: the streams through `net::media` relays.
+fn relay_phase(args: &Args, generator: &Generator, gen_addrs: &[SocketAddr]) -> (PhaseResult, u64) {
     let n = args.streams;
-    println!(
-        "media_load: {n} streams × 50 pps for {} s, relay threads {}, {} CPUs online, shared with other processes",
-        args.seconds,
-        args.relay_threads,
-        std::thread::available_parallelism()
-            .map(|p| p.get())
-            .unwrap_or(0)
-    );
-    let gen_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.sink_threads.max(1))
-        .enable_all()
-        .build()
-        .expect("sink runtime");
-    let gen_socks: Arc<Vec<std::net::UdpSocket>> = Arc::new(
-        (0..GEN_SOCKETS)
-            .map(|_| std::net::UdpSocket::bind((lo(), 0)).expect("bind"))
-            .collect(),
-    );
-    let generator = Generator {
-        rt: gen_rt,
-        socks: gen_socks.clone(),
-    };
-    let gen_rt = &generator.rt;
-    let delay = Scrubber::new(ScrubberConfig::default()).delay_samples();
-
-    // Phase 1: the relay, scrubbing on.
     let (relay_rt, relay_tids) = measured_runtime(args.relay_threads, "relay");
-    let sinks = bind_many(gen_rt, SINK_SOCKETS);
+    let sinks = bind_many(&generator.rt, SINK_SOCKETS);
     let sink_addrs: Vec<SocketAddr> = sinks
         .iter()
         .map(|s| s.local_addr().expect("addr"))
         .collect();
     let top = args.base_port as u32 + 4 * n as u32 + 200;
     let pool = PortPool::new(lo(), args.base_port, top.min(65_534) as u16).expect("port range");
-    let gen_addrs: Vec<SocketAddr> = gen_socks
-        .iter()
-        .map(|s| s.local_addr().expect("addr"))
-        .collect();
     let relays = relay_rt.block_on(async {
         let mut v = Vec::with_capacity(n);
         for i in 0..n {
@@ -413,10 +388,10 @@ fn main() {
     });
     let inputs: Vec<SocketAddr> = relays.iter().map(|(h, _)| h.a_addr).collect();
     let forwarded = || relays.iter().map(|(h, _)| h.stats().b_out).sum::<u64>();
-    let r1 = drive(
+    let r = drive(
         "relay",
-        &args,
-        &generator,
+        args,
+        generator,
         sinks,
         inputs,
         &relay_tids,
@@ -436,18 +411,21 @@ fn main() {
     });
     drop(relays);
     drop(relay_rt);
+    (r, dropped)
+}
 
-    // Phase 2: bare forwarder, same traffic shape.
+/// Phase 2 of a round: the same traffic through a bare forwarder (recv + send per packet).
+fn bare_phase(args: &Args, generator: &Generator) -> PhaseResult {
     let (bare_rt, bare_tids) = measured_runtime(args.relay_threads, "bare");
-    let sinks = bind_many(gen_rt, SINK_SOCKETS);
+    let sinks = bind_many(&generator.rt, SINK_SOCKETS);
     let sink_addrs: Vec<SocketAddr> = sinks
         .iter()
         .map(|s| s.local_addr().expect("addr"))
         .collect();
     let count = Arc::new(AtomicU64::new(0));
     let inputs = bare_rt.block_on(async {
-        let mut inputs = Vec::with_capacity(n);
-        for i in 0..n {
+        let mut inputs = Vec::with_capacity(args.streams);
+        for i in 0..args.streams {
             let rx = UdpSocket::bind((lo(), 0)).await.expect("bind");
             let tx = UdpSocket::bind((lo(), 0)).await.expect("bind");
             inputs.push(rx.local_addr().expect("addr"));
@@ -466,18 +444,71 @@ fn main() {
     });
     let c2 = count.clone();
     let forwarded = move || c2.load(Ordering::Relaxed);
-    let r2 = drive(
-        "bare-udp", &args, &generator, sinks, inputs, &bare_tids, &forwarded,
+    let r = drive(
+        "bare-udp", args, generator, sinks, inputs, &bare_tids, &forwarded,
     );
     drop(bare_rt);
+    r
+}
 
-    report(&r1);
-    report(&r2);
-    println!("relay drops (scrubber/stranger/no-peer/send errors): {dropped}");
-    let per = |r: &PhaseResult| r.cpu_s / (r.forwarded.max(1) as f64);
+fn per_packet(r: &PhaseResult) -> f64 {
+    r.cpu_s / (r.forwarded.max(1) as f64)
+}
+
+fn main() {
+    let args = Args::parse();
+    let n = args.streams;
     println!(
-        "CPU ratio relay/bare per packet: {:.2}; scrubber's fixed algorithmic delay {} samples = {:.1} ms (not in the wall-clock latency above)",
-        per(&r1) / per(&r2).max(1e-12),
+        "media_load: {n} streams × 50 pps for {} s, relay threads {}, scrubbing {}, {} round(s), {} CPUs online, shared with other processes",
+        args.seconds,
+        args.relay_threads,
+        if args.no_scrub { "off" } else { "on" },
+        args.rounds.max(1),
+        std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(0)
+    );
+    let gen_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.sink_threads.max(1))
+        .enable_all()
+        .build()
+        .expect("sink runtime");
+    let gen_socks: Arc<Vec<std::net::UdpSocket>> = Arc::new(
+        (0..GEN_SOCKETS)
+            .map(|_| std::net::UdpSocket::bind((lo(), 0)).expect("bind"))
+            .collect(),
+    );
+    let generator = Generator {
+        rt: gen_rt,
+        socks: gen_socks.clone(),
+    };
+    let delay = Scrubber::new(ScrubberConfig::default()).delay_samples();
+    let gen_addrs: Vec<SocketAddr> = gen_socks
+        .iter()
+        .map(|s| s.local_addr().expect("addr"))
+        .collect();
+
+    let mut ratios = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let (r1, dropped) = relay_phase(&args, &generator, &gen_addrs);
+        let r2 = bare_phase(&args, &generator);
+        if args.rounds > 1 {
+            println!("round {round}");
+        }
+        report(&r1);
+        report(&r2);
+        println!("relay drops (scrubber/stranger/no-peer/send errors): {dropped}");
+        let ratio = per_packet(&r1) / per_packet(&r2).max(1e-12);
+        println!("CPU ratio relay/bare per packet: {ratio:.2}");
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    println!(
+        "median CPU ratio relay/bare per packet over {} round(s): {median:.2} (min {:.2}, max {:.2}); scrubber's fixed algorithmic delay {} samples = {:.1} ms (not in the wall-clock latency above)",
+        ratios.len(),
+        ratios.first().copied().unwrap_or(0.0),
+        ratios.last().copied().unwrap_or(0.0),
         delay,
         delay as f64 / 8.0
     );

@@ -233,6 +233,12 @@ impl DtmfDetector {
         self.on_sub_block(&sb, on_digit);
     }
 
+    /// The same, with the sub-block already phase-referenced by a bank in phase with ours.
+    fn finish_rotated(&mut self, sb: &SubBlock, on_digit: &mut dyn FnMut(DigitEvent)) {
+        self.bank.skip();
+        self.on_sub_block(sb, on_digit);
+    }
+
     fn on_sub_block(&mut self, sb: &SubBlock, on_digit: &mut dyn FnMut(DigitEvent)) {
         let h = usize::from(self.subs_in_block >= HALF_SUBS);
         for k in 0..8 {
@@ -581,6 +587,15 @@ fn hann<const N: usize>() -> [f32; N] {
     w
 }
 
+/// Index of the first largest of four, as [`argmax`] finds it, without a loop the compiler
+/// turns into stores and reloads.
+#[inline]
+fn argmax4(v: [f32; 4]) -> usize {
+    let (a, va) = if v[1] > v[0] { (1, v[1]) } else { (0, v[0]) };
+    let (b, vb) = if v[3] > v[2] { (3, v[3]) } else { (2, v[2]) };
+    if vb > va { b } else { a }
+}
+
 fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
@@ -640,8 +655,11 @@ pub struct PresenceDetector {
     win_energy: [f32; WIN_SUBS],
     subs: u64,
     pos: u64,
-    marks: [bool; MARKS],
+    /// One bit per sample: a bitset keeps the ring to half a cache line.
+    marks: [u64; MARKS / 64],
     min_power: f32,
+    /// `min_power` as a bound on |X_k|² over the window: N²/2 · min_power.
+    loud_q: f32,
     /// The grid pair last seen, and sub-blocks since.
     held: Option<(usize, usize, u8)>,
 }
@@ -655,6 +673,7 @@ impl PresenceDetector {
             // before a key is not eaten needlessly.
             pre: delay.saturating_sub(WIN).min(48),
             min_power: dbm0_power(cfg.min_level_dbm0),
+            loud_q: dbm0_power(cfg.min_level_dbm0) * (WIN * WIN) as f32 / 2.0,
             cfg: PresenceConfig {
                 hang: cfg.hang.min(64),
                 ..cfg
@@ -665,7 +684,7 @@ impl PresenceDetector {
             win_energy: [0.0; WIN_SUBS],
             subs: 0,
             pos: 0,
-            marks: [false; MARKS],
+            marks: [0; MARKS / 64],
             held: None,
         }
     }
@@ -690,8 +709,13 @@ impl PresenceDetector {
         }
     }
 
-    fn finish_sub_block(&mut self, t: &Terms) {
+    fn finish_sub_block(&mut self, t: &Terms) -> SubBlock {
         let sb = self.bank.rotate(t);
+        self.on_sub_block(&sb);
+        sb
+    }
+
+    fn on_sub_block(&mut self, sb: &SubBlock) {
         let slot = (self.subs % WIN_SUBS as u64) as usize;
         if let (Some(re), Some(im), Some(e)) = (
             self.win_re.get_mut(slot),
@@ -711,8 +735,11 @@ impl PresenceDetector {
     fn take_mark(&mut self, at: u64) -> bool {
         match at.checked_sub(self.delay as u64) {
             Some(out) => {
-                let slot = &mut self.marks[(out % MARKS as u64) as usize];
-                std::mem::take(slot)
+                let i = (out % MARKS as u64) as usize;
+                let (word, bit) = (&mut self.marks[i / 64], 1u64 << (i % 64));
+                let was = *word & bit != 0;
+                *word &= !bit;
+                was
             }
             None => false,
         }
@@ -721,7 +748,6 @@ impl PresenceDetector {
     // Eight parallel frequency lanes: indexing reads clearest and vectorises.
     #[allow(clippy::needless_range_loop)]
     fn tone_in_window(&mut self) -> bool {
-        let mut p = [0f32; 8];
         let mut e = 0.0;
         for &se in &self.win_energy {
             e += se;
@@ -744,25 +770,27 @@ impl PresenceDetector {
                 im[k] += i[k];
             }
         }
-        for (k, pk) in p.iter_mut().enumerate() {
-            *pk = 2.0 * (re[k] * re[k] + im[k] * im[k]) / WIN as f32;
+        // |X_k|²; the tests below are on p_k = 2|X_k|²/N (the energy of a sine giving that
+        // term) with the 2/N moved into their thresholds, which saves the divisions.
+        let mut q = [0f32; 8];
+        for k in 0..8 {
+            q[k] = re[k] * re[k] + im[k] * im[k];
         }
-        let l = argmax(&p[..4]);
-        let h = 4 + argmax(&p[4..]);
-        let (pl, ph) = (p[l], p[h]);
-        let n = WIN as f32;
-        let loud = pl / n >= self.min_power && ph / n >= self.min_power;
-        let onset = loud
-            && pl + ph >= self.cfg.min_energy_ratio * e
-            && pl >= self.cfg.min_tone_share * e
-            && ph >= self.cfg.min_tone_share * e;
+        let l = argmax4([q[0], q[1], q[2], q[3]]);
+        let h = 4 + argmax4([q[4], q[5], q[6], q[7]]);
+        let (ql, qh) = (q[l], q[h]);
+        // p/N ≥ min_power  ⇔  q ≥ min_power·N²/2;  p ≥ r·e  ⇔  q ≥ r·e·N/2.
+        let loud = ql >= self.loud_q && qh >= self.loud_q;
+        let en = e * (WIN as f32 / 2.0);
+        let (ratio, share) = (self.cfg.min_energy_ratio * en, self.cfg.min_tone_share * en);
+        let onset = loud && ql + qh >= ratio && ql >= share && qh >= share;
         // Once a pair has been seen, the same pair keeps masking at half the energy share:
         // speech over a sounding key must not open holes in the mask.
         let held = matches!(self.held, Some((hl, hh, _)) if hl == l && hh == h)
             && loud
-            && pl + ph >= 0.5 * self.cfg.min_energy_ratio * e
-            && pl >= 0.5 * self.cfg.min_tone_share * e
-            && ph >= 0.5 * self.cfg.min_tone_share * e;
+            && ql + qh >= 0.5 * ratio
+            && ql >= 0.5 * share
+            && qh >= 0.5 * share;
         if onset || held {
             self.held = Some((l, h, 0));
             true
@@ -787,7 +815,8 @@ impl PresenceDetector {
         let from = end.saturating_sub((WIN + self.pre) as u64).max(released);
         let to = end + self.cfg.hang as u64;
         for s in from..to {
-            self.marks[(s % MARKS as u64) as usize] = true;
+            let i = (s % MARKS as u64) as usize;
+            self.marks[i / 64] |= 1u64 << (i % 64);
         }
     }
 
@@ -838,8 +867,7 @@ pub fn process_both(
         presence.pos += SUB as u64;
         strict.stage_block(&x);
         let t = sub_block_terms(&x);
-        presence.finish_sub_block(&t);
-        strict.finish_sub_block(&t, on_digit);
+        finish_both(presence, strict, &t, on_digit);
     }
     both_per_sample(
         presence,
@@ -848,6 +876,23 @@ pub fn process_both(
         masks.into_remainder(),
         on_digit,
     );
+}
+
+/// Hands one sub-block's terms to both detectors, phase-referenced once when their banks
+/// are in phase (always, unless the strict detector was restarted mid-stream).
+fn finish_both(
+    presence: &mut PresenceDetector,
+    strict: &mut DtmfDetector,
+    t: &Terms,
+    on_digit: &mut dyn FnMut(DigitEvent),
+) {
+    if presence.bank.in_phase_with(&strict.bank) {
+        let sb = presence.finish_sub_block(t);
+        strict.finish_rotated(&sb, on_digit);
+    } else {
+        presence.finish_sub_block(t);
+        strict.finish_sub_block(t, on_digit);
+    }
 }
 
 /// [`process_both`] one sample at a time, for the parts of a frame off the sub-block grid.
@@ -865,8 +910,7 @@ fn both_per_sample(
         strict.stage(x);
         if done {
             let t = sub_block_terms(presence.bank.pending());
-            presence.finish_sub_block(&t);
-            strict.finish_sub_block(&t, on_digit);
+            finish_both(presence, strict, &t, on_digit);
         }
         *m = presence.take_mark(at);
     }

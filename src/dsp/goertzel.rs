@@ -43,35 +43,58 @@ pub struct Terms {
     pub energy: f32,
 }
 
+/// Sub-blocks after which every grid frequency is back in phase: each is a whole number of
+/// hertz and a sub-block lasts 1 ms, so e^{-jω_k·8b} repeats every 1000 sub-blocks.
+const PERIOD: usize = 1000;
+
+/// e^{-jω_k n0} at the start n0 = 8b of sub-block b, one cache line per sub-block.
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct Phasor {
+    re: [f32; 8],
+    im: [f32; 8],
+}
+
 /// The DTMF grid's cos/sin tables, laid out sample-major (`cos[m][k]`) so the inner loop runs
-/// across the eight frequencies at once and the compiler keeps them in vector registers.
-/// One copy for the process: per-detector copies cost a kilobyte of cache per call.
+/// across the eight frequencies at once and the compiler keeps them in vector registers, and
+/// the phase of every sub-block of a period. A lookup replaces a running complex recurrence:
+/// it is exact (no drift to correct over hours of audio), keeps no per-call state, and costs a
+/// fraction of the arithmetic. One copy for the process: per-detector copies would cost cache
+/// per call.
 struct Tables {
     cos: [[f32; 8]; SUB],
     sin: [[f32; 8]; SUB],
-    step_r: [f64; 8],
-    step_i: [f64; 8],
+    phase: [Phasor; PERIOD],
 }
 
-static TABLES: std::sync::LazyLock<Tables> = std::sync::LazyLock::new(tables);
+static TABLES: std::sync::LazyLock<Box<Tables>> = std::sync::LazyLock::new(tables);
 
 // Parallel fixed-size arrays indexed by frequency and sample.
 #[allow(clippy::needless_range_loop)]
-fn tables() -> Tables {
-    let mut t = Tables {
+fn tables() -> Box<Tables> {
+    let mut t = Box::new(Tables {
         cos: [[0.0; 8]; SUB],
         sin: [[0.0; 8]; SUB],
-        step_r: [1.0; 8],
-        step_i: [0.0; 8],
-    };
+        phase: [Phasor {
+            re: [0.0; 8],
+            im: [0.0; 8],
+        }; PERIOD],
+    });
     for k in 0..8 {
-        let w = 2.0 * std::f64::consts::PI * f64::from(DTMF_HZ[k]) / f64::from(RATE);
+        let hz = f64::from(DTMF_HZ[k]);
+        let w = 2.0 * std::f64::consts::PI * hz / f64::from(RATE);
         for m in 0..SUB {
             t.cos[m][k] = (w * m as f64).cos() as f32;
             t.sin[m][k] = (w * m as f64).sin() as f32;
         }
-        t.step_r[k] = (w * SUB as f64).cos();
-        t.step_i[k] = -(w * SUB as f64).sin();
+        for (b, p) in t.phase.iter_mut().enumerate() {
+            // The angle reduced exactly (in whole cycles) before the sine, so every entry is
+            // as accurate as f32 allows.
+            let cycles = (hz as u64 * b as u64) % PERIOD as u64;
+            let a = 2.0 * std::f64::consts::PI * cycles as f64 / PERIOD as f64;
+            p.re[k] = a.cos() as f32;
+            p.im[k] = -a.sin() as f32;
+        }
     }
     t
 }
@@ -102,12 +125,11 @@ pub fn sub_block_terms(x: &[f32; SUB]) -> Terms {
 /// window with a consistent phase reference.
 #[derive(Clone, Debug)]
 pub struct Bank {
-    /// e^{-jω n0} for the current sub-block, kept in f64 so hours of audio do not drift.
-    pr: [f64; 8],
-    pi: [f64; 8],
     buf: [f32; SUB],
     fill: usize,
     blocks: u64,
+    /// `blocks` modulo the phase period: the current sub-block's row of the phase table.
+    phase: usize,
 }
 
 impl Default for Bank {
@@ -119,11 +141,10 @@ impl Default for Bank {
 impl Bank {
     pub fn new() -> Bank {
         Bank {
-            pr: [1.0; 8],
-            pi: [0.0; 8],
             buf: [0.0; SUB],
             fill: 0,
             blocks: 0,
+            phase: 0,
         }
     }
 
@@ -167,32 +188,42 @@ impl Bank {
         &self.buf
     }
 
+    /// Whether `other` is at the same point of the phase period: then both reference their
+    /// sub-blocks alike and one [`Bank::rotate`] serves both.
+    pub fn in_phase_with(&self, other: &Bank) -> bool {
+        self.phase == other.phase
+    }
+
     /// Phase-references the local terms of the next sub-block to the absolute sample index.
     #[allow(clippy::needless_range_loop)]
+    #[inline]
     pub fn rotate(&mut self, t: &Terms) -> SubBlock {
-        let step = &*TABLES;
+        let ph = TABLES.phase.get(self.phase).copied().unwrap_or(Phasor {
+            re: [1.0; 8],
+            im: [0.0; 8],
+        });
         let mut out = SubBlock {
             energy: t.energy,
             ..SubBlock::default()
         };
         for k in 0..8 {
             // (pr + j·pi)(c − j·s), with pr + j·pi = e^{-jω n0}.
-            let (pr, pi) = (self.pr[k] as f32, self.pi[k] as f32);
+            let (pr, pi) = (ph.re[k], ph.im[k]);
             out.re[k] = pr * t.c[k] + pi * t.s[k];
             out.im[k] = pi * t.c[k] - pr * t.s[k];
-            let (a, b) = (self.pr[k], self.pi[k]);
-            self.pr[k] = a * step.step_r[k] - b * step.step_i[k];
-            self.pi[k] = a * step.step_i[k] + b * step.step_r[k];
         }
-        self.blocks += 1;
-        if self.blocks.is_multiple_of(1024) {
-            for k in 0..8 {
-                let n = (self.pr[k] * self.pr[k] + self.pi[k] * self.pi[k]).sqrt();
-                self.pr[k] /= n;
-                self.pi[k] /= n;
-            }
-        }
+        self.skip();
         out
+    }
+
+    /// Moves on one sub-block without computing its terms (another bank in phase did).
+    #[inline]
+    pub fn skip(&mut self) {
+        self.blocks += 1;
+        self.phase += 1;
+        if self.phase == PERIOD {
+            self.phase = 0;
+        }
     }
 }
 
@@ -284,6 +315,47 @@ mod tests {
         }
         let mean = sum / (halves.len() - 1) as f32;
         assert!((mean - expect).abs() < 0.01, "{mean} vs {expect}");
+    }
+
+    #[test]
+    fn phase_stays_exact_over_hours() {
+        // Sub-block b of a sine that started at sample 0, after ~3 hours (10.8 M sub-blocks):
+        // the table's phase must match the direct DFT referenced to the absolute index.
+        let mut bank = Bank::new();
+        let skip = 10_800_123u64;
+        for _ in 0..skip {
+            bank.skip();
+        }
+        let f = DTMF_HZ[6];
+        let n0 = skip * SUB as u64;
+        let x: Vec<i16> = (0..SUB as u64)
+            .map(|m| {
+                let cyc = ((f64::from(f) * (n0 + m) as f64) / 8000.0).fract();
+                (8000.0 * (2.0 * std::f64::consts::PI * cyc).cos()) as i16
+            })
+            .collect();
+        let mut got = None;
+        for &s in &x {
+            got = bank.push(s).or(got);
+        }
+        let b = got.expect("a whole sub-block");
+        let w = 2.0 * std::f64::consts::PI * f64::from(f) / 8000.0;
+        let (mut dr, mut di) = (0.0f64, 0.0f64);
+        for (m, &s) in x.iter().enumerate() {
+            let a = (w * (n0 + m as u64) as f64).rem_euclid(2.0 * std::f64::consts::PI);
+            dr += f64::from(s) * a.cos();
+            di -= f64::from(s) * a.sin();
+        }
+        assert!(
+            (f64::from(b.re[6]) - dr).abs() < 2.0 + dr.abs() * 1e-4,
+            "{} vs {dr}",
+            b.re[6]
+        );
+        assert!(
+            (f64::from(b.im[6]) - di).abs() < 2.0 + di.abs() * 1e-4,
+            "{} vs {di}",
+            b.im[6]
+        );
     }
 
     #[test]

@@ -24,7 +24,6 @@ use std::task::{Context, Poll, Wake as TaskWake, Waker};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use tokio::io::ReadBuf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
@@ -215,7 +214,7 @@ struct RtcpLeg<'a> {
 }
 
 /// Relays one received RTCP packet (RTCP is passed through untouched in both directions).
-async fn relay_rtcp(
+fn relay_rtcp(
     received: std::io::Result<(usize, SocketAddr)>,
     buf: &[u8],
     leg: RtcpLeg<'_>,
@@ -235,7 +234,7 @@ async fn relay_rtcp(
         return;
     };
     let pkt = buf.get(..n).unwrap_or_default();
-    match leg.out.send_to(pkt, dest).await {
+    match leg.out.try_send_to(pkt, dest) {
         Ok(_) => bump(leg.counted_out),
         Err(_) => bump(&stats.send_errors),
     }
@@ -498,8 +497,6 @@ impl MediaRelay {
             control: control_rx,
             inactivity: opts.inactivity,
             recorder,
-            rx: [0; MAX_DATAGRAM],
-            out: [0; MAX_DATAGRAM],
         };
         (handle, tokio::spawn(Box::new(task).run()))
     }
@@ -541,9 +538,6 @@ struct Relay {
     control: mpsc::Receiver<MediaControl>,
     inactivity: Duration,
     recorder: Option<Recorder>,
-    /// The datagram just received (from whichever socket) and the scrubber's output.
-    rx: [u8; MAX_DATAGRAM],
-    out: [u8; MAX_DATAGRAM],
 }
 
 /// Hands a digit to capture without waiting: the packet path cannot block on a slow consumer.
@@ -578,8 +572,8 @@ fn counted_sink<'a>(
 /// What woke the relay task.
 enum Wake {
     Control(Option<MediaControl>),
-    /// A datagram arrived on one of the four sockets (index into [`SOCKETS`]).
-    Datagram(usize, std::io::Result<(usize, SocketAddr)>),
+    /// One of the four sockets (index into [`SOCKETS`]) has something to read.
+    Readable(usize),
     Tick,
 }
 
@@ -685,7 +679,6 @@ fn poll_wake(
     src: &mut Sources,
     control: &mut mpsc::Receiver<MediaControl>,
     socks: [&tokio::net::UdpSocket; SOCKETS],
-    buf: &mut [u8; MAX_DATAGRAM],
     mut tick: Pin<&mut Sleep>,
     first: usize,
 ) -> Poll<Wake> {
@@ -700,10 +693,9 @@ fn poll_wake(
         let Some(sock) = socks.get(i) else {
             continue;
         };
-        let mut rb = ReadBuf::new(buf);
-        if let Poll::Ready(r) = src.poll(i, |cx| sock.poll_recv_from(cx, &mut rb)) {
-            let n = rb.filled().len();
-            return Poll::Ready(Wake::Datagram(i, r.map(|from| (n, from))));
+        // Readiness only: the datagram is read after the wait, into a buffer on the stack.
+        if src.poll(i, |cx| sock.poll_recv_ready(cx)).is_ready() {
+            return Poll::Ready(Wake::Readable(i));
         }
     }
     if src.poll(TIMER, |cx| tick.as_mut().poll(cx)).is_ready() {
@@ -745,6 +737,109 @@ impl Relay {
         false
     }
 
+    /// Caller→agent RTP: latched, scrubbed and sent on. Returns when it arrived if it came
+    /// from the caller.
+    fn caller_rtp(
+        &mut self,
+        received: std::io::Result<(usize, SocketAddr)>,
+        rx: &[u8],
+        sources: &mut Sources,
+        tick: Pin<&mut Sleep>,
+        start: Instant,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        let Ok((n, src)) = received else {
+            bump(&self.stats.recv_errors);
+            return None;
+        };
+        if !self.a_rtp.accept(src) {
+            bump(&self.stats.dropped_stranger);
+            return None;
+        }
+        bump(&self.stats.a_in);
+        let ms = now.duration_since(start).as_millis() as u64;
+        let input = rx.get(..n).unwrap_or_default();
+        let mut out = [0u8; MAX_DATAGRAM];
+        let verdict = {
+            let mut sink = digit_sink(&self.digits, &self.stats);
+            self.scrubber.process(ms, input, &mut out, &mut sink)
+        };
+        // An RFC 4733 event whose end packets may be lost needs the short tick for its timeout
+        // (RFC 4733 §2.5.2.2); re-armed only when that starts.
+        if self.scrubber.event_pending() && tick.deadline() > now + TICK {
+            sources.rearm(tick, now + TICK);
+        }
+        let sc = self.scrubber.stats();
+        set(&self.stats.samples_masked, sc.samples_masked);
+        set(&self.stats.events_stripped, sc.events_converted);
+        let len = match verdict {
+            Verdict::Forward(len) => len,
+            Verdict::Drop(_) => {
+                bump(&self.stats.dropped_scrubber);
+                return Some(now);
+            }
+        };
+        let Some(dest) = self.b_rtp.dest() else {
+            bump(&self.stats.dropped_no_peer);
+            return Some(now);
+        };
+        let pkt = out.get(..len).unwrap_or_default();
+        // Never waits: a socket whose send buffer is full drops the packet (counted), as a
+        // late RTP packet is worth nothing and waiting would stall both directions.
+        match self.b.rtp.try_send_to(pkt, dest) {
+            Ok(_) => bump(&self.stats.b_out),
+            Err(_) => bump(&self.stats.send_errors),
+        }
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.agent.put(pkt, ms as usize * 8);
+        }
+        Some(now)
+    }
+
+    /// Agent→caller RTP: latched and sent on as it came, then listened to for the agent's
+    /// keys when that is on. Returns when it arrived if it came from the agent.
+    fn agent_rtp(
+        &mut self,
+        received: std::io::Result<(usize, SocketAddr)>,
+        rx: &[u8],
+        sources: &mut Sources,
+        tick: Pin<&mut Sleep>,
+        start: Instant,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        let Ok((n, src)) = received else {
+            bump(&self.stats.recv_errors);
+            return None;
+        };
+        if !self.b_rtp.accept(src) {
+            bump(&self.stats.dropped_stranger);
+            return None;
+        }
+        bump(&self.stats.b_in);
+        let ms = now.duration_since(start).as_millis() as u64;
+        let Some(dest) = self.a_rtp.dest() else {
+            bump(&self.stats.dropped_no_peer);
+            return Some(now);
+        };
+        let pkt = rx.get(..n).unwrap_or_default();
+        match self.a.rtp.try_send_to(pkt, dest) {
+            Ok(_) => bump(&self.stats.a_out),
+            Err(_) => bump(&self.stats.send_errors),
+        }
+        // Listened to after it has gone out as it came: the tap only reads.
+        if let Some(tap) = self.agent_tap.as_mut() {
+            let mut sink = agent_sink(&self.agent_digits, &self.stats);
+            tap.observe(ms, pkt, &mut sink);
+            if tap.event_pending() && tick.deadline() > now + TICK {
+                sources.rearm(tick, now + TICK);
+            }
+        }
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.caller.put(pkt, ms as usize * 8);
+        }
+        Some(now)
+    }
+
     /// How often time is fed to the scrubber and silence checked while no RFC 4733 event is
     /// sounding: a tenth of the inactivity period, between `TICK` and `IDLE_TICK`.
     fn idle_tick(&self) -> Duration {
@@ -772,7 +867,6 @@ impl Relay {
                     &mut sources,
                     &mut self.control,
                     [&self.a.rtp, &self.b.rtp, &self.a.rtcp, &self.b.rtcp],
-                    &mut self.rx,
                     tick.as_mut(),
                     first,
                 )
@@ -780,104 +874,50 @@ impl Relay {
             .await;
             first = (first + 1) % SOCKETS;
             match wake {
-                Wake::Datagram(0, r) => {
-                    let now = Instant::now();
-                    let Ok((n, src)) = r else {
-                        bump(&self.stats.recv_errors);
-                        continue;
+                Wake::Readable(i) => {
+                    // Read and sent without an await in between, so the buffers live on the
+                    // stack (hot in cache whichever call runs next) rather than in the task.
+                    let mut rx = [0u8; MAX_DATAGRAM];
+                    let sock = match i {
+                        0 => &self.a.rtp,
+                        1 => &self.b.rtp,
+                        2 => &self.a.rtcp,
+                        _ => &self.b.rtcp,
                     };
-                    if !self.a_rtp.accept(src) {
-                        bump(&self.stats.dropped_stranger);
-                        continue;
-                    }
-                    bump(&self.stats.a_in);
-                    last_rtp = now;
-                    let input = self.rx.get(..n).unwrap_or_default();
-                    let verdict = {
-                        let mut sink = digit_sink(&self.digits, &self.stats);
-                        self.scrubber
-                            .process(now_ms(now), input, &mut self.out, &mut sink)
+                    let r = match sock.try_recv_from(&mut rx) {
+                        // Readiness was stale; tokio has cleared it and the next poll waits.
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        r => r,
                     };
-                    // An RFC 4733 event whose end packets may be lost needs the short tick for
-                    // its timeout (RFC 4733 §2.5.2.2); re-armed only when that starts.
-                    if self.scrubber.event_pending() && tick.deadline() > now + TICK {
-                        sources.rearm(tick.as_mut(), now + TICK);
-                    }
-                    let sc = self.scrubber.stats();
-                    set(&self.stats.samples_masked, sc.samples_masked);
-                    set(&self.stats.events_stripped, sc.events_converted);
-                    let len = match verdict {
-                        Verdict::Forward(len) => len,
-                        Verdict::Drop(_) => {
-                            bump(&self.stats.dropped_scrubber);
-                            continue;
+                    let rtp = match i {
+                        0 => self.caller_rtp(r, &rx, &mut sources, tick.as_mut(), start),
+                        1 => self.agent_rtp(r, &rx, &mut sources, tick.as_mut(), start),
+                        2 => {
+                            let leg = RtcpLeg {
+                                from: &mut self.a_rtcp,
+                                to: &self.b_rtcp,
+                                out: &self.b.rtcp,
+                                counted_in: &self.stats.rtcp_a_in,
+                                counted_out: &self.stats.rtcp_b_out,
+                            };
+                            relay_rtcp(r, &rx, leg, &self.stats);
+                            None
+                        }
+                        _ => {
+                            let leg = RtcpLeg {
+                                from: &mut self.b_rtcp,
+                                to: &self.a_rtcp,
+                                out: &self.a.rtcp,
+                                counted_in: &self.stats.rtcp_b_in,
+                                counted_out: &self.stats.rtcp_a_out,
+                            };
+                            relay_rtcp(r, &rx, leg, &self.stats);
+                            None
                         }
                     };
-                    let Some(dest) = self.b_rtp.dest() else {
-                        bump(&self.stats.dropped_no_peer);
-                        continue;
-                    };
-                    let pkt = self.out.get(..len).unwrap_or_default();
-                    match self.b.rtp.send_to(pkt, dest).await {
-                        Ok(_) => bump(&self.stats.b_out),
-                        Err(_) => bump(&self.stats.send_errors),
+                    if let Some(at) = rtp {
+                        last_rtp = at;
                     }
-                    if let Some(rec) = self.recorder.as_mut() {
-                        rec.agent.put(pkt, now_ms(now) as usize * 8);
-                    }
-                }
-                Wake::Datagram(1, r) => {
-                    let now = Instant::now();
-                    let Ok((n, src)) = r else {
-                        bump(&self.stats.recv_errors);
-                        continue;
-                    };
-                    if !self.b_rtp.accept(src) {
-                        bump(&self.stats.dropped_stranger);
-                        continue;
-                    }
-                    bump(&self.stats.b_in);
-                    last_rtp = now;
-                    let Some(dest) = self.a_rtp.dest() else {
-                        bump(&self.stats.dropped_no_peer);
-                        continue;
-                    };
-                    let pkt = self.rx.get(..n).unwrap_or_default();
-                    match self.a.rtp.send_to(pkt, dest).await {
-                        Ok(_) => bump(&self.stats.a_out),
-                        Err(_) => bump(&self.stats.send_errors),
-                    }
-                    // Listened to after it has gone out as it came: the tap only reads.
-                    if let Some(tap) = self.agent_tap.as_mut() {
-                        let mut sink = agent_sink(&self.agent_digits, &self.stats);
-                        tap.observe(now_ms(now), pkt, &mut sink);
-                        if tap.event_pending() && tick.deadline() > now + TICK {
-                            sources.rearm(tick.as_mut(), now + TICK);
-                        }
-                    }
-                    if let Some(rec) = self.recorder.as_mut() {
-                        rec.caller.put(pkt, now_ms(now) as usize * 8);
-                    }
-                }
-                Wake::Datagram(2, r) => {
-                    let leg = RtcpLeg {
-                        from: &mut self.a_rtcp,
-                        to: &self.b_rtcp,
-                        out: &self.b.rtcp,
-                        counted_in: &self.stats.rtcp_a_in,
-                        counted_out: &self.stats.rtcp_b_out,
-                    };
-                    relay_rtcp(r, &self.rx, leg, &self.stats).await;
-                }
-                Wake::Datagram(_, r) => {
-                    let leg = RtcpLeg {
-                        from: &mut self.b_rtcp,
-                        to: &self.a_rtcp,
-                        out: &self.a.rtcp,
-                        counted_in: &self.stats.rtcp_b_in,
-                        counted_out: &self.stats.rtcp_a_out,
-                    };
-                    relay_rtcp(r, &self.rx, leg, &self.stats).await;
                 }
                 Wake::Control(c) => match c {
                     Some(MediaControl::Scrub(on)) => {

@@ -176,9 +176,6 @@ pub struct Scrubber {
     /// Delay line plus the frame being processed: codec bytes and "must mask" flags.
     work: [u8; MAX_DELAY + CHUNK],
     forced: [bool; MAX_DELAY + CHUNK],
-    lin_in: [i16; CHUNK],
-    lin_out: [i16; CHUNK],
-    mask: [bool; CHUNK],
     /// Codec of the bytes in the delay line.
     codec: Option<Codec>,
     /// Samples pushed through the pipeline since start: the digit timeline.
@@ -220,9 +217,6 @@ impl Scrubber {
             delay,
             work: [0; MAX_DELAY + CHUNK],
             forced: [false; MAX_DELAY + CHUNK],
-            lin_in: [0; CHUNK],
-            lin_out: [0; CHUNK],
-            mask: [false; CHUNK],
             codec: None,
             pos: 0,
             detector_skew: 0,
@@ -533,39 +527,46 @@ impl Scrubber {
     ) {
         let d = self.delay;
         let silence = codec.encode(0);
+        // Scratch for one piece, on the stack: it is hot in cache whichever call runs next,
+        // where a copy per call would be one more thing to fetch per packet.
+        let mut lin = [0i16; CHUNK];
         for (at, piece) in out.chunks_mut(CHUNK).enumerate() {
             let n = piece.len();
             match frame {
                 Samples::Audio(payload) => {
                     let input = payload.get(at * CHUNK..at * CHUNK + n).unwrap_or_default();
                     self.work[d..d + n].copy_from_slice(input);
-                    for (l, &b) in self.lin_in[..n].iter_mut().zip(input) {
+                    for (l, &b) in lin[..n].iter_mut().zip(input) {
                         *l = codec.decode(b);
                     }
                 }
                 Samples::Silence => {
                     self.work[d..d + n].fill(silence);
-                    self.lin_in[..n].fill(0);
+                    lin[..n].fill(0);
                 }
             }
             self.forced[d..d + n].fill(force);
             // The strict detector does not hear synthesized frames: a sender that sends a key
             // both in its audio and as events would otherwise have silence spliced into its tone.
             let detect = matches!(frame, Samples::Audio(_));
-            self.run_pipeline(codec, n, detect, on_digit);
+            self.run_pipeline(codec, &mut lin[..n], detect, on_digit);
             piece.copy_from_slice(&self.work[..n]);
             self.shift_delay_line(n);
         }
     }
 
-    /// Runs detectors over `lin_in[..n]` and masks the `n` delayed samples at `work[..n]`.
+    /// Runs detectors over the linear samples `lin` (overwritten) and masks as many delayed
+    /// samples at the head of `work`.
     fn run_pipeline(
         &mut self,
         codec: Codec,
-        n: usize,
+        lin: &mut [i16],
         detect: bool,
         on_digit: &mut dyn FnMut(ScrubbedDigit),
     ) {
+        let n = lin.len();
+        let mut mask = [false; CHUNK];
+        let mask = &mut mask[..n];
         if detect {
             let last_digit = &mut self.last_digit;
             let stats = &mut self.stats;
@@ -574,8 +575,8 @@ impl Scrubber {
             process_both(
                 &mut self.presence,
                 &mut self.detector,
-                &self.lin_in[..n],
-                &mut self.mask[..n],
+                lin,
+                mask,
                 &mut |ev: DigitEvent| {
                     let d = ScrubbedDigit {
                         digit: ev.digit,
@@ -587,17 +588,15 @@ impl Scrubber {
                 },
             );
         } else {
-            self.presence
-                .process(&self.lin_in[..n], &mut self.mask[..n]);
+            self.presence.process(lin, mask);
             self.detector_skew += n as u64;
         }
         self.pos += n as u64;
 
         let mut any = false;
-        for i in 0..n {
-            let m = self.mask[i] || self.forced[i];
-            self.mask[i] = m;
-            any |= m;
+        for (m, &f) in mask.iter_mut().zip(&self.forced[..n]) {
+            *m |= f;
+            any |= *m;
         }
         if !any && !self.was_masking {
             return;
@@ -605,19 +604,19 @@ impl Scrubber {
         if any && !self.was_masking {
             self.stats.mask_spans += 1;
         }
-        for (l, &b) in self.lin_out[..n].iter_mut().zip(&self.work[..n]) {
+        // The delayed samples, in the input's scratch (the detectors are done with it).
+        for (l, &b) in lin.iter_mut().zip(&self.work[..n]) {
             *l = codec.decode(b);
         }
-        self.masker.apply(&mut self.lin_out[..n], &self.mask[..n]);
-        for i in 0..n {
-            let original = codec.decode(self.work[i]);
-            if self.lin_out[i] != original {
-                self.work[i] = codec.encode(self.lin_out[i]);
+        self.masker.apply(lin, mask);
+        for (w, &l) in self.work[..n].iter_mut().zip(lin.iter()) {
+            if l != codec.decode(*w) {
+                *w = codec.encode(l);
                 self.stats.samples_masked += 1;
             }
         }
         // A span (and its ramp) may continue into the next frame.
-        self.was_masking = self.mask[n - 1];
+        self.was_masking = mask.last().copied().unwrap_or(self.was_masking);
     }
 
     fn shift_delay_line(&mut self, n: usize) {
@@ -712,7 +711,6 @@ pub struct DigitTap {
     event_pt: Option<u8>,
     event_timeout_ms: u64,
     detector: DtmfDetector,
-    lin: [i16; CHUNK],
     /// Audio samples heard: the timeline of reported digits.
     pos: u64,
     last_in: Option<(u16, u32)>,
@@ -728,7 +726,6 @@ impl DigitTap {
             event_pt: cfg.event_pt,
             event_timeout_ms: cfg.event_timeout_ms,
             detector: DtmfDetector::new(cfg.detector.clone()),
-            lin: [0; CHUNK],
             pos: 0,
             last_in: None,
             event: None,
@@ -811,11 +808,12 @@ impl DigitTap {
             };
             emit_digit(last_digit, stats, d, on_digit);
         };
+        let mut lin = [0i16; CHUNK];
         for piece in payload.chunks(CHUNK) {
-            for (l, &b) in self.lin.iter_mut().zip(piece) {
+            for (l, &b) in lin.iter_mut().zip(piece) {
                 *l = codec.decode(b);
             }
-            self.detector.process(&self.lin[..piece.len()], &mut report);
+            self.detector.process(&lin[..piece.len()], &mut report);
         }
         self.pos += n as u64;
     }
