@@ -7,6 +7,7 @@
 //! Options: --streams N (2000), --seconds S (20), --relay-threads T (1), --sink-threads K (1),
 //! --no-scrub (relay with scrubbing off, to separate the relay task's cost from the DSP's),
 //! --rounds R (1; relay and forwarder phases alternate R times, median ratio reported),
+//! --pin (measured runtime on its own CPUs, generator and sinks on the others),
 //! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarder 2 per
 //! stream above that).
 //!
@@ -60,6 +61,48 @@ struct Args {
     /// and as the median, since a shared machine's other load moves single figures.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Pins the relay's (and in its phase the forwarder's) runtime threads to the last CPUs
+    /// and the generator and sinks to the others, so the process being measured does not
+    /// share its cores with the load; on a 2-core machine, one core each.
+    #[arg(long)]
+    pin: bool,
+}
+
+/// Which CPUs the measured runtime and the load run on, when pinning.
+#[derive(Clone, Debug)]
+struct Placement {
+    measured: Vec<core_affinity::CoreId>,
+    load: Vec<core_affinity::CoreId>,
+}
+
+impl Placement {
+    fn new(pin: bool, measured_threads: usize) -> Option<Placement> {
+        if !pin {
+            return None;
+        }
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        if cores.len() < 2 {
+            eprintln!("--pin needs two CPUs or more; not pinning");
+            return None;
+        }
+        let m = measured_threads.clamp(1, cores.len() - 1);
+        let (load, measured) = cores.split_at(cores.len() - m);
+        Some(Placement {
+            measured: measured.to_vec(),
+            load: load.to_vec(),
+        })
+    }
+}
+
+/// Pins the calling thread to one of `cores` (round robin over calls).
+fn pin_to(cores: &[core_affinity::CoreId], next: &AtomicU64) {
+    if cores.is_empty() {
+        return;
+    }
+    let i = next.fetch_add(1, Ordering::Relaxed) as usize % cores.len();
+    if let Some(&c) = cores.get(i) {
+        core_affinity::set_for_current(c);
+    }
 }
 
 /// Send-time ring per stream: enough slots for a second and a bit of packets in flight.
@@ -95,14 +138,21 @@ fn own_tid() -> u32 {
 }
 
 /// A runtime whose threads are all known, so their CPU time can be read.
-fn measured_runtime(threads: usize, name: &str) -> (tokio::runtime::Runtime, Arc<Mutex<Vec<u32>>>) {
+fn measured_runtime(
+    threads: usize,
+    name: &str,
+    place: Option<&Placement>,
+) -> (tokio::runtime::Runtime, Arc<Mutex<Vec<u32>>>) {
     let tids = Arc::new(Mutex::new(Vec::new()));
     let t2 = tids.clone();
+    let cores = place.map(|p| p.measured.clone()).unwrap_or_default();
+    let next = AtomicU64::new(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .thread_name(name)
         .enable_all()
         .on_thread_start(move || {
+            pin_to(&cores, &next);
             if let Ok(mut v) = t2.lock() {
                 v.push(own_tid());
             }
@@ -259,6 +309,7 @@ async fn sink(shared: Arc<Shared>, sock: UdpSocket, streams: usize) {
 struct Generator {
     rt: tokio::runtime::Runtime,
     socks: Arc<Vec<std::net::UdpSocket>>,
+    place: Option<Placement>,
 }
 
 /// Runs traffic through `inputs` (one address per stream, all forwarding to the sinks) while
@@ -292,9 +343,17 @@ fn drive(
     {
         let (shared, socks, seconds) = (shared.clone(), generator.socks.clone(), args.seconds);
         let inputs = Arc::new(inputs);
+        let cores = generator
+            .place
+            .as_ref()
+            .map(|p| p.load.clone())
+            .unwrap_or_default();
         std::thread::Builder::new()
             .name("generator".into())
-            .spawn(move || generate(shared, socks, inputs, seconds))
+            .spawn(move || {
+                pin_to(&cores, &AtomicU64::new(0));
+                generate(shared, socks, inputs, seconds)
+            })
             .expect("generator thread")
             .join()
             .expect("generator");
@@ -361,7 +420,8 @@ fn report(r: &PhaseResult) {
 /// Phase 1 of a round: the streams through `net::media` relays.
 fn relay_phase(args: &Args, generator: &Generator, gen_addrs: &[SocketAddr]) -> (PhaseResult, u64) {
     let n = args.streams;
-    let (relay_rt, relay_tids) = measured_runtime(args.relay_threads, "relay");
+    let (relay_rt, relay_tids) =
+        measured_runtime(args.relay_threads, "relay", generator.place.as_ref());
     let sinks = bind_many(&generator.rt, SINK_SOCKETS);
     let sink_addrs: Vec<SocketAddr> = sinks
         .iter()
@@ -416,7 +476,8 @@ fn relay_phase(args: &Args, generator: &Generator, gen_addrs: &[SocketAddr]) -> 
 
 /// Phase 2 of a round: the same traffic through a bare forwarder (recv + send per packet).
 fn bare_phase(args: &Args, generator: &Generator) -> PhaseResult {
-    let (bare_rt, bare_tids) = measured_runtime(args.relay_threads, "bare");
+    let (bare_rt, bare_tids) =
+        measured_runtime(args.relay_threads, "bare", generator.place.as_ref());
     let sinks = bind_many(&generator.rt, SINK_SOCKETS);
     let sink_addrs: Vec<SocketAddr> = sinks
         .iter()
@@ -468,8 +529,20 @@ fn main() {
             .map(|p| p.get())
             .unwrap_or(0)
     );
+    let place = Placement::new(args.pin, args.relay_threads);
+    if let Some(p) = &place {
+        println!(
+            "pinned: measured runtime on CPUs {:?}, generator and sinks on {:?}",
+            p.measured.iter().map(|c| c.id).collect::<Vec<_>>(),
+            p.load.iter().map(|c| c.id).collect::<Vec<_>>()
+        );
+    }
+    let sink_cores = place.as_ref().map(|p| p.load.clone()).unwrap_or_default();
+    let sink_next = AtomicU64::new(0);
     let gen_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.sink_threads.max(1))
+        .thread_name("sink")
+        .on_thread_start(move || pin_to(&sink_cores, &sink_next))
         .enable_all()
         .build()
         .expect("sink runtime");
@@ -481,6 +554,7 @@ fn main() {
     let generator = Generator {
         rt: gen_rt,
         socks: gen_socks.clone(),
+        place,
     };
     let delay = Scrubber::new(ScrubberConfig::default()).delay_samples();
     let gen_addrs: Vec<SocketAddr> = gen_socks
