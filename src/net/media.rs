@@ -213,6 +213,26 @@ struct RtcpLeg<'a> {
     counted_out: &'a AtomicU64,
 }
 
+/// Admits a received datagram: its length if it came from the leg's latched (or latching)
+/// peer, counted in; receive errors and strangers are counted and dropped.
+fn admit(
+    received: std::io::Result<(usize, SocketAddr)>,
+    latch: &mut Latch,
+    counted_in: &AtomicU64,
+    stats: &RelayStats,
+) -> Option<usize> {
+    let Ok((n, src)) = received else {
+        bump(&stats.recv_errors);
+        return None;
+    };
+    if !latch.accept(src) {
+        bump(&stats.dropped_stranger);
+        return None;
+    }
+    bump(counted_in);
+    Some(n)
+}
+
 /// Relays one received RTCP packet (RTCP is passed through untouched in both directions).
 fn relay_rtcp(
     received: std::io::Result<(usize, SocketAddr)>,
@@ -220,24 +240,37 @@ fn relay_rtcp(
     leg: RtcpLeg<'_>,
     stats: &RelayStats,
 ) {
-    let Ok((n, src)) = received else {
-        bump(&stats.recv_errors);
+    let Some(n) = admit(received, leg.from, leg.counted_in, stats) else {
         return;
     };
-    if !leg.from.accept(src) {
-        bump(&stats.dropped_stranger);
-        return;
-    }
-    bump(leg.counted_in);
-    let Some(dest) = leg.to.dest() else {
+    forward(
+        leg.out,
+        buf.get(..n).unwrap_or_default(),
+        leg.to,
+        leg.counted_out,
+        stats,
+    );
+}
+
+/// Sends a packet to the other leg's peer, counted out. Never waits: a socket whose send buffer
+/// is full drops the packet (counted as a send error), as a late RTP packet is worth nothing
+/// and waiting would stall both directions. False when the other leg has no peer yet.
+fn forward(
+    out: &tokio::net::UdpSocket,
+    pkt: &[u8],
+    to: &Latch,
+    counted_out: &AtomicU64,
+    stats: &RelayStats,
+) -> bool {
+    let Some(dest) = to.dest() else {
         bump(&stats.dropped_no_peer);
-        return;
+        return false;
     };
-    let pkt = buf.get(..n).unwrap_or_default();
-    match leg.out.try_send_to(pkt, dest) {
-        Ok(_) => bump(leg.counted_out),
+    match out.try_send_to(pkt, dest) {
+        Ok(_) => bump(counted_out),
         Err(_) => bump(&stats.send_errors),
     }
+    true
 }
 
 /// Counts one. Each counter has a single writer (the relay task), so a plain load and store
@@ -748,15 +781,7 @@ impl Relay {
         start: Instant,
     ) -> Option<Instant> {
         let now = Instant::now();
-        let Ok((n, src)) = received else {
-            bump(&self.stats.recv_errors);
-            return None;
-        };
-        if !self.a_rtp.accept(src) {
-            bump(&self.stats.dropped_stranger);
-            return None;
-        }
-        bump(&self.stats.a_in);
+        let n = admit(received, &mut self.a_rtp, &self.stats.a_in, &self.stats)?;
         let ms = now.duration_since(start).as_millis() as u64;
         let input = rx.get(..n).unwrap_or_default();
         let mut out = [0u8; MAX_DATAGRAM];
@@ -779,16 +804,15 @@ impl Relay {
                 return Some(now);
             }
         };
-        let Some(dest) = self.b_rtp.dest() else {
-            bump(&self.stats.dropped_no_peer);
-            return Some(now);
-        };
         let pkt = out.get(..len).unwrap_or_default();
-        // Never waits: a socket whose send buffer is full drops the packet (counted), as a
-        // late RTP packet is worth nothing and waiting would stall both directions.
-        match self.b.rtp.try_send_to(pkt, dest) {
-            Ok(_) => bump(&self.stats.b_out),
-            Err(_) => bump(&self.stats.send_errors),
+        if !forward(
+            &self.b.rtp,
+            pkt,
+            &self.b_rtp,
+            &self.stats.b_out,
+            &self.stats,
+        ) {
+            return Some(now);
         }
         if let Some(rec) = self.recorder.as_mut() {
             rec.agent.put(pkt, ms as usize * 8);
@@ -807,24 +831,17 @@ impl Relay {
         start: Instant,
     ) -> Option<Instant> {
         let now = Instant::now();
-        let Ok((n, src)) = received else {
-            bump(&self.stats.recv_errors);
-            return None;
-        };
-        if !self.b_rtp.accept(src) {
-            bump(&self.stats.dropped_stranger);
-            return None;
-        }
-        bump(&self.stats.b_in);
+        let n = admit(received, &mut self.b_rtp, &self.stats.b_in, &self.stats)?;
         let ms = now.duration_since(start).as_millis() as u64;
-        let Some(dest) = self.a_rtp.dest() else {
-            bump(&self.stats.dropped_no_peer);
-            return Some(now);
-        };
         let pkt = rx.get(..n).unwrap_or_default();
-        match self.a.rtp.try_send_to(pkt, dest) {
-            Ok(_) => bump(&self.stats.a_out),
-            Err(_) => bump(&self.stats.send_errors),
+        if !forward(
+            &self.a.rtp,
+            pkt,
+            &self.a_rtp,
+            &self.stats.a_out,
+            &self.stats,
+        ) {
+            return Some(now);
         }
         // Listened to after it has gone out as it came: the tap only reads.
         if let Some(tap) = self.agent_tap.as_mut() {

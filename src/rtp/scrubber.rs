@@ -568,24 +568,19 @@ impl Scrubber {
         let mut mask = [false; CHUNK];
         let mask = &mut mask[..n];
         if detect {
-            let last_digit = &mut self.last_digit;
-            let stats = &mut self.stats;
             // Detector offsets count only the samples it heard; map them back to the stream.
-            let skew = self.detector_skew;
+            let mut report = in_band(
+                &mut self.last_digit,
+                &mut self.stats,
+                self.detector_skew,
+                on_digit,
+            );
             process_both(
                 &mut self.presence,
                 &mut self.detector,
                 lin,
                 mask,
-                &mut |ev: DigitEvent| {
-                    let d = ScrubbedDigit {
-                        digit: ev.digit,
-                        source: DigitSource::InBand,
-                        start: ev.start + skew,
-                        end: ev.end + skew,
-                    };
-                    emit_digit(last_digit, stats, d, on_digit);
-                },
+                &mut report,
             );
         } else {
             self.presence.process(lin, mask);
@@ -674,18 +669,13 @@ impl Scrubber {
     /// Flushes at the end of a stream: reports a digit still sounding.
     pub fn finish(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
         self.finish_event(on_digit);
-        let last_digit = &mut self.last_digit;
-        let stats = &mut self.stats;
-        let skew = self.detector_skew;
-        self.detector.finish(&mut |ev: DigitEvent| {
-            let d = ScrubbedDigit {
-                digit: ev.digit,
-                source: DigitSource::InBand,
-                start: ev.start + skew,
-                end: ev.end + skew,
-            };
-            emit_digit(last_digit, stats, d, on_digit);
-        });
+        let mut report = in_band(
+            &mut self.last_digit,
+            &mut self.stats,
+            self.detector_skew,
+            on_digit,
+        );
+        self.detector.finish(&mut report);
     }
 }
 
@@ -797,17 +787,7 @@ impl DigitTap {
             // Audio resumed past the event: its end packets were lost.
             self.finish_event(on_digit);
         }
-        let last_digit = &mut self.last_digit;
-        let stats = &mut self.stats;
-        let mut report = |ev: DigitEvent| {
-            let d = ScrubbedDigit {
-                digit: ev.digit,
-                source: DigitSource::InBand,
-                start: ev.start,
-                end: ev.end,
-            };
-            emit_digit(last_digit, stats, d, on_digit);
-        };
+        let mut report = in_band(&mut self.last_digit, &mut self.stats, 0, on_digit);
         let mut lin = [0i16; CHUNK];
         for piece in payload.chunks(CHUNK) {
             for (l, &b) in lin.iter_mut().zip(piece) {
@@ -881,17 +861,27 @@ impl DigitTap {
     /// sounding.
     pub fn finish(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
         self.finish_event(on_digit);
-        let last_digit = &mut self.last_digit;
-        let stats = &mut self.stats;
-        self.detector.finish(&mut |ev: DigitEvent| {
-            let d = ScrubbedDigit {
-                digit: ev.digit,
-                source: DigitSource::InBand,
-                start: ev.start,
-                end: ev.end,
-            };
-            emit_digit(last_digit, stats, d, on_digit);
-        });
+        let mut report = in_band(&mut self.last_digit, &mut self.stats, 0, on_digit);
+        self.detector.finish(&mut report);
+    }
+}
+
+/// The strict detector's reports as in-band digits on the stream's timeline (`skew`: samples
+/// of the stream the detector did not hear), through [`emit_digit`].
+fn in_band<'a>(
+    last: &'a mut Option<ScrubbedDigit>,
+    stats: &'a mut ScrubStats,
+    skew: u64,
+    on_digit: &'a mut dyn FnMut(ScrubbedDigit),
+) -> impl FnMut(DigitEvent) + 'a {
+    move |ev: DigitEvent| {
+        let d = ScrubbedDigit {
+            digit: ev.digit,
+            source: DigitSource::InBand,
+            start: ev.start + skew,
+            end: ev.end + skew,
+        };
+        emit_digit(last, stats, d, on_digit);
     }
 }
 
