@@ -7,6 +7,8 @@
 //! Options: --streams N (2000), --seconds S (20), --relay-threads T (1), --sink-threads K (1),
 //! --no-scrub (relay with scrubbing off, to separate the relay task's cost from the DSP's),
 //! --rounds R (1; relay and forwarder phases alternate R times, median ratio reported),
+//! --dsp-seconds S (10; afterwards, S seconds of every stream's packets through bare scrubbers
+//! with no sockets, to set the DSP's own cost against what scrubbing adds inside the relay),
 //! --pin (measured runtime on its own CPUs, generator and sinks on the others),
 //! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarder 2 per
 //! stream above that).
@@ -61,6 +63,10 @@ struct Args {
     /// and as the median, since a shared machine's other load moves single figures.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Seconds of every stream's audio put through bare scrubbers after the rounds, with no
+    /// sockets (0: skip).
+    #[arg(long, default_value_t = 10)]
+    dsp_seconds: u64,
     /// Pins the relay's (and in its phase the forwarder's) runtime threads to the last CPUs
     /// and the generator and sinks to the others, so the process being measured does not
     /// share its cores with the load; on a 2-core machine, one core each.
@@ -224,6 +230,55 @@ fn audio_bytes() -> Vec<u8> {
     pcm.iter().map(|&s| Codec::Pcmu.encode(s)).collect()
 }
 
+/// Packet `frame` of stream `i`: each stream plays the recording from its own offset.
+fn fill_packet(pkt: &mut [u8; 172], audio: &[u8], i: usize, frame: u64) {
+    let off = ((i * 1234 + frame as usize * 160) % (audio.len().saturating_sub(160).max(1)))
+        .min(audio.len().saturating_sub(160));
+    write_header(
+        pkt,
+        frame == 0,
+        0,
+        frame as u16,
+        (frame as u32) * 160,
+        i as u32 + 1,
+    );
+    let src = audio.get(off..off + 160).unwrap_or(&[0xff; 160]);
+    pkt[12..].copy_from_slice(src);
+}
+
+/// The scrubber alone over the same streams' packets in the order the relay gets them, with no
+/// sockets: what the DSP costs when nothing else competes for the caches, to set against what
+/// scrubbing adds inside the relay. Microseconds per packet, packet building subtracted.
+fn dsp_alone(streams: usize, seconds: u64) -> f64 {
+    let audio = audio_bytes();
+    let mut scrubbers: Vec<Box<Scrubber>> = (0..streams)
+        .map(|_| Box::new(Scrubber::new(ScrubberConfig::default())))
+        .collect();
+    let mut pkt = [0u8; 172];
+    let mut out = [0u8; 2048];
+    let frames = seconds * 50;
+    let build = Instant::now();
+    for frame in 0..frames {
+        for i in 0..streams {
+            fill_packet(&mut pkt, &audio, i, frame);
+            std::hint::black_box(&pkt);
+        }
+    }
+    let build = build.elapsed();
+    let start = Instant::now();
+    for frame in 0..frames {
+        for (i, s) in scrubbers.iter_mut().enumerate() {
+            fill_packet(&mut pkt, &audio, i, frame);
+            let v = s.process(frame * 20, std::hint::black_box(&pkt), &mut out, &mut |d| {
+                std::hint::black_box(d);
+            });
+            std::hint::black_box(v);
+        }
+    }
+    let total = start.elapsed().saturating_sub(build);
+    total.as_secs_f64() * 1e6 / (frames as f64 * streams.max(1) as f64)
+}
+
 /// Sends one 20 ms packet per stream per 20 ms, spread over 1 ms slots; counts and stamps each.
 ///
 /// Runs on its own OS thread with blocking std sockets: a `send_to` is then one system call with
@@ -251,19 +306,7 @@ fn generate(
         let sub = (slot % 20) as usize;
         for i in (sub..n).step_by(20) {
             let seq = frame as u16;
-            let off = ((i * 1234 + frame as usize * 160)
-                % (audio.len().saturating_sub(160).max(1)))
-            .min(audio.len().saturating_sub(160));
-            write_header(
-                &mut pkt,
-                frame == 0,
-                0,
-                seq,
-                (frame as u32) * 160,
-                i as u32 + 1,
-            );
-            let src = audio.get(off..off + 160).unwrap_or(&[0xff; 160]);
-            pkt[12..].copy_from_slice(src);
+            fill_packet(&mut pkt, &audio, i, frame);
             shared.sent_at[i * SLOTS + (seq as usize % SLOTS)]
                 .store(shared.now_us(), Ordering::Relaxed);
             if socks[i % GEN_SOCKETS].send_to(&pkt, targets[i]).is_ok() {
@@ -586,4 +629,10 @@ fn main() {
         delay,
         delay as f64 / 8.0
     );
+    if args.dsp_seconds > 0 && !args.no_scrub {
+        println!(
+            "scrubber alone over the same {n} streams' packets, no sockets: {:.2} µs per packet",
+            dsp_alone(n, args.dsp_seconds)
+        );
+    }
 }
