@@ -196,7 +196,7 @@ impl Bank {
 
     /// Phase-references the local terms of the next sub-block to the absolute sample index.
     #[allow(clippy::needless_range_loop)]
-    #[inline]
+    #[inline(always)]
     pub fn rotate(&mut self, t: &Terms) -> SubBlock {
         let ph = TABLES.phase.get(self.phase).copied().unwrap_or(Phasor {
             re: [1.0; 8],
