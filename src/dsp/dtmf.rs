@@ -96,7 +96,9 @@ pub struct DtmfDetector {
     cfg: DetectorConfig,
     bank: Bank,
     /// Complex sums of the current block's halves.
-    half: [[(f32, f32); 8]; 2],
+    /// Real and imaginary parts apart, so the per-sub-block sums are whole-vector adds.
+    half_re: [[f32; 8]; 2],
+    half_im: [[f32; 8]; 2],
     energy: f32,
     samples: [f32; BLOCK],
     subs_in_block: usize,
@@ -186,7 +188,8 @@ impl DtmfDetector {
         DtmfDetector {
             cfg,
             bank: Bank::new(),
-            half: [[(0.0, 0.0); 8]; 2],
+            half_re: [[0.0; 8]; 2],
+            half_im: [[0.0; 8]; 2],
             energy: 0.0,
             samples: [0.0; BLOCK],
             subs_in_block: 0,
@@ -245,8 +248,8 @@ impl DtmfDetector {
     fn on_sub_block(&mut self, sb: &SubBlock, on_digit: &mut dyn FnMut(DigitEvent)) {
         let h = usize::from(self.subs_in_block >= HALF_SUBS);
         for k in 0..8 {
-            self.half[h][k].0 += sb.re[k];
-            self.half[h][k].1 += sb.im[k];
+            self.half_re[h][k] += sb.re[k];
+            self.half_im[h][k] += sb.im[k];
         }
         self.energy += sb.energy;
         if let Some(h) = self.hist.get_mut(self.hist_slot) {
@@ -270,7 +273,8 @@ impl DtmfDetector {
         }
         let hit = verdict.ok();
 
-        self.half = [[(0.0, 0.0); 8]; 2];
+        self.half_re = [[0.0; 8]; 2];
+        self.half_im = [[0.0; 8]; 2];
         self.energy = 0.0;
         self.subs_in_block = 0;
         self.step(block_start, hit, on_digit);
@@ -286,8 +290,8 @@ impl DtmfDetector {
         let mut p = [0f32; 8];
         for (k, pk) in p.iter_mut().enumerate() {
             let (re, im) = (
-                self.half[0][k].0 + self.half[1][k].0,
-                self.half[0][k].1 + self.half[1][k].1,
+                self.half_re[0][k] + self.half_re[1][k],
+                self.half_im[0][k] + self.half_im[1][k],
             );
             // Energy of a sine that would give this DFT term: |X|² · 2 / N.
             *pk = 2.0 * (re * re + im * im) / n;
