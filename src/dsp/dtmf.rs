@@ -95,8 +95,8 @@ enum State {
 pub struct DtmfDetector {
     cfg: DetectorConfig,
     bank: Bank,
-    /// Complex sums of the current block's halves.
-    /// Real and imaginary parts apart, so the per-sub-block sums are whole-vector adds.
+    /// Complex sums of the current block's halves, real and imaginary parts apart so the
+    /// per-sub-block sums are whole-vector adds.
     half_re: [[f32; 8]; 2],
     half_im: [[f32; 8]; 2],
     energy: f32,
@@ -653,9 +653,11 @@ impl Default for PresenceConfig {
 const WIN_SUBS: usize = 6;
 const WIN: usize = WIN_SUBS * SUB;
 /// The window is tested every two sub-blocks (2 ms), on three two-sub-block steps. Testing
-/// every millisecond cost half the detectors' time for no masking a test could tell apart: a
-/// 6 ms window moved on by 2 ms still overlaps its neighbours by two thirds, and the mask's
-/// pre-roll and hang-over (tens of samples) dwarf the 8 samples a decision can come later.
+/// every millisecond cost half the detectors' time and masked no key better: a 6 ms window
+/// moved on by 2 ms still overlaps its neighbours by two thirds, and the mask's pre-roll and
+/// hang-over (tens of samples) cover the 8 samples a decision can come later. Every key the
+/// masking tests play is still masked from first to last sample, and fewer lone windows in
+/// speech are tested, so less speech is masked (dev corpus: 0.895 % → 0.614 % of the time).
 const STEP_SUBS: usize = 2;
 const WIN_STEPS: usize = WIN_SUBS / STEP_SUBS;
 /// How long (tests, so 8 ms) a seen pair stays eligible for the relaxed test.
