@@ -912,11 +912,14 @@ impl Relay {
                 Wake::Readable(i) => {
                     // Read and sent without an await in between, so the buffers live on the
                     // stack (hot in cache whichever call runs next) rather than in the task.
-                    // The call's state has left the cache in the 20 ms since its last packet;
-                    // fetching it all now overlaps those misses with the receive system call
-                    // instead of stalling the detectors on them one line at a time.
-                    prefetch(&*self);
-                    prefetch(&*self.stats);
+                    // A caller packet goes through the scrubber, whose state has left the cache
+                    // in the 20 ms since the call's last one: fetching it all now overlaps those
+                    // misses with the receive system call instead of stalling the detectors on
+                    // them one line at a time. Other packets never read most of it.
+                    if i == 0 {
+                        prefetch(&*self);
+                        prefetch(&*self.stats);
+                    }
                     let mut rx = [0u8; MAX_DATAGRAM];
                     let sock = match i {
                         0 => &self.a.rtp,
