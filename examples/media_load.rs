@@ -15,8 +15,9 @@
 //!
 //! What is measured, and how:
 //! - CPU: the relay (and, in its phase, the forwarder) runs on its own tokio runtime whose
-//!   threads record their ids at start; utime+stime of exactly those threads is read from
-//!   /proc/self/task/<tid>/stat (clock ticks, USER_HZ = 100) at the start and end of the traffic
+//!   threads record their ids at start; the on-CPU time of exactly those threads is read from
+//!   /proc/self/task/<tid>/schedstat (the scheduler's runtime in nanoseconds; utime+stime from
+//!   /stat, in 10 ms clock ticks, where schedstat is missing) at the start and end of the traffic
 //!   window. Reported as CPU time per 1000 packets received and forwarded. The traffic generator
 //!   (its own OS thread, blocking sockets) and the sinks (their own runtime) are not counted.
 //! - Loss: packets sent minus packets that reached the sink, after a 1 s drain.
@@ -124,16 +125,25 @@ fn lo() -> IpAddr {
     IpAddr::from([127, 0, 0, 1])
 }
 
-/// utime + stime of one thread of this process, in clock ticks.
-fn thread_ticks(tid: u32) -> u64 {
+/// CPU time of one thread of this process, in nanoseconds. The scheduler's own runtime
+/// (schedstat) is exact; utime+stime come in 10 ms ticks, which at a few hundred milliseconds of
+/// CPU per phase moved the ratio by several per cent on their own.
+fn thread_cpu_ns(tid: u32) -> u64 {
+    if let Some(ns) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+    {
+        return ns;
+    }
     let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
         return 0;
     };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15, in
+    // USER_HZ (100) ticks.
     let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let g = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    g(11) + g(12)
+    (g(11) + g(12)) * 10_000_000
 }
 
 fn own_tid() -> u32 {
@@ -168,9 +178,9 @@ fn measured_runtime(
     (rt, tids)
 }
 
-fn ticks_of(tids: &Mutex<Vec<u32>>) -> u64 {
+fn cpu_ns_of(tids: &Mutex<Vec<u32>>) -> u64 {
     tids.lock()
-        .map(|v| v.iter().map(|&t| thread_ticks(t)).sum())
+        .map(|v| v.iter().map(|&t| thread_cpu_ns(t)).sum())
         .unwrap_or(0)
 }
 
@@ -377,7 +387,7 @@ fn drive(
         hist: Mutex::new(vec![0; BUCKETS]),
     });
     let fwd0 = forwarded();
-    let cpu0 = ticks_of(tids);
+    let cpu0 = cpu_ns_of(tids);
     let gen_rt = &generator.rt;
     let sink_tasks: Vec<_> = sinks
         .into_iter()
@@ -402,7 +412,7 @@ fn drive(
             .expect("generator");
     }
     std::thread::sleep(Duration::from_secs(1));
-    let cpu1 = ticks_of(tids);
+    let cpu1 = cpu_ns_of(tids);
     let fwd = forwarded() - fwd0;
     shared.stop.store(true, Ordering::Relaxed);
     for t in sink_tasks {
@@ -416,7 +426,7 @@ fn drive(
         target: args.streams as u64 * 50 * args.seconds,
         received: shared.received.load(Ordering::Relaxed),
         forwarded: fwd,
-        cpu_s: (cpu1 - cpu0) as f64 / 100.0,
+        cpu_s: cpu1.saturating_sub(cpu0) as f64 / 1e9,
         p50_us: percentile(&hist, 0.50),
         p99_us: percentile(&hist, 0.99),
         max_us: max_bucket * BUCKET_US,
