@@ -146,6 +146,18 @@ fn thread_cpu_ns(tid: u32) -> u64 {
     (g(11) + g(12)) * 10_000_000
 }
 
+/// Context switches of one thread (voluntary: it slept waiting for packets; involuntary: it was
+/// preempted). Each sleep and wake-up costs scheduler work that lands in the thread's CPU time.
+fn thread_switches(tid: u32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+        return 0;
+    };
+    s.lines()
+        .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 fn own_tid() -> u32 {
     std::fs::read_to_string("/proc/thread-self/stat")
         .ok()
@@ -178,6 +190,12 @@ fn measured_runtime(
     (rt, tids)
 }
 
+fn switches_of(tids: &Mutex<Vec<u32>>) -> u64 {
+    tids.lock()
+        .map(|v| v.iter().map(|&t| thread_switches(t)).sum())
+        .unwrap_or(0)
+}
+
 fn cpu_ns_of(tids: &Mutex<Vec<u32>>) -> u64 {
     tids.lock()
         .map(|v| v.iter().map(|&t| thread_cpu_ns(t)).sum())
@@ -207,6 +225,8 @@ struct PhaseResult {
     received: u64,
     forwarded: u64,
     cpu_s: f64,
+    /// Context switches of the measured threads.
+    switches: u64,
     p50_us: u64,
     p99_us: u64,
     max_us: u64,
@@ -388,6 +408,7 @@ fn drive(
     });
     let fwd0 = forwarded();
     let cpu0 = cpu_ns_of(tids);
+    let sw0 = switches_of(tids);
     let gen_rt = &generator.rt;
     let sink_tasks: Vec<_> = sinks
         .into_iter()
@@ -413,6 +434,7 @@ fn drive(
     }
     std::thread::sleep(Duration::from_secs(1));
     let cpu1 = cpu_ns_of(tids);
+    let sw1 = switches_of(tids);
     let fwd = forwarded() - fwd0;
     shared.stop.store(true, Ordering::Relaxed);
     for t in sink_tasks {
@@ -427,6 +449,7 @@ fn drive(
         received: shared.received.load(Ordering::Relaxed),
         forwarded: fwd,
         cpu_s: cpu1.saturating_sub(cpu0) as f64 / 1e9,
+        switches: sw1.saturating_sub(sw0),
         p50_us: percentile(&hist, 0.50),
         p99_us: percentile(&hist, 0.99),
         max_us: max_bucket * BUCKET_US,
@@ -455,7 +478,7 @@ fn report(r: &PhaseResult) {
     };
     let target = r.target;
     println!(
-        "{:<10} offered {:>9} of {:>9} sent, received {:>9} loss {:>7} ({:.3} %)  cpu {:>6.2} s = {:>6.2} ms per 1000 pkts  latency p50 {} p99 {} max {}",
+        "{:<10} offered {:>9} of {:>9} sent, received {:>9} loss {:>7} ({:.3} %)  cpu {:>6.2} s = {:>6.2} ms per 1000 pkts  switches {:>4.0} per 1000 pkts  latency p50 {} p99 {} max {}",
         r.name,
         r.sent,
         target,
@@ -464,6 +487,7 @@ fn report(r: &PhaseResult) {
         100.0 * loss as f64 / r.sent.max(1) as f64,
         r.cpu_s,
         1000.0 * r.cpu_s / (r.forwarded.max(1) as f64 / 1000.0),
+        r.switches as f64 / (r.forwarded.max(1) as f64 / 1000.0),
         us(r.p50_us),
         us(r.p99_us),
         us(r.max_us),
