@@ -1,15 +1,15 @@
 //! DTMF detection. Two signals from one Goertzel front end (DESIGN.md §4):
 //! a strict Q.24 digit decision for capture and scan, and a fast presence signal for masking.
 //!
-//! Both work on 8-sample sub-blocks from [`Bank`], phase-referenced to the absolute sample
-//! index. The strict detector sums them into 96-sample blocks (12 ms) and measures each tone's
+//! Both work on 16-sample steps from [`Bank`], phase-referenced to the absolute sample index.
+//! The strict detector sums them into 96-sample blocks (12 ms) and measures each tone's
 //! frequency from the phase advance between the block's halves, which is what lets it accept
 //! ±1.5 % and reject ±3.5 % with a block far too short to resolve that by magnitude alone.
-//! The presence detector sums the last six sub-blocks (48 samples) every millisecond: coarse in
+//! The presence detector sums the last three steps (48 samples) every 2 ms: coarse in
 //! frequency but quick, so with `delay` samples of look-ahead it can mask a tone from before its
 //! first sample. Neither allocates or reads a clock; sample offsets are the only time.
 
-use super::goertzel::{Bank, DTMF_HZ, RATE, SUB, SubBlock, Terms, dbm0_power, sub_block_terms};
+use super::goertzel::{Bank, DTMF_HZ, RATE, STEP, SUB, Step, Terms, dbm0_power, step_terms};
 use crate::digit::Digit;
 
 /// A digit decided by the strict detector, with exact sample offsets (absolute, from the
@@ -59,12 +59,14 @@ impl Default for DetectorConfig {
     }
 }
 
-/// Block length of the strict detector: 12 sub-blocks, 12 ms. Two whole blocks fit in any
-/// 38 ms tone but not in a 23 ms one, and the halves give 48-sample phase steps that stay
+/// Block length of the strict detector: 6 steps, 12 ms. Two whole blocks fit in any 38 ms
+/// tone but not in a 23 ms one, and the halves give 48-sample phase steps that stay
 /// unambiguous up to ±83 Hz.
-const BLOCK_SUBS: usize = 12;
-const BLOCK: usize = BLOCK_SUBS * SUB;
-const HALF_SUBS: usize = BLOCK_SUBS / 2;
+const BLOCK_STEPS: usize = 6;
+const BLOCK: usize = BLOCK_STEPS * STEP;
+const HALF_STEPS: usize = BLOCK_STEPS / 2;
+/// The block in sub-blocks, the unit of the energy history.
+const BLOCK_SUBS: usize = BLOCK / SUB;
 /// Windows of the frequency measurement (see `offset_and_power`).
 const PHASE_WIN: usize = 64;
 const PHASE_LAG: usize = BLOCK - PHASE_WIN;
@@ -96,16 +98,21 @@ pub struct DtmfDetector {
     cfg: DetectorConfig,
     bank: Bank,
     /// Complex sums of the current block's halves, real and imaginary parts apart so the
-    /// per-sub-block sums are whole-vector adds.
+    /// per-step sums are whole-vector adds.
     half_re: [[f32; 8]; 2],
     half_im: [[f32; 8]; 2],
     energy: f32,
-    samples: [f32; BLOCK],
-    subs_in_block: usize,
+    /// The block's samples as they came (the block tests convert them as they read them): half
+    /// the cache lines of floats, and they are written every packet but read only by the rare
+    /// block that passes the cheap gates.
+    samples: [i16; BLOCK],
+    steps_in_block: usize,
+    /// Energy of each of the last `HIST` sub-blocks (a ring).
     hist: [f32; HIST],
     /// Index of the next sub-block (absolute).
     sub_index: u64,
-    /// `sub_index` modulo `HIST`, kept alongside to spare a division per sub-block.
+    /// `sub_index` modulo `HIST`, kept alongside to spare a division per step. Always even:
+    /// sub-blocks arrive in pairs and `HIST` is even.
     hist_slot: usize,
     pos: u64,
     state: State,
@@ -191,8 +198,8 @@ impl DtmfDetector {
             half_re: [[0.0; 8]; 2],
             half_im: [[0.0; 8]; 2],
             energy: 0.0,
-            samples: [0.0; BLOCK],
-            subs_in_block: 0,
+            samples: [0; BLOCK],
+            steps_in_block: 0,
             hist: [0.0; HIST],
             sub_index: 0,
             hist_slot: 0,
@@ -206,63 +213,66 @@ impl DtmfDetector {
     pub fn process(&mut self, samples: &[i16], on_digit: &mut dyn FnMut(DigitEvent)) {
         for &x in samples {
             if self.stage(x) {
-                let t = sub_block_terms(self.bank.pending());
-                self.finish_sub_block(&t, on_digit);
+                let t = step_terms(self.bank.pending());
+                self.finish_step(&t, on_digit);
             }
         }
     }
 
-    /// Takes one sample; true when it completes a sub-block, whose terms must then be passed
-    /// to [`DtmfDetector::finish_sub_block`] before the next sample.
+    /// Takes one sample; true when it completes a step, whose terms must then be passed
+    /// to [`DtmfDetector::finish_step`] before the next sample.
     #[inline]
     fn stage(&mut self, x: i16) -> bool {
-        let at = self.subs_in_block * SUB + self.bank.fill();
+        let at = self.steps_in_block * STEP + self.bank.fill();
         if let Some(slot) = self.samples.get_mut(at) {
-            *slot = f32::from(x);
+            *slot = x;
         }
         self.pos += 1;
         self.bank.stage(x)
     }
 
-    /// Takes a whole sub-block at once; only at a sub-block boundary (`bank.fill() == 0`).
+    /// Takes a whole step at once; only at a step boundary (`bank.fill() == 0`).
     #[inline]
-    fn stage_block(&mut self, x: &[f32; SUB]) {
-        let at = self.subs_in_block * SUB;
-        if let Some(dst) = self.samples.get_mut(at..at + SUB) {
+    fn stage_step(&mut self, x: &[i16]) {
+        let at = self.steps_in_block * STEP;
+        if let Some(dst) = self.samples.get_mut(at..at + STEP) {
             dst.copy_from_slice(x);
         }
-        self.pos += SUB as u64;
+        self.pos += STEP as u64;
     }
 
-    fn finish_sub_block(&mut self, t: &Terms, on_digit: &mut dyn FnMut(DigitEvent)) {
-        let sb = self.bank.rotate(t);
-        self.on_sub_block(&sb, on_digit);
+    #[inline(always)]
+    fn finish_step(&mut self, t: &Terms, on_digit: &mut dyn FnMut(DigitEvent)) {
+        let st = self.bank.rotate(t);
+        self.on_step(&st, on_digit);
     }
 
-    /// The same, with the sub-block already phase-referenced by a bank in phase with ours.
-    fn finish_rotated(&mut self, sb: &SubBlock, on_digit: &mut dyn FnMut(DigitEvent)) {
+    /// The same, with the step already phase-referenced by a bank in phase with ours.
+    #[inline(always)]
+    fn finish_rotated(&mut self, st: &Step, on_digit: &mut dyn FnMut(DigitEvent)) {
         self.bank.skip();
-        self.on_sub_block(sb, on_digit);
+        self.on_step(st, on_digit);
     }
 
-    fn on_sub_block(&mut self, sb: &SubBlock, on_digit: &mut dyn FnMut(DigitEvent)) {
-        let h = usize::from(self.subs_in_block >= HALF_SUBS);
+    #[inline(always)]
+    fn on_step(&mut self, st: &Step, on_digit: &mut dyn FnMut(DigitEvent)) {
+        let h = usize::from(self.steps_in_block >= HALF_STEPS);
         for k in 0..8 {
-            self.half_re[h][k] += sb.re[k];
-            self.half_im[h][k] += sb.im[k];
+            self.half_re[h][k] += st.re[k];
+            self.half_im[h][k] += st.im[k];
         }
-        self.energy += sb.energy;
-        if let Some(h) = self.hist.get_mut(self.hist_slot) {
-            *h = sb.energy;
+        self.energy += st.energy();
+        if let Some(h) = self.hist.get_mut(self.hist_slot..self.hist_slot + 2) {
+            h.copy_from_slice(&st.energy);
         }
-        self.hist_slot = if self.hist_slot + 1 == HIST {
+        self.hist_slot = if self.hist_slot + 2 >= HIST {
             0
         } else {
-            self.hist_slot + 1
+            self.hist_slot + 2
         };
-        self.sub_index += 1;
-        self.subs_in_block += 1;
-        if self.subs_in_block < BLOCK_SUBS {
+        self.sub_index += 2;
+        self.steps_in_block += 1;
+        if self.steps_in_block < BLOCK_STEPS {
             return;
         }
         let block_start = self.pos - BLOCK as u64;
@@ -276,7 +286,7 @@ impl DtmfDetector {
         self.half_re = [[0.0; 8]; 2];
         self.half_im = [[0.0; 8]; 2];
         self.energy = 0.0;
-        self.subs_in_block = 0;
+        self.steps_in_block = 0;
         self.step(block_start, hit, on_digit);
     }
 
@@ -574,7 +584,7 @@ impl DtmfDetector {
 
 /// Σ x[n]·w[n] over the shorter of the two, in eight interleaved partial sums so it
 /// vectorises (float addition is not reassociated by the compiler on its own).
-fn dot(x: &[f32], w: &[f32]) -> f32 {
+fn dot(x: &[i16], w: &[f32]) -> f32 {
     let n = x.len().min(w.len());
     let (x, w) = (&x[..n], &w[..n]);
     let mut acc = [0f32; 8];
@@ -583,11 +593,11 @@ fn dot(x: &[f32], w: &[f32]) -> f32 {
         .remainder()
         .iter()
         .zip(wc.remainder())
-        .map(|(a, b)| a * b)
+        .map(|(&a, b)| f32::from(a) * b)
         .sum();
     for (a, b) in xc.zip(wc) {
         for ((s, &a), &b) in acc.iter_mut().zip(a).zip(b) {
-            *s += a * b;
+            *s += f32::from(a) * b;
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -649,17 +659,14 @@ impl Default for PresenceConfig {
     }
 }
 
-/// Window of the presence detector, in sub-blocks (48 samples).
-const WIN_SUBS: usize = 6;
-const WIN: usize = WIN_SUBS * SUB;
-/// The window is tested every two sub-blocks (2 ms), on three two-sub-block steps. Testing
+/// Window of the presence detector, in steps (48 samples), tested every step (2 ms). Testing
 /// every millisecond cost half the detectors' time and masked no key better: a 6 ms window
 /// moved on by 2 ms still overlaps its neighbours by two thirds, and the mask's pre-roll and
 /// hang-over (tens of samples) cover the 8 samples a decision can come later. Every key the
 /// masking tests play is still masked from first to last sample, and fewer lone windows in
 /// speech are tested, so less speech is masked (dev corpus: 0.895 % → 0.614 % of the time).
-const STEP_SUBS: usize = 2;
-const WIN_STEPS: usize = WIN_SUBS / STEP_SUBS;
+const WIN_STEPS: usize = 3;
+const WIN: usize = WIN_STEPS * STEP;
 /// How long (tests, so 8 ms) a seen pair stays eligible for the relaxed test.
 const HOLD_STEPS: u8 = 4;
 /// Ring of pending mask marks; must exceed delay + hang.
@@ -675,10 +682,8 @@ pub struct PresenceDetector {
     win_re: [[f32; 8]; WIN_STEPS],
     win_im: [[f32; 8]; WIN_STEPS],
     win_energy: [f32; WIN_STEPS],
-    /// The step being summed, and how many of its sub-blocks it holds.
-    step: SubBlock,
-    in_step: usize,
-    subs: u64,
+    /// Steps seen.
+    steps: u64,
     /// Ring slot of the next step.
     slot: usize,
     pos: u64,
@@ -687,7 +692,7 @@ pub struct PresenceDetector {
     min_power: f32,
     /// `min_power` as a bound on |X_k|² over the window: N²/2 · min_power.
     loud_q: f32,
-    /// The grid pair last seen, and sub-blocks since.
+    /// The grid pair last seen, and window tests since.
     held: Option<(usize, usize, u8)>,
 }
 
@@ -709,9 +714,7 @@ impl PresenceDetector {
             win_re: [[0.0; 8]; WIN_STEPS],
             win_im: [[0.0; 8]; WIN_STEPS],
             win_energy: [0.0; WIN_STEPS],
-            step: SubBlock::default(),
-            in_step: 0,
-            subs: 0,
+            steps: 0,
             slot: 0,
             pos: 0,
             marks: [0; MARKS / 64],
@@ -732,37 +735,23 @@ impl PresenceDetector {
             let at = self.pos;
             self.pos += 1;
             if self.bank.stage(x) {
-                let t = sub_block_terms(self.bank.pending());
-                self.finish_sub_block(&t);
+                let t = step_terms(self.bank.pending());
+                self.finish_step(&t);
             }
             *m = self.take_mark(at);
         }
     }
 
-    fn finish_sub_block(&mut self, t: &Terms) -> SubBlock {
-        let sb = self.bank.rotate(t);
-        self.on_sub_block(&sb);
-        sb
+    #[inline(always)]
+    fn finish_step(&mut self, t: &Terms) -> Step {
+        let st = self.bank.rotate(t);
+        self.on_step(&st);
+        st
     }
 
-    // Eight parallel frequency lanes.
-    #[allow(clippy::needless_range_loop)]
-    fn on_sub_block(&mut self, sb: &SubBlock) {
-        self.subs += 1;
-        if self.in_step == 0 {
-            self.step = *sb;
-        } else {
-            for k in 0..8 {
-                self.step.re[k] += sb.re[k];
-                self.step.im[k] += sb.im[k];
-            }
-            self.step.energy += sb.energy;
-        }
-        self.in_step += 1;
-        if self.in_step < STEP_SUBS {
-            return;
-        }
-        self.in_step = 0;
+    #[inline(always)]
+    fn on_step(&mut self, st: &Step) {
+        self.steps += 1;
         let slot = self.slot;
         self.slot = if slot + 1 == WIN_STEPS { 0 } else { slot + 1 };
         if let (Some(re), Some(im), Some(e)) = (
@@ -770,9 +759,9 @@ impl PresenceDetector {
             self.win_im.get_mut(slot),
             self.win_energy.get_mut(slot),
         ) {
-            (*re, *im, *e) = (self.step.re, self.step.im, self.step.energy);
+            (*re, *im, *e) = (st.re, st.im, st.energy());
         }
-        if self.subs >= WIN_SUBS as u64 && self.tone_in_window() {
+        if self.steps >= WIN_STEPS as u64 && self.tone_in_window() {
             self.mark_window();
         }
     }
@@ -899,11 +888,11 @@ impl PresenceDetector {
 }
 
 /// Feeds the same samples to the presence detector and the strict detector, computing each
-/// 8-sample sub-block's DFT terms once for both (DESIGN.md §4: two signals from one Goertzel
+/// 16-sample step's DFT terms once for both (DESIGN.md §4: two signals from one Goertzel
 /// bank). Each detector keeps its own phase reference, so the result is exactly that of
 /// `presence.process(input, mask)` followed by `strict.process(input, on_digit)`. The two can
 /// have heard different streams (the scrubber does not let the strict detector hear the frames
-/// it synthesizes); while their sub-blocks are out of step each computes its own terms.
+/// it synthesizes); while their steps are out of line each computes its own terms.
 pub fn process_both(
     presence: &mut PresenceDetector,
     strict: &mut DtmfDetector,
@@ -918,39 +907,41 @@ pub fn process_both(
         strict.process(input, on_digit);
         return;
     }
-    // Up to the next sub-block boundary sample by sample, then whole sub-blocks, then the rest.
-    let lead = ((SUB - presence.bank.fill()) % SUB).min(n);
+    // Up to the next step boundary sample by sample, then whole steps, then the rest.
+    let lead = ((STEP - presence.bank.fill()) % STEP).min(n);
     let (head, rest) = input.split_at(lead);
     let (mask_head, mask_rest) = mask.split_at_mut(lead);
     both_per_sample(presence, strict, head, mask_head, on_digit);
-    let mut blocks = rest.chunks_exact(SUB);
-    let mut masks = mask_rest.chunks_exact_mut(SUB);
-    for (chunk, m) in (&mut blocks).zip(&mut masks) {
-        let mut x = [0f32; SUB];
+    let mut steps = rest.chunks_exact(STEP);
+    let mut masks = mask_rest.chunks_exact_mut(STEP);
+    for (chunk, m) in (&mut steps).zip(&mut masks) {
+        let mut x = [0f32; STEP];
         for (v, &s) in x.iter_mut().zip(chunk) {
             *v = f32::from(s);
         }
-        // The marks for these samples are final: a window completed by this sub-block marks
-        // only samples after the last one released here.
-        let marks = presence.take_marks8(presence.pos);
+        // The marks for these samples are final: a window completed by this step marks only
+        // samples after the last one released here.
+        let at = presence.pos;
+        let marks = u16::from(presence.take_marks8(at))
+            | u16::from(presence.take_marks8(at + SUB as u64)) << SUB;
         for (j, mj) in m.iter_mut().enumerate() {
             *mj = marks >> j & 1 != 0;
         }
-        presence.pos += SUB as u64;
-        strict.stage_block(&x);
-        let t = sub_block_terms(&x);
+        presence.pos += STEP as u64;
+        strict.stage_step(chunk);
+        let t = step_terms(&x);
         finish_both(presence, strict, &t, on_digit);
     }
     both_per_sample(
         presence,
         strict,
-        blocks.remainder(),
+        steps.remainder(),
         masks.into_remainder(),
         on_digit,
     );
 }
 
-/// Hands one sub-block's terms to both detectors, phase-referenced once when their banks
+/// Hands one step's terms to both detectors, phase-referenced once when their banks
 /// are in phase (always, unless the strict detector was restarted mid-stream).
 fn finish_both(
     presence: &mut PresenceDetector,
@@ -959,15 +950,15 @@ fn finish_both(
     on_digit: &mut dyn FnMut(DigitEvent),
 ) {
     if presence.bank.in_phase_with(&strict.bank) {
-        let sb = presence.finish_sub_block(t);
-        strict.finish_rotated(&sb, on_digit);
+        let st = presence.finish_step(t);
+        strict.finish_rotated(&st, on_digit);
     } else {
-        presence.finish_sub_block(t);
-        strict.finish_sub_block(t, on_digit);
+        presence.finish_step(t);
+        strict.finish_step(t, on_digit);
     }
 }
 
-/// [`process_both`] one sample at a time, for the parts of a frame off the sub-block grid.
+/// [`process_both`] one sample at a time, for the parts of a frame off the step grid.
 fn both_per_sample(
     presence: &mut PresenceDetector,
     strict: &mut DtmfDetector,
@@ -981,7 +972,7 @@ fn both_per_sample(
         let done = presence.bank.stage(x);
         strict.stage(x);
         if done {
-            let t = sub_block_terms(presence.bank.pending());
+            let t = step_terms(presence.bank.pending());
             finish_both(presence, strict, &t, on_digit);
         }
         *m = presence.take_mark(at);

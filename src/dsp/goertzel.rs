@@ -1,12 +1,17 @@
 //! The Goertzel front end shared by the DTMF detectors: complex DFT terms at a fixed set of
-//! frequencies over 8-sample sub-blocks, phase-referenced to the absolute sample index so that
-//! sub-blocks can be summed into windows of any length and their phases compared over time.
+//! frequencies over 16-sample steps, phase-referenced to the absolute sample index so that
+//! steps can be summed into windows of any length and their phases compared over time.
 //! Pure arithmetic: no allocation, no I/O.
 
 /// Sample rate of everything in `dsp`.
 pub const RATE: f32 = 8000.0;
-/// Sub-block length: the unit of time of both detectors (1 ms).
+/// Sub-block length (1 ms): the resolution of the energies the strict detector refines a
+/// tone's edges with.
 pub const SUB: usize = 8;
+/// Step length (2 ms): the unit the terms are computed over and both detectors work in. The
+/// presence detector tests its window every step; computing each step's terms in one go, where
+/// two sub-blocks' terms were phase-referenced and summed, halves the rotations and the calls.
+pub const STEP: usize = 2 * SUB;
 /// The DTMF grid (ITU-T Q.23): four low-group then four high-group frequencies.
 pub const DTMF_HZ: [f32; 8] = [697.0, 770.0, 852.0, 941.0, 1209.0, 1336.0, 1477.0, 1633.0];
 
@@ -24,30 +29,37 @@ pub fn power_dbm0(power: f32) -> f32 {
     10.0 * (power.max(1e-9) / dbm0_power(0.0)).log10()
 }
 
-/// DFT terms of one sub-block at the bank's frequencies, plus its energy.
+/// DFT terms of one step at the bank's frequencies, plus the energies of its two sub-blocks.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SubBlock {
+pub struct Step {
     pub re: [f32; 8],
     pub im: [f32; 8],
-    /// Sum of squared samples.
-    pub energy: f32,
+    /// Sum of squared samples of each sub-block.
+    pub energy: [f32; 2],
 }
 
-/// Sub-block DFT terms before phase referencing: `c[k] = Σ x[m]·cos(ω_k m)`,
-/// `s[k] = Σ x[m]·sin(ω_k m)` over the sub-block's 8 samples, and its energy. They depend only
-/// on the samples, so two detectors fed the same sub-block share one computation.
+impl Step {
+    /// Sum of squared samples of the whole step.
+    pub fn energy(&self) -> f32 {
+        self.energy[0] + self.energy[1]
+    }
+}
+
+/// Step DFT terms before phase referencing: `c[k] = Σ x[m]·cos(ω_k m)`,
+/// `s[k] = Σ x[m]·sin(ω_k m)` over the step's 16 samples, and its sub-blocks' energies. They
+/// depend only on the samples, so two detectors fed the same step share one computation.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Terms {
     pub c: [f32; 8],
     pub s: [f32; 8],
-    pub energy: f32,
+    pub energy: [f32; 2],
 }
 
-/// Sub-blocks after which every grid frequency is back in phase: each is a whole number of
-/// hertz and a sub-block lasts 1 ms, so e^{-jω_k·8b} repeats every 1000 sub-blocks.
-const PERIOD: usize = 1000;
+/// Steps after which every grid frequency is back in phase: each is a whole number of hertz
+/// and a step lasts 2 ms, so e^{-jω_k·16b} repeats every 500 steps.
+const PERIOD: usize = 500;
 
-/// e^{-jω_k n0} at the start n0 = 8b of sub-block b, one cache line per sub-block.
+/// e^{-jω_k n0} at the start n0 = 16b of step b, one cache line per step.
 #[derive(Clone, Copy)]
 #[repr(align(64))]
 struct Phasor {
@@ -57,13 +69,13 @@ struct Phasor {
 
 /// The DTMF grid's cos/sin tables, laid out sample-major (`cos[m][k]`) so the inner loop runs
 /// across the eight frequencies at once and the compiler keeps them in vector registers, and
-/// the phase of every sub-block of a period. A lookup replaces a running complex recurrence:
+/// the phase of every step of a period. A lookup replaces a running complex recurrence:
 /// it is exact (no drift to correct over hours of audio), keeps no per-call state, and costs a
 /// fraction of the arithmetic. One copy for the process: per-detector copies would cost cache
 /// per call.
 struct Tables {
-    cos: [[f32; 8]; SUB],
-    sin: [[f32; 8]; SUB],
+    cos: [[f32; 8]; STEP],
+    sin: [[f32; 8]; STEP],
     phase: [Phasor; PERIOD],
 }
 
@@ -73,8 +85,8 @@ static TABLES: std::sync::LazyLock<Box<Tables>> = std::sync::LazyLock::new(table
 #[allow(clippy::needless_range_loop)]
 fn tables() -> Box<Tables> {
     let mut t = Box::new(Tables {
-        cos: [[0.0; 8]; SUB],
-        sin: [[0.0; 8]; SUB],
+        cos: [[0.0; 8]; STEP],
+        sin: [[0.0; 8]; STEP],
         phase: [Phasor {
             re: [0.0; 8],
             im: [0.0; 8],
@@ -83,7 +95,7 @@ fn tables() -> Box<Tables> {
     for k in 0..8 {
         let hz = f64::from(DTMF_HZ[k]);
         let w = 2.0 * std::f64::consts::PI * hz / f64::from(RATE);
-        for m in 0..SUB {
+        for m in 0..STEP {
             t.cos[m][k] = (w * m as f64).cos() as f32;
             t.sin[m][k] = (w * m as f64).sin() as f32;
         }
@@ -91,6 +103,7 @@ fn tables() -> Box<Tables> {
             // The angle reduced exactly (in whole cycles) before the sine, so every entry is
             // as accurate as f32 allows.
             let cycles = (hz as u64 * b as u64) % PERIOD as u64;
+            debug_assert_eq!(u64::from(RATE as u32) / STEP as u64, PERIOD as u64);
             let a = 2.0 * std::f64::consts::PI * cycles as f64 / PERIOD as f64;
             p.re[k] = a.cos() as f32;
             p.im[k] = -a.sin() as f32;
@@ -99,36 +112,44 @@ fn tables() -> Box<Tables> {
     t
 }
 
-/// Local DFT terms of one 8-sample sub-block at the DTMF grid.
+/// Local DFT terms of one 16-sample step at the DTMF grid.
 // Parallel fixed-size arrays indexed by frequency: plain indexing reads clearest here and the
 // bounds are compile-time constants, so it vectorises.
 #[allow(clippy::needless_range_loop)]
-#[inline]
-pub fn sub_block_terms(x: &[f32; SUB]) -> Terms {
+#[inline(always)]
+pub fn step_terms(x: &[f32; STEP]) -> Terms {
     let t = &*TABLES;
-    let mut out = Terms::default();
-    for m in 0..SUB {
-        let v = x[m];
-        out.energy += v * v;
-        for k in 0..8 {
-            out.c[k] += v * t.cos[m][k];
-            out.s[k] += v * t.sin[m][k];
+    // Sums in locals, which stay in registers: accumulated in the returned struct (or in an
+    // energy picked by index) they went through memory, a store-to-load chain per sample that
+    // cost more than all the multiplies.
+    let (mut c, mut s) = ([0f32; 8], [0f32; 8]);
+    let mut energy = [0f32; 2];
+    for (h, e) in energy.iter_mut().enumerate() {
+        let mut acc = 0.0;
+        for m in h * SUB..(h + 1) * SUB {
+            let v = x[m];
+            acc += v * v;
+            for k in 0..8 {
+                c[k] += v * t.cos[m][k];
+                s[k] += v * t.sin[m][k];
+            }
         }
+        *e = acc;
     }
-    out
+    Terms { c, s, energy }
 }
 
-/// Complex DFT terms at the eight DTMF frequencies over consecutive 8-sample sub-blocks.
+/// Complex DFT terms at the eight DTMF frequencies over consecutive 16-sample steps.
 ///
-/// Term k of a sub-block starting at absolute sample n0 is Σ x[n]·e^{-jω_k n} over the
-/// sub-block's samples, so summing consecutive sub-blocks gives the DFT term of the longer
-/// window with a consistent phase reference.
+/// Term k of a step starting at absolute sample n0 is Σ x[n]·e^{-jω_k n} over the step's
+/// samples, so summing consecutive steps gives the DFT term of the longer window with a
+/// consistent phase reference.
 #[derive(Clone, Debug)]
 pub struct Bank {
-    buf: [f32; SUB],
+    buf: [f32; STEP],
     fill: usize,
-    blocks: u64,
-    /// `blocks` modulo the phase period: the current sub-block's row of the phase table.
+    steps: u64,
+    /// `steps` modulo the phase period: the current step's row of the phase table.
     phase: usize,
 }
 
@@ -141,70 +162,70 @@ impl Default for Bank {
 impl Bank {
     pub fn new() -> Bank {
         Bank {
-            buf: [0.0; SUB],
+            buf: [0.0; STEP],
             fill: 0,
-            blocks: 0,
+            steps: 0,
             phase: 0,
         }
     }
 
-    /// Index of the next sub-block to complete.
-    pub fn blocks(&self) -> u64 {
-        self.blocks
+    /// Index of the next step to complete.
+    pub fn steps(&self) -> u64 {
+        self.steps
     }
 
-    /// Samples of the current sub-block received so far (0..8).
+    /// Samples of the current step received so far (0..16).
     pub fn fill(&self) -> usize {
         self.fill
     }
 
-    /// Feeds one sample; returns the sub-block it completes, if any.
+    /// Feeds one sample; returns the step it completes, if any.
     #[inline]
-    pub fn push(&mut self, x: i16) -> Option<SubBlock> {
+    pub fn push(&mut self, x: i16) -> Option<Step> {
         if self.stage(x) {
-            let t = sub_block_terms(&self.buf);
+            let t = step_terms(&self.buf);
             Some(self.rotate(&t))
         } else {
             None
         }
     }
 
-    /// Buffers one sample; true when it completes a sub-block, whose samples are then in
+    /// Buffers one sample; true when it completes a step, whose samples are then in
     /// [`Bank::pending`] until the next call and must be turned into terms and [`Bank::rotate`]d.
     #[inline]
     pub fn stage(&mut self, x: i16) -> bool {
-        // `fill` is always below SUB here; the mask keeps the index provably in range.
-        self.buf[self.fill & (SUB - 1)] = f32::from(x);
+        // `fill` is always below STEP here; the mask keeps the index provably in range.
+        self.buf[self.fill & (STEP - 1)] = f32::from(x);
         self.fill += 1;
-        if self.fill < SUB {
+        if self.fill < STEP {
             return false;
         }
         self.fill = 0;
         true
     }
 
-    /// The samples of the sub-block just completed by [`Bank::stage`].
-    pub fn pending(&self) -> &[f32; SUB] {
+    /// The samples of the step just completed by [`Bank::stage`].
+    pub fn pending(&self) -> &[f32; STEP] {
         &self.buf
     }
 
     /// Whether `other` is at the same point of the phase period: then both reference their
-    /// sub-blocks alike and one [`Bank::rotate`] serves both.
+    /// steps alike and one [`Bank::rotate`] serves both.
     pub fn in_phase_with(&self, other: &Bank) -> bool {
         self.phase == other.phase
     }
 
-    /// Phase-references the local terms of the next sub-block to the absolute sample index.
+    /// Phase-references the local terms of the next step to the absolute sample index.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    pub fn rotate(&mut self, t: &Terms) -> SubBlock {
+    pub fn rotate(&mut self, t: &Terms) -> Step {
         let ph = TABLES.phase.get(self.phase).copied().unwrap_or(Phasor {
             re: [1.0; 8],
             im: [0.0; 8],
         });
-        let mut out = SubBlock {
+        let mut out = Step {
             energy: t.energy,
-            ..SubBlock::default()
+            ..Step::default()
         };
         for k in 0..8 {
             // (pr + j·pi)(c − j·s), with pr + j·pi = e^{-jω n0}.
@@ -216,10 +237,10 @@ impl Bank {
         out
     }
 
-    /// Moves on one sub-block without computing its terms (another bank in phase did).
+    /// Moves on one step without computing its terms (another bank in phase did).
     #[inline]
     pub fn skip(&mut self) {
-        self.blocks += 1;
+        self.steps += 1;
         self.phase += 1;
         if self.phase == PERIOD {
             self.phase = 0;
@@ -254,7 +275,7 @@ mod tests {
     }
 
     #[test]
-    fn summed_sub_blocks_equal_the_direct_dft() {
+    fn summed_steps_equal_the_direct_dft() {
         let x = sine(770.0, 8000.0, 96, 0.3);
         let mut bank = Bank::new();
         let (mut re, mut im) = ([0f32; 8], [0f32; 8]);
@@ -298,7 +319,7 @@ mod tests {
             if let Some(b) = bank.push(s) {
                 re += b.re[3];
                 im += b.im[3];
-                if bank.blocks().is_multiple_of(6) {
+                if bank.steps().is_multiple_of(3) {
                     halves.push((re, im));
                     (re, im) = (0.0, 0.0);
                 }
@@ -319,16 +340,16 @@ mod tests {
 
     #[test]
     fn phase_stays_exact_over_hours() {
-        // Sub-block b of a sine that started at sample 0, after ~3 hours (10.8 M sub-blocks):
-        // the table's phase must match the direct DFT referenced to the absolute index.
+        // Step b of a sine that started at sample 0, after ~3 hours (5.4 M steps): the table's
+        // phase must match the direct DFT referenced to the absolute index.
         let mut bank = Bank::new();
-        let skip = 10_800_123u64;
+        let skip = 5_400_123u64;
         for _ in 0..skip {
             bank.skip();
         }
         let f = DTMF_HZ[6];
-        let n0 = skip * SUB as u64;
-        let x: Vec<i16> = (0..SUB as u64)
+        let n0 = skip * STEP as u64;
+        let x: Vec<i16> = (0..STEP as u64)
             .map(|m| {
                 let cyc = ((f64::from(f) * (n0 + m) as f64) / 8000.0).fract();
                 (8000.0 * (2.0 * std::f64::consts::PI * cyc).cos()) as i16
@@ -338,7 +359,7 @@ mod tests {
         for &s in &x {
             got = bank.push(s).or(got);
         }
-        let b = got.expect("a whole sub-block");
+        let b = got.expect("a whole step");
         let w = 2.0 * std::f64::consts::PI * f64::from(f) / 8000.0;
         let (mut dr, mut di) = (0.0f64, 0.0f64);
         for (m, &s) in x.iter().enumerate() {
