@@ -227,6 +227,9 @@ struct PhaseResult {
     cpu_s: f64,
     /// Context switches of the measured threads.
     switches: u64,
+    /// Datagrams the kernel dropped at the forwarder's input sockets and at the sinks'.
+    in_drops: u64,
+    sink_drops: u64,
     p50_us: u64,
     p99_us: u64,
     max_us: u64,
@@ -385,6 +388,27 @@ struct Generator {
     place: Option<Placement>,
 }
 
+/// Datagrams the kernel dropped at the loopback UDP sockets bound to `ports` (their receive
+/// buffers were full), from /proc/net/udp's last column. Tells loss at the relay's own sockets
+/// from loss at the sinks', whose thread shares the two cores with everything else.
+fn udp_drops(ports: &std::collections::HashSet<u16>) -> u64 {
+    let Ok(table) = std::fs::read_to_string("/proc/net/udp") else {
+        return 0;
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = f.get(1)?.rsplit_once(':')?.1;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            ports
+                .contains(&port)
+                .then(|| f.last()?.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 /// Runs traffic through `inputs` (one address per stream, all forwarding to the sinks) while
 /// measuring the CPU of `tids`.
 fn drive(
@@ -406,6 +430,12 @@ fn drive(
         stop: AtomicBool::new(false),
         hist: Mutex::new(vec![0; BUCKETS]),
     });
+    let in_ports: std::collections::HashSet<u16> = inputs.iter().map(|a| a.port()).collect();
+    let sink_ports: std::collections::HashSet<u16> = sinks
+        .iter()
+        .filter_map(|s| Some(s.local_addr().ok()?.port()))
+        .collect();
+    let (in_drops0, sink_drops0) = (udp_drops(&in_ports), udp_drops(&sink_ports));
     let fwd0 = forwarded();
     let cpu0 = cpu_ns_of(tids);
     let sw0 = switches_of(tids);
@@ -436,6 +466,8 @@ fn drive(
     let cpu1 = cpu_ns_of(tids);
     let sw1 = switches_of(tids);
     let fwd = forwarded() - fwd0;
+    let in_drops = udp_drops(&in_ports).saturating_sub(in_drops0);
+    let sink_drops = udp_drops(&sink_ports).saturating_sub(sink_drops0);
     shared.stop.store(true, Ordering::Relaxed);
     for t in sink_tasks {
         let _ = gen_rt.block_on(t);
@@ -450,6 +482,8 @@ fn drive(
         forwarded: fwd,
         cpu_s: cpu1.saturating_sub(cpu0) as f64 / 1e9,
         switches: sw1.saturating_sub(sw0),
+        in_drops,
+        sink_drops,
         p50_us: percentile(&hist, 0.50),
         p99_us: percentile(&hist, 0.99),
         max_us: max_bucket * BUCKET_US,
@@ -492,6 +526,12 @@ fn report(r: &PhaseResult) {
         us(r.p99_us),
         us(r.max_us),
     );
+    if loss > 0 {
+        println!(
+            "{:<10} of the loss, dropped by the kernel at full receive buffers: {} at the {} sockets, {} at the sinks' sockets",
+            r.name, r.in_drops, r.name, r.sink_drops
+        );
+    }
 }
 
 /// Phase 1 of a round: the streams through `net::media` relays.
