@@ -14,11 +14,12 @@
 //! stream above that).
 //!
 //! What is measured, and how:
-//! - CPU: the relay (and, in its phase, the forwarder) runs on its own tokio runtime whose
-//!   threads record their ids at start; the on-CPU time of exactly those threads is read from
-//!   /proc/self/task/<tid>/schedstat (the scheduler's runtime in nanoseconds; utime+stime from
-//!   /stat, in 10 ms clock ticks, where schedstat is missing) at the start and end of the traffic
-//!   window. Reported as CPU time per 1000 packets received and forwarded. The traffic generator
+//! - CPU: the relays run on media threads (`net::media::MediaWorkers`, one single-threaded
+//!   runtime per thread, as `tonewall run` relays), and in its phase the forwarder runs on the
+//!   same kind of threads. They record their ids at start; the on-CPU time of exactly those
+//!   threads is read from /proc/self/task/<tid>/schedstat (the scheduler's runtime in
+//!   nanoseconds; utime+stime from /stat, in 10 ms clock ticks, where schedstat is missing) at
+//!   the start and end of the traffic window. Reported as CPU time per 1000 packets received and forwarded. The traffic generator
 //!   (its own OS thread, blocking sockets) and the sinks (their own runtime) are not counted.
 //! - Loss: packets sent minus packets that reached the sink, after a 1 s drain.
 //! - Added latency: the generator stamps each packet's send time in a side table keyed by
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tokio::net::UdpSocket;
 use tonewall::dsp::g711::Codec;
-use tonewall::net::media::{MediaRelay, RelayOptions};
+use tonewall::net::media::{MediaRelay, MediaWorkers, RelayOptions};
 use tonewall::net::ports::PortPool;
 use tonewall::rtp::packet::{RtpView, write_header};
 use tonewall::rtp::scrubber::{Scrubber, ScrubberConfig};
@@ -165,29 +166,32 @@ fn own_tid() -> u32 {
         .unwrap_or(0)
 }
 
-/// A runtime whose threads are all known, so their CPU time can be read.
-fn measured_runtime(
+/// Media threads (`net::media::MediaWorkers`, as `tonewall run` relays on) whose ids are all
+/// known, so their CPU time can be read. The bare forwarder runs on the same kind of threads,
+/// so the two phases differ only in what is done per packet.
+fn measured_workers(
     threads: usize,
-    name: &str,
     place: Option<&Placement>,
-) -> (tokio::runtime::Runtime, Arc<Mutex<Vec<u32>>>) {
+) -> (MediaWorkers, Arc<Mutex<Vec<u32>>>) {
     let tids = Arc::new(Mutex::new(Vec::new()));
     let t2 = tids.clone();
     let cores = place.map(|p| p.measured.clone()).unwrap_or_default();
     let next = AtomicU64::new(0);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name(name)
-        .enable_all()
-        .on_thread_start(move || {
-            pin_to(&cores, &next);
-            if let Ok(mut v) = t2.lock() {
-                v.push(own_tid());
-            }
-        })
-        .build()
-        .expect("relay runtime");
-    (rt, tids)
+    let workers = MediaWorkers::start_with(threads, move || {
+        pin_to(&cores, &next);
+        if let Ok(mut v) = t2.lock() {
+            v.push(own_tid());
+        }
+    })
+    .expect("media threads");
+    // Each thread notes its id as it starts.
+    for _ in 0..1000 {
+        if tids.lock().map(|v| v.len()).unwrap_or(0) >= workers.threads() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (workers, tids)
 }
 
 fn switches_of(tids: &Mutex<Vec<u32>>) -> u64 {
@@ -537,8 +541,7 @@ fn report(r: &PhaseResult) {
 /// Phase 1 of a round: the streams through `net::media` relays.
 fn relay_phase(args: &Args, generator: &Generator, gen_addrs: &[SocketAddr]) -> (PhaseResult, u64) {
     let n = args.streams;
-    let (relay_rt, relay_tids) =
-        measured_runtime(args.relay_threads, "relay", generator.place.as_ref());
+    let (workers, relay_tids) = measured_workers(args.relay_threads, generator.place.as_ref());
     let sinks = bind_many(&generator.rt, SINK_SOCKETS);
     let sink_addrs: Vec<SocketAddr> = sinks
         .iter()
@@ -546,7 +549,10 @@ fn relay_phase(args: &Args, generator: &Generator, gen_addrs: &[SocketAddr]) -> 
         .collect();
     let top = args.base_port as u32 + 4 * n as u32 + 200;
     let pool = PortPool::new(lo(), args.base_port, top.min(65_534) as u16).expect("port range");
-    let relays = relay_rt.block_on(async {
+    let relays = {
+        // Ports are allocated (and their sockets registered) on another runtime, as the SIP
+        // side does; each relay moves its sockets to its media thread.
+        let _rt = generator.rt.enter();
         let mut v = Vec::with_capacity(n);
         for i in 0..n {
             let a = pool.allocate().expect("leg A ports");
@@ -558,11 +564,14 @@ fn relay_phase(args: &Args, generator: &Generator, gen_addrs: &[SocketAddr]) -> 
                 Some(sink_addrs[i % SINK_SOCKETS]),
                 ScrubberConfig::default(),
                 !args.no_scrub,
-                RelayOptions::default(),
+                RelayOptions {
+                    workers: Some(workers.clone()),
+                    ..RelayOptions::default()
+                },
             ));
         }
         v
-    });
+    };
     let inputs: Vec<SocketAddr> = relays.iter().map(|(h, _)| h.a_addr).collect();
     let forwarded = || relays.iter().map(|(h, _)| h.stats().b_out).sum::<u64>();
     let r = drive(
@@ -581,35 +590,41 @@ fn relay_phase(args: &Args, generator: &Generator, gen_addrs: &[SocketAddr]) -> 
             s.dropped_scrubber + s.dropped_stranger + s.dropped_no_peer + s.send_errors
         })
         .sum();
-    relay_rt.block_on(async {
+    generator.rt.block_on(async {
         for (h, _) in &relays {
             h.stop().await;
         }
     });
     drop(relays);
-    drop(relay_rt);
+    drop(workers);
     (r, dropped)
 }
 
 /// Phase 2 of a round: the same traffic through a bare forwarder (recv + send per packet).
 fn bare_phase(args: &Args, generator: &Generator) -> PhaseResult {
-    let (bare_rt, bare_tids) =
-        measured_runtime(args.relay_threads, "bare", generator.place.as_ref());
+    let (workers, bare_tids) = measured_workers(args.relay_threads, generator.place.as_ref());
     let sinks = bind_many(&generator.rt, SINK_SOCKETS);
     let sink_addrs: Vec<SocketAddr> = sinks
         .iter()
         .map(|s| s.local_addr().expect("addr"))
         .collect();
     let count = Arc::new(AtomicU64::new(0));
-    let inputs = bare_rt.block_on(async {
+    let inputs = {
         let mut inputs = Vec::with_capacity(args.streams);
         for i in 0..args.streams {
-            let rx = UdpSocket::bind((lo(), 0)).await.expect("bind");
-            let tx = UdpSocket::bind((lo(), 0)).await.expect("bind");
+            let bind = || {
+                let s = std::net::UdpSocket::bind((lo(), 0)).expect("bind");
+                s.set_nonblocking(true).expect("nonblocking");
+                s
+            };
+            let (rx, tx) = (bind(), bind());
             inputs.push(rx.local_addr().expect("addr"));
             let to = sink_addrs[i % SINK_SOCKETS];
             let count = count.clone();
-            tokio::spawn(async move {
+            // Registered on the media thread that runs the task, as the relay's sockets are.
+            workers.spawn(async move {
+                let rx = UdpSocket::from_std(rx).expect("register");
+                let tx = UdpSocket::from_std(tx).expect("register");
                 let mut buf = [0u8; 2048];
                 while let Ok((len, _)) = rx.recv_from(&mut buf).await {
                     if tx.send_to(&buf[..len], to).await.is_ok() {
@@ -619,13 +634,13 @@ fn bare_phase(args: &Args, generator: &Generator) -> PhaseResult {
             });
         }
         inputs
-    });
+    };
     let c2 = count.clone();
     let forwarded = move || c2.load(Ordering::Relaxed);
     let r = drive(
         "bare-udp", args, generator, sinks, inputs, &bare_tids, &forwarded,
     );
-    drop(bare_rt);
+    drop(workers);
     r
 }
 

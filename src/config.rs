@@ -115,6 +115,18 @@ pub struct MediaConfig {
     pub mask: MaskName,
     /// Where per-call stereo recordings are written (none when unset).
     pub record_dir: Option<PathBuf>,
+    /// Media threads; each call's relay runs on one of them for its whole life. 0: one per CPU.
+    pub threads: usize,
+}
+
+impl MediaConfig {
+    /// Media threads to start: `threads`, or one per CPU when it is 0.
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for MediaConfig {
@@ -127,6 +139,7 @@ impl Default for MediaConfig {
             delay_ms: 10.0,
             mask: MaskName::Noise,
             record_dir: None,
+            threads: 0,
         }
     }
 }
@@ -496,6 +509,12 @@ impl Config {
             }
         }
         let m = &self.media;
+        if m.threads > 256 {
+            return Err(invalid(
+                "media.threads",
+                "must be at most 256 (0: one per CPU)",
+            ));
+        }
         if !m.port_min.is_multiple_of(2) {
             return Err(invalid(
                 "media.port_min",

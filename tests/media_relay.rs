@@ -428,3 +428,78 @@ async fn announce_plays_the_intercept_tone_to_the_caller_until_stopped() {
     assert!(keys.is_empty());
     assert!(out.stats.a_out >= 10);
 }
+
+/// Threads of this process whose name starts with `prefix`, with their on-CPU time (ns).
+fn threads_named(prefix: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
+            let ns = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            out.push(ns);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_relay_on_a_media_thread_scrubs_relays_and_the_threads_end_with_their_owner() {
+    let workers = tonewall::net::media::MediaWorkers::start(2).unwrap();
+    assert_eq!(workers.threads(), 2);
+    // Named threads may take a moment to show up in /proc.
+    let mut before = threads_named("tw-media-");
+    for _ in 0..100 {
+        if before.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        before = threads_named("tw-media-");
+    }
+    assert_eq!(before.len(), 2, "two media threads");
+    let opts = RelayOptions {
+        workers: Some(workers.clone()),
+        ..RelayOptions::default()
+    };
+    // The ports are allocated here, on the test's runtime, and must move to the media thread.
+    let c = call(43_000, true, opts).await;
+    let (audio, _) = card_over_speech();
+    let trunk = TrunkConfig::default();
+    let packets = packetize(&audio, &trunk, None);
+    send_all(&c.caller.rtp, c.handle.a_addr, &packets).await;
+    let got = recv_n(&c.agent.rtp, packets.len()).await;
+    assert_eq!(got.len(), packets.len(), "one packet out per packet in");
+    let heard = depacketize(got.iter().map(|p| p.as_slice()), trunk.first_ts);
+    assert!(spectrum::fft_decode(&heard.audio, &mut |_| {}).is_empty());
+    let back = packetize(
+        &audio[..8000],
+        &TrunkConfig {
+            ssrc: 0x5eed,
+            ..TrunkConfig::default()
+        },
+        None,
+    );
+    send_all(&c.agent.rtp, c.handle.b_addr, &back).await;
+    assert_eq!(recv_n(&c.caller.rtp, back.len()).await, back);
+    // The work was done on the media threads, not on this runtime.
+    let after: u64 = threads_named("tw-media-").iter().sum();
+    assert!(
+        after > before.iter().sum::<u64>(),
+        "media threads did no work"
+    );
+    let (out, keys) = stop(c).await;
+    assert_eq!(keys, card_keys());
+    assert_eq!(out.stats.b_out, packets.len() as u64);
+    drop(workers);
+    let mut left = threads_named("tw-media-").len();
+    for _ in 0..200 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        left = threads_named("tw-media-").len();
+    }
+    assert_eq!(left, 0, "media threads outlived their owner");
+}

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::net::api::{self, ApiInitError, ApiState, TlsConfigError};
+use crate::net::media::MediaWorkers;
 use crate::net::ports::{PortError, PortPool};
 use crate::net::sip;
 use crate::sip::b2bua::{B2buaConfig, B2buaError};
@@ -31,6 +32,8 @@ pub enum RunError {
     },
     #[error("control API server: {0}")]
     Serve(std::io::Error),
+    #[error("cannot start the media threads: {0}")]
+    MediaThreads(std::io::Error),
 }
 
 /// Runs tonewall until `shutdown` resolves: hangs up calls in progress, stops the API, returns.
@@ -38,6 +41,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Fail on a bad route before binding anything.
     B2buaConfig::from_config(&config, 0)?;
     let pool = PortPool::from_config(&config.media)?;
+    let workers =
+        MediaWorkers::start(config.media.worker_threads()).map_err(RunError::MediaThreads)?;
     let api_state = ApiState::from_config(&config).await?;
     let api_tls = match config.api.tls_files() {
         Some((cert, key)) => Some(api::tls_acceptor(cert, key)?),
@@ -59,6 +64,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         sip = %config.sip.listen,
         transports = ?config.sip.transports,
         media = %format!("{}:{}-{}", config.media.address, config.media.port_min, config.media.port_max),
+        media_threads = workers.threads(),
         api = %config.api.listen,
         api_tls = api_tls.is_some(),
         "tonewall running"
@@ -75,7 +81,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )),
         None => tokio::spawn(api::serve(api_listener, api_state.clone(), api_stop)),
     };
-    let sip_task = sip::serve(&config, sockets, pool, api_state, stop_rx);
+    let sip_task = sip::serve(&config, sockets, pool, workers, api_state, stop_rx);
     tokio::pin!(sip_task);
     tokio::pin!(shutdown);
     let sip_result = tokio::select! {

@@ -27,7 +27,8 @@ use crate::dsp::g711::Codec;
 use crate::net::api::{ApiState, SessionRef};
 use crate::net::calls::CallInfo;
 use crate::net::media::{
-    MediaControl, MediaEvent, MediaHandle, MediaRelay, RelayOptions, RelayStatsSnapshot,
+    MediaControl, MediaEvent, MediaHandle, MediaRelay, MediaWorkers, RelayOptions,
+    RelayStatsSnapshot,
 };
 use crate::net::ports::{PortPair, PortPool};
 use crate::payment::locator::LocatorCollector;
@@ -181,6 +182,7 @@ pub async fn serve(
     config: &Config,
     sockets: SipSockets,
     pool: PortPool,
+    workers: MediaWorkers,
     api: ApiState,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), B2buaError> {
@@ -245,6 +247,7 @@ pub async fn serve(
         relay_opts: RelayOptions {
             inactivity: Duration::from_secs(config.media.inactivity_timeout_s),
             record_dir: config.media.record_dir.clone(),
+            workers: Some(workers),
             ..RelayOptions::default()
         },
         api,
