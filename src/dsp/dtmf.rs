@@ -742,6 +742,9 @@ impl PresenceDetector {
         }
     }
 
+    // The per-step path is inlined into `process_both`'s loop, here and in the strict detector:
+    // as calls, a step's terms went through memory and its two energies were read back as one
+    // 8-byte load of two 4-byte stores, a failed store forward that perf showed as the hot spot.
     #[inline(always)]
     fn finish_step(&mut self, t: &Terms) -> Step {
         let st = self.bank.rotate(t);
