@@ -58,6 +58,8 @@ pub struct Terms {
 /// Steps after which every grid frequency is back in phase: each is a whole number of hertz
 /// and a step lasts 2 ms, so e^{-jω_k·16b} repeats every 500 steps.
 const PERIOD: usize = 500;
+// Whole-hertz frequencies come back in phase after one second of steps.
+const _: () = assert!(RATE as usize / STEP == PERIOD);
 
 /// e^{-jω_k n0} at the start n0 = 16b of step b, one cache line per step.
 #[derive(Clone, Copy)]
@@ -103,7 +105,6 @@ fn tables() -> Box<Tables> {
             // The angle reduced exactly (in whole cycles) before the sine, so every entry is
             // as accurate as f32 allows.
             let cycles = (hz as u64 * b as u64) % PERIOD as u64;
-            debug_assert_eq!(u64::from(RATE as u32) / STEP as u64, PERIOD as u64);
             let a = 2.0 * std::f64::consts::PI * cycles as f64 / PERIOD as f64;
             p.re[k] = a.cos() as f32;
             p.im[k] = -a.sin() as f32;
