@@ -19,8 +19,9 @@
 //!   same kind of threads. They record their ids at start; the on-CPU time of exactly those
 //!   threads is read from /proc/self/task/<tid>/schedstat (the scheduler's runtime in
 //!   nanoseconds; utime+stime from /stat, in 10 ms clock ticks, where schedstat is missing) at
-//!   the start and end of the traffic window. Reported as CPU time per 1000 packets received and forwarded. The traffic generator
-//!   (its own OS thread, blocking sockets) and the sinks (their own runtime) are not counted.
+//!   the start and end of the traffic window. Reported as CPU time per 1000 packets received
+//!   and forwarded. The traffic generator (its own OS thread, blocking sockets) and the sinks
+//!   (their own runtime) are not counted.
 //! - Loss: packets sent minus packets that reached the sink, after a 1 s drain.
 //! - Added latency: the generator stamps each packet's send time in a side table keyed by
 //!   (SSRC, sequence), which the relay keeps intact; the sink subtracts it from the receive time.
@@ -194,15 +195,10 @@ fn measured_workers(
     (workers, tids)
 }
 
-fn switches_of(tids: &Mutex<Vec<u32>>) -> u64 {
+/// `per_thread` summed over the measured threads.
+fn sum_over(tids: &Mutex<Vec<u32>>, per_thread: fn(u32) -> u64) -> u64 {
     tids.lock()
-        .map(|v| v.iter().map(|&t| thread_switches(t)).sum())
-        .unwrap_or(0)
-}
-
-fn cpu_ns_of(tids: &Mutex<Vec<u32>>) -> u64 {
-    tids.lock()
-        .map(|v| v.iter().map(|&t| thread_cpu_ns(t)).sum())
+        .map(|v| v.iter().map(|&t| per_thread(t)).sum())
         .unwrap_or(0)
 }
 
@@ -441,8 +437,8 @@ fn drive(
         .collect();
     let (in_drops0, sink_drops0) = (udp_drops(&in_ports), udp_drops(&sink_ports));
     let fwd0 = forwarded();
-    let cpu0 = cpu_ns_of(tids);
-    let sw0 = switches_of(tids);
+    let cpu0 = sum_over(tids, thread_cpu_ns);
+    let sw0 = sum_over(tids, thread_switches);
     let gen_rt = &generator.rt;
     let sink_tasks: Vec<_> = sinks
         .into_iter()
@@ -467,8 +463,8 @@ fn drive(
             .expect("generator");
     }
     std::thread::sleep(Duration::from_secs(1));
-    let cpu1 = cpu_ns_of(tids);
-    let sw1 = switches_of(tids);
+    let cpu1 = sum_over(tids, thread_cpu_ns);
+    let sw1 = sum_over(tids, thread_switches);
     let fwd = forwarded() - fwd0;
     let in_drops = udp_drops(&in_ports).saturating_sub(in_drops0);
     let sink_drops = udp_drops(&sink_ports).saturating_sub(sink_drops0);
