@@ -10,8 +10,10 @@
 //! --dsp-seconds S (10; afterwards, S seconds of every stream's packets through bare scrubbers
 //! with no sockets, to set the DSP's own cost against what scrubbing adds inside the relay),
 //! --pin (measured runtime on its own CPUs, generator and sinks on the others),
-//! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarder 2 per
-//! stream above that).
+//! --interleave MS (0; otherwise relays and forwarder are both up for the whole round and the
+//! generator feeds them in turn, MS milliseconds each),
+//! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarder takes
+//! its own from the OS).
 //!
 //! What is measured, and how:
 //! - CPU: the relays run on media threads (`net::media::MediaWorkers`, one single-threaded
@@ -30,7 +32,10 @@
 //!   default, carried inside the audio) is reported separately.
 //!
 //! Figures from a shared 2-core machine mix in other processes' load: compare the two phases
-//! of one run, not runs across machines.
+//! of one run, not runs across machines. With the phases in turn, that load changes between
+//! them, and on the project's 2-core VM single rounds' ratios ranged over 0.9-1.5. With
+//! `--pin --interleave 100` both see it alike, a tenth of a second apart, and rounds kept within
+//! about ±0.05 of each other: use that to compare builds.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,8 +44,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
 use tonewall::dsp::g711::Codec;
-use tonewall::net::media::{MediaRelay, MediaWorkers, RelayOptions};
+use tonewall::net::media::{
+    MediaError, MediaHandle, MediaRelay, MediaWorkers, RelayOptions, RelayOutcome,
+};
 use tonewall::net::ports::PortPool;
 use tonewall::rtp::packet::{RtpView, write_header};
 use tonewall::rtp::scrubber::{Scrubber, ScrubberConfig};
@@ -75,6 +83,13 @@ struct Args {
     /// share its cores with the load; on a 2-core machine, one core each.
     #[arg(long)]
     pin: bool,
+    /// 0: the relay phase, then the forwarder's. Otherwise both are set up for the whole round,
+    /// each on media threads of its own, and the generator feeds one and then the other, this
+    /// many milliseconds at a time: the machine's other load, which moves over seconds, then
+    /// weighs on both alike. Only one of them has traffic at any moment, so neither pays for
+    /// the other's work in its caches. Each gets half the round's packets.
+    #[arg(long, default_value_t = 0)]
+    interleave: u64,
 }
 
 /// Which CPUs the measured runtime and the load run on, when pinning.
@@ -205,10 +220,13 @@ fn sum_over(tids: &Mutex<Vec<u32>>, per_thread: fn(u32) -> u64) -> u64 {
 struct Shared {
     origin: Instant,
     sent_at: Vec<AtomicU64>,
-    sent: AtomicU64,
-    received: AtomicU64,
+    /// Streams per subject: stream `i` belongs to subject `i / per_subject`.
+    per_subject: usize,
+    /// Per subject.
+    sent: Vec<AtomicU64>,
+    received: Vec<AtomicU64>,
     stop: AtomicBool,
-    hist: Mutex<Vec<u64>>,
+    hist: Mutex<Vec<Vec<u64>>>,
 }
 
 impl Shared {
@@ -323,9 +341,15 @@ fn generate(
     socks: Arc<Vec<std::net::UdpSocket>>,
     targets: Arc<Vec<SocketAddr>>,
     seconds: u64,
+    interleave_ms: u64,
 ) {
     let audio = audio_bytes();
     let n = targets.len();
+    let per = shared.per_subject.max(1);
+    let subjects = n.div_ceil(per).max(1) as u64;
+    // Each stream's own packet count, so that its sequence numbers and timestamps run on without
+    // gaps while its subject waits its turn.
+    let mut frames = vec![0u64; n];
     let mut pkt = [0u8; 172];
     let begin = Instant::now();
     let slots = seconds * 1000;
@@ -335,22 +359,32 @@ fn generate(
         if due > now {
             std::thread::sleep(due - now);
         }
-        let frame = slot / 20;
+        let active = (interleave_ms > 0).then(|| ((slot / interleave_ms) % subjects) as usize);
         let sub = (slot % 20) as usize;
         for i in (sub..n).step_by(20) {
-            let seq = frame as u16;
-            fill_packet(&mut pkt, &audio, i, frame);
+            let j = i / per;
+            if active.is_some_and(|a| a != j) {
+                continue;
+            }
+            let Some(frame) = frames.get_mut(i) else {
+                continue;
+            };
+            let seq = *frame as u16;
+            fill_packet(&mut pkt, &audio, i, *frame);
+            *frame += 1;
             shared.sent_at[i * SLOTS + (seq as usize % SLOTS)]
                 .store(shared.now_us(), Ordering::Relaxed);
-            if socks[i % GEN_SOCKETS].send_to(&pkt, targets[i]).is_ok() {
-                shared.sent.fetch_add(1, Ordering::Relaxed);
+            if socks[i % GEN_SOCKETS].send_to(&pkt, targets[i]).is_ok()
+                && let Some(c) = shared.sent.get(j)
+            {
+                c.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 }
 
 async fn sink(shared: Arc<Shared>, sock: UdpSocket, streams: usize) {
-    let mut hist = vec![0u64; BUCKETS];
+    let mut hist = vec![vec![0u64; BUCKETS]; shared.received.len()];
     let mut buf = [0u8; 2048];
     loop {
         let r = tokio::time::timeout(Duration::from_millis(200), sock.recv_from(&mut buf)).await;
@@ -368,15 +402,21 @@ async fn sink(shared: Arc<Shared>, sock: UdpSocket, streams: usize) {
         if i >= streams {
             continue;
         }
-        shared.received.fetch_add(1, Ordering::Relaxed);
+        let j = i / shared.per_subject.max(1);
+        let (Some(received), Some(h)) = (shared.received.get(j), hist.get_mut(j)) else {
+            continue;
+        };
+        received.fetch_add(1, Ordering::Relaxed);
         let sent =
             shared.sent_at[i * SLOTS + (v.sequence() as usize % SLOTS)].load(Ordering::Relaxed);
         let lat = now.saturating_sub(sent) / BUCKET_US;
-        hist[(lat as usize).min(BUCKETS - 1)] += 1;
+        h[(lat as usize).min(BUCKETS - 1)] += 1;
     }
-    if let Ok(mut h) = shared.hist.lock() {
-        for (a, b) in h.iter_mut().zip(&hist) {
-            *a += b;
+    if let Ok(mut all) = shared.hist.lock() {
+        for (mine, theirs) in hist.iter().zip(all.iter_mut()) {
+            for (a, b) in theirs.iter_mut().zip(mine) {
+                *a += b;
+            }
         }
     }
 }
@@ -409,85 +449,138 @@ fn udp_drops(ports: &std::collections::HashSet<u16>) -> u64 {
         .sum()
 }
 
-/// Runs traffic through `inputs` (one address per stream, all forwarding to the sinks) while
-/// measuring the CPU of `tids`.
-fn drive(
+/// A forwarder being measured: the addresses its streams go in at, the threads it runs on,
+/// and how many packets it has sent on so far.
+struct Subject<'a> {
     name: &'static str,
+    inputs: Vec<SocketAddr>,
+    tids: &'a Mutex<Vec<u32>>,
+    forwarded: &'a dyn Fn() -> u64,
+}
+
+/// Runs `args.streams` streams into each subject (stream `i` of subject `j` is number
+/// `j·streams + i`, its SSRC one more), all forwarding to `sinks`, while measuring the CPU of
+/// each subject's threads. With more than one subject the generator takes them in turn
+/// (`--interleave`).
+fn drive(
     args: &Args,
     generator: &Generator,
     sinks: Vec<UdpSocket>,
-    inputs: Vec<SocketAddr>,
-    tids: &Mutex<Vec<u32>>,
-    forwarded: &dyn Fn() -> u64,
-) -> PhaseResult {
+    subjects: &[Subject<'_>],
+) -> Vec<PhaseResult> {
+    let per = args.streams;
+    let total = per * subjects.len();
     let shared = Arc::new(Shared {
         origin: Instant::now(),
-        sent_at: (0..args.streams * SLOTS)
-            .map(|_| AtomicU64::new(0))
-            .collect(),
-        sent: AtomicU64::new(0),
-        received: AtomicU64::new(0),
+        sent_at: (0..total * SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        per_subject: per,
+        sent: subjects.iter().map(|_| AtomicU64::new(0)).collect(),
+        received: subjects.iter().map(|_| AtomicU64::new(0)).collect(),
         stop: AtomicBool::new(false),
-        hist: Mutex::new(vec![0; BUCKETS]),
+        hist: Mutex::new(vec![vec![0; BUCKETS]; subjects.len()]),
     });
-    let in_ports: std::collections::HashSet<u16> = inputs.iter().map(|a| a.port()).collect();
+    let in_ports: Vec<std::collections::HashSet<u16>> = subjects
+        .iter()
+        .map(|s| s.inputs.iter().map(|a| a.port()).collect())
+        .collect();
     let sink_ports: std::collections::HashSet<u16> = sinks
         .iter()
         .filter_map(|s| Some(s.local_addr().ok()?.port()))
         .collect();
-    let (in_drops0, sink_drops0) = (udp_drops(&in_ports), udp_drops(&sink_ports));
-    let fwd0 = forwarded();
-    let cpu0 = sum_over(tids, thread_cpu_ns);
-    let sw0 = sum_over(tids, thread_switches);
+    let in_drops0: Vec<u64> = in_ports.iter().map(udp_drops).collect();
+    let sink_drops0 = udp_drops(&sink_ports);
+    let fwd0: Vec<u64> = subjects.iter().map(|s| (s.forwarded)()).collect();
+    let cpu0: Vec<u64> = subjects
+        .iter()
+        .map(|s| sum_over(s.tids, thread_cpu_ns))
+        .collect();
+    let sw0: Vec<u64> = subjects
+        .iter()
+        .map(|s| sum_over(s.tids, thread_switches))
+        .collect();
     let gen_rt = &generator.rt;
     let sink_tasks: Vec<_> = sinks
         .into_iter()
-        .map(|s| gen_rt.spawn(sink(shared.clone(), s, args.streams)))
+        .map(|s| gen_rt.spawn(sink(shared.clone(), s, total)))
         .collect();
     {
         let (shared, socks, seconds) = (shared.clone(), generator.socks.clone(), args.seconds);
-        let inputs = Arc::new(inputs);
+        let inputs: Arc<Vec<SocketAddr>> = Arc::new(
+            subjects
+                .iter()
+                .flat_map(|s| s.inputs.iter().copied())
+                .collect(),
+        );
         let cores = generator
             .place
             .as_ref()
             .map(|p| p.load.clone())
             .unwrap_or_default();
+        let interleave = if subjects.len() > 1 {
+            args.interleave.max(1)
+        } else {
+            0
+        };
         std::thread::Builder::new()
             .name("generator".into())
             .spawn(move || {
                 pin_to(&cores, &AtomicU64::new(0));
-                generate(shared, socks, inputs, seconds)
+                generate(shared, socks, inputs, seconds, interleave)
             })
             .expect("generator thread")
             .join()
             .expect("generator");
     }
     std::thread::sleep(Duration::from_secs(1));
-    let cpu1 = sum_over(tids, thread_cpu_ns);
-    let sw1 = sum_over(tids, thread_switches);
-    let fwd = forwarded() - fwd0;
-    let in_drops = udp_drops(&in_ports).saturating_sub(in_drops0);
+    let cpu1: Vec<u64> = subjects
+        .iter()
+        .map(|s| sum_over(s.tids, thread_cpu_ns))
+        .collect();
+    let sw1: Vec<u64> = subjects
+        .iter()
+        .map(|s| sum_over(s.tids, thread_switches))
+        .collect();
+    let fwd: Vec<u64> = subjects
+        .iter()
+        .zip(&fwd0)
+        .map(|(s, f0)| (s.forwarded)().saturating_sub(*f0))
+        .collect();
+    let in_drops: Vec<u64> = in_ports
+        .iter()
+        .zip(&in_drops0)
+        .map(|(p, d0)| udp_drops(p).saturating_sub(*d0))
+        .collect();
     let sink_drops = udp_drops(&sink_ports).saturating_sub(sink_drops0);
     shared.stop.store(true, Ordering::Relaxed);
     for t in sink_tasks {
         let _ = gen_rt.block_on(t);
     }
-    let hist = shared.hist.lock().map(|h| h.clone()).unwrap_or_default();
-    let max_bucket = hist.iter().rposition(|&c| c > 0).unwrap_or(0) as u64;
-    PhaseResult {
-        name,
-        sent: shared.sent.load(Ordering::Relaxed),
-        target: args.streams as u64 * 50 * args.seconds,
-        received: shared.received.load(Ordering::Relaxed),
-        forwarded: fwd,
-        cpu_s: cpu1.saturating_sub(cpu0) as f64 / 1e9,
-        switches: sw1.saturating_sub(sw0),
-        in_drops,
-        sink_drops,
-        p50_us: percentile(&hist, 0.50),
-        p99_us: percentile(&hist, 0.99),
-        max_us: max_bucket * BUCKET_US,
-    }
+    let hists = shared.hist.lock().map(|h| h.clone()).unwrap_or_default();
+    let share = subjects.len().max(1) as u64;
+    subjects
+        .iter()
+        .enumerate()
+        .map(|(j, s)| {
+            let hist = hists.get(j).cloned().unwrap_or_default();
+            let max_bucket = hist.iter().rposition(|&c| c > 0).unwrap_or(0) as u64;
+            let count = |v: &[AtomicU64]| v.get(j).map_or(0, |c| c.load(Ordering::Relaxed));
+            PhaseResult {
+                name: s.name,
+                sent: count(&shared.sent),
+                target: per as u64 * 50 * args.seconds / share,
+                received: count(&shared.received),
+                forwarded: fwd.get(j).copied().unwrap_or(0),
+                cpu_s: cpu1[j].saturating_sub(cpu0[j]) as f64 / 1e9,
+                switches: sw1[j].saturating_sub(sw0[j]),
+                in_drops: in_drops.get(j).copied().unwrap_or(0),
+                // The sinks serve every subject of the round.
+                sink_drops,
+                p50_us: percentile(&hist, 0.50),
+                p99_us: percentile(&hist, 0.99),
+                max_us: max_bucket * BUCKET_US,
+            }
+        })
+        .collect()
 }
 
 fn bind_many(rt: &tokio::runtime::Runtime, n: usize) -> Vec<UdpSocket> {
@@ -498,6 +591,13 @@ fn bind_many(rt: &tokio::runtime::Runtime, n: usize) -> Vec<UdpSocket> {
         }
         v
     })
+}
+
+fn local_addrs(sinks: &[UdpSocket]) -> Vec<SocketAddr> {
+    sinks
+        .iter()
+        .map(|s| s.local_addr().expect("addr"))
+        .collect()
 }
 
 fn report(r: &PhaseResult) {
@@ -534,26 +634,34 @@ fn report(r: &PhaseResult) {
     }
 }
 
-/// Phase 1 of a round: the streams through `net::media` relays.
-fn relay_phase(args: &Args, generator: &Generator, gen_addrs: &[SocketAddr]) -> (PhaseResult, u64) {
-    let n = args.streams;
-    let (workers, relay_tids) = measured_workers(args.relay_threads, generator.place.as_ref());
-    let sinks = bind_many(&generator.rt, SINK_SOCKETS);
-    let sink_addrs: Vec<SocketAddr> = sinks
-        .iter()
-        .map(|s| s.local_addr().expect("addr"))
-        .collect();
-    let top = args.base_port as u32 + 4 * n as u32 + 200;
-    let pool = PortPool::new(lo(), args.base_port, top.min(65_534) as u16).expect("port range");
-    let relays = {
+type RelayTask = JoinHandle<Result<RelayOutcome, MediaError>>;
+
+/// The streams' `net::media` relays on their media threads.
+struct Relays {
+    workers: MediaWorkers,
+    tids: Arc<Mutex<Vec<u32>>>,
+    relays: Vec<(MediaHandle, RelayTask)>,
+}
+
+impl Relays {
+    fn start(
+        args: &Args,
+        generator: &Generator,
+        gen_addrs: &[SocketAddr],
+        sink_addrs: &[SocketAddr],
+    ) -> Relays {
+        let n = args.streams;
+        let (workers, tids) = measured_workers(args.relay_threads, generator.place.as_ref());
+        let top = args.base_port as u32 + 4 * n as u32 + 200;
+        let pool = PortPool::new(lo(), args.base_port, top.min(65_534) as u16).expect("port range");
         // Ports are allocated (and their sockets registered) on another runtime, as the SIP
         // side does; each relay moves its sockets to its media thread.
         let _rt = generator.rt.enter();
-        let mut v = Vec::with_capacity(n);
+        let mut relays = Vec::with_capacity(n);
         for i in 0..n {
             let a = pool.allocate().expect("leg A ports");
             let b = pool.allocate().expect("leg B ports");
-            v.push(MediaRelay::start_with(
+            relays.push(MediaRelay::start_with(
                 a,
                 b,
                 Some(gen_addrs[i % GEN_SOCKETS]),
@@ -566,46 +674,56 @@ fn relay_phase(args: &Args, generator: &Generator, gen_addrs: &[SocketAddr]) -> 
                 },
             ));
         }
-        v
-    };
-    let inputs: Vec<SocketAddr> = relays.iter().map(|(h, _)| h.a_addr).collect();
-    let forwarded = || relays.iter().map(|(h, _)| h.stats().b_out).sum::<u64>();
-    let r = drive(
-        "relay",
-        args,
-        generator,
-        sinks,
-        inputs,
-        &relay_tids,
-        &forwarded,
-    );
-    let dropped: u64 = relays
-        .iter()
-        .map(|(h, _)| {
-            let s = h.stats();
-            s.dropped_scrubber + s.dropped_stranger + s.dropped_no_peer + s.send_errors
-        })
-        .sum();
-    generator.rt.block_on(async {
-        for (h, _) in &relays {
-            h.stop().await;
+        Relays {
+            workers,
+            tids,
+            relays,
         }
-    });
-    drop(relays);
-    drop(workers);
-    (r, dropped)
+    }
+
+    fn inputs(&self) -> Vec<SocketAddr> {
+        self.relays.iter().map(|(h, _)| h.a_addr).collect()
+    }
+
+    fn forwarded(&self) -> u64 {
+        self.relays.iter().map(|(h, _)| h.stats().b_out).sum()
+    }
+
+    /// Packets the relays dropped themselves (scrubber, strangers, no peer, send errors).
+    fn dropped(&self) -> u64 {
+        self.relays
+            .iter()
+            .map(|(h, _)| {
+                let s = h.stats();
+                s.dropped_scrubber + s.dropped_stranger + s.dropped_no_peer + s.send_errors
+            })
+            .sum()
+    }
+
+    fn stop(self, generator: &Generator) {
+        generator.rt.block_on(async {
+            for (h, _) in &self.relays {
+                h.stop().await;
+            }
+        });
+        drop(self.relays);
+        drop(self.workers);
+    }
 }
 
-/// Phase 2 of a round: the same traffic through a bare forwarder (recv + send per packet).
-fn bare_phase(args: &Args, generator: &Generator) -> PhaseResult {
-    let (workers, bare_tids) = measured_workers(args.relay_threads, generator.place.as_ref());
-    let sinks = bind_many(&generator.rt, SINK_SOCKETS);
-    let sink_addrs: Vec<SocketAddr> = sinks
-        .iter()
-        .map(|s| s.local_addr().expect("addr"))
-        .collect();
-    let count = Arc::new(AtomicU64::new(0));
-    let inputs = {
+/// A bare forwarder per stream (recv + send per packet, no processing) on media threads of its
+/// own.
+struct Bare {
+    workers: MediaWorkers,
+    tids: Arc<Mutex<Vec<u32>>>,
+    count: Arc<AtomicU64>,
+    inputs: Vec<SocketAddr>,
+}
+
+impl Bare {
+    fn start(args: &Args, generator: &Generator, sink_addrs: &[SocketAddr]) -> Bare {
+        let (workers, tids) = measured_workers(args.relay_threads, generator.place.as_ref());
+        let count = Arc::new(AtomicU64::new(0));
         let mut inputs = Vec::with_capacity(args.streams);
         for i in 0..args.streams {
             let bind = || {
@@ -629,15 +747,76 @@ fn bare_phase(args: &Args, generator: &Generator) -> PhaseResult {
                 }
             });
         }
-        inputs
+        Bare {
+            workers,
+            tids,
+            count,
+            inputs,
+        }
+    }
+
+    fn forwarded(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Ends the media threads, and with them the forwarding tasks and their sockets.
+    fn stop(self) {
+        drop(self.workers);
+    }
+}
+
+/// One round: the relays' phase, then the bare forwarder's; or, with `--interleave`, both set
+/// up at once and fed in turn.
+fn run_round(
+    args: &Args,
+    generator: &Generator,
+    gen_addrs: &[SocketAddr],
+) -> (PhaseResult, PhaseResult, u64) {
+    let sinks = bind_many(&generator.rt, SINK_SOCKETS);
+    let to = local_addrs(&sinks);
+    let relays = Relays::start(args, generator, gen_addrs, &to);
+    let relay_fwd = || relays.forwarded();
+    let relay = Subject {
+        name: "relay",
+        inputs: relays.inputs(),
+        tids: &relays.tids,
+        forwarded: &relay_fwd,
     };
-    let c2 = count.clone();
-    let forwarded = move || c2.load(Ordering::Relaxed);
-    let r = drive(
-        "bare-udp", args, generator, sinks, inputs, &bare_tids, &forwarded,
-    );
-    drop(workers);
-    r
+    if args.interleave > 0 {
+        let bare = Bare::start(args, generator, &to);
+        let bare_fwd = || bare.forwarded();
+        let forwarder = Subject {
+            name: "bare-udp",
+            inputs: bare.inputs.clone(),
+            tids: &bare.tids,
+            forwarded: &bare_fwd,
+        };
+        let mut r = drive(args, generator, sinks, &[relay, forwarder]).into_iter();
+        let (r1, r2) = (r.next().expect("relay"), r.next().expect("forwarder"));
+        let dropped = relays.dropped();
+        relays.stop(generator);
+        bare.stop();
+        return (r1, r2, dropped);
+    }
+    let r1 = drive(args, generator, sinks, &[relay])
+        .pop()
+        .expect("relay");
+    let dropped = relays.dropped();
+    relays.stop(generator);
+    let sinks = bind_many(&generator.rt, SINK_SOCKETS);
+    let bare = Bare::start(args, generator, &local_addrs(&sinks));
+    let bare_fwd = || bare.forwarded();
+    let forwarder = Subject {
+        name: "bare-udp",
+        inputs: bare.inputs.clone(),
+        tids: &bare.tids,
+        forwarded: &bare_fwd,
+    };
+    let r2 = drive(args, generator, sinks, &[forwarder])
+        .pop()
+        .expect("forwarder");
+    bare.stop();
+    (r1, r2, dropped)
 }
 
 fn per_packet(r: &PhaseResult) -> f64 {
@@ -692,8 +871,7 @@ fn main() {
 
     let mut ratios = Vec::new();
     for round in 1..=args.rounds.max(1) {
-        let (r1, dropped) = relay_phase(&args, &generator, &gen_addrs);
-        let r2 = bare_phase(&args, &generator);
+        let (r1, r2, dropped) = run_round(&args, &generator, &gen_addrs);
         if args.rounds > 1 {
             println!("round {round}");
         }
