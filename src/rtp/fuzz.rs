@@ -20,10 +20,16 @@ pub fn fuzz_packet(data: &[u8]) {
 }
 
 /// Feeds `data`, cut into packets by its own length bytes, through one `Scrubber`, and checks
-/// that every packet is either forwarded within the output buffer or dropped and counted.
+/// that every packet is either forwarded within the output buffer or dropped and counted, and
+/// that a forwarded packet is wholly written by the scrubber: the relay's output buffer is
+/// shared by all the calls on a media thread, so a byte left as it was would carry another
+/// call's audio. A twin scrubber fed the same packets writes into a buffer filled with other
+/// bytes; the two outputs must be equal.
 pub fn fuzz_scrubber(data: &[u8]) {
     let mut s = Scrubber::new(ScrubberConfig::default());
+    let mut twin = Scrubber::new(ScrubberConfig::default());
     let mut out = [0u8; 2048];
+    let mut other = [0u8; 2048];
     let mut rest = data;
     let mut now = 0u64;
     let mut forwarded = 0u64;
@@ -33,14 +39,20 @@ pub fn fuzz_scrubber(data: &[u8]) {
         let (pkt, tail) = tail.split_at(n);
         rest = tail;
         now += 20;
-        match s.process(now, pkt, &mut out, &mut |_| {}) {
+        out.fill(0x00);
+        other.fill(0xA5);
+        let verdict = s.process(now, pkt, &mut out, &mut |_| {});
+        assert_eq!(verdict, twin.process(now, pkt, &mut other, &mut |_| {}));
+        match verdict {
             Verdict::Forward(l) => {
                 assert!(l <= out.len());
+                assert_eq!(out[..l], other[..l], "a forwarded byte was not written");
                 forwarded += 1;
             }
             Verdict::Drop(_) => dropped += 1,
         }
         s.tick(now, &mut |_| {});
+        twin.tick(now, &mut |_| {});
     }
     s.finish(&mut |_| {});
     let st = s.stats();
