@@ -36,6 +36,23 @@ use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Ve
 
 /// Largest datagram accepted; RTP over UDP on Ethernet never comes close.
 const MAX_DATAGRAM: usize = 2048;
+
+/// A relay's receive and output buffers. A packet is read, scrubbed and sent with no await in
+/// between, so one pair per media thread serves all its calls: it stays in cache, and is not
+/// zeroed for every packet as buffers on the stack were (4 KB a packet).
+struct Scratch {
+    rx: [u8; MAX_DATAGRAM],
+    out: [u8; MAX_DATAGRAM],
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch {
+            rx: [0; MAX_DATAGRAM],
+            out: [0; MAX_DATAGRAM],
+        })
+    };
+}
 /// How often time is fed to the scrubber (event timeouts) and inactivity is checked.
 // 100 ms: event timeouts are 250 ms and inactivity is seconds; at thousands of calls a finer tick
 // would cost as many wake-ups as the packets themselves.
@@ -916,6 +933,7 @@ impl Relay {
         &mut self,
         received: std::io::Result<(usize, SocketAddr)>,
         rx: &[u8],
+        out: &mut [u8],
         sources: &mut Sources,
         tick: Pin<&mut Sleep>,
         start: Instant,
@@ -924,10 +942,9 @@ impl Relay {
         let n = admit(received, &mut self.a_rtp, &self.stats.a_in, &self.stats)?;
         let ms = now.duration_since(start).as_millis() as u64;
         let input = rx.get(..n).unwrap_or_default();
-        let mut out = [0u8; MAX_DATAGRAM];
         let verdict = {
             let mut sink = digit_sink(&self.digits, &self.stats);
-            self.scrubber.process(ms, input, &mut out, &mut sink)
+            self.scrubber.process(ms, input, out, &mut sink)
         };
         // An RFC 4733 event whose end packets may be lost needs the short tick for its timeout
         // (RFC 4733 §2.5.2.2); re-armed only when that starts.
@@ -1032,8 +1049,6 @@ impl Relay {
             first = (first + 1) % SOCKETS;
             match wake {
                 Wake::Readable(i) => {
-                    // Read and sent without an await in between, so the buffers live on the
-                    // stack (hot in cache whichever call runs next) rather than in the task.
                     // A caller packet goes through the scrubber, whose state has left the cache
                     // in the 20 ms since the call's last one: fetching it all now overlaps those
                     // misses with the receive system call instead of stalling the detectors on
@@ -1042,44 +1057,48 @@ impl Relay {
                         prefetch(&*self);
                         prefetch(&*self.stats);
                     }
-                    let mut rx = [0u8; MAX_DATAGRAM];
-                    let sock = match i {
-                        0 => &self.a.rtp,
-                        1 => &self.b.rtp,
-                        2 => &self.a.rtcp,
-                        _ => &self.b.rtcp,
-                    };
-                    let r = match sock.try_recv_from(&mut rx) {
-                        // Readiness was stale; tokio has cleared it and the next poll waits.
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        r => r,
-                    };
-                    let rtp = match i {
-                        0 => self.caller_rtp(r, &rx, &mut sources, tick.as_mut(), start),
-                        1 => self.agent_rtp(r, &rx, &mut sources, tick.as_mut(), start),
-                        2 => {
-                            let leg = RtcpLeg {
-                                from: &mut self.a_rtcp,
-                                to: &self.b_rtcp,
-                                out: &self.b.rtcp,
-                                counted_in: &self.stats.rtcp_a_in,
-                                counted_out: &self.stats.rtcp_b_out,
-                            };
-                            relay_rtcp(r, &rx, leg, &self.stats);
-                            None
+                    // Read and sent without an await in between, so the buffers are the media
+                    // thread's, not the task's.
+                    let rtp = SCRATCH.with_borrow_mut(|scratch| {
+                        let Scratch { rx, out } = scratch;
+                        let sock = match i {
+                            0 => &self.a.rtp,
+                            1 => &self.b.rtp,
+                            2 => &self.a.rtcp,
+                            _ => &self.b.rtcp,
+                        };
+                        let r = match sock.try_recv_from(rx) {
+                            // Readiness was stale; tokio has cleared it and the next poll waits.
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                            r => r,
+                        };
+                        match i {
+                            0 => self.caller_rtp(r, rx, out, &mut sources, tick.as_mut(), start),
+                            1 => self.agent_rtp(r, rx, &mut sources, tick.as_mut(), start),
+                            2 => {
+                                let leg = RtcpLeg {
+                                    from: &mut self.a_rtcp,
+                                    to: &self.b_rtcp,
+                                    out: &self.b.rtcp,
+                                    counted_in: &self.stats.rtcp_a_in,
+                                    counted_out: &self.stats.rtcp_b_out,
+                                };
+                                relay_rtcp(r, rx, leg, &self.stats);
+                                None
+                            }
+                            _ => {
+                                let leg = RtcpLeg {
+                                    from: &mut self.b_rtcp,
+                                    to: &self.a_rtcp,
+                                    out: &self.a.rtcp,
+                                    counted_in: &self.stats.rtcp_b_in,
+                                    counted_out: &self.stats.rtcp_a_out,
+                                };
+                                relay_rtcp(r, rx, leg, &self.stats);
+                                None
+                            }
                         }
-                        _ => {
-                            let leg = RtcpLeg {
-                                from: &mut self.b_rtcp,
-                                to: &self.a_rtcp,
-                                out: &self.a.rtcp,
-                                counted_in: &self.stats.rtcp_b_in,
-                                counted_out: &self.stats.rtcp_a_out,
-                            };
-                            relay_rtcp(r, &rx, leg, &self.stats);
-                            None
-                        }
-                    };
+                    });
                     if let Some(at) = rtp {
                         last_rtp = at;
                     }
