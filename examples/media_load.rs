@@ -455,7 +455,7 @@ struct Subject<'a> {
     name: &'static str,
     inputs: Vec<SocketAddr>,
     tids: &'a Mutex<Vec<u32>>,
-    forwarded: &'a dyn Fn() -> u64,
+    forwarded: Box<dyn Fn() -> u64 + 'a>,
 }
 
 /// Runs `args.streams` streams into each subject (stream `i` of subject `j` is number
@@ -490,14 +490,14 @@ fn drive(
     let in_drops0: Vec<u64> = in_ports.iter().map(udp_drops).collect();
     let sink_drops0 = udp_drops(&sink_ports);
     let fwd0: Vec<u64> = subjects.iter().map(|s| (s.forwarded)()).collect();
-    let cpu0: Vec<u64> = subjects
-        .iter()
-        .map(|s| sum_over(s.tids, thread_cpu_ns))
-        .collect();
-    let sw0: Vec<u64> = subjects
-        .iter()
-        .map(|s| sum_over(s.tids, thread_switches))
-        .collect();
+    // A per-thread figure summed over each subject's threads.
+    let each = |per_thread: fn(u32) -> u64| -> Vec<u64> {
+        subjects
+            .iter()
+            .map(|s| sum_over(s.tids, per_thread))
+            .collect()
+    };
+    let (cpu0, sw0) = (each(thread_cpu_ns), each(thread_switches));
     let gen_rt = &generator.rt;
     let sink_tasks: Vec<_> = sinks
         .into_iter()
@@ -532,14 +532,7 @@ fn drive(
             .expect("generator");
     }
     std::thread::sleep(Duration::from_secs(1));
-    let cpu1: Vec<u64> = subjects
-        .iter()
-        .map(|s| sum_over(s.tids, thread_cpu_ns))
-        .collect();
-    let sw1: Vec<u64> = subjects
-        .iter()
-        .map(|s| sum_over(s.tids, thread_switches))
-        .collect();
+    let (cpu1, sw1) = (each(thread_cpu_ns), each(thread_switches));
     let fwd: Vec<u64> = subjects
         .iter()
         .zip(&fwd0)
@@ -681,8 +674,13 @@ impl Relays {
         }
     }
 
-    fn inputs(&self) -> Vec<SocketAddr> {
-        self.relays.iter().map(|(h, _)| h.a_addr).collect()
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            name: "relay",
+            inputs: self.relays.iter().map(|(h, _)| h.a_addr).collect(),
+            tids: &self.tids,
+            forwarded: Box::new(|| self.forwarded()),
+        }
     }
 
     fn forwarded(&self) -> u64 {
@@ -759,6 +757,15 @@ impl Bare {
         self.count.load(Ordering::Relaxed)
     }
 
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            name: "bare-udp",
+            inputs: self.inputs.clone(),
+            tids: &self.tids,
+            forwarded: Box::new(|| self.forwarded()),
+        }
+    }
+
     /// Ends the media threads, and with them the forwarding tasks and their sockets.
     fn stop(self) {
         drop(self.workers);
@@ -775,44 +782,23 @@ fn run_round(
     let sinks = bind_many(&generator.rt, SINK_SOCKETS);
     let to = local_addrs(&sinks);
     let relays = Relays::start(args, generator, gen_addrs, &to);
-    let relay_fwd = || relays.forwarded();
-    let relay = Subject {
-        name: "relay",
-        inputs: relays.inputs(),
-        tids: &relays.tids,
-        forwarded: &relay_fwd,
-    };
     if args.interleave > 0 {
         let bare = Bare::start(args, generator, &to);
-        let bare_fwd = || bare.forwarded();
-        let forwarder = Subject {
-            name: "bare-udp",
-            inputs: bare.inputs.clone(),
-            tids: &bare.tids,
-            forwarded: &bare_fwd,
-        };
-        let mut r = drive(args, generator, sinks, &[relay, forwarder]).into_iter();
+        let mut r = drive(args, generator, sinks, &[relays.subject(), bare.subject()]).into_iter();
         let (r1, r2) = (r.next().expect("relay"), r.next().expect("forwarder"));
         let dropped = relays.dropped();
         relays.stop(generator);
         bare.stop();
         return (r1, r2, dropped);
     }
-    let r1 = drive(args, generator, sinks, &[relay])
+    let r1 = drive(args, generator, sinks, &[relays.subject()])
         .pop()
         .expect("relay");
     let dropped = relays.dropped();
     relays.stop(generator);
     let sinks = bind_many(&generator.rt, SINK_SOCKETS);
     let bare = Bare::start(args, generator, &local_addrs(&sinks));
-    let bare_fwd = || bare.forwarded();
-    let forwarder = Subject {
-        name: "bare-udp",
-        inputs: bare.inputs.clone(),
-        tids: &bare.tids,
-        forwarded: &bare_fwd,
-    };
-    let r2 = drive(args, generator, sinks, &[forwarder])
+    let r2 = drive(args, generator, sinks, &[bare.subject()])
         .pop()
         .expect("forwarder");
     bare.stop();
