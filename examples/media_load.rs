@@ -698,13 +698,16 @@ impl Relays {
             .sum()
     }
 
+    /// Stops every relay and waits until its task has ended, so its ports are closed before the
+    /// next round takes the same range. The media threads themselves end after they are let
+    /// go, not before `drop` returns.
     fn stop(self, generator: &Generator) {
         generator.rt.block_on(async {
-            for (h, _) in &self.relays {
+            for (h, task) in self.relays {
                 h.stop().await;
+                let _ = task.await;
             }
         });
-        drop(self.relays);
         drop(self.workers);
     }
 }
@@ -716,6 +719,7 @@ struct Bare {
     tids: Arc<Mutex<Vec<u32>>>,
     count: Arc<AtomicU64>,
     inputs: Vec<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Bare {
@@ -723,6 +727,7 @@ impl Bare {
         let (workers, tids) = measured_workers(args.relay_threads, generator.place.as_ref());
         let count = Arc::new(AtomicU64::new(0));
         let mut inputs = Vec::with_capacity(args.streams);
+        let mut tasks = Vec::with_capacity(args.streams);
         for i in 0..args.streams {
             let bind = || {
                 let s = std::net::UdpSocket::bind((lo(), 0)).expect("bind");
@@ -734,7 +739,7 @@ impl Bare {
             let to = sink_addrs[i % SINK_SOCKETS];
             let count = count.clone();
             // Registered on the media thread that runs the task, as the relay's sockets are.
-            workers.spawn(async move {
+            let task = workers.spawn(async move {
                 let rx = UdpSocket::from_std(rx).expect("register");
                 let tx = UdpSocket::from_std(tx).expect("register");
                 let mut buf = [0u8; 2048];
@@ -744,8 +749,10 @@ impl Bare {
                     }
                 }
             });
+            tasks.extend(task);
         }
         Bare {
+            tasks,
             workers,
             tids,
             count,
@@ -766,8 +773,15 @@ impl Bare {
         }
     }
 
-    /// Ends the media threads, and with them the forwarding tasks and their sockets.
-    fn stop(self) {
+    /// Ends the forwarding tasks and waits until their sockets are closed (an OS port it held
+    /// may be in the relays' range next round), then lets the media threads go.
+    fn stop(self, generator: &Generator) {
+        generator.rt.block_on(async {
+            for task in self.tasks {
+                task.abort();
+                let _ = task.await;
+            }
+        });
         drop(self.workers);
     }
 }
@@ -788,7 +802,7 @@ fn run_round(
         let (r1, r2) = (r.next().expect("relay"), r.next().expect("forwarder"));
         let dropped = relays.dropped();
         relays.stop(generator);
-        bare.stop();
+        bare.stop(generator);
         return (r1, r2, dropped);
     }
     let r1 = drive(args, generator, sinks, &[relays.subject()])
@@ -801,7 +815,7 @@ fn run_round(
     let r2 = drive(args, generator, sinks, &[bare.subject()])
         .pop()
         .expect("forwarder");
-    bare.stop();
+    bare.stop(generator);
     (r1, r2, dropped)
 }
 
