@@ -1,29 +1,34 @@
 //! Load test for the media relay: N concurrent 50 pps G.711 streams (caller→agent, scrubbing
-//! on) through `net::media` relays built in-process, then the same streams through a bare UDP
-//! forwarder (recv + send, no processing) in the same run, for comparison.
+//! on) through `net::media` relays built in-process, then the same streams through bare UDP
+//! forwarders (recv + send, no processing) in the same run, for comparison.
 //!
 //!     cargo run --release --example media_load -- --streams 2000 --seconds 20
 //!
 //! Options: --streams N (2000), --seconds S (20), --relay-threads T (1), --sink-threads K (1),
-//! --no-scrub (relay with scrubbing off, to separate the relay task's cost from the DSP's),
+//! --no-scrub (relay with scrubbing off, to separate the relay's own cost from the DSP's),
 //! --rounds R (1; relay and forwarder phases alternate R times, median ratio reported),
 //! --dsp-seconds S (10; afterwards, S seconds of every stream's packets through bare scrubbers
 //! with no sockets, to set the DSP's own cost against what scrubbing adds inside the relay),
-//! --pin (measured runtime on its own CPUs, generator and sinks on the others),
-//! --interleave MS (0; otherwise relays and forwarder are both up for the whole round and the
+//! --pin (measured threads on their own CPUs, generator and sinks on the others),
+//! --interleave MS (0; otherwise relays and forwarders are all up for the whole round and the
 //! generator feeds them in turn, MS milliseconds each),
-//! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarder takes
-//! its own from the OS).
+//! --bare KINDS (loop,tokio: which bare forwarders to measure against; see `BareKind`),
+//! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarders take
+//! their own from the OS).
 //!
 //! What is measured, and how:
-//! - CPU: the relays run on media threads (`net::media::MediaWorkers`, one single-threaded
-//!   runtime per thread, as `tonewall run` relays), and in its phase the forwarder runs on the
-//!   same kind of threads. They record their ids at start; the on-CPU time of exactly those
+//! - CPU: the relays run on media threads (`net::media::MediaWorkers`, one event loop per
+//!   thread, as `tonewall run` relays), and each bare forwarder on T threads of its own, pinned
+//!   alike. They record their ids at start; the on-CPU time of exactly those
 //!   threads is read from /proc/self/task/<tid>/schedstat (the scheduler's runtime in
 //!   nanoseconds; utime+stime from /stat, in 10 ms clock ticks, where schedstat is missing) at
 //!   the start and end of the traffic window. Reported as CPU time per 1000 packets received
 //!   and forwarded. The traffic generator (its own OS thread, blocking sockets) and the sinks
 //!   (their own runtime) are not counted.
+//! - Two bare forwarders: `bare-loop` waits on its sockets as the relay does (one epoll loop per
+//!   thread): the like-for-like baseline, whose ratio is the cost of the relay's own work.
+//!   `bare-tokio` is a tokio task per stream, the way an async Rust forwarder is usually
+//!   written, and the relay's own mechanism before it had a loop of its own.
 //! - Loss: packets sent minus packets that reached the sink, after a 1 s drain.
 //! - Added latency: the generator stamps each packet's send time in a side table keyed by
 //!   (SSRC, sequence), which the relay keeps intact; the sink subtracts it from the receive time.
@@ -66,7 +71,7 @@ struct Args {
     /// Threads of the sinks' runtime (the generator has its own thread).
     #[arg(long, default_value_t = 1)]
     sink_threads: usize,
-    /// Relay with scrubbing off (a bit-exact pass-through): isolates the relay task's own cost
+    /// Relay with scrubbing off (a bit-exact pass-through): isolates the relay's own cost
     /// from the DSP's.
     #[arg(long)]
     no_scrub: bool,
@@ -78,18 +83,22 @@ struct Args {
     /// sockets (0: skip).
     #[arg(long, default_value_t = 10)]
     dsp_seconds: u64,
-    /// Pins the relay's (and in its phase the forwarder's) runtime threads to the last CPUs
+    /// Pins the relay's and the forwarders' threads to the last CPUs
     /// and the generator and sinks to the others, so the process being measured does not
     /// share its cores with the load; on a 2-core machine, one core each.
     #[arg(long)]
     pin: bool,
-    /// 0: the relay phase, then the forwarder's. Otherwise both are set up for the whole round,
-    /// each on media threads of its own, and the generator feeds one and then the other, this
-    /// many milliseconds at a time: the machine's other load, which moves over seconds, then
-    /// weighs on both alike. Only one of them has traffic at any moment, so neither pays for
-    /// the other's work in its caches. Each gets half the round's packets.
+    /// 0: the relay phase, then each forwarder's. Otherwise all are set up for the whole round,
+    /// each on threads of its own, and the generator feeds one after the other, this many
+    /// milliseconds at a time: the machine's other load, which moves over seconds, then weighs
+    /// on all alike. Only one of them has traffic at any moment, so none pays for another's
+    /// work in its caches. Each gets an equal share of the round's packets.
     #[arg(long, default_value_t = 0)]
     interleave: u64,
+    /// Bare forwarders to compare with, each measured in the same run: `loop` (one epoll loop
+    /// per thread, as the relay) and `tokio` (a tokio task per stream).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BareKind::Loop, BareKind::Tokio])]
+    bare: Vec<BareKind>,
 }
 
 /// Which CPUs the measured runtime and the load run on, when pinning.
@@ -183,8 +192,7 @@ fn own_tid() -> u32 {
 }
 
 /// Media threads (`net::media::MediaWorkers`, as `tonewall run` relays on) whose ids are all
-/// known, so their CPU time can be read. The bare forwarder runs on the same kind of threads,
-/// so the two phases differ only in what is done per packet.
+/// known, so their CPU time can be read.
 fn measured_workers(
     threads: usize,
     place: Option<&Placement>,
@@ -698,9 +706,8 @@ impl Relays {
             .sum()
     }
 
-    /// Stops every relay and waits until its task has ended, so its ports are closed before the
-    /// next round takes the same range. The media threads themselves end after they are let
-    /// go, not before `drop` returns.
+    /// Stops every relay and waits until it has ended, so its ports are closed before the next
+    /// round takes the same range; then ends the media threads.
     fn stop(self, generator: &Generator) {
         generator.rt.block_on(async {
             for (h, task) in self.relays {
@@ -712,22 +719,50 @@ impl Relays {
     }
 }
 
-/// A bare forwarder per stream (recv + send per packet, no processing) on media threads of its
-/// own.
+/// How a bare forwarder waits for its sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BareKind {
+    /// One epoll loop per thread (mio), the relay's own mechanism: the like-for-like baseline.
+    Loop,
+    /// A tokio task per stream on a single-threaded runtime per thread: what a forwarder
+    /// written the obvious way in async Rust costs.
+    Tokio,
+}
+
+impl BareKind {
+    fn name(self) -> &'static str {
+        match self {
+            BareKind::Loop => "bare-loop",
+            BareKind::Tokio => "bare-tokio",
+        }
+    }
+}
+
+/// One stream's forwarding sockets and where it forwards to.
+type BareStream = (std::net::UdpSocket, std::net::UdpSocket, SocketAddr);
+
+/// A bare forwarder per stream (recv + send per packet, no processing) on measured threads of
+/// its own, pinned as the relays' are.
 struct Bare {
-    workers: MediaWorkers,
+    kind: BareKind,
     tids: Arc<Mutex<Vec<u32>>>,
     count: Arc<AtomicU64>,
     inputs: Vec<SocketAddr>,
-    tasks: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Bare {
-    fn start(args: &Args, generator: &Generator, sink_addrs: &[SocketAddr]) -> Bare {
-        let (workers, tids) = measured_workers(args.relay_threads, generator.place.as_ref());
+    fn start(
+        kind: BareKind,
+        args: &Args,
+        generator: &Generator,
+        sink_addrs: &[SocketAddr],
+    ) -> Bare {
+        let threads = args.relay_threads.max(1);
         let count = Arc::new(AtomicU64::new(0));
         let mut inputs = Vec::with_capacity(args.streams);
-        let mut tasks = Vec::with_capacity(args.streams);
+        let mut per: Vec<Vec<BareStream>> = (0..threads).map(|_| Vec::new()).collect();
         for i in 0..args.streams {
             let bind = || {
                 let s = std::net::UdpSocket::bind((lo(), 0)).expect("bind");
@@ -736,12 +771,126 @@ impl Bare {
             };
             let (rx, tx) = (bind(), bind());
             inputs.push(rx.local_addr().expect("addr"));
-            let to = sink_addrs[i % SINK_SOCKETS];
+            per[i % threads].push((rx, tx, sink_addrs[i % SINK_SOCKETS]));
+        }
+        let tids = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = generator
+            .place
+            .as_ref()
+            .map(|p| p.measured.clone())
+            .unwrap_or_default();
+        let next = Arc::new(AtomicU64::new(0));
+        let handles = per
+            .into_iter()
+            .map(|streams| {
+                let (count, stop, tids, cores, next) = (
+                    count.clone(),
+                    stop.clone(),
+                    tids.clone(),
+                    cores.clone(),
+                    next.clone(),
+                );
+                std::thread::Builder::new()
+                    .name(kind.name().into())
+                    .spawn(move || {
+                        pin_to(&cores, &next);
+                        if let Ok(mut v) = tids.lock() {
+                            v.push(own_tid());
+                        }
+                        match kind {
+                            BareKind::Loop => forward_loop(streams, &count, &stop),
+                            BareKind::Tokio => forward_tasks(streams, &count, &stop),
+                        }
+                    })
+                    .expect("forwarder thread")
+            })
+            .collect();
+        for _ in 0..1000 {
+            if tids.lock().map(|v| v.len()).unwrap_or(0) >= threads {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Bare {
+            kind,
+            tids,
+            count,
+            inputs,
+            stop,
+            threads: handles,
+        }
+    }
+
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            name: self.kind.name(),
+            inputs: self.inputs.clone(),
+            tids: &self.tids,
+            forwarded: Box::new(|| self.count.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Ends the forwarders and waits until their sockets are closed (an OS port one held may be
+    /// in the relays' range next round).
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How often an idle forwarder looks at its stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// One epoll loop over the thread's streams: each readable socket is drained, every datagram
+/// sent on as it came.
+fn forward_loop(streams: Vec<BareStream>, count: &AtomicU64, stop: &AtomicBool) {
+    let mut poll = mio::Poll::new().expect("poll");
+    let mut socks: Vec<(mio::net::UdpSocket, mio::net::UdpSocket, SocketAddr)> = streams
+        .into_iter()
+        .map(|(rx, tx, to)| {
+            let rx = mio::net::UdpSocket::from_std(rx);
+            (rx, mio::net::UdpSocket::from_std(tx), to)
+        })
+        .collect();
+    for (k, s) in socks.iter_mut().enumerate() {
+        poll.registry()
+            .register(&mut s.0, mio::Token(k), mio::Interest::READABLE)
+            .expect("register");
+    }
+    let mut events = mio::Events::with_capacity(1024);
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        if poll.poll(&mut events, Some(STOP_POLL)).is_err() {
+            continue;
+        }
+        for ev in events.iter() {
+            let Some((rx, tx, to)) = socks.get(ev.token().0) else {
+                continue;
+            };
+            while let Ok((len, _)) = rx.recv_from(&mut buf) {
+                if tx.send_to(&buf[..len], *to).is_ok() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// A task per stream on this thread's own single-threaded runtime.
+fn forward_tasks(streams: Vec<BareStream>, count: &Arc<AtomicU64>, stop: &AtomicBool) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for (rx, tx, to) in streams {
             let count = count.clone();
-            // Registered on the media thread that runs the task, as the relay's sockets are.
-            let task = workers.spawn(async move {
-                let rx = UdpSocket::from_std(rx).expect("register");
-                let tx = UdpSocket::from_std(tx).expect("register");
+            let rx = UdpSocket::from_std(rx).expect("register");
+            let tx = UdpSocket::from_std(tx).expect("register");
+            tokio::spawn(async move {
                 let mut buf = [0u8; 2048];
                 while let Ok((len, _)) = rx.recv_from(&mut buf).await {
                     if tx.send_to(&buf[..len], to).await.is_ok() {
@@ -749,74 +898,49 @@ impl Bare {
                     }
                 }
             });
-            tasks.extend(task);
         }
-        Bare {
-            tasks,
-            workers,
-            tids,
-            count,
-            inputs,
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(STOP_POLL).await;
         }
-    }
-
-    fn forwarded(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn subject(&self) -> Subject<'_> {
-        Subject {
-            name: "bare-udp",
-            inputs: self.inputs.clone(),
-            tids: &self.tids,
-            forwarded: Box::new(|| self.forwarded()),
-        }
-    }
-
-    /// Ends the forwarding tasks and waits until their sockets are closed (an OS port it held
-    /// may be in the relays' range next round), then lets the media threads go.
-    fn stop(self, generator: &Generator) {
-        generator.rt.block_on(async {
-            for task in self.tasks {
-                task.abort();
-                let _ = task.await;
-            }
-        });
-        drop(self.workers);
-    }
+    });
+    // Dropping the runtime drops the tasks, and with them their sockets.
 }
 
-/// One round: the relays' phase, then the bare forwarder's; or, with `--interleave`, both set
-/// up at once and fed in turn.
+/// One round: the relays' phase, then each bare forwarder's; or, with `--interleave`, all set
+/// up at once and fed in turn. The relays' result comes first.
 fn run_round(
     args: &Args,
     generator: &Generator,
     gen_addrs: &[SocketAddr],
-) -> (PhaseResult, PhaseResult, u64) {
+) -> (Vec<PhaseResult>, u64) {
     let sinks = bind_many(&generator.rt, SINK_SOCKETS);
     let to = local_addrs(&sinks);
     let relays = Relays::start(args, generator, gen_addrs, &to);
     if args.interleave > 0 {
-        let bare = Bare::start(args, generator, &to);
-        let mut r = drive(args, generator, sinks, &[relays.subject(), bare.subject()]).into_iter();
-        let (r1, r2) = (r.next().expect("relay"), r.next().expect("forwarder"));
+        let bares: Vec<Bare> = args
+            .bare
+            .iter()
+            .map(|&k| Bare::start(k, args, generator, &to))
+            .collect();
+        let mut subjects = vec![relays.subject()];
+        subjects.extend(bares.iter().map(Bare::subject));
+        let results = drive(args, generator, sinks, &subjects);
+        drop(subjects);
         let dropped = relays.dropped();
         relays.stop(generator);
-        bare.stop(generator);
-        return (r1, r2, dropped);
+        bares.into_iter().for_each(Bare::stop);
+        return (results, dropped);
     }
-    let r1 = drive(args, generator, sinks, &[relays.subject()])
-        .pop()
-        .expect("relay");
+    let mut results = drive(args, generator, sinks, &[relays.subject()]);
     let dropped = relays.dropped();
     relays.stop(generator);
-    let sinks = bind_many(&generator.rt, SINK_SOCKETS);
-    let bare = Bare::start(args, generator, &local_addrs(&sinks));
-    let r2 = drive(args, generator, sinks, &[bare.subject()])
-        .pop()
-        .expect("forwarder");
-    bare.stop(generator);
-    (r1, r2, dropped)
+    for &kind in &args.bare {
+        let sinks = bind_many(&generator.rt, SINK_SOCKETS);
+        let bare = Bare::start(kind, args, generator, &local_addrs(&sinks));
+        results.extend(drive(args, generator, sinks, &[bare.subject()]));
+        bare.stop();
+    }
+    (results, dropped)
 }
 
 fn per_packet(r: &PhaseResult) -> f64 {
@@ -869,27 +993,37 @@ fn main() {
         .map(|s| s.local_addr().expect("addr"))
         .collect();
 
-    let mut ratios = Vec::new();
+    // Per bare forwarder, the ratio of each round.
+    let mut ratios: Vec<Vec<f64>> = args.bare.iter().map(|_| Vec::new()).collect();
     for round in 1..=args.rounds.max(1) {
-        let (r1, r2, dropped) = run_round(&args, &generator, &gen_addrs);
+        let (results, dropped) = run_round(&args, &generator, &gen_addrs);
         if args.rounds > 1 {
             println!("round {round}");
         }
-        report(&r1);
-        report(&r2);
+        results.iter().for_each(report);
         println!("relay drops (scrubber/stranger/no-peer/send errors): {dropped}");
-        let ratio = per_packet(&r1) / per_packet(&r2).max(1e-12);
-        println!("CPU ratio relay/bare per packet: {ratio:.2}");
-        ratios.push(ratio);
+        let Some((relay, bares)) = results.split_first() else {
+            continue;
+        };
+        for (bare, rs) in bares.iter().zip(ratios.iter_mut()) {
+            let ratio = per_packet(relay) / per_packet(bare).max(1e-12);
+            println!("CPU ratio relay/{} per packet: {ratio:.2}", bare.name);
+            rs.push(ratio);
+        }
     }
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    for (kind, rs) in args.bare.iter().zip(ratios.iter_mut()) {
+        rs.sort_by(f64::total_cmp);
+        let median = rs.get(rs.len() / 2).copied().unwrap_or(0.0);
+        println!(
+            "median CPU ratio relay/{} per packet over {} round(s): {median:.2} (min {:.2}, max {:.2})",
+            kind.name(),
+            rs.len(),
+            rs.first().copied().unwrap_or(0.0),
+            rs.last().copied().unwrap_or(0.0),
+        );
+    }
     println!(
-        "median CPU ratio relay/bare per packet over {} round(s): {median:.2} (min {:.2}, max {:.2}); scrubber's fixed algorithmic delay {} samples = {:.1} ms (not in the wall-clock latency above)",
-        ratios.len(),
-        ratios.first().copied().unwrap_or(0.0),
-        ratios.last().copied().unwrap_or(0.0),
-        delay,
+        "scrubber's fixed algorithmic delay {delay} samples = {:.1} ms (not in the wall-clock latency above)",
         delay as f64 / 8.0
     );
     if args.dsp_seconds > 0 && !args.no_scrub {

@@ -832,7 +832,11 @@ async fn calls_are_listed_and_binding_switches_scrubbing_on() {
         false,
     );
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    calls.media("41", tx, false);
+    calls.media(
+        "41",
+        tonewall::net::media::ControlSender::unattached(tx),
+        false,
+    );
 
     let r = api.get("/v1/calls").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);

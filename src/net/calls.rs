@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-use crate::net::media::MediaControl;
+use crate::net::media::{ControlSender, MediaControl};
 
 /// What the SIP shell tells the registry about a new call.
 #[derive(Clone, Debug, Serialize)]
@@ -32,7 +31,7 @@ pub struct CallInfo {
 struct Entry {
     info: CallInfo,
     scrubbing: bool,
-    control: Option<mpsc::Sender<MediaControl>>,
+    control: Option<ControlSender>,
 }
 
 /// A call as the API shows it.
@@ -95,7 +94,7 @@ impl CallRegistry {
 
     /// The call's relay is running: later scrubbing changes go to it. A change made before the
     /// relay started is applied now.
-    pub fn media(&self, id: &str, control: mpsc::Sender<MediaControl>, relay_scrubbing: bool) {
+    pub fn media(&self, id: &str, control: ControlSender, relay_scrubbing: bool) {
         let mut calls = self.lock();
         if let Some(e) = calls.get_mut(id) {
             if e.scrubbing != relay_scrubbing {
@@ -164,6 +163,7 @@ fn view(id: &str, e: &Entry) -> CallView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
 
     fn info() -> CallInfo {
         CallInfo {
@@ -181,7 +181,7 @@ mod tests {
         r.started("7", info(), false);
         r.set_scrubbing("7", true).unwrap();
         let (tx, mut rx) = mpsc::channel(4);
-        r.media("7", tx, false);
+        r.media("7", ControlSender::unattached(tx), false);
         assert_eq!(rx.try_recv(), Ok(MediaControl::Scrub(true)));
         r.set_scrubbing("7", false).unwrap();
         assert_eq!(rx.try_recv(), Ok(MediaControl::Scrub(false)));
@@ -196,7 +196,7 @@ mod tests {
         let r = CallRegistry::default();
         r.started("1", info(), true);
         let (tx, mut rx) = mpsc::channel(4);
-        r.media("1", tx, true);
+        r.media("1", ControlSender::unattached(tx), true);
         assert!(rx.try_recv().is_err());
         let json = serde_json::to_string(&r.list()).unwrap();
         assert!(json.contains("\"call_id\":\"1\""), "{json}");

@@ -1,5 +1,5 @@
 //! The per-call RTP relay: two legs (A = trunk/caller, B = contact centre/agent), each a bound
-//! RTP/RTCP port pair, and one task that moves packets between them.
+//! RTP/RTCP port pair, and the state that moves packets between them.
 //!
 //! Caller→agent RTP goes through the `Scrubber`; agent→caller RTP and RTCP both ways pass
 //! through untouched (the agent→caller RTP may be listened to for the agent's keys, read only,
@@ -8,27 +8,23 @@
 //! address (the port may differ behind NAT); packets from any other source are dropped and
 //! counted. Until a leg has latched, packets for it go to the SDP address.
 //!
-//! One task owns all of a call's media state, so the packet path takes no lock and does no map
-//! lookup; control (scrubbing on/off, new peers after a re-INVITE, stop) arrives on a channel
-//! and applies between packets. Per packet it must never allocate (buffers are reused), log, or
-//! hold anything across an await but its own buffers. Digits the scrubber hears go out on a
-//! channel for capture and are never logged.
+//! A call's relay is owned by one media thread's event loop (`media_loop`), so the packet path
+//! takes no lock and does no map lookup; control (scrubbing on/off, new peers after a
+//! re-INVITE, stop) arrives on a channel and applies between packets. Per packet it must never
+//! allocate (buffers are reused), log, or block. Digits the scrubber hears go out on a channel
+//! for capture and are never logged.
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::task::{Context, Poll, Wake as TaskWake, Waker};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use futures_util::task::AtomicWaker;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, Sleep};
 
 use crate::dsp::g711::Codec;
+use crate::net::media_loop::Bell;
 use crate::net::ports::{PortLease, PortPair};
 use crate::rtp::announce::Announcer;
 use crate::rtp::packet::RtpView;
@@ -37,24 +33,27 @@ use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Ve
 /// Largest datagram accepted; RTP over UDP on Ethernet never comes close.
 const MAX_DATAGRAM: usize = 2048;
 
-/// A relay's receive and output buffers. A packet is read, scrubbed and sent with no await in
-/// between, so one pair per media thread serves all its calls: it stays in cache, and is not
-/// zeroed for every packet as buffers on the stack were (4 KB a packet). It is never borrowed
-/// twice: nothing called while it is held runs another task. The scrubber writes every byte of
-/// what it forwards (checked by `rtp::fuzz`), so no call's audio reaches another's packets.
-struct Scratch {
+/// A media thread's receive and output buffers, shared by all its calls: a packet is read,
+/// scrubbed and sent before the next is read. Kept in cache, and not zeroed for every packet as
+/// buffers on the stack would be (4 KB a packet). The scrubber writes every byte of what it
+/// forwards (checked by `rtp::fuzz`), so no call's audio reaches another's packets.
+pub(crate) struct Scratch {
     rx: [u8; MAX_DATAGRAM],
     out: [u8; MAX_DATAGRAM],
 }
 
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = const {
-        std::cell::RefCell::new(Scratch {
+impl Scratch {
+    pub(crate) fn new() -> Scratch {
+        Scratch {
             rx: [0; MAX_DATAGRAM],
             out: [0; MAX_DATAGRAM],
-        })
-    };
+        }
+    }
 }
+
+/// The relay's sockets, numbered as the loop's tokens number them: A RTP, B RTP, A RTCP,
+/// B RTCP.
+pub(crate) const SOCKETS: usize = 4;
 
 /// How often time is fed to the scrubber (event timeouts) and inactivity is checked.
 // 100 ms: event timeouts are 250 ms and inactivity is seconds; at thousands of calls a finer tick
@@ -81,7 +80,8 @@ pub struct RelayOptions {
     pub agent_digits: bool,
     /// Recording length cap, seconds per channel.
     pub max_record_s: u64,
-    /// Media threads to run the relay on (one picked per call); the current runtime when unset.
+    /// Media threads to run the relay on (one picked per call); one thread shared by all relays
+    /// started without their own when unset.
     pub workers: Option<MediaWorkers>,
 }
 
@@ -98,93 +98,7 @@ impl Default for RelayOptions {
     }
 }
 
-/// Threads that run the media relays. Each runs its own single-threaded tokio runtime, and a
-/// call's relay stays on the one it was given for its whole life, so its state (2-3 KB, read on
-/// every packet) and its sockets stay with one core; on a work-stealing runtime a relay task
-/// could move between cores and take that state with it. `media_load` shows no change in CPU
-/// per packet from this (it runs its bare forwarder on the same threads); the gain is a
-/// predictable placement. Calls are dealt round-robin.
-#[derive(Clone)]
-pub struct MediaWorkers {
-    inner: Arc<WorkersInner>,
-}
-
-struct WorkersInner {
-    handles: Vec<tokio::runtime::Handle>,
-    next: std::sync::atomic::AtomicUsize,
-    /// Dropped with the last clone: each thread's runtime then stops, ending its relays.
-    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl std::fmt::Debug for MediaWorkers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MediaWorkers")
-            .field("threads", &self.threads())
-            .finish()
-    }
-}
-
-impl MediaWorkers {
-    /// Starts `threads` media threads (at least one), named `tw-media-N`.
-    pub fn start(threads: usize) -> std::io::Result<MediaWorkers> {
-        MediaWorkers::start_with(threads, || {})
-    }
-
-    /// [`MediaWorkers::start`], running `on_start` first on each new thread (to pin it to a
-    /// CPU, or note its id for accounting).
-    pub fn start_with(
-        threads: usize,
-        on_start: impl Fn() + Send + Sync + 'static,
-    ) -> std::io::Result<MediaWorkers> {
-        let on_start = Arc::new(on_start);
-        let mut handles = Vec::new();
-        let mut stops = Vec::new();
-        for i in 0..threads.max(1) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            handles.push(rt.handle().clone());
-            let on_start = on_start.clone();
-            std::thread::Builder::new()
-                .name(format!("tw-media-{i}"))
-                .spawn(move || {
-                    on_start();
-                    // Ends when every `MediaWorkers` clone is gone (the sender drops).
-                    rt.block_on(async {
-                        let _ = stopped.await;
-                    });
-                })?;
-            stops.push(stop);
-        }
-        Ok(MediaWorkers {
-            inner: Arc::new(WorkersInner {
-                handles,
-                next: std::sync::atomic::AtomicUsize::new(0),
-                _stops: stops,
-            }),
-        })
-    }
-
-    pub fn threads(&self) -> usize {
-        self.inner.handles.len()
-    }
-
-    /// Runs `fut` on the next media thread. Sockets it uses must be registered there (created
-    /// or converted from std inside `fut`) for their readiness to come from that thread.
-    pub fn spawn<F>(&self, fut: F) -> Option<JoinHandle<F::Output>>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.pick().map(|h| h.spawn(fut))
-    }
-
-    fn pick(&self) -> Option<&tokio::runtime::Handle> {
-        let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        self.inner.handles.get(n % self.inner.handles.len().max(1))
-    }
-}
+pub use crate::net::media_loop::MediaWorkers;
 
 /// Commands applied between packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,11 +138,13 @@ pub enum MediaError {
     Recording { path: PathBuf, message: String },
     #[error("recording task failed: {0}")]
     Join(String),
-    #[error("moving the call's sockets to its media thread: {0}")]
-    Rehome(String),
+    #[error("handing the call's sockets to its media thread: {0}")]
+    Register(String),
+    #[error("the media thread ended before the relay was stopped")]
+    ThreadEnded,
 }
 
-/// Counters shared with the handle; updated with relaxed atomics by the relay task only.
+/// Counters shared with the handle; updated with relaxed atomics by the relay's media thread only.
 #[derive(Debug, Default)]
 pub struct RelayStats {
     /// RTP received on leg A from its peer (caller→agent input).
@@ -321,7 +237,7 @@ impl RelayStats {
 struct RtcpLeg<'a> {
     from: &'a mut Latch,
     to: &'a Latch,
-    out: &'a tokio::net::UdpSocket,
+    out: &'a mio::net::UdpSocket,
     counted_in: &'a AtomicU64,
     counted_out: &'a AtomicU64,
 }
@@ -349,15 +265,15 @@ fn admit(
 /// Starts fetching `v`'s bytes into cache, a line at a time; a hint only, which changes no
 /// result.
 #[inline]
-fn prefetch<T>(v: &T) {
+pub(crate) fn prefetch<T>(v: &T) {
     #[cfg(target_arch = "x86_64")]
     {
-        let p = v as *const T as *const u8;
+        let p = (v as *const T).cast::<u8>();
         for off in (0..std::mem::size_of::<T>()).step_by(64) {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
             // SAFETY: a prefetch reads nothing architecturally and never faults, whatever the
             // address (Intel SDM, PREFETCHh); SSE is part of the x86_64 baseline.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8) };
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast::<i8>()) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -387,7 +303,7 @@ fn relay_rtcp(
 /// is full drops the packet (counted as a send error), as a late RTP packet is worth nothing
 /// and waiting would stall both directions. False when the other leg has no peer yet.
 fn forward(
-    out: &tokio::net::UdpSocket,
+    out: &mio::net::UdpSocket,
     pkt: &[u8],
     to: &Latch,
     counted_out: &AtomicU64,
@@ -397,14 +313,14 @@ fn forward(
         bump(&stats.dropped_no_peer);
         return false;
     };
-    match out.try_send_to(pkt, dest) {
+    match out.send_to(pkt, dest) {
         Ok(_) => bump(counted_out),
         Err(_) => bump(&stats.send_errors),
     }
     true
 }
 
-/// Counts one. Each counter has a single writer (the relay task), so a plain load and store
+/// Counts one. Each counter has a single writer (the relay's media thread), so a plain load and store
 /// is enough and avoids a locked read-modify-write per packet; readers see a recent value.
 fn bump(a: &AtomicU64) {
     a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
@@ -417,7 +333,7 @@ fn set(a: &AtomicU64, v: u64) {
 /// The caller's side of a running relay.
 #[derive(Debug)]
 pub struct MediaHandle {
-    control: mpsc::Sender<MediaControl>,
+    control: ControlSender,
     stats: Arc<RelayStats>,
     /// Digits heard on the caller→agent direction, for capture. Never log them.
     pub digits: mpsc::Receiver<ScrubbedDigit>,
@@ -436,7 +352,7 @@ impl MediaHandle {
     }
 
     /// A sender for control commands, for callers that want to keep one apart from the handle.
-    pub fn control(&self) -> mpsc::Sender<MediaControl> {
+    pub fn control(&self) -> ControlSender {
         self.control.clone()
     }
 
@@ -465,7 +381,44 @@ impl MediaHandle {
     }
 }
 
-/// What the relay task returns when it ends.
+/// Sends control commands to a running relay. Like an mpsc sender (a bounded queue per call,
+/// closed once the relay has stopped), and each command sent also wakes the relay's media
+/// thread. When the last clone is dropped the relay stops: nobody could stop it later.
+#[derive(Clone, Debug)]
+pub struct ControlSender {
+    tx: mpsc::Sender<MediaControl>,
+    bell: Option<Arc<Bell>>,
+}
+
+impl ControlSender {
+    /// A sender for a queue nobody wakes for: the receiving end polls it itself (tests of the
+    /// code that sends).
+    pub fn unattached(tx: mpsc::Sender<MediaControl>) -> ControlSender {
+        ControlSender { tx, bell: None }
+    }
+
+    /// Queues `c` without waiting; fails when the queue is full or the relay has stopped.
+    pub fn try_send(&self, c: MediaControl) -> Result<(), mpsc::error::TrySendError<MediaControl>> {
+        self.tx.try_send(c)?;
+        self.ring();
+        Ok(())
+    }
+
+    /// Queues `c`, waiting for room; fails when the relay has stopped.
+    pub async fn send(&self, c: MediaControl) -> Result<(), mpsc::error::SendError<MediaControl>> {
+        self.tx.send(c).await?;
+        self.ring();
+        Ok(())
+    }
+
+    fn ring(&self) {
+        if let Some(b) = &self.bell {
+            b.ring();
+        }
+    }
+}
+
+/// What the relay returns when it ends.
 #[derive(Debug)]
 pub struct RelayOutcome {
     pub stats: RelayStatsSnapshot,
@@ -609,8 +562,10 @@ impl MediaRelay {
         )
     }
 
-    /// Spawns the relay task on the current tokio runtime. `a_peer`/`b_peer` are the RTP
-    /// addresses from each side's SDP (None: latch on whoever sends first).
+    /// Starts the relay on a media thread (`opts.workers`, else one shared by all such relays)
+    /// and returns its handle and a task, on the current tokio runtime, that ends with the relay
+    /// and writes its recording. `a_peer`/`b_peer` are the RTP addresses from each side's SDP
+    /// (None: latch on whoever sends first).
     pub fn start_with(
         a: PortPair,
         b: PortPair,
@@ -620,20 +575,14 @@ impl MediaRelay {
         scrub_on: bool,
         opts: RelayOptions,
     ) -> (MediaHandle, JoinHandle<Result<RelayOutcome, MediaError>>) {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let (control_tx, control_rx) = mpsc::channel(16);
         let (digit_tx, digit_rx) = mpsc::channel(DIGIT_QUEUE);
         let (agent_tx, agent_rx) = mpsc::channel(DIGIT_QUEUE);
         let (event_tx, event_rx) = mpsc::channel(8);
+        let (done_tx, done_rx) = oneshot::channel();
         let stats = Arc::new(RelayStats::default());
-        let handle = MediaHandle {
-            control: control_tx,
-            stats: stats.clone(),
-            digits: digit_rx,
-            agent_digits: agent_rx,
-            events: event_rx,
-            a_addr: a.rtp_addr(),
-            b_addr: b.rtp_addr(),
-        };
+        let (a_addr, b_addr) = (a.rtp_addr(), b.rtp_addr());
         let recorder = opts.record_dir.as_ref().map(|dir| {
             let cap = (opts.max_record_s as usize).saturating_mul(8000);
             Recorder {
@@ -645,36 +594,62 @@ impl MediaRelay {
         let mut cfg = scrubber;
         cfg.enabled = scrub_on;
         let agent_tap = opts.agent_digits.then(|| Box::new(DigitTap::new(&cfg)));
-        let task = Relay {
-            a,
-            b,
-            a_rtp: Latch::new(a_peer),
-            b_rtp: Latch::new(b_peer),
-            a_rtcp: Latch::new(rtcp_of(a_peer)),
-            b_rtcp: Latch::new(rtcp_of(b_peer)),
-            scrubber: Scrubber::new(cfg),
-            agent_tap,
-            stats,
-            digits: digit_tx,
-            agent_digits: agent_tx,
-            events: event_tx,
-            control: control_rx,
-            inactivity: opts.inactivity,
-            recorder,
+        let legs = Leg::take(a).and_then(|a| Ok((a, Leg::take(b)?)));
+        let workers = match opts.workers {
+            Some(w) => Ok(w),
+            None => MediaWorkers::shared(),
         };
-        let mut task = Box::new(task);
-        match opts.workers.as_ref().and_then(MediaWorkers::pick) {
-            Some(worker) => {
-                let task = worker.spawn(async move {
-                    // The sockets were registered with the runtime that allocated them; their
-                    // readiness must come from this thread's own reactor.
-                    task.rehome()?;
-                    task.run().await
-                });
-                (handle, task)
+        let bell = match (legs, workers) {
+            (Ok((a, b)), Ok(workers)) => {
+                let now = Instant::now();
+                let relay = Relay {
+                    a,
+                    b,
+                    a_rtp: Latch::new(a_peer),
+                    b_rtp: Latch::new(b_peer),
+                    a_rtcp: Latch::new(rtcp_of(a_peer)),
+                    b_rtcp: Latch::new(rtcp_of(b_peer)),
+                    scrubber: Scrubber::new(cfg),
+                    agent_tap,
+                    stats: stats.clone(),
+                    digits: digit_tx,
+                    agent_digits: agent_tx,
+                    events: event_tx,
+                    control: control_rx,
+                    inactivity: opts.inactivity,
+                    recorder,
+                    start: now,
+                    last_rtp: now,
+                    inactive: false,
+                    announcing: None,
+                };
+                let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                Some(Arc::new(workers.add(id, Box::new(relay), done_tx)))
             }
-            None => (handle, tokio::spawn(task.run())),
-        }
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = done_tx.send(Err(e));
+                None
+            }
+        };
+        let handle = MediaHandle {
+            control: ControlSender {
+                tx: control_tx,
+                bell,
+            },
+            stats,
+            digits: digit_rx,
+            agent_digits: agent_rx,
+            events: event_rx,
+            a_addr,
+            b_addr,
+        };
+        let task = tokio::spawn(async move {
+            match done_rx.await {
+                Ok(finished) => finished?.write().await,
+                Err(_) => Err(MediaError::ThreadEnded),
+            }
+        });
+        (handle, task)
     }
 }
 
@@ -697,9 +672,44 @@ fn sanitize(label: &str) -> String {
     }
 }
 
-struct Relay {
-    a: PortPair,
-    b: PortPair,
+/// One leg's sockets, owned by the media thread's loop, and the lease on their ports.
+struct Leg {
+    rtp: mio::net::UdpSocket,
+    rtcp: mio::net::UdpSocket,
+    lease: PortLease,
+}
+
+impl Leg {
+    /// Takes the sockets out of the runtime that bound them, for a media thread's loop.
+    fn take(p: PortPair) -> Result<Leg, MediaError> {
+        let err = |e: std::io::Error| MediaError::Register(e.to_string());
+        let own = |s: tokio::net::UdpSocket| s.into_std().map(mio::net::UdpSocket::from_std);
+        Ok(Leg {
+            rtp: own(p.rtp).map_err(err)?,
+            rtcp: own(p.rtcp).map_err(err)?,
+            lease: p.lease,
+        })
+    }
+}
+
+/// The failure announcement being played to the caller.
+struct Announcing {
+    announcer: Announcer,
+    end: Instant,
+    next: Instant,
+}
+
+/// What the loop does after a control command.
+pub(crate) enum After {
+    Go,
+    /// The next tick is due at this time.
+    Rearm(Instant),
+    Stop,
+}
+
+pub(crate) struct Relay {
+    a: Leg,
+    b: Leg,
     a_rtp: Latch,
     b_rtp: Latch,
     a_rtcp: Latch,
@@ -714,6 +724,11 @@ struct Relay {
     control: mpsc::Receiver<MediaControl>,
     inactivity: Duration,
     recorder: Option<Recorder>,
+    /// The media clock's zero: the scrubber's milliseconds count from here.
+    start: Instant,
+    last_rtp: Instant,
+    inactive: bool,
+    announcing: Option<Box<Announcing>>,
 }
 
 /// Hands a digit to capture without waiting: the packet path cannot block on a slow consumer.
@@ -745,215 +760,108 @@ fn counted_sink<'a>(
     }
 }
 
-/// What woke the relay task.
-enum Wake {
-    Control(Option<MediaControl>),
-    /// One of the four sockets (index into [`SOCKETS`]) has something to read.
-    Readable(usize),
-    Tick,
-}
-
-/// The relay's sockets in polling order: A RTP, B RTP, A RTCP, B RTCP.
-const SOCKETS: usize = 4;
-/// The other two sources the task waits on, numbered after the sockets.
-const CONTROL: usize = SOCKETS;
-const TIMER: usize = SOCKETS + 1;
-const SOURCES: usize = SOCKETS + 2;
-const ALL_SOURCES: u8 = (1 << SOURCES) - 1;
-
-/// Which of the relay task's sources have fired since it last looked.
-struct WakeSet {
-    fired: AtomicU8,
-    task: AtomicWaker,
-}
-
-/// The waker one source (a socket, the control channel, the timer) is polled with: it notes
-/// the source, then wakes the task.
-struct SourceWaker {
-    set: Arc<WakeSet>,
-    bit: u8,
-}
-
-impl TaskWake for SourceWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.set.fired.fetch_or(self.bit, Ordering::AcqRel);
-        self.set.task.wake();
-    }
-}
-
-/// Polls only the sources that can be ready. Every source is polled with its own waker, so a
-/// wake-up says which source fired; at 50 packets a second on one socket the other five cost
-/// nothing per packet (in tokio each poll of a source that is not ready takes a lock to store
-/// its waker, and a channel poll walks its block list).
-struct Sources {
-    set: Arc<WakeSet>,
-    wakers: [Waker; SOURCES],
-    /// Sources to poll on this wake-up: those that fired, and those that were ready last time
-    /// (a socket that gave a datagram may hold more; it is polled until it says Pending).
-    due: u8,
-}
-
-impl Sources {
-    fn new() -> Sources {
-        let set = Arc::new(WakeSet {
-            fired: AtomicU8::new(0),
-            task: AtomicWaker::new(),
-        });
-        let wakers = std::array::from_fn(|i| {
-            Waker::from(Arc::new(SourceWaker {
-                set: set.clone(),
-                bit: 1 << i,
-            }))
-        });
-        Sources {
-            set,
-            wakers,
-            due: ALL_SOURCES,
-        }
-    }
-
-    /// Polls a source with its own waker; a source that is not ready drops out of `due` until
-    /// its waker fires.
-    fn poll<T>(&mut self, i: usize, f: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-        let bit = 1u8 << i;
-        if self.due & bit == 0 {
-            return Poll::Pending;
-        }
-        let Some(waker) = self.wakers.get(i) else {
-            return Poll::Pending;
-        };
-        let r = f(&mut Context::from_waker(waker));
-        if r.is_pending() {
-            self.due &= !bit;
-        }
-        r
-    }
-
-    /// Re-arms the timer; it is polled on the next wake-up so that it registers its deadline
-    /// under its own waker.
-    fn rearm(&mut self, tick: Pin<&mut Sleep>, at: Instant) {
-        tick.reset(at);
-        self.due |= 1 << TIMER;
-    }
-
-    /// After something else has polled the sources with the task's own waker (the
-    /// announcement), every source is polled again to get its own waker back.
-    fn poll_all(&mut self) {
-        self.due = ALL_SOURCES;
-    }
-}
-
-/// Polls the sources that may be ready, starting the sockets at `first` so that a flooded
-/// socket cannot starve the others. Unlike `select!` over fresh `recv_from` futures, nothing is
-/// registered and deregistered per packet.
-fn poll_wake(
-    cx: &mut Context<'_>,
-    src: &mut Sources,
-    control: &mut mpsc::Receiver<MediaControl>,
-    socks: [&tokio::net::UdpSocket; SOCKETS],
-    mut tick: Pin<&mut Sleep>,
-    first: usize,
-) -> Poll<Wake> {
-    // Registered before the fired set is read, so a source firing in between wakes us again.
-    src.set.task.register(cx.waker());
-    src.due |= src.set.fired.swap(0, Ordering::AcqRel);
-    if let Poll::Ready(c) = src.poll(CONTROL, |cx| control.poll_recv(cx)) {
-        return Poll::Ready(Wake::Control(c));
-    }
-    for j in 0..SOCKETS {
-        let i = (first + j) % SOCKETS;
-        let Some(sock) = socks.get(i) else {
-            continue;
-        };
-        // Readiness only: the datagram is read after the wait, into a buffer on the stack.
-        if src.poll(i, |cx| sock.poll_recv_ready(cx)).is_ready() {
-            return Poll::Ready(Wake::Readable(i));
-        }
-    }
-    if src.poll(TIMER, |cx| tick.as_mut().poll(cx)).is_ready() {
-        // An elapsed sleep stays ready; the tick is handled once and then re-armed.
-        src.due &= !(1 << TIMER);
-        return Poll::Ready(Wake::Tick);
-    }
-    Poll::Pending
-}
+/// The interval of the announcement's packets.
+const ANNOUNCE_PTIME: Duration = Duration::from_millis(20);
 
 impl Relay {
-    /// Re-registers the call's four sockets with the current runtime's reactor. Each is
-    /// duplicated and the duplicate registered here; the original leaves the reactor it was
-    /// allocated under when it drops.
-    fn rehome(&mut self) -> Result<(), MediaError> {
-        fn here(sock: &tokio::net::UdpSocket) -> std::io::Result<tokio::net::UdpSocket> {
-            use std::os::fd::AsFd;
-            let fd = sock.as_fd().try_clone_to_owned()?;
-            tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))
+    /// Socket `i` in the loop's numbering.
+    pub(crate) fn socket(&mut self, i: usize) -> &mut mio::net::UdpSocket {
+        match i {
+            0 => &mut self.a.rtp,
+            1 => &mut self.b.rtp,
+            2 => &mut self.a.rtcp,
+            _ => &mut self.b.rtcp,
         }
-        let err = |e: std::io::Error| MediaError::Rehome(e.to_string());
-        for pair in [&mut self.a, &mut self.b] {
-            pair.rtp = here(&pair.rtp).map_err(err)?;
-            pair.rtcp = here(&pair.rtcp).map_err(err)?;
-        }
-        Ok(())
     }
 
-    /// Plays the failure announcement ([`Announcer`]) to the caller leg in real time. Nothing
-    /// is relayed meanwhile: the call is being given up. True when told to stop.
-    async fn announce(&mut self, dur: Duration) -> bool {
-        let Some(dest) = self.a_rtp.dest() else {
-            return false;
-        };
-        let codec = self.scrubber.config().default_codec;
-        let mut ann = Announcer::new(codec, rand::random(), rand::random(), rand::random());
-        let mut buf = [0u8; 256];
-        let mut every = tokio::time::interval(Duration::from_millis(20));
-        let end = Instant::now() + dur;
-        while Instant::now() < end {
-            tokio::select! {
-                _ = every.tick() => {
-                    let n = ann.next_packet(&mut buf);
-                    match self.a.rtp.send_to(buf.get(..n).unwrap_or_default(), dest).await {
-                        Ok(_) => bump(&self.stats.a_out),
-                        Err(_) => bump(&self.stats.send_errors),
-                    }
+    /// Starts fetching what a packet on socket `i` will read. A caller packet goes through the
+    /// scrubber, whose state has left the cache in the 20 ms since the call's last one; the loop
+    /// asks for it one ready socket ahead, so those misses overlap with the system calls of the
+    /// packet before instead of stalling the detectors one line at a time. Other packets never
+    /// read most of it.
+    pub(crate) fn prefetch(&self, i: usize) {
+        if i == 0 {
+            prefetch(self);
+            prefetch(&*self.stats);
+        }
+    }
+
+    /// The media thread has taken the call on at `now`; returns when its first tick is due.
+    pub(crate) fn started(&mut self, now: Instant) -> Instant {
+        self.start = now;
+        self.last_rtp = now;
+        now + self.idle_tick()
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    /// Reads and relays what socket `i` holds, up to `budget` datagrams. True when the budget
+    /// ran out first (the socket may hold more).
+    pub(crate) fn readable(
+        &mut self,
+        i: usize,
+        now: Instant,
+        scratch: &mut Scratch,
+        budget: usize,
+    ) -> bool {
+        let Scratch { rx, out } = scratch;
+        for _ in 0..budget {
+            let r = match self.socket(i).recv_from(rx) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                r => r,
+            };
+            // Being given up: nothing is relayed any more (read, so that nothing piles up).
+            if self.announcing.is_some() {
+                continue;
+            }
+            match i {
+                0 => self.caller_rtp(r, rx, out, now),
+                1 => self.agent_rtp(r, rx, now),
+                2 => {
+                    let leg = RtcpLeg {
+                        from: &mut self.a_rtcp,
+                        to: &self.b_rtcp,
+                        out: &self.b.rtcp,
+                        counted_in: &self.stats.rtcp_a_in,
+                        counted_out: &self.stats.rtcp_b_out,
+                    };
+                    relay_rtcp(r, rx, leg, &self.stats);
                 }
-                c = self.control.recv() => match c {
-                    Some(MediaControl::Stop) | None => return true,
-                    // Scrubbing, peers and the rest no longer matter for this call.
-                    Some(_) => {}
-                },
+                _ => {
+                    let leg = RtcpLeg {
+                        from: &mut self.b_rtcp,
+                        to: &self.a_rtcp,
+                        out: &self.a.rtcp,
+                        counted_in: &self.stats.rtcp_b_in,
+                        counted_out: &self.stats.rtcp_a_out,
+                    };
+                    relay_rtcp(r, rx, leg, &self.stats);
+                }
             }
         }
-        false
+        true
     }
 
-    /// Caller→agent RTP: latched, scrubbed and sent on. Returns when it arrived if it came
-    /// from the caller.
+    /// Caller→agent RTP: latched, scrubbed and sent on.
     fn caller_rtp(
         &mut self,
         received: std::io::Result<(usize, SocketAddr)>,
         rx: &[u8],
         out: &mut [u8],
-        sources: &mut Sources,
-        tick: Pin<&mut Sleep>,
-        start: Instant,
-    ) -> Option<Instant> {
-        let now = Instant::now();
-        let n = admit(received, &mut self.a_rtp, &self.stats.a_in, &self.stats)?;
-        let ms = now.duration_since(start).as_millis() as u64;
+        now: Instant,
+    ) {
+        let Some(n) = admit(received, &mut self.a_rtp, &self.stats.a_in, &self.stats) else {
+            return;
+        };
+        self.last_rtp = now;
+        let ms = self.ms(now);
         let input = rx.get(..n).unwrap_or_default();
         let verdict = {
             let mut sink = digit_sink(&self.digits, &self.stats);
             self.scrubber.process(ms, input, out, &mut sink)
         };
-        // An RFC 4733 event whose end packets may be lost needs the short tick for its timeout
-        // (RFC 4733 §2.5.2.2); re-armed only when that starts.
-        if self.scrubber.event_pending() && tick.deadline() > now + TICK {
-            sources.rearm(tick, now + TICK);
-        }
         let sc = self.scrubber.stats();
         set(&self.stats.samples_masked, sc.samples_masked);
         set(&self.stats.events_stripped, sc.events_converted);
@@ -961,7 +869,7 @@ impl Relay {
             Verdict::Forward(len) => len,
             Verdict::Drop(_) => {
                 bump(&self.stats.dropped_scrubber);
-                return Some(now);
+                return;
             }
         };
         let pkt = out.get(..len).unwrap_or_default();
@@ -972,27 +880,26 @@ impl Relay {
             &self.stats.b_out,
             &self.stats,
         ) {
-            return Some(now);
+            return;
         }
         if let Some(rec) = self.recorder.as_mut() {
             rec.agent.put(pkt, ms as usize * 8);
         }
-        Some(now)
     }
 
     /// Agent→caller RTP: latched and sent on as it came, then listened to for the agent's
-    /// keys when that is on. Returns when it arrived if it came from the agent.
+    /// keys when that is on.
     fn agent_rtp(
         &mut self,
         received: std::io::Result<(usize, SocketAddr)>,
         rx: &[u8],
-        sources: &mut Sources,
-        tick: Pin<&mut Sleep>,
-        start: Instant,
-    ) -> Option<Instant> {
-        let now = Instant::now();
-        let n = admit(received, &mut self.b_rtp, &self.stats.b_in, &self.stats)?;
-        let ms = now.duration_since(start).as_millis() as u64;
+        now: Instant,
+    ) {
+        let Some(n) = admit(received, &mut self.b_rtp, &self.stats.b_in, &self.stats) else {
+            return;
+        };
+        self.last_rtp = now;
+        let ms = self.ms(now);
         let pkt = rx.get(..n).unwrap_or_default();
         if !forward(
             &self.a.rtp,
@@ -1001,20 +908,31 @@ impl Relay {
             &self.stats.a_out,
             &self.stats,
         ) {
-            return Some(now);
+            return;
         }
         // Listened to after it has gone out as it came: the tap only reads.
         if let Some(tap) = self.agent_tap.as_mut() {
             let mut sink = agent_sink(&self.agent_digits, &self.stats);
             tap.observe(ms, pkt, &mut sink);
-            if tap.event_pending() && tick.deadline() > now + TICK {
-                sources.rearm(tick, now + TICK);
-            }
         }
         if let Some(rec) = self.recorder.as_mut() {
             rec.caller.put(pkt, ms as usize * 8);
         }
-        Some(now)
+    }
+
+    /// Whether an RFC 4733 event is sounding, whose timeout needs the short tick.
+    fn event_pending(&self) -> bool {
+        self.scrubber.event_pending()
+            || self
+                .agent_tap
+                .as_deref()
+                .is_some_and(DigitTap::event_pending)
+    }
+
+    /// When a tick is needed by, if sooner than the idle period: an RFC 4733 event whose end
+    /// packets may be lost needs the short tick for its timeout (RFC 4733 §2.5.2.2).
+    pub(crate) fn tick_needed_by(&self, now: Instant) -> Option<Instant> {
+        self.event_pending().then(|| now + TICK)
     }
 
     /// How often time is fed to the scrubber and silence checked while no RFC 4733 event is
@@ -1023,161 +941,117 @@ impl Relay {
         (self.inactivity / 10).clamp(TICK, IDLE_TICK)
     }
 
-    // Boxed: the task's future then holds a pointer, not the relay's state twice over (an
-    // async fn keeps its argument and the moved-in value apart), and the state a packet touches
-    // sits in one allocation — at thousands of calls, cache and TLB misses are most of the
-    // relay's own cost per packet.
-    async fn run(mut self: Box<Self>) -> Result<RelayOutcome, MediaError> {
-        let start = Instant::now();
-        let idle_tick = self.idle_tick();
-        let mut tick = Box::pin(tokio::time::sleep_until(start + idle_tick));
-        let mut last_rtp = start;
-        let mut inactive = false;
-        let mut first = 0usize;
-        let mut sources = Sources::new();
-        let now_ms = |t: Instant| t.duration_since(start).as_millis() as u64;
-
-        loop {
-            let wake = std::future::poll_fn(|cx| {
-                poll_wake(
-                    cx,
-                    &mut sources,
-                    &mut self.control,
-                    [&self.a.rtp, &self.b.rtp, &self.a.rtcp, &self.b.rtcp],
-                    tick.as_mut(),
-                    first,
-                )
-            })
-            .await;
-            first = (first + 1) % SOCKETS;
-            match wake {
-                Wake::Readable(i) => {
-                    // A caller packet goes through the scrubber, whose state has left the cache
-                    // in the 20 ms since the call's last one: fetching it all now overlaps those
-                    // misses with the receive system call instead of stalling the detectors on
-                    // them one line at a time. Other packets never read most of it.
-                    if i == 0 {
-                        prefetch(&*self);
-                        prefetch(&*self.stats);
-                    }
-                    // Read and sent without an await in between, so the buffers are the media
-                    // thread's, not the task's.
-                    let rtp = SCRATCH.with_borrow_mut(|scratch| {
-                        let Scratch { rx, out } = scratch;
-                        let sock = match i {
-                            0 => &self.a.rtp,
-                            1 => &self.b.rtp,
-                            2 => &self.a.rtcp,
-                            _ => &self.b.rtcp,
-                        };
-                        let r = match sock.try_recv_from(rx) {
-                            // Readiness was stale; tokio has cleared it and the next poll waits.
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
-                            r => r,
-                        };
-                        match i {
-                            0 => self.caller_rtp(r, rx, out, &mut sources, tick.as_mut(), start),
-                            1 => self.agent_rtp(r, rx, &mut sources, tick.as_mut(), start),
-                            2 => {
-                                let leg = RtcpLeg {
-                                    from: &mut self.a_rtcp,
-                                    to: &self.b_rtcp,
-                                    out: &self.b.rtcp,
-                                    counted_in: &self.stats.rtcp_a_in,
-                                    counted_out: &self.stats.rtcp_b_out,
-                                };
-                                relay_rtcp(r, rx, leg, &self.stats);
-                                None
-                            }
-                            _ => {
-                                let leg = RtcpLeg {
-                                    from: &mut self.b_rtcp,
-                                    to: &self.a_rtcp,
-                                    out: &self.a.rtcp,
-                                    counted_in: &self.stats.rtcp_b_in,
-                                    counted_out: &self.stats.rtcp_a_out,
-                                };
-                                relay_rtcp(r, rx, leg, &self.stats);
-                                None
-                            }
-                        }
-                    });
-                    if let Some(at) = rtp {
-                        last_rtp = at;
+    /// The tick due at `at` (the loop runs it at `now`): time for the scrubber's event timeouts,
+    /// the inactivity check, or the announcement's next packet. Returns when the next is due.
+    pub(crate) fn tick(&mut self, at: Instant, now: Instant) -> Instant {
+        if let Some(ann) = self.announcing.as_deref_mut() {
+            if now < ann.end {
+                if let Some(dest) = self.a_rtp.dest() {
+                    let mut buf = [0u8; 256];
+                    let n = ann.announcer.next_packet(&mut buf);
+                    match self.a.rtp.send_to(buf.get(..n).unwrap_or_default(), dest) {
+                        Ok(_) => bump(&self.stats.a_out),
+                        Err(_) => bump(&self.stats.send_errors),
                     }
                 }
-                Wake::Control(c) => match c {
-                    Some(MediaControl::Scrub(on)) => {
-                        let mut sink = digit_sink(&self.digits, &self.stats);
-                        self.scrubber.set_enabled(on, &mut sink);
-                    }
-                    Some(MediaControl::Peers { a, b }) => {
-                        self.a_rtp.update(a);
-                        self.b_rtp.update(b);
-                        self.a_rtcp.update(rtcp_of(a));
-                        self.b_rtcp.update(rtcp_of(b));
-                    }
-                    Some(MediaControl::EventPayloadType(pt)) => {
-                        self.scrubber.set_event_pt(pt);
-                        if let Some(tap) = self.agent_tap.as_mut() {
-                            tap.set_event_pt(pt);
-                        }
-                    }
-                    Some(MediaControl::AgentDigits(on)) => {
-                        if on && self.agent_tap.is_none() {
-                            self.agent_tap = Some(Box::new(DigitTap::new(self.scrubber.config())));
-                        } else if !on && let Some(mut tap) = self.agent_tap.take() {
-                            let mut sink = agent_sink(&self.agent_digits, &self.stats);
-                            tap.finish(&mut sink);
-                        }
-                    }
-                    Some(MediaControl::Announce(d)) => {
-                        if self.announce(d).await {
-                            break;
-                        }
-                        sources.poll_all();
-                    }
-                    // Every handle gone is a stop too: nobody could stop us later.
-                    Some(MediaControl::Stop) | None => break,
-                },
-                Wake::Tick => {
-                    let t = tick.deadline();
-                    {
-                        let mut sink = digit_sink(&self.digits, &self.stats);
-                        self.scrubber.tick(now_ms(t), &mut sink);
-                    }
-                    if let Some(tap) = self.agent_tap.as_mut() {
-                        let mut sink = agent_sink(&self.agent_digits, &self.stats);
-                        tap.tick(now_ms(t), &mut sink);
-                    }
-                    let silent = t.saturating_duration_since(last_rtp) >= self.inactivity;
-                    if silent != inactive {
-                        inactive = silent;
-                        let ev = if silent {
-                            MediaEvent::Inactive
-                        } else {
-                            MediaEvent::Active
-                        };
-                        let _ = self.events.try_send(ev);
-                    }
-                    // Missed ticks are not made up: the next is one period from now.
-                    let tap_pending = self
-                        .agent_tap
-                        .as_deref()
-                        .is_some_and(DigitTap::event_pending);
-                    let period = if self.scrubber.event_pending() || tap_pending {
-                        TICK
-                    } else {
-                        idle_tick
-                    };
-                    sources.rearm(tick.as_mut(), Instant::now() + period);
-                }
+                // On the 20 ms grid; a late loop skips what it missed rather than bursting.
+                ann.next = (ann.next + ANNOUNCE_PTIME).max(now);
+                return ann.next;
             }
+            // Played out: relaying resumes, should the call go on.
+            self.announcing = None;
         }
-        self.finish().await
+        let ms = self.ms(at);
+        {
+            let mut sink = digit_sink(&self.digits, &self.stats);
+            self.scrubber.tick(ms, &mut sink);
+        }
+        if let Some(tap) = self.agent_tap.as_mut() {
+            let mut sink = agent_sink(&self.agent_digits, &self.stats);
+            tap.tick(ms, &mut sink);
+        }
+        let silent = at.saturating_duration_since(self.last_rtp) >= self.inactivity;
+        if silent != self.inactive {
+            self.inactive = silent;
+            let ev = if silent {
+                MediaEvent::Inactive
+            } else {
+                MediaEvent::Active
+            };
+            let _ = self.events.try_send(ev);
+        }
+        // Missed ticks are not made up: the next is one period from now.
+        let period = if self.event_pending() {
+            TICK
+        } else {
+            self.idle_tick()
+        };
+        now + period
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<RelayOutcome, MediaError> {
+    pub(crate) fn next_control(&mut self) -> Result<MediaControl, mpsc::error::TryRecvError> {
+        self.control.try_recv()
+    }
+
+    /// Applies a control command between packets.
+    pub(crate) fn apply(&mut self, c: MediaControl, now: Instant) -> After {
+        if self.announcing.is_some() {
+            // Scrubbing, peers and the rest no longer matter for this call.
+            return match c {
+                MediaControl::Stop => After::Stop,
+                _ => After::Go,
+            };
+        }
+        match c {
+            MediaControl::Scrub(on) => {
+                let mut sink = digit_sink(&self.digits, &self.stats);
+                self.scrubber.set_enabled(on, &mut sink);
+            }
+            MediaControl::Peers { a, b } => {
+                self.a_rtp.update(a);
+                self.b_rtp.update(b);
+                self.a_rtcp.update(rtcp_of(a));
+                self.b_rtcp.update(rtcp_of(b));
+            }
+            MediaControl::EventPayloadType(pt) => {
+                self.scrubber.set_event_pt(pt);
+                if let Some(tap) = self.agent_tap.as_mut() {
+                    tap.set_event_pt(pt);
+                }
+            }
+            MediaControl::AgentDigits(on) => {
+                if on && self.agent_tap.is_none() {
+                    self.agent_tap = Some(Box::new(DigitTap::new(self.scrubber.config())));
+                } else if !on && let Some(mut tap) = self.agent_tap.take() {
+                    let mut sink = agent_sink(&self.agent_digits, &self.stats);
+                    tap.finish(&mut sink);
+                }
+            }
+            MediaControl::Announce(d) => {
+                // With no caller address there is nobody to play it to.
+                if self.a_rtp.dest().is_some() {
+                    let codec = self.scrubber.config().default_codec;
+                    self.announcing = Some(Box::new(Announcing {
+                        announcer: Announcer::new(
+                            codec,
+                            rand::random(),
+                            rand::random(),
+                            rand::random(),
+                        ),
+                        end: now + d,
+                        next: now,
+                    }));
+                    return After::Rearm(now);
+                }
+            }
+            MediaControl::Stop => return After::Stop,
+        }
+        After::Go
+    }
+
+    /// Ends the relay: reports what the detectors still held, closes the sockets and gives the
+    /// ports back. The recording, if any, is left to be written off the media thread.
+    pub(crate) fn finish(mut self: Box<Self>) -> Finished {
         {
             let mut sink = digit_sink(&self.digits, &self.stats);
             self.scrubber.finish(&mut sink);
@@ -1186,10 +1060,10 @@ impl Relay {
             let mut sink = agent_sink(&self.agent_digits, &self.stats);
             tap.finish(&mut sink);
         }
-        self.stats
-            .samples_masked
-            .store(self.scrubber.stats().samples_masked, Ordering::Relaxed);
-        // Close the sockets and give the ports back before the (slow) recording write.
+        set(
+            &self.stats.samples_masked,
+            self.scrubber.stats().samples_masked,
+        );
         let Relay {
             a,
             b,
@@ -1197,10 +1071,24 @@ impl Relay {
             stats,
             ..
         } = *self;
+        // Sockets closed before the leases re-queue their ports.
         let leases: (PortLease, PortLease) = (a.lease, b.lease);
         drop((a.rtp, a.rtcp, b.rtp, b.rtcp));
         drop(leases);
-        let recording = match recorder {
+        Finished { recorder, stats }
+    }
+}
+
+/// A stopped relay's counters and recording, handed from its media thread back to the runtime
+/// that started it.
+pub(crate) struct Finished {
+    recorder: Option<Recorder>,
+    stats: Arc<RelayStats>,
+}
+
+impl Finished {
+    async fn write(self) -> Result<RelayOutcome, MediaError> {
+        let recording = match self.recorder {
             None => None,
             Some(rec) => {
                 let path = rec.path.clone();
@@ -1222,7 +1110,7 @@ impl Relay {
             }
         };
         Ok(RelayOutcome {
-            stats: stats.snapshot(),
+            stats: self.stats.snapshot(),
             recording,
         })
     }

@@ -27,7 +27,7 @@ use crate::dsp::g711::Codec;
 use crate::net::api::{ApiState, SessionRef};
 use crate::net::calls::CallInfo;
 use crate::net::media::{
-    MediaControl, MediaEvent, MediaHandle, MediaRelay, MediaWorkers, RelayOptions,
+    ControlSender, MediaControl, MediaEvent, MediaHandle, MediaRelay, MediaWorkers, RelayOptions,
     RelayStatsSnapshot,
 };
 use crate::net::ports::{PortPair, PortPool};
@@ -117,7 +117,7 @@ impl PortAllocator for ShellPorts {
 
 /// A running relay, as the core task sees it.
 struct RelayRef {
-    control: mpsc::Sender<MediaControl>,
+    control: ControlSender,
     a_local: u16,
     b_local: u16,
     event_pt: Option<u8>,
@@ -630,7 +630,7 @@ impl Shell {
     }
 }
 
-fn stop_relay(control: &mpsc::Sender<MediaControl>) {
+fn stop_relay(control: &ControlSender) {
     if let Err(mpsc::error::TrySendError::Full(_)) = control.try_send(MediaControl::Stop) {
         let c = control.clone();
         tokio::spawn(async move {
