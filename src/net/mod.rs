@@ -1,6 +1,7 @@
-//! Tokio shells around the sans-IO cores: RTP sockets and the port pool, SIP transports, the
-//! control API and metrics. They own sockets, timers and tasks and feed the cores; protocol
-//! and DSP rules live in `sip`, `rtp`, `dsp` and `payment`.
+//! Shells around the sans-IO cores: RTP sockets and the port pool, SIP transports, the control
+//! API and metrics on tokio; the media relays on event loops of their own (`media_loop`), where a
+//! tokio task per call cost more per packet than the scrubber. They own sockets, timers and
+//! tasks and feed the cores; protocol and DSP rules live in `sip`, `rtp`, `dsp` and `payment`.
 
 pub mod api;
 pub mod calls;
