@@ -296,6 +296,14 @@ impl Loop {
                 // Nothing on this thread can be served any more; the calls' owners see their
                 // relays end.
                 tracing::error!(error = %e, "media thread cannot wait for packets; its calls end");
+                // Calls dealt to it from now on are turned away (their owners see them end)
+                // rather than left waiting in the inbox.
+                let added = {
+                    let mut s = self.inbox.lock();
+                    s.closed = true;
+                    std::mem::take(&mut s.added)
+                };
+                drop(added);
                 return;
             }
             // One clock read per wake-up, however many packets it brings.
