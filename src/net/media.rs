@@ -955,7 +955,12 @@ impl Relay {
                     }
                 }
                 // On the 20 ms grid; a late loop skips what it missed rather than bursting.
-                ann.next = (ann.next + ANNOUNCE_PTIME).max(now);
+                let next = ann.next + ANNOUNCE_PTIME;
+                ann.next = if next <= now {
+                    now + ANNOUNCE_PTIME
+                } else {
+                    next
+                };
                 return ann.next;
             }
             // Played out: relaying resumes, should the call go on.
