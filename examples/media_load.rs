@@ -14,6 +14,7 @@
 //! generator feeds them in turn, MS milliseconds each),
 //! --bare KINDS (loop,tokio: which bare forwarders to measure against; see `BareKind`),
 //! --sink wait|poll (wait; how the sinks receive, see `SinkKind`),
+//! --one-way-bare (`bare-loop` does not watch the sockets it sends from; see `forward_loop`),
 //! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarders take
 //! their own from the OS).
 //!
@@ -104,6 +105,10 @@ struct Args {
     /// `poll` (a thread that empties the sockets every millisecond and is never woken).
     #[arg(long, value_enum, default_value_t = SinkKind::Wait)]
     sink: SinkKind,
+    /// `bare-loop` watches only the sockets it receives on, not the ones it sends from: a
+    /// one-way forwarder, cheaper than anything that can carry a call (see `forward_loop`).
+    #[arg(long)]
+    one_way_bare: bool,
 }
 
 /// How the sinks receive.
@@ -855,6 +860,7 @@ impl Bare {
         sink_addrs: &[SocketAddr],
     ) -> Bare {
         let threads = args.relay_threads.max(1);
+        let one_way = args.one_way_bare;
         let count = Arc::new(AtomicU64::new(0));
         let mut inputs = Vec::with_capacity(args.streams);
         let mut per: Vec<Vec<BareStream>> = (0..threads).map(|_| Vec::new()).collect();
@@ -894,7 +900,7 @@ impl Bare {
                             v.push(own_tid());
                         }
                         match kind {
-                            BareKind::Loop => forward_loop(streams, &count, &stop),
+                            BareKind::Loop => forward_loop(streams, &count, &stop, one_way),
                             BareKind::Tokio => forward_tasks(streams, &count, &stop),
                         }
                     })
@@ -940,8 +946,13 @@ impl Bare {
 const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// One epoll loop over the thread's streams: each readable socket is drained, every datagram
-/// sent on as it came.
-fn forward_loop(streams: Vec<BareStream>, count: &AtomicU64, stop: &AtomicBool) {
+/// sent on as it came. Each stream's outgoing socket is watched too (token `2k + 1`), and what
+/// comes in on it goes back to where the stream's last packet came from: a call forwarder must
+/// take the far end's audio on the port it sends from (symmetric RTP), as the relay does. That
+/// is not free even with nothing coming back: Linux runs the wait-queue callbacks of a socket
+/// it has just sent from (sock_wfree → sock_def_write_space), and epoll's is one. `one_way`
+/// leaves the outgoing sockets unwatched, the cheaper forwarder measured before.
+fn forward_loop(streams: Vec<BareStream>, count: &AtomicU64, stop: &AtomicBool, one_way: bool) {
     let mut poll = mio::Poll::new().expect("poll");
     let mut socks: Vec<(mio::net::UdpSocket, mio::net::UdpSocket, SocketAddr)> = streams
         .into_iter()
@@ -950,10 +961,15 @@ fn forward_loop(streams: Vec<BareStream>, count: &AtomicU64, stop: &AtomicBool) 
             (rx, mio::net::UdpSocket::from_std(tx), to)
         })
         .collect();
+    let mut back: Vec<Option<SocketAddr>> = vec![None; socks.len()];
     for (k, s) in socks.iter_mut().enumerate() {
-        poll.registry()
-            .register(&mut s.0, mio::Token(k), mio::Interest::READABLE)
+        let r = poll.registry();
+        r.register(&mut s.0, mio::Token(2 * k), mio::Interest::READABLE)
             .expect("register");
+        if !one_way {
+            r.register(&mut s.1, mio::Token(2 * k + 1), mio::Interest::READABLE)
+                .expect("register");
+        }
     }
     let mut events = mio::Events::with_capacity(1024);
     let mut buf = [0u8; 2048];
@@ -962,10 +978,20 @@ fn forward_loop(streams: Vec<BareStream>, count: &AtomicU64, stop: &AtomicBool) 
             continue;
         }
         for ev in events.iter() {
-            let Some((rx, tx, to)) = socks.get(ev.token().0) else {
+            let (k, returning) = (ev.token().0 / 2, ev.token().0 % 2 == 1);
+            let (Some((rx, tx, to)), Some(from)) = (socks.get(k), back.get_mut(k)) else {
                 continue;
             };
-            while let Ok((len, _)) = rx.recv_from(&mut buf) {
+            if returning {
+                while let Ok((len, _)) = tx.recv_from(&mut buf) {
+                    if let Some(caller) = *from {
+                        let _ = rx.send_to(&buf[..len], caller);
+                    }
+                }
+                continue;
+            }
+            while let Ok((len, src)) = rx.recv_from(&mut buf) {
+                *from = Some(src);
                 if tx.send_to(&buf[..len], *to).is_ok() {
                     count.fetch_add(1, Ordering::Relaxed);
                 }
