@@ -774,16 +774,9 @@ impl Relay {
         }
     }
 
-    /// Starts fetching what a packet on socket `i` will read. A caller packet goes through the
-    /// scrubber, whose state has left the cache in the 20 ms since the call's last one; the loop
-    /// asks for it one ready socket ahead, so those misses overlap with the system calls of the
-    /// packet before instead of stalling the detectors one line at a time. Other packets never
-    /// read most of it.
-    pub(crate) fn prefetch(&self, i: usize) {
-        if i == 0 {
-            prefetch(self);
-            prefetch(&*self.stats);
-        }
+    /// The counters shared with the call's handle, for the media loop to fetch ahead.
+    pub(crate) fn counters(&self) -> Arc<RelayStats> {
+        self.stats.clone()
     }
 
     /// The media thread has taken the call on at `now`; returns when its first tick is due.
@@ -1056,7 +1049,7 @@ impl Relay {
 
     /// Ends the relay: reports what the detectors still held, closes the sockets and gives the
     /// ports back. The recording, if any, is left to be written off the media thread.
-    pub(crate) fn finish(mut self: Box<Self>) -> Finished {
+    pub(crate) fn finish(mut self) -> Finished {
         {
             let mut sink = digit_sink(&self.digits, &self.stats);
             self.scrubber.finish(&mut sink);
@@ -1075,7 +1068,7 @@ impl Relay {
             recorder,
             stats,
             ..
-        } = *self;
+        } = self;
         // Sockets closed before the leases re-queue their ports.
         let leases: (PortLease, PortLease) = (a.lease, b.lease);
         drop((a.rtp, a.rtcp, b.rtp, b.rtcp));
