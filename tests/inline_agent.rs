@@ -21,13 +21,6 @@ use tonewall::rtp::trunk::{TrunkConfig, packetize};
 const TOKEN: &str = "inlinetest0123456789";
 const KEYS: &str = "4111111111111111#1230123";
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 struct Http {
     client: reqwest::Client,
     base: String,

@@ -17,7 +17,7 @@
 mod common;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,7 +26,7 @@ use std::time::Duration;
 use common::pcap::{
     CallerMedia, KeyRun, Keys, collect_rtp, keys_over_speech, read_udp_payloads, rtp_pcap,
 };
-use common::{TEST_CARD, TEST_CVV, TEST_EXPIRY, g711_round_trip};
+use common::{TEST_CARD, TEST_CVV, TEST_EXPIRY, free_port, g711_round_trip};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -82,18 +82,6 @@ fn log_text() -> String {
     String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned()
 }
 
-/// A port free for both UDP and TCP on 127.0.0.1 (SIP listens on both).
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let t = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = t.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port");
-}
-
 fn sipp_available() {
     assert!(
         Path::new(SIPP).exists(),
@@ -115,7 +103,7 @@ struct Tonewall {
 }
 
 /// Media ports come from `media_min`..+999: above the kernel's ephemeral range (32768-60999
-/// by default), so `free_port` never hands sipp a port the pool may bind.
+/// by default) and below `free_port`'s, so sipp is never handed a port the pool may bind.
 async fn start_tonewall(media_min: u16) -> Tonewall {
     start_tonewall_with(media_min, false).await
 }

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::g711_round_trip;
 use common::pcap::{CallerMedia, Keys, card_over_speech, collect_rtp, read_udp_payloads, rtp_pcap};
+use common::{free_port, g711_round_trip};
 use tokio::process::Command;
 use tokio::sync::oneshot;
 use tonewall::config::Config;
@@ -32,18 +32,6 @@ const WAIT: Duration = Duration::from_secs(40);
 
 fn sipp_available() -> bool {
     Path::new(SIPP).exists()
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1 (SIP listens on both).
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let t = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = t.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port");
 }
 
 struct Setup {

@@ -4,6 +4,9 @@
 
 pub mod pcap;
 
+use std::net::{TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU16, Ordering};
+
 use tonewall::digit::Digit;
 use tonewall::dsp::g711::Codec;
 use tonewall::rtp::trunk::KeySpan;
@@ -163,4 +166,23 @@ pub fn fixture(name: &str) -> Vec<i16> {
 /// The whole card as keyed in a payment: PAN, then expiry, then CVV.
 pub fn card_keys() -> String {
     format!("{TEST_CARD}{TEST_EXPIRY}{TEST_CVV}")
+}
+
+/// A port on 127.0.0.1 free for both UDP and TCP (SIP listens on both), for a test's own
+/// endpoints: tonewall's listeners and sipp's. The three above it are left alone too, as sipp's
+/// media takes the ports beside the one it is given.
+///
+/// Taken from 65000 up: above the kernel's ephemeral range (32768-60999 by default) and the
+/// tests' media ranges. A port the kernel picked, and the test let go of, could be handed to
+/// another socket before sipp bound it, and sipp then failed with EADDRINUSE.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(65_000);
+    loop {
+        let p = NEXT.fetch_add(4, Ordering::Relaxed);
+        assert!(p <= 65_531, "the tests ran out of ports");
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        {
+            return p;
+        }
+    }
 }
