@@ -1,6 +1,8 @@
 //! A call over IPv6 loopback: SIP on [::1], media anchored on ::1 (SDP `IN IP6`), through
 //! `tonewall run` between two in-repo UAs; RFC 4733 keys do not reach the contact centre.
 
+mod common;
+
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
@@ -22,11 +24,7 @@ async fn a_call_over_ipv6_is_relayed_and_scrubbed() {
             return;
         }
     };
-    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let api_port = common::free_port();
     // SAFETY: the only test in this binary; set before tonewall reads them.
     unsafe {
         std::env::set_var("TONEWALL_V6_TEST_TOKENS", "desk:ipv6test0123456789");
