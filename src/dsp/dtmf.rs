@@ -620,6 +620,14 @@ fn argmax4(v: [f32; 4]) -> usize {
     if vb > va { b } else { a }
 }
 
+/// The largest of four, the value [`argmax4`] picks.
+#[inline]
+fn max4(v: [f32; 4]) -> f32 {
+    let a = if v[1] > v[0] { v[1] } else { v[0] };
+    let b = if v[3] > v[2] { v[3] } else { v[2] };
+    if b > a { b } else { a }
+}
+
 fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
@@ -742,6 +750,24 @@ impl PresenceDetector {
         }
     }
 
+    /// [`PresenceDetector::process`] with the mask as bits, as [`process_both`] gives it: bit
+    /// `i % 64` of `mask[i / 64]` is ORed in for `input[i]`. Input beyond the mask's bits is not
+    /// read.
+    pub fn process_bits(&mut self, input: &[i16], mask: &mut [u64]) {
+        let n = input.len().min(mask.len().saturating_mul(64));
+        for (i, &x) in input[..n].iter().enumerate() {
+            let at = self.pos;
+            self.pos += 1;
+            if self.bank.stage(x) {
+                let t = step_terms(self.bank.pending());
+                self.finish_step(&t);
+            }
+            if self.take_mark(at) {
+                mask[i / 64] |= 1 << (i % 64);
+            }
+        }
+    }
+
     // The per-step path is inlined into `process_both`'s loop, here and in the strict detector:
     // as calls, a step's terms went through memory and its two energies were read back as one
     // 8-byte load of two 4-byte stores, a failed store forward that perf showed as the hot spot.
@@ -786,7 +812,7 @@ impl PresenceDetector {
 
     /// [`PresenceDetector::take_mark`] for the eight samples from `at`, bit `j` for `at + j`.
     /// One read-modify-write of the ring instead of eight dependent ones.
-    #[inline]
+    #[inline(always)]
     fn take_marks8(&mut self, at: u64) -> u8 {
         let Some(out) = at.checked_sub(self.delay as u64) else {
             // The stream's first samples: some have no decision yet.
@@ -830,12 +856,13 @@ impl PresenceDetector {
             self.age_held();
             return false;
         }
+        // Written out per slot: as a loop over the ring the sums compiled to scalar adds.
+        let [r0, r1, r2] = &self.win_re;
+        let [i0, i1, i2] = &self.win_im;
         let (mut re, mut im) = ([0f32; 8], [0f32; 8]);
-        for (r, i) in self.win_re.iter().zip(&self.win_im) {
-            for k in 0..8 {
-                re[k] += r[k];
-                im[k] += i[k];
-            }
+        for k in 0..8 {
+            re[k] = r0[k] + r1[k] + r2[k];
+            im[k] = i0[k] + i1[k] + i2[k];
         }
         // |X_k|²; the tests below are on p_k = 2|X_k|²/N (the energy of a sine giving that
         // term) with the 2/N moved into their thresholds, which saves the divisions.
@@ -843,13 +870,26 @@ impl PresenceDetector {
         for k in 0..8 {
             q[k] = re[k] * re[k] + im[k] * im[k];
         }
-        let l = argmax4([q[0], q[1], q[2], q[3]]);
-        let h = 4 + argmax4([q[4], q[5], q[6], q[7]]);
-        let (ql, qh) = (q[l], q[h]);
+        // The strongest term of each group: its value is all the tests below read, its index
+        // only matters once they pass.
+        let (ql, qh) = (
+            max4([q[0], q[1], q[2], q[3]]),
+            max4([q[4], q[5], q[6], q[7]]),
+        );
         // p/N ≥ min_power  ⇔  q ≥ min_power·N²/2;  p ≥ r·e  ⇔  q ≥ r·e·N/2.
         let loud = ql >= self.loud_q && qh >= self.loud_q;
         let en = e * (WIN as f32 / 2.0);
         let (ratio, share) = (self.cfg.min_energy_ratio * en, self.cfg.min_tone_share * en);
+        // The weaker of the two tests below (the held one), which each of them implies: a window
+        // failing it is no tone whatever pair was held, so the pair's indices and the hold are
+        // never looked at. Most speech ends here; the decisions are those of the full test.
+        let (ratio_lo, share_lo) = (ratio.min(0.5 * ratio), share.min(0.5 * share));
+        if !(loud && ql + qh >= ratio_lo && ql >= share_lo && qh >= share_lo) {
+            self.age_held();
+            return false;
+        }
+        let l = argmax4([q[0], q[1], q[2], q[3]]);
+        let h = 4 + argmax4([q[4], q[5], q[6], q[7]]);
         let onset = loud && ql + qh >= ratio && ql >= share && qh >= share;
         // Once a pair has been seen, the same pair keeps masking at half the energy share:
         // speech over a sounding key must not open holes in the mask.
@@ -904,11 +944,15 @@ impl PresenceDetector {
 /// frequencies fill one register where the baseline build needs two. The arithmetic is the same
 /// IEEE operations in the same order per lane (no fused multiply-add), so both builds decide
 /// alike to the bit; a test holds them to it.
+///
+/// The mask comes out as bits, bit `i % 64` of `mask[i / 64]` for `input[i]`, ORed into what the
+/// caller passes (zeros, usually): per sample it is the same decision as
+/// [`PresenceDetector::process`] gives. Input beyond what `mask` has bits for is not read.
 pub fn process_both(
     presence: &mut PresenceDetector,
     strict: &mut DtmfDetector,
     input: &[i16],
-    mask: &mut [bool],
+    mask: &mut [u64],
     on_digit: &mut dyn FnMut(DigitEvent),
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -926,7 +970,7 @@ fn process_both_avx2(
     presence: &mut PresenceDetector,
     strict: &mut DtmfDetector,
     input: &[i16],
-    mask: &mut [bool],
+    mask: &mut [u64],
     on_digit: &mut dyn FnMut(DigitEvent),
 ) {
     process_both_portable(presence, strict, input, mask, on_digit);
@@ -939,24 +983,23 @@ fn process_both_portable(
     presence: &mut PresenceDetector,
     strict: &mut DtmfDetector,
     input: &[i16],
-    mask: &mut [bool],
+    mask: &mut [u64],
     on_digit: &mut dyn FnMut(DigitEvent),
 ) {
-    let n = input.len().min(mask.len());
-    let (input, mask) = (&input[..n], &mut mask[..n]);
+    let n = input.len().min(mask.len().saturating_mul(64));
+    let input = &input[..n];
     if presence.bank.fill() != strict.bank.fill() {
-        presence.process(input, mask);
+        presence.process_bits(input, mask);
         strict.process(input, on_digit);
         return;
     }
     // Up to the next step boundary sample by sample, then whole steps, then the rest.
     let lead = ((STEP - presence.bank.fill()) % STEP).min(n);
     let (head, rest) = input.split_at(lead);
-    let (mask_head, mask_rest) = mask.split_at_mut(lead);
-    both_per_sample(presence, strict, head, mask_head, on_digit);
+    both_per_sample(presence, strict, head, mask, 0, on_digit);
     let mut steps = rest.chunks_exact(STEP);
-    let mut masks = mask_rest.chunks_exact_mut(STEP);
-    for (chunk, m) in (&mut steps).zip(&mut masks) {
+    let mut at_bit = lead;
+    for chunk in &mut steps {
         let mut x = [0f32; STEP];
         for (v, &s) in x.iter_mut().zip(chunk) {
             *v = f32::from(s);
@@ -966,21 +1009,28 @@ fn process_both_portable(
         let at = presence.pos;
         let marks = u16::from(presence.take_marks8(at))
             | u16::from(presence.take_marks8(at + SUB as u64)) << SUB;
-        for (j, mj) in m.iter_mut().enumerate() {
-            *mj = marks >> j & 1 != 0;
-        }
+        or_bits(mask, at_bit, marks);
+        at_bit += STEP;
         presence.pos += STEP as u64;
         strict.stage_step(chunk);
         let t = step_terms(&x);
         finish_both(presence, strict, &t, on_digit);
     }
-    both_per_sample(
-        presence,
-        strict,
-        steps.remainder(),
-        masks.into_remainder(),
-        on_digit,
-    );
+    both_per_sample(presence, strict, steps.remainder(), mask, at_bit, on_digit);
+}
+
+/// ORs the 16 bits of `v` into the bit mask from bit `at` on (which need not be word-aligned).
+#[inline(always)]
+fn or_bits(mask: &mut [u64], at: usize, v: u16) {
+    let (w, b) = (at / 64, at % 64);
+    if let Some(x) = mask.get_mut(w) {
+        *x |= u64::from(v) << b;
+    }
+    if b > 64 - STEP
+        && let Some(x) = mask.get_mut(w + 1)
+    {
+        *x |= u64::from(v) >> (64 - b);
+    }
 }
 
 /// Hands one step's terms to both detectors, phase-referenced once when their banks
@@ -1001,15 +1051,17 @@ fn finish_both(
     }
 }
 
-/// [`process_both`] one sample at a time, for the parts of a frame off the step grid.
+/// [`process_both`] one sample at a time, for the parts of a frame off the step grid; the mask
+/// bit of `input[i]` is bit `at_bit + i`.
 fn both_per_sample(
     presence: &mut PresenceDetector,
     strict: &mut DtmfDetector,
     input: &[i16],
-    mask: &mut [bool],
+    mask: &mut [u64],
+    at_bit: usize,
     on_digit: &mut dyn FnMut(DigitEvent),
 ) {
-    for (&x, m) in input.iter().zip(mask.iter_mut()) {
+    for (i, &x) in input.iter().enumerate() {
         let at = presence.pos;
         presence.pos += 1;
         let done = presence.bank.stage(x);
@@ -1018,7 +1070,12 @@ fn both_per_sample(
             let t = step_terms(presence.bank.pending());
             finish_both(presence, strict, &t, on_digit);
         }
-        *m = presence.take_mark(at);
+        let bit = at_bit + i;
+        if presence.take_mark(at)
+            && let Some(w) = mask.get_mut(bit / 64)
+        {
+            *w |= 1 << (bit % 64);
+        }
     }
 }
 
@@ -1145,16 +1202,18 @@ mod tests {
         let run = |avx2: bool| {
             let mut p = PresenceDetector::new(PresenceConfig::default());
             let mut d = DtmfDetector::new(DetectorConfig::default());
-            let mut mask = vec![false; audio.len()];
+            let mut mask = Vec::new();
             let mut found = Vec::new();
-            for (a, m) in audio.chunks(160).zip(mask.chunks_mut(160)) {
+            for a in audio.chunks(160) {
                 let mut on = |e| found.push(e);
+                let mut m = [0u64; 3];
                 if avx2 {
                     // SAFETY: AVX2 support was checked above.
-                    unsafe { process_both_avx2(&mut p, &mut d, a, m, &mut on) };
+                    unsafe { process_both_avx2(&mut p, &mut d, a, &mut m, &mut on) };
                 } else {
-                    process_both_portable(&mut p, &mut d, a, m, &mut on);
+                    process_both_portable(&mut p, &mut d, a, &mut m, &mut on);
                 }
+                mask.extend(bools(&m, a.len()));
             }
             d.finish(&mut |e| found.push(e));
             (mask, found)
@@ -1173,6 +1232,11 @@ mod tests {
             .filter(|(a, b)| a != b)
             .count();
         assert_eq!(differ, 0, "{differ} of {masked} masked samples differ");
+    }
+
+    /// The first `n` bits of a mask, as flags.
+    fn bools(bits: &[u64], n: usize) -> Vec<bool> {
+        (0..n).map(|i| bits[i / 64] >> (i % 64) & 1 != 0).collect()
     }
 
     fn both_match_separate(audio: &[i16], delay: usize) {
@@ -1198,11 +1262,15 @@ mod tests {
             let (a, b) = (&audio[at..end], (at, end));
             if i % 7 == 5 {
                 p1.process(a, &mut m1[b.0..b.1]);
-                p2.process(a, &mut m2[b.0..b.1]);
+                let mut bits = [0u64; 3];
+                p2.process_bits(a, &mut bits);
+                m2[b.0..b.1].copy_from_slice(&bools(&bits, a.len()));
             } else {
                 p1.process(a, &mut m1[b.0..b.1]);
                 d1.process(a, &mut |e| g1.push(e));
-                process_both(&mut p2, &mut d2, a, &mut m2[b.0..b.1], &mut |e| g2.push(e));
+                let mut bits = [0u64; 3];
+                process_both(&mut p2, &mut d2, a, &mut bits, &mut |e| g2.push(e));
+                m2[b.0..b.1].copy_from_slice(&bools(&bits, a.len()));
             }
             at = end;
             if at == audio.len() {

@@ -173,12 +173,11 @@ pub struct Scrubber {
     detector: DtmfDetector,
     masker: Masker,
     delay: usize,
-    /// The delay line between packets: the last `delay` codec bytes received and their
-    /// "must mask" flags. Only these carry over; the frame itself is worked on in a scratch
-    /// buffer on the stack, which stays in cache whichever call runs next, where per-call room
-    /// for it was four more cache lines to fetch from memory on every packet.
+    /// The delay line between packets: the last `delay` codec bytes received. Each piece of a
+    /// frame goes out as the line's bytes followed by its own first ones, written straight
+    /// into the packet being sent; nothing else is copied.
     line: [u8; MAX_DELAY],
-    line_forced: [bool; MAX_DELAY],
+    forced: Forced,
     /// Codec of the bytes in the delay line.
     codec: Option<Codec>,
     /// Samples pushed through the pipeline since start: the digit timeline.
@@ -199,11 +198,56 @@ pub struct Scrubber {
     stats: ScrubStats,
 }
 
-/// One piece of a frame behind the delay line, while it goes through: codec bytes and "must
-/// mask" flags, the delayed samples first.
-struct Work {
-    bytes: [u8; MAX_DELAY + CHUNK],
-    forced: [bool; MAX_DELAY + CHUNK],
+/// Words of a piece's mask, a bit per sample.
+const MASK_WORDS: usize = CHUNK.div_ceil(64);
+
+/// Which samples must be masked whatever the detectors say (frames inside an RFC 4733 event),
+/// a bit per sample on the stream's timeline, from when they go into the delay line until they
+/// come out of it. Bits are cleared as they are taken, so a stream that never forces anything
+/// keeps it all zero and pays one test of it per piece.
+struct Forced {
+    ring: [u64; FORCED_WORDS],
+}
+
+/// Must cover the delay line and a piece: MAX_DELAY + CHUNK samples.
+const FORCED_WORDS: usize = 8;
+const _: () = assert!(FORCED_WORDS * 64 >= MAX_DELAY + CHUNK);
+const FORCED_BITS: u64 = (FORCED_WORDS * 64) as u64;
+
+impl Forced {
+    fn new() -> Forced {
+        Forced {
+            ring: [0; FORCED_WORDS],
+        }
+    }
+
+    /// Marks the `n` samples from stream position `from`.
+    fn set(&mut self, from: u64, n: usize) {
+        for k in 0..n as u64 {
+            let i = (from.wrapping_add(k) % FORCED_BITS) as usize;
+            self.ring[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    /// ORs into `mask` (bit `i` for sample `from + i`) the marks of the `n` samples from `from`,
+    /// and clears them.
+    fn take(&mut self, from: u64, n: usize, mask: &mut [u64]) {
+        if self.ring.iter().all(|&w| w == 0) {
+            return;
+        }
+        for k in 0..n {
+            // Wrapping: before the stream's start `from` is "negative", and the ring's length
+            // divides 2^64.
+            let i = (from.wrapping_add(k as u64) % FORCED_BITS) as usize;
+            let (word, bit) = (&mut self.ring[i / 64], 1u64 << (i % 64));
+            if *word & bit != 0 {
+                *word &= !bit;
+                if let Some(m) = mask.get_mut(k / 64) {
+                    *m |= 1 << (k % 64);
+                }
+            }
+        }
+    }
 }
 
 /// What a frame pushed through the delay line carries.
@@ -226,7 +270,7 @@ impl Scrubber {
             presence,
             delay,
             line: [0; MAX_DELAY],
-            line_forced: [false; MAX_DELAY],
+            forced: Forced::new(),
             codec: None,
             pos: 0,
             detector_skew: 0,
@@ -295,7 +339,7 @@ impl Scrubber {
     fn prime_delay_line(&mut self) {
         let silence = self.codec.unwrap_or(self.cfg.default_codec).encode(0);
         self.line[..self.delay].fill(silence);
-        self.line_forced[..self.delay].fill(false);
+        self.forced = Forced::new();
     }
 
     /// Processes one datagram received at `now_ms`; writes the packet to send into `out`.
@@ -535,60 +579,44 @@ impl Scrubber {
         out: &mut [u8],
         on_digit: &mut dyn FnMut(ScrubbedDigit),
     ) {
-        let d = self.delay;
         let silence = codec.encode(0);
-        // Scratch for one piece, on the stack: it is hot in cache whichever call runs next,
-        // where a copy per call would be one more thing to fetch per packet. The delay line
-        // comes in at its head and goes back out of it once the frame is through.
-        let mut lin = [0i16; CHUNK];
-        let mut work = Work {
-            bytes: [0; MAX_DELAY + CHUNK],
-            forced: [false; MAX_DELAY + CHUNK],
-        };
-        work.bytes[..d].copy_from_slice(&self.line[..d]);
-        work.forced[..d].copy_from_slice(&self.line_forced[..d]);
         for (at, piece) in out.chunks_mut(CHUNK).enumerate() {
             let n = piece.len();
-            match frame {
-                Samples::Audio(payload) => {
-                    let input = payload.get(at * CHUNK..at * CHUNK + n).unwrap_or_default();
-                    work.bytes[d..d + n].copy_from_slice(input);
-                    for (l, &b) in lin[..n].iter_mut().zip(input) {
-                        *l = codec.decode(b);
-                    }
-                }
-                Samples::Silence => {
-                    work.bytes[d..d + n].fill(silence);
-                    lin[..n].fill(0);
+            let input = match frame {
+                Samples::Audio(payload) => payload.get(at * CHUNK..at * CHUNK + n),
+                Samples::Silence => None,
+            };
+            // Linear samples for the detectors, on the stack: hot in cache whichever call
+            // runs next.
+            let mut lin = [0i16; CHUNK];
+            if let Some(input) = input {
+                for (l, &b) in lin.iter_mut().zip(input) {
+                    *l = codec.decode(b);
                 }
             }
-            work.forced[d..d + n].fill(force);
+            if force {
+                self.forced.set(self.pos, n);
+            }
             // The strict detector does not hear synthesized frames: a sender that sends a key
             // both in its audio and as events would otherwise have silence spliced into its tone.
-            let detect = matches!(frame, Samples::Audio(_));
-            self.run_pipeline(codec, &mut lin[..n], &mut work, detect, on_digit);
-            piece.copy_from_slice(&work.bytes[..n]);
-            work.bytes.copy_within(n..n + d, 0);
-            work.forced.copy_within(n..n + d, 0);
+            let mask = self.detect(&lin[..n], input.is_some(), on_digit);
+            self.delay_piece(input, silence, piece);
+            self.mask_piece(codec, piece, mask);
         }
-        self.line[..d].copy_from_slice(&work.bytes[..d]);
-        self.line_forced[..d].copy_from_slice(&work.forced[..d]);
     }
 
-    /// Runs detectors over the linear samples `lin` (overwritten) and masks as many delayed
-    /// samples at the head of `work`.
-    fn run_pipeline(
+    /// Runs the detectors over one piece's linear samples; returns the mask of the delayed
+    /// samples that go out in its place (bit `i % 64` of word `i / 64` for sample `i`), forced
+    /// samples included.
+    fn detect(
         &mut self,
-        codec: Codec,
-        lin: &mut [i16],
-        work: &mut Work,
-        detect: bool,
+        lin: &[i16],
+        strict: bool,
         on_digit: &mut dyn FnMut(ScrubbedDigit),
-    ) {
+    ) -> [u64; MASK_WORDS] {
         let n = lin.len();
-        let mut mask = [false; CHUNK];
-        let mask = &mut mask[..n];
-        if detect {
+        let mut mask = [0u64; MASK_WORDS];
+        if strict {
             // Detector offsets count only the samples it heard; map them back to the stream.
             let mut report = in_band(
                 &mut self.last_digit,
@@ -600,39 +628,79 @@ impl Scrubber {
                 &mut self.presence,
                 &mut self.detector,
                 lin,
-                mask,
+                &mut mask,
                 &mut report,
             );
         } else {
-            self.presence.process(lin, mask);
+            self.presence.process_bits(lin, &mut mask);
             self.detector_skew += n as u64;
         }
+        self.forced
+            .take(self.pos.wrapping_sub(self.delay as u64), n, &mut mask);
         self.pos += n as u64;
+        mask
+    }
 
-        let mut any = false;
-        for (m, &f) in mask.iter_mut().zip(&work.forced[..n]) {
-            *m |= f;
-            any |= *m;
+    /// Writes to `piece` the delayed bytes that go out in place of `input` (its bytes, or
+    /// silence when None) and keeps the last `delay` bytes for the next piece.
+    fn delay_piece(&mut self, input: Option<&[u8]>, silence: u8, piece: &mut [u8]) {
+        let (d, n) = (self.delay, piece.len());
+        let Some(line) = self.line.get_mut(..d) else {
+            return;
+        };
+        if n >= d {
+            let (head, tail) = piece.split_at_mut(d);
+            head.copy_from_slice(line);
+            match input {
+                Some(input) if input.len() == n => {
+                    tail.copy_from_slice(&input[..n - d]);
+                    line.copy_from_slice(&input[n - d..]);
+                }
+                _ => {
+                    tail.fill(silence);
+                    line.fill(silence);
+                }
+            }
+        } else {
+            piece.copy_from_slice(&line[..n]);
+            line.copy_within(n.., 0);
+            match input {
+                Some(input) if input.len() == n => line[d - n..].copy_from_slice(input),
+                _ => line[d - n..].fill(silence),
+            }
         }
+    }
+
+    /// Masks the samples of `piece` that `mask` marks, with the masker's ramps, which may carry
+    /// on into the next piece.
+    fn mask_piece(&mut self, codec: Codec, piece: &mut [u8], mask: [u64; MASK_WORDS]) {
+        let n = piece.len();
+        let any = mask.iter().any(|&w| w != 0);
         if !any && !self.was_masking {
             return;
         }
         if any && !self.was_masking {
             self.stats.mask_spans += 1;
         }
-        // The delayed samples, in the input's scratch (the detectors are done with it).
-        for (l, &b) in lin.iter_mut().zip(&work.bytes[..n]) {
+        let mut flags = [false; CHUNK];
+        for (i, f) in flags[..n].iter_mut().enumerate() {
+            *f = mask[i / 64] >> (i % 64) & 1 != 0;
+        }
+        let mut lin = [0i16; CHUNK];
+        for (l, &b) in lin.iter_mut().zip(piece.iter()) {
             *l = codec.decode(b);
         }
-        self.masker.apply(lin, mask);
-        for (w, &l) in work.bytes[..n].iter_mut().zip(lin.iter()) {
+        self.masker.apply(&mut lin[..n], &flags[..n]);
+        for (w, &l) in piece.iter_mut().zip(lin.iter()) {
             if l != codec.decode(*w) {
                 *w = codec.encode(l);
                 self.stats.samples_masked += 1;
             }
         }
-        // A span (and its ramp) may continue into the next frame.
-        self.was_masking = mask.last().copied().unwrap_or(self.was_masking);
+        // A span (and its ramp) may continue into the next piece.
+        self.was_masking = n
+            .checked_sub(1)
+            .map_or(self.was_masking, |last| flags[last]);
     }
 
     /// Re-encodes the delay line when the sender changes G.711 law mid-stream.
