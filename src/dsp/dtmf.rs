@@ -306,8 +306,8 @@ impl DtmfDetector {
             // Energy of a sine that would give this DFT term: |X|² · 2 / N.
             *pk = 2.0 * (re * re + im * im) / n;
         }
-        let l = argmax(&p[..4]);
-        let h = 4 + argmax(&p[4..]);
+        let l = argmax4([p[0], p[1], p[2], p[3]]);
+        let h = 4 + argmax4([p[4], p[5], p[6], p[7]]);
         // Each tone must stand clear of its group's other frequencies (6 dB).
         for k in 0..4 {
             if k != l && p[k] * 4.0 > p[l] {
@@ -611,8 +611,8 @@ fn hann<const N: usize>() -> [f32; N] {
     w
 }
 
-/// Index of the first largest of four, as [`argmax`] finds it, without a loop the compiler
-/// turns into stores and reloads.
+/// Index of the first largest of four (the lowest index among equals), with no loop for the
+/// compiler to turn into stores and reloads.
 #[inline]
 fn argmax4(v: [f32; 4]) -> usize {
     let (a, va) = if v[1] > v[0] { (1, v[1]) } else { (0, v[0]) };
@@ -626,16 +626,6 @@ fn max4(v: [f32; 4]) -> f32 {
     let a = if v[1] > v[0] { v[1] } else { v[0] };
     let b = if v[3] > v[2] { v[3] } else { v[2] };
     if b > a { b } else { a }
-}
-
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// Presence detector configuration.
@@ -810,29 +800,29 @@ impl PresenceDetector {
         }
     }
 
-    /// [`PresenceDetector::take_mark`] for the eight samples from `at`, bit `j` for `at + j`.
-    /// One read-modify-write of the ring instead of eight dependent ones.
+    /// [`PresenceDetector::take_mark`] for the step's sixteen samples from `at`, bit `j` for
+    /// `at + j`. One read-modify-write of the ring instead of sixteen dependent ones.
     #[inline(always)]
-    fn take_marks8(&mut self, at: u64) -> u8 {
+    fn take_marks16(&mut self, at: u64) -> u16 {
         let Some(out) = at.checked_sub(self.delay as u64) else {
             // The stream's first samples: some have no decision yet.
             let mut bits = 0;
-            for j in 0..SUB as u64 {
-                bits |= u8::from(self.take_mark(at + j)) << j;
+            for j in 0..STEP as u64 {
+                bits |= u16::from(self.take_mark(at + j)) << j;
             }
             return bits;
         };
         let i = (out % MARKS as u64) as usize;
         let (w, b) = (i / 64, i % 64);
         let mut bits = self.marks[w] >> b;
-        self.marks[w] &= !(0xFF << b);
-        if b > 64 - SUB {
-            // The eight straddle two words: the first gave 64 - b of them.
+        self.marks[w] &= !(0xFFFF << b);
+        if b > 64 - STEP {
+            // The sixteen straddle two words: the first gave 64 - b of them.
             let (next, k) = ((w + 1) % (MARKS / 64), 64 - b);
             bits |= self.marks[next] << k;
-            self.marks[next] &= !(0xFF >> k);
+            self.marks[next] &= !(0xFFFF >> k);
         }
-        bits as u8
+        bits as u16
     }
 
     // Eight parallel frequency lanes: indexing reads clearest and vectorises.
@@ -941,9 +931,10 @@ impl PresenceDetector {
 /// it synthesizes); while their steps are out of line each computes its own terms.
 ///
 /// On x86-64 CPUs with AVX2 the same code runs compiled for 8-lane vectors: the bank's eight
-/// frequencies fill one register where the baseline build needs two. The arithmetic is the same
-/// IEEE operations in the same order per lane (no fused multiply-add), so both builds decide
-/// alike to the bit; a test holds them to it.
+/// frequencies fill one register where the baseline build needs two, and a step's terms are
+/// sixteen `pmaddwd`s. The terms are exact integer sums and the rest is the same IEEE operations
+/// in the same order per lane (no fused multiply-add), so both builds decide alike to the bit;
+/// a test holds them to it.
 ///
 /// The mask comes out as bits, bit `i % 64` of `mask[i / 64]` for `input[i]`, ORed into what the
 /// caller passes (zeros, usually): per sample it is the same decision as
@@ -973,18 +964,33 @@ fn process_both_avx2(
     mask: &mut [u64],
     on_digit: &mut dyn FnMut(DigitEvent),
 ) {
-    process_both_portable(presence, strict, input, mask, on_digit);
+    use super::goertzel::step_terms_avx2;
+    process_both_with(presence, strict, input, mask, on_digit, |x| {
+        step_terms_avx2(x)
+    });
 }
 
-/// [`process_both`] for the build's baseline CPU; inlined into the AVX2 copy, which is how
-/// that copy gets the whole per-step path compiled for AVX2.
-#[inline(always)]
+/// [`process_both`] for the build's baseline CPU.
 fn process_both_portable(
     presence: &mut PresenceDetector,
     strict: &mut DtmfDetector,
     input: &[i16],
     mask: &mut [u64],
     on_digit: &mut dyn FnMut(DigitEvent),
+) {
+    process_both_with(presence, strict, input, mask, on_digit, step_terms);
+}
+
+/// [`process_both`] with `terms` computing whole steps' terms; inlined into the AVX2 copy,
+/// which is how that copy gets the whole per-step path compiled for AVX2.
+#[inline(always)]
+fn process_both_with(
+    presence: &mut PresenceDetector,
+    strict: &mut DtmfDetector,
+    input: &[i16],
+    mask: &mut [u64],
+    on_digit: &mut dyn FnMut(DigitEvent),
+    terms: impl Fn(&[i16; STEP]) -> Terms,
 ) {
     let n = input.len().min(mask.len().saturating_mul(64));
     let input = &input[..n];
@@ -996,27 +1002,29 @@ fn process_both_portable(
     // Up to the next step boundary sample by sample, then whole steps, then the rest.
     let lead = ((STEP - presence.bank.fill()) % STEP).min(n);
     let (head, rest) = input.split_at(lead);
-    both_per_sample(presence, strict, head, mask, 0, on_digit);
+    if !head.is_empty() {
+        both_per_sample(presence, strict, head, mask, 0, on_digit);
+    }
     let mut steps = rest.chunks_exact(STEP);
     let mut at_bit = lead;
     for chunk in &mut steps {
-        let mut x = [0f32; STEP];
-        for (v, &s) in x.iter_mut().zip(chunk) {
-            *v = f32::from(s);
-        }
+        let Ok(x) = <&[i16; STEP]>::try_from(chunk) else {
+            continue;
+        };
         // The marks for these samples are final: a window completed by this step marks only
         // samples after the last one released here.
         let at = presence.pos;
-        let marks = u16::from(presence.take_marks8(at))
-            | u16::from(presence.take_marks8(at + SUB as u64)) << SUB;
-        or_bits(mask, at_bit, marks);
+        or_bits(mask, at_bit, presence.take_marks16(at));
         at_bit += STEP;
         presence.pos += STEP as u64;
         strict.stage_step(chunk);
-        let t = step_terms(&x);
+        let t = terms(x);
         finish_both(presence, strict, &t, on_digit);
     }
-    both_per_sample(presence, strict, steps.remainder(), mask, at_bit, on_digit);
+    let tail = steps.remainder();
+    if !tail.is_empty() {
+        both_per_sample(presence, strict, tail, mask, at_bit, on_digit);
+    }
 }
 
 /// ORs the 16 bits of `v` into the bit mask from bit `at` on (which need not be word-aligned).

@@ -69,17 +69,26 @@ struct Phasor {
     im: [f32; 8],
 }
 
-/// The DTMF grid's cos/sin tables, laid out sample-major (`cos[m][k]`) so the inner loop runs
-/// across the eight frequencies at once and the compiler keeps them in vector registers, and
-/// the phase of every step of a period. A lookup replaces a running complex recurrence:
+/// The DTMF grid's cos/sin tables, laid out pair-major so the inner loop runs across the eight
+/// frequencies at once, and the phase of every step of a period. A lookup replaces a running complex recurrence:
 /// it is exact (no drift to correct over hours of audio), keeps no per-call state, and costs a
 /// fraction of the arithmetic. One copy for the process: per-detector copies would cost cache
 /// per call.
 struct Tables {
-    cos: [[f32; 8]; STEP],
-    sin: [[f32; 8]; STEP],
+    /// cos(ω_k m) and sin(ω_k m) in fixed point (`COEF_SCALE`), for pair `j` of the step's
+    /// samples interleaved as [k=0: m=2j, m=2j+1; k=1: …], the layout of a multiply-add of
+    /// adjacent 16-bit pairs (x86 `pmaddwd`, which `step_terms_avx2` uses).
+    cos: [[i16; 16]; STEP / 2],
+    sin: [[i16; 16]; STEP / 2],
     phase: [Phasor; PERIOD],
 }
+
+/// Fixed-point scale of the step coefficients (Q12, ±4095): 16 full-scale samples times the
+/// largest coefficient stay inside an i32 (16 · 32768 · 4095 < 2³¹), so the sums are exact
+/// integers and cannot overflow whatever the input. The coefficients' rounding (±1/8190) puts
+/// an error 78 dB under the samples' own level into the terms, far below anything the
+/// detectors' thresholds tell apart (the narrowest is G.711's own quantisation, ~38 dB).
+const COEF_SCALE: f32 = 4095.0;
 
 static TABLES: std::sync::LazyLock<Box<Tables>> = std::sync::LazyLock::new(tables);
 
@@ -87,8 +96,8 @@ static TABLES: std::sync::LazyLock<Box<Tables>> = std::sync::LazyLock::new(table
 #[allow(clippy::needless_range_loop)]
 fn tables() -> Box<Tables> {
     let mut t = Box::new(Tables {
-        cos: [[0.0; 8]; STEP],
-        sin: [[0.0; 8]; STEP],
+        cos: [[0; 16]; STEP / 2],
+        sin: [[0; 16]; STEP / 2],
         phase: [Phasor {
             re: [0.0; 8],
             im: [0.0; 8],
@@ -98,8 +107,9 @@ fn tables() -> Box<Tables> {
         let hz = f64::from(DTMF_HZ[k]);
         let w = 2.0 * std::f64::consts::PI * hz / f64::from(RATE);
         for m in 0..STEP {
-            t.cos[m][k] = (w * m as f64).cos() as f32;
-            t.sin[m][k] = (w * m as f64).sin() as f32;
+            let q = |v: f64| (v * f64::from(COEF_SCALE)).round() as i16;
+            t.cos[m / 2][2 * k + m % 2] = q((w * m as f64).cos());
+            t.sin[m / 2][2 * k + m % 2] = q((w * m as f64).sin());
         }
         for (b, p) in t.phase.iter_mut().enumerate() {
             // The angle reduced exactly (in whole cycles) before the sine, so every entry is
@@ -118,39 +128,94 @@ fn tables() -> Box<Tables> {
 // bounds are compile-time constants, so it vectorises.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-pub fn step_terms(x: &[f32; STEP]) -> Terms {
+pub fn step_terms(x: &[i16; STEP]) -> Terms {
     let t = &*TABLES;
-    // Sums in locals, which stay in registers: accumulated in the returned struct (or in an
-    // energy picked by index) they went through memory, a store-to-load chain per sample that
-    // cost more than all the multiplies. Even and odd samples go to separate sums, added at
-    // the end: one sum over all 16 is a chain of 16 dependent additions, and their latency,
-    // not the multiplies, bounded the loop.
-    let (mut c, mut s) = ([[0f32; 8]; 2], [[0f32; 8]; 2]);
-    let mut energy = [0f32; 2];
-    for (h, e) in energy.iter_mut().enumerate() {
-        let mut acc = [0f32; 2];
-        for pair in 0..SUB / 2 {
-            for j in 0..2 {
-                let m = h * SUB + 2 * pair + j;
-                let v = x[m];
-                acc[j] += v * v;
-                for k in 0..8 {
-                    c[j][k] += v * t.cos[m][k];
-                    s[j][k] += v * t.sin[m][k];
-                }
-            }
+    // Integer sums: exact, so their order is free and every build (and vector width) gets the
+    // same terms to the bit, and a pair of samples is one multiply-add per eight frequencies.
+    let (mut c, mut s) = ([0i32; 8], [0i32; 8]);
+    for (j, (cr, sr)) in t.cos.iter().zip(&t.sin).enumerate() {
+        let (a, b) = (i32::from(x[2 * j]), i32::from(x[2 * j + 1]));
+        for k in 0..8 {
+            c[k] += a * i32::from(cr[2 * k]) + b * i32::from(cr[2 * k + 1]);
+            s[k] += a * i32::from(sr[2 * k]) + b * i32::from(sr[2 * k + 1]);
         }
-        *e = acc[0] + acc[1];
     }
-    let mut out = Terms {
+    terms_from_sums(x, c, s)
+}
+
+/// The terms as floats, and the step's sub-block energies (which stay in floating point: the
+/// detectors' level and quiet tests compare them with thresholds, and squares overflow i32).
+#[inline(always)]
+fn terms_from_sums(x: &[i16; STEP], c: [i32; 8], s: [i32; 8]) -> Terms {
+    // Each sub-block's squares summed as a tree, halves first: whole-vector adds, where a
+    // running sum is a chain of dependent ones and the samples went through scalar registers.
+    let sq = x.map(|v| f32::from(v) * f32::from(v));
+    let energy: [f32; 2] = std::array::from_fn(|h| {
+        let b = &sq[h * SUB..h * SUB + SUB];
+        let q: [f32; 4] = std::array::from_fn(|i| b[i] + b[i + 4]);
+        (q[0] + q[2]) + (q[1] + q[3])
+    });
+    Terms {
+        c: c.map(|v| v as f32 * (1.0 / COEF_SCALE)),
+        s: s.map(|v| v as f32 * (1.0 / COEF_SCALE)),
         energy,
-        ..Terms::default()
-    };
-    for k in 0..8 {
-        out.c[k] = c[0][k] + c[1][k];
-        out.s[k] = s[0][k] + s[1][k];
     }
-    out
+}
+
+/// [`step_terms`] with AVX2: each pair of samples is broadcast and multiplied into the eight
+/// frequencies' sums by one `pmaddwd` for the cosines and one for the sines, which the
+/// compiler does not find on its own. Integer sums are exact, so the terms are those of
+/// [`step_terms`] to the bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn step_terms_avx2(x: &[i16; STEP]) -> Terms {
+    use std::arch::x86_64::{
+        __m128, __m256, __m256i, _mm_add_ps, _mm_add_ss, _mm_movehl_ps, _mm_setr_epi16,
+        _mm_shuffle_ps, _mm256_add_epi32, _mm256_castps256_ps128, _mm256_cvtepi16_epi32,
+        _mm256_cvtepi32_ps, _mm256_extractf128_ps, _mm256_madd_epi16, _mm256_mul_ps,
+        _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_si256,
+    };
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn load(v: &[i16; 16]) -> __m256i {
+        std::arch::x86_64::_mm256_setr_epi16(
+            v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13],
+            v[14], v[15],
+        )
+    }
+    /// Σ of a sub-block's squares in [`terms_from_sums`]'s order: halves, then pairs.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn energy(x: &[i16]) -> f32 {
+        let v = _mm_setr_epi16(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]);
+        let f = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(v));
+        let sq = _mm256_mul_ps(f, f);
+        let q: __m128 = _mm_add_ps(_mm256_castps256_ps128(sq), _mm256_extractf128_ps::<1>(sq));
+        let r = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        std::arch::x86_64::_mm_cvtss_f32(_mm_add_ss(r, _mm_shuffle_ps::<1>(r, r)))
+    }
+    let t = &*TABLES;
+    let (mut c, mut s) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    for (j, (cr, sr)) in t.cos.iter().zip(&t.sin).enumerate() {
+        // Samples 2j and 2j + 1 (one 32-bit lane) in every lane.
+        let pair = (u32::from(x[2 * j] as u16) | u32::from(x[2 * j + 1] as u16) << 16) as i32;
+        let pair = _mm256_set1_epi32(pair);
+        c = _mm256_add_epi32(c, _mm256_madd_epi16(pair, load(cr)));
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(pair, load(sr)));
+    }
+    let scale = _mm256_set1_ps(1.0 / COEF_SCALE);
+    let (c, s): (__m256, __m256) = (
+        _mm256_mul_ps(_mm256_cvtepi32_ps(c), scale),
+        _mm256_mul_ps(_mm256_cvtepi32_ps(s), scale),
+    );
+    Terms {
+        // SAFETY: __m256 and [f32; 8] have the same size, and any bits are a valid f32.
+        c: unsafe { std::mem::transmute::<__m256, [f32; 8]>(c) },
+        // SAFETY: as above.
+        s: unsafe { std::mem::transmute::<__m256, [f32; 8]>(s) },
+        energy: [energy(&x[..SUB]), energy(&x[SUB..])],
+    }
 }
 
 /// Complex DFT terms at the eight DTMF frequencies over consecutive 16-sample steps.
@@ -160,7 +225,7 @@ pub fn step_terms(x: &[f32; STEP]) -> Terms {
 /// consistent phase reference.
 #[derive(Clone, Debug)]
 pub struct Bank {
-    buf: [f32; STEP],
+    buf: [i16; STEP],
     fill: usize,
     steps: u64,
     /// `steps` modulo the phase period: the current step's row of the phase table.
@@ -176,7 +241,7 @@ impl Default for Bank {
 impl Bank {
     pub fn new() -> Bank {
         Bank {
-            buf: [0.0; STEP],
+            buf: [0; STEP],
             fill: 0,
             steps: 0,
             phase: 0,
@@ -209,7 +274,7 @@ impl Bank {
     #[inline]
     pub fn stage(&mut self, x: i16) -> bool {
         // `fill` is always below STEP here; the mask keeps the index provably in range.
-        self.buf[self.fill & (STEP - 1)] = f32::from(x);
+        self.buf[self.fill & (STEP - 1)] = x;
         self.fill += 1;
         if self.fill < STEP {
             return false;
@@ -219,7 +284,7 @@ impl Bank {
     }
 
     /// The samples of the step just completed by [`Bank::stage`].
-    pub fn pending(&self) -> &[f32; STEP] {
+    pub fn pending(&self) -> &[i16; STEP] {
         &self.buf
     }
 
@@ -280,6 +345,48 @@ pub fn goertzel_power(samples: &[f32], freq: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// How far the fixed-point coefficients can move a term over `x`: each is within half a
+    /// step of its true value, so the sum is within Σ|x|/2 steps (a phase rotation keeps the
+    /// bound), plus a little for the float arithmetic after.
+    fn quantisation_bound(x: &[i16]) -> f64 {
+        let sum: f64 = x.iter().map(|&v| f64::from(v).abs()).sum();
+        sum * 0.5 / f64::from(COEF_SCALE) + 1.0
+    }
+
+    #[test]
+    fn fixed_point_sums_cannot_overflow() {
+        // The largest |Σ x·coef| a step can reach: full-scale samples with the coefficients' signs.
+        let t = &*TABLES;
+        for rows in [&t.cos, &t.sin] {
+            for f in 0..8 {
+                let worst: i64 = rows
+                    .iter()
+                    .map(|r| 32768 * (i64::from(r[2 * f]).abs() + i64::from(r[2 * f + 1]).abs()))
+                    .sum();
+                assert!(worst <= i64::from(i32::MAX), "frequency {f}: {worst}");
+            }
+        }
+        // Such a step, built for the 697 Hz cosine, gives the float DFT's term.
+        let w = 2.0 * std::f64::consts::PI * f64::from(DTMF_HZ[0]) / 8000.0;
+        let x: [i16; STEP] = std::array::from_fn(|m| {
+            if (w * m as f64).cos() >= 0.0 {
+                i16::MAX
+            } else {
+                i16::MIN
+            }
+        });
+        let want: f64 = x
+            .iter()
+            .enumerate()
+            .map(|(m, &v)| f64::from(v) * (w * m as f64).cos())
+            .sum();
+        let got = f64::from(step_terms(&x).c[0]);
+        assert!(
+            (got - want).abs() < quantisation_bound(&x),
+            "{got} vs {want}"
+        );
+    }
+
     fn sine(f: f32, amp: f32, n: usize, phase: f32) -> Vec<i16> {
         (0..n)
             .map(|i| {
@@ -309,11 +416,11 @@ mod tests {
                 di -= f64::from(s) * (w * n as f64).sin();
             }
             assert!(
-                (f64::from(re[k]) - dr).abs() < 1.0 + dr.abs() * 1e-4,
+                (f64::from(re[k]) - dr).abs() < quantisation_bound(&x) + dr.abs() * 1e-4,
                 "k={k}"
             );
             assert!(
-                (f64::from(im[k]) - di).abs() < 1.0 + di.abs() * 1e-4,
+                (f64::from(im[k]) - di).abs() < quantisation_bound(&x) + di.abs() * 1e-4,
                 "k={k}"
             );
         }
@@ -382,12 +489,12 @@ mod tests {
             di -= f64::from(s) * a.sin();
         }
         assert!(
-            (f64::from(b.re[6]) - dr).abs() < 2.0 + dr.abs() * 1e-4,
+            (f64::from(b.re[6]) - dr).abs() < quantisation_bound(&x) + dr.abs() * 1e-4,
             "{} vs {dr}",
             b.re[6]
         );
         assert!(
-            (f64::from(b.im[6]) - di).abs() < 2.0 + di.abs() * 1e-4,
+            (f64::from(b.im[6]) - di).abs() < quantisation_bound(&x) + di.abs() * 1e-4,
             "{} vs {di}",
             b.im[6]
         );
