@@ -590,9 +590,7 @@ impl Scrubber {
             // runs next.
             let mut lin = [0i16; CHUNK];
             if let Some(input) = input {
-                for (l, &b) in lin.iter_mut().zip(input) {
-                    *l = codec.decode(b);
-                }
+                codec.decode_into(input, &mut lin);
             }
             if force {
                 self.forced.set(self.pos, n);
@@ -687,9 +685,7 @@ impl Scrubber {
             *f = mask[i / 64] >> (i % 64) & 1 != 0;
         }
         let mut lin = [0i16; CHUNK];
-        for (l, &b) in lin.iter_mut().zip(piece.iter()) {
-            *l = codec.decode(b);
-        }
+        codec.decode_into(piece, &mut lin);
         self.masker.apply(&mut lin[..n], &flags[..n]);
         for (w, &l) in piece.iter_mut().zip(lin.iter()) {
             if l != codec.decode(*w) {
@@ -873,9 +869,7 @@ impl DigitTap {
         let mut report = in_band(&mut self.last_digit, &mut self.stats, 0, on_digit);
         let mut lin = [0i16; CHUNK];
         for piece in payload.chunks(CHUNK) {
-            for (l, &b) in lin.iter_mut().zip(piece) {
-                *l = codec.decode(b);
-            }
+            codec.decode_into(piece, &mut lin);
             self.detector.process(&lin[..piece.len()], &mut report);
         }
         self.pos += n as u64;
