@@ -729,14 +729,13 @@ impl PresenceDetector {
     /// `input[i]` must be masked. `mask.len()` must equal `input.len()`. Samples before the
     /// start of the stream are reported unmasked. Never allocates.
     pub fn process(&mut self, input: &[i16], mask: &mut [bool]) {
-        for (&x, m) in input.iter().zip(mask.iter_mut()) {
-            let at = self.pos;
-            self.pos += 1;
-            if self.bank.stage(x) {
-                let t = step_terms(self.bank.pending());
-                self.finish_step(&t);
+        let n = input.len().min(mask.len());
+        for (input, mask) in input[..n].chunks(64).zip(mask[..n].chunks_mut(64)) {
+            let mut bits = [0u64];
+            self.process_bits(input, &mut bits);
+            for (i, m) in mask.iter_mut().enumerate() {
+                *m = bits[0] >> i & 1 != 0;
             }
-            *m = self.take_mark(at);
         }
     }
 
