@@ -879,11 +879,11 @@ impl PresenceDetector {
         }
         let l = argmax4([q[0], q[1], q[2], q[3]]);
         let h = 4 + argmax4([q[4], q[5], q[6], q[7]]);
-        let onset = loud && ql + qh >= ratio && ql >= share && qh >= share;
+        // `loud` held, or the window was turned away above.
+        let onset = ql + qh >= ratio && ql >= share && qh >= share;
         // Once a pair has been seen, the same pair keeps masking at half the energy share:
         // speech over a sounding key must not open holes in the mask.
         let held = matches!(self.held, Some((hl, hh, _)) if hl == l && hh == h)
-            && loud
             && ql + qh >= 0.5 * ratio
             && ql >= 0.5 * share
             && qh >= 0.5 * share;

@@ -70,9 +70,9 @@ struct Phasor {
 }
 
 /// The DTMF grid's cos/sin tables, laid out pair-major so the inner loop runs across the eight
-/// frequencies at once, and the phase of every step of a period. A lookup replaces a running complex recurrence:
-/// it is exact (no drift to correct over hours of audio), keeps no per-call state, and costs a
-/// fraction of the arithmetic. One copy for the process: per-detector copies would cost cache
+/// frequencies at once, and the phase of every step of a period. A lookup replaces a running
+/// complex recurrence: it is exact (no drift to correct over hours of audio), keeps no per-call
+/// state, and costs a fraction of the arithmetic. One copy for the process: per-detector copies would cost cache
 /// per call.
 struct Tables {
     /// cos(ω_k m) and sin(ω_k m) in fixed point (`COEF_SCALE`), for pair `j` of the step's
