@@ -215,6 +215,9 @@ pub struct RouteConfig {
     /// Contact-centre URI the B-leg is sent to.
     pub target: String,
     pub target_transport: Transport,
+    /// Addresses the contact centre may send in-dialog requests and responses from, besides
+    /// the target's (and the fallback's) host: for contact centres that answer from several.
+    pub peer_sources: Vec<IpNet>,
     pub scrub: ScrubMode,
     /// Inline routes: listen on the agent→caller direction until the agent keys a payment
     /// session's locator on their phone, then bind the call to that session.
@@ -244,6 +247,7 @@ impl Default for RouteConfig {
             user: None,
             target: "sip:agents@127.0.0.1:5080".into(),
             target_transport: Transport::Udp,
+            peer_sources: Vec::new(),
             scrub: ScrubMode::Always,
             agent_locator: true,
             locator_from: vec![

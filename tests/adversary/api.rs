@@ -1,0 +1,1 @@
+//! Attacks on the api surface (see main.rs).

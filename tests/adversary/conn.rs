@@ -1,0 +1,1 @@
+//! Attacks on the conn surface (see main.rs).

@@ -1,0 +1,1 @@
+//! Attacks on the media surface (see main.rs).

@@ -1,0 +1,1 @@
+//! Attacks on the sip surface (see main.rs).
