@@ -7,7 +7,7 @@ mod sipwire;
 
 use sipwire::*;
 use tonewall::digit::Digit;
-use tonewall::sip::b2bua::{CallEvent, EndCause, Input, Output};
+use tonewall::sip::b2bua::{CallEvent, EndCause, Input, Leg, Output, Refusal};
 use tonewall::sip::message::ResponseBuilder;
 
 #[test]
@@ -416,7 +416,7 @@ fn unknown_source_gets_403() {
     let mut w = Wire::new();
     let inv = trunk_invite("1", Some(&sdp("192.0.2.10", 40000, "0", "sendrecv")), "");
     w.deliver(STRANGER, &inv);
-    assert_eq!(w.next_to_trunk().status(), Some(403));
+    assert_eq!(w.stranger.pop_front().unwrap().status(), Some(403));
     assert!(w.cc.is_empty());
     assert!(w.pool.live.is_empty());
 }
@@ -656,4 +656,127 @@ fn early_media_183_and_update_are_anchored() {
         })
         .unwrap();
     assert_eq!(last_a.remote, Some(addr("192.0.2.10:40010")));
+}
+
+fn refusals(w: &Wire) -> Vec<Refusal> {
+    w.events
+        .iter()
+        .filter_map(|e| match e {
+            Output::Refused { refusal, .. } => Some(*refusal),
+            _ => None,
+        })
+        .collect()
+}
+
+fn media_updates(w: &Wire) -> usize {
+    w.events
+        .iter()
+        .filter(|e| matches!(e, Output::Media { .. }))
+        .count()
+}
+
+/// DESIGN.md §3.6: a stranger holding the right Call-ID, tags and CSeq (sniffed, or guessed)
+/// can neither hang up nor re-route a call on either leg.
+#[test]
+fn a_stranger_with_the_dialog_identifiers_cannot_touch_the_call() {
+    let mut w = Wire::new();
+    let (mut trunk, mut cc) = answered_call(&mut w);
+    let before = media_updates(&w);
+
+    w.deliver(STRANGER, &trunk.request("BYE", None, ""));
+    assert_eq!(w.stranger.pop_front().unwrap().status(), Some(403));
+    w.deliver(STRANGER, &cc.request("BYE", None, ""));
+    assert_eq!(w.stranger.pop_front().unwrap().status(), Some(403));
+    let hijack = sdp("203.0.113.66", 41000, "0 101", "sendrecv");
+    w.deliver(STRANGER, &cc.request("INVITE", Some(&hijack), ""));
+    assert_eq!(w.stranger.pop_front().unwrap().status(), Some(403));
+    w.deliver(STRANGER, &trunk.request("INVITE", Some(&hijack), ""));
+    assert_eq!(w.stranger.pop_front().unwrap().status(), Some(403));
+    w.deliver(STRANGER, &cc.request("ACK", None, ""));
+
+    assert!(w.cc.is_empty() && w.trunk.is_empty(), "nothing relayed");
+    assert!(w.stranger.is_empty(), "an ACK gets no answer");
+    assert!(w.ended().is_empty(), "the call goes on");
+    assert_eq!(media_updates(&w), before, "media untouched");
+    assert_eq!(refusals(&w), vec![Refusal::Stranger; 5]);
+    assert_eq!(w.core.active_calls(), 1);
+
+    // The real peers still can.
+    w.deliver(TRUNK, &trunk.request("BYE", None, ""));
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    assert_eq!(w.next_to_cc().method().unwrap().as_str(), "BYE");
+}
+
+#[test]
+fn each_leg_hears_only_its_own_peer() {
+    let mut w = Wire::new();
+    let (mut trunk, mut cc) = answered_call(&mut w);
+    // The trunk (allowed, but not the contact centre) acts in the contact centre's dialog.
+    let sent = w.deliver_unchecked(TRUNK, &cc.request("BYE", None, ""));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].status(), Some(403));
+    // The contact centre acts in the trunk's dialog.
+    let sent = w.deliver_unchecked(CC, &trunk.request("BYE", None, ""));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].status(), Some(403));
+    assert!(w.ended().is_empty());
+    assert_eq!(
+        refusals(&w),
+        vec![Refusal::WrongLeg(Leg::B), Refusal::WrongLeg(Leg::A)]
+    );
+}
+
+#[test]
+fn a_response_counts_only_from_where_its_request_went() {
+    let mut w = Wire::new();
+    let offer = sdp("192.0.2.10", 40000, "0 101", "sendrecv");
+    w.deliver(TRUNK, &trunk_invite("1", Some(&offer), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let inv = w.next_to_cc();
+    // A stranger answers the B-leg INVITE first, with the right branch and its own media.
+    let fake = sdp("203.0.113.66", 41000, "0 101", "sendrecv");
+    w.deliver(STRANGER, &cc_answer(&inv, 200, "OK", Some(&fake)));
+    assert!(w.trunk.is_empty(), "nothing reaches the trunk");
+    assert_eq!(media_updates(&w), 0);
+    assert_eq!(refusals(&w), vec![Refusal::Stranger]);
+    // The trunk's own address, allowed but not the contact centre: refused as a response.
+    w.deliver(TRUNK, &cc_answer(&inv, 200, "OK", Some(&fake)));
+    assert!(w.trunk.is_empty());
+    assert_eq!(refusals(&w).last(), Some(&Refusal::Response));
+    // The contact centre's answer still sets the call up, with its media.
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    let ok = w.trunk_final_or_prov();
+    assert_eq!(ok.status(), Some(200));
+    w.deliver(TRUNK, &trunk_peer(&ok).request("ACK", None, ""));
+    let media = w
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Output::Media { b, .. } => Some(*b),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(media.remote, Some(addr("198.51.100.20:50000")));
+}
+
+#[test]
+fn a_stranger_cannot_cancel_a_call_being_set_up() {
+    let mut w = Wire::new();
+    let offer = sdp("192.0.2.10", 40000, "0 101", "sendrecv");
+    let invite = trunk_invite("1", Some(&offer), "");
+    w.deliver(TRUNK, &invite);
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    w.next_to_cc();
+    let cancel = invite
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = format!(
+        "{}Content-Length: 0\r\n\r\n",
+        cancel.split("Content-Type").next().unwrap()
+    );
+    w.deliver(STRANGER, &cancel);
+    assert_eq!(w.stranger.pop_front().unwrap().status(), Some(403));
+    assert!(w.cc.is_empty(), "no CANCEL to the contact centre");
+    assert!(w.ended().is_empty());
 }

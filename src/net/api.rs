@@ -894,6 +894,11 @@ impl ApiState {
                     "not_found",
                     "no live call has this id",
                 ),
+                CallError::AlwaysOn => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "always_scrubbed",
+                    "the call's route scrubs always; scrubbing cannot be switched off",
+                ),
             })
     }
 

@@ -31,6 +31,8 @@ pub struct CallInfo {
 struct Entry {
     info: CallInfo,
     scrubbing: bool,
+    /// The route scrubs always: no switch turns it off.
+    always: bool,
     control: Option<ControlSender>,
 }
 
@@ -42,6 +44,8 @@ pub struct CallView {
     pub info: CallInfo,
     pub started_at: String,
     pub scrubbing: bool,
+    /// `always` (the route's `scrub = "always"`: cannot be switched off) or `on-demand`.
+    pub scrub_mode: &'static str,
 }
 
 /// Why a scrubbing change was refused.
@@ -49,6 +53,8 @@ pub struct CallView {
 pub enum CallError {
     #[error("no live call has this id")]
     NotFound,
+    #[error("the call's route scrubs always; scrubbing cannot be switched off")]
+    AlwaysOn,
 }
 
 /// The live calls. Cheap to clone.
@@ -81,12 +87,14 @@ impl CallRegistry {
         self.inner.attached.load(Ordering::Relaxed)
     }
 
-    pub fn started(&self, id: &str, info: CallInfo, scrubbing: bool) {
+    /// A new call; `always` when its route scrubs always (scrubbing starts on and stays on).
+    pub fn started(&self, id: &str, info: CallInfo, always: bool) {
         self.lock().insert(
             id.to_string(),
             Entry {
                 info,
-                scrubbing,
+                scrubbing: always,
+                always,
                 control: None,
             },
         );
@@ -116,6 +124,9 @@ impl CallRegistry {
     pub fn set_scrubbing(&self, id: &str, on: bool) -> Result<(), CallError> {
         let mut calls = self.lock();
         let e = calls.get_mut(id).ok_or(CallError::NotFound)?;
+        if e.always && !on {
+            return Err(CallError::AlwaysOn);
+        }
         e.scrubbing = on;
         if let Some(c) = &e.control
             && c.try_send(MediaControl::Scrub(on)).is_err()
@@ -157,6 +168,7 @@ fn view(id: &str, e: &Entry) -> CallView {
         started_at: crate::net::api::rfc3339(e.info.started_ms),
         info: e.info.clone(),
         scrubbing: e.scrubbing,
+        scrub_mode: if e.always { "always" } else { "on-demand" },
     }
 }
 
@@ -205,5 +217,18 @@ mod tests {
             json.contains("\"started_at\":\"2023-11-14T22:13:20"),
             "{json}"
         );
+        assert!(json.contains("\"scrub_mode\":\"always\""), "{json}");
+    }
+
+    #[tokio::test]
+    async fn an_always_call_refuses_to_be_switched_off_and_sends_nothing() {
+        let r = CallRegistry::default();
+        r.started("9", info(), true);
+        let (tx, mut rx) = mpsc::channel(4);
+        r.media("9", ControlSender::unattached(tx), true);
+        assert_eq!(r.set_scrubbing("9", false), Err(CallError::AlwaysOn));
+        assert!(rx.try_recv().is_err(), "no command reaches the relay");
+        assert!(r.view("9").unwrap().scrubbing);
+        assert_eq!(r.set_scrubbing("9", true), Ok(()));
     }
 }

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub samples_masked: Counter,
     /// RFC 4733 telephone-event packets replaced by masking audio on the agent leg.
     pub events_stripped: Counter,
+    /// SIP messages refused because of who sent them, by `reason` (`stranger`,
+    /// `wrong_leg_trunk`, `wrong_leg_contact_centre`, `response`).
+    pub sip_refused: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,7 +76,13 @@ impl Metrics {
             dtmf_keys_heard: Counter::default(),
             samples_masked: Counter::default(),
             events_stripped: Counter::default(),
+            sip_refused: Family::default(),
         };
+        registry.register(
+            "sip_refused",
+            "SIP messages refused because of who sent them, by reason",
+            m.sip_refused.clone(),
+        );
         registry.register(
             "payment_sessions_created",
             "Payment sessions created",

@@ -39,7 +39,7 @@ pub enum RunError {
 /// Runs tonewall until `shutdown` resolves: hangs up calls in progress, stops the API, returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     // Fail on a bad route before binding anything.
-    B2buaConfig::from_config(&config, 0)?;
+    B2buaConfig::from_config(&config, [0; 32])?;
     let pool = PortPool::from_config(&config.media)?;
     let workers =
         MediaWorkers::start(config.media.worker_threads()).map_err(RunError::MediaThreads)?;

@@ -10,7 +10,7 @@
 //! It must never log per packet or log a digit; call events are logged with the call id.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -35,7 +35,7 @@ use crate::payment::locator::LocatorCollector;
 use crate::rtp::scrubber::ScrubberConfig;
 use crate::sip::b2bua::{
     B2bua, B2buaConfig, B2buaError, CallEvent, CallId, EndCause, Input, LegMedia, LocateOutcome,
-    Output, PortAllocator, RelayPorts,
+    Output, PortAllocator, Refusal, RelayPorts,
 };
 use crate::sip::framer::{Frame, PONG, StreamFramer};
 use crate::sip::message::{Framing, Limits, Message};
@@ -46,6 +46,10 @@ const CORE_QUEUE: usize = 4096;
 const TCP_QUEUE: usize = 256;
 /// How long shutdown waits for hung-up calls to finish their BYE transactions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// A refused source is logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Sources remembered for that; beyond, refusals are only counted.
+const REFUSAL_LOG_SOURCES: usize = 4096;
 
 /// What the core task receives.
 enum CoreMsg {
@@ -142,6 +146,8 @@ struct Shell {
     core_tx: mpsc::Sender<CoreMsg>,
     limits: Limits,
     started: Instant,
+    /// When each refused source was last logged (bounded by [`REFUSAL_LOG_SOURCES`]).
+    refusals_logged: HashMap<IpAddr, Instant>,
 }
 
 /// What the shell keeps per live call.
@@ -186,7 +192,9 @@ pub async fn serve(
     api: ApiState,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), B2buaError> {
-    let seed: u64 = rand::random();
+    // The core's identifiers come from a CSPRNG seeded by the OS (rand's ThreadRng is
+    // ChaCha12 reseeded from getrandom).
+    let seed: [u8; 32] = rand::random();
     api.calls().attach();
     let mut core = B2bua::new(B2buaConfig::from_config(config, seed)?);
     let limits = Limits {
@@ -254,6 +262,7 @@ pub async fn serve(
         core_tx,
         limits,
         started: Instant::now(),
+        refusals_logged: HashMap::new(),
     };
 
     let mut out = Vec::new();
@@ -387,6 +396,7 @@ impl Shell {
                         c.collector = Some(LocatorCollector::new(len, gap));
                     }
                 }
+                Output::Refused { from, refusal } => self.refused(from, refusal),
                 Output::Announce { call } => {
                     tracing::info!(call = call.0, "loop route: locator not found, announcing");
                     // The core hangs up after the route's announce_ms, which stops the relay.
@@ -397,6 +407,35 @@ impl Shell {
                     }
                 }
             }
+        }
+    }
+
+    /// Counts a refused message; logs its source at most once a minute, so a flood from one
+    /// address costs a counter increment, not a log line each.
+    fn refused(&mut self, from: SocketAddr, refusal: Refusal) {
+        self.api
+            .metrics()
+            .sip_refused
+            .get_or_create(&[("reason", refusal.label())])
+            .inc();
+        let now = Instant::now();
+        let seen = &mut self.refusals_logged;
+        if seen.len() >= REFUSAL_LOG_SOURCES {
+            seen.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_EVERY);
+            if seen.len() >= REFUSAL_LOG_SOURCES {
+                return; // a flood from many sources: the counter tells the story
+            }
+        }
+        let due = seen
+            .get(&from.ip())
+            .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_EVERY);
+        if due {
+            seen.insert(from.ip(), now);
+            tracing::warn!(
+                source = %from.ip(),
+                reason = refusal.label(),
+                "SIP message refused: the sender may not send it (further ones from this source are only counted for a minute)"
+            );
         }
     }
 
@@ -589,6 +628,8 @@ impl Shell {
             Codec::Pcma
         };
         let scrub_on = self.calls.get(&call).is_none_or(|c| c.scrub);
+        // `scrub` is the route's "always": the scrubber itself then refuses to be switched off.
+        cfg.always = scrub_on;
         let pre_bridge = self.calls.get(&call).map_or_else(
             || Arc::new(AtomicBool::new(false)),
             |c| c.pre_bridge.clone(),

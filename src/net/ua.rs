@@ -761,6 +761,17 @@ pub enum Ending {
     ByUs(u16),
 }
 
+/// A dialog's identifiers seen from one end (RFC 3261 §12): Call-ID, our From (with our tag),
+/// our To (with theirs), the peer's Contact and our last CSeq.
+#[derive(Clone, Debug)]
+pub struct DialogIds {
+    pub call_id: String,
+    pub local: String,
+    pub remote: String,
+    pub remote_target: String,
+    pub cseq: u32,
+}
+
 /// An established call: its dialog, its RTP socket and what it has received.
 pub struct Call {
     shared: Arc<Shared>,
@@ -855,6 +866,18 @@ impl Call {
 
     pub fn call_id(&self) -> &str {
         &self.dialog.call_id
+    }
+
+    /// The dialog as anyone on the signalling path sees it: what an attack test needs to
+    /// forge an in-dialog request with the right identifiers.
+    pub fn dialog_ids(&self) -> DialogIds {
+        DialogIds {
+            call_id: self.dialog.call_id.clone(),
+            local: self.dialog.local.clone(),
+            remote: self.dialog.remote.clone(),
+            remote_target: self.dialog.remote_target.clone(),
+            cseq: self.dialog.cseq,
+        }
     }
 
     /// Where we send RTP (the peer's SDP address).

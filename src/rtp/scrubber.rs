@@ -49,6 +49,9 @@ pub struct ScrubberConfig {
     pub event_timeout_ms: u64,
     /// Scrubbing state at start.
     pub enabled: bool,
+    /// The route scrubs always (`scrub = "always"`): scrubbing cannot be switched off, by
+    /// anyone, whatever the control path asks.
+    pub always: bool,
 }
 
 impl Default for ScrubberConfig {
@@ -61,6 +64,7 @@ impl Default for ScrubberConfig {
             detector: DetectorConfig::default(),
             event_timeout_ms: 250,
             enabled: true,
+            always: false,
         }
     }
 }
@@ -264,7 +268,7 @@ impl Scrubber {
         let presence = PresenceDetector::new(cfg.presence.clone());
         let delay = presence.delay().min(MAX_DELAY);
         let mut s = Scrubber {
-            enabled: cfg.enabled,
+            enabled: cfg.enabled || cfg.always,
             detector: DtmfDetector::new(cfg.detector.clone()),
             masker: Masker::new(cfg.mask),
             presence,
@@ -315,9 +319,14 @@ impl Scrubber {
     /// Switches scrubbing on or off between packets. Off is a bit-exact pass-through; switching
     /// on starts a fresh delay line (D samples of silence), so the agent hears a D-sample gap
     /// once rather than a click or a digit fragment.
-    pub fn set_enabled(&mut self, on: bool, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+    /// Switches scrubbing; switching off a scrubber built with `always` does nothing and
+    /// returns false.
+    pub fn set_enabled(&mut self, on: bool, on_digit: &mut dyn FnMut(ScrubbedDigit)) -> bool {
+        if !on && self.cfg.always {
+            return false;
+        }
         if on == self.enabled {
-            return;
+            return true;
         }
         if !on {
             self.finish_event(on_digit);
@@ -334,6 +343,7 @@ impl Scrubber {
             self.was_masking = false;
         }
         self.enabled = on;
+        true
     }
 
     fn prime_delay_line(&mut self) {
@@ -1170,6 +1180,39 @@ mod tests {
         assert_eq!(keys, "4111");
         assert!(digits.iter().all(|d| d.source == DigitSource::Rfc4733));
         assert!(s.stats().events_converted > 0);
+    }
+
+    #[test]
+    fn an_always_scrubber_cannot_be_switched_off() {
+        let cfg = ScrubberConfig {
+            enabled: false,
+            always: true,
+            ..ScrubberConfig::default()
+        };
+        let mut s = Scrubber::new(cfg);
+        assert!(
+            s.is_enabled(),
+            "always wins over a start-up `enabled = false`"
+        );
+        assert!(!s.set_enabled(false, &mut |_| {}), "the switch is refused");
+        assert!(s.is_enabled());
+        let spans = [KeySpan {
+            digit: key('5'),
+            start: 800,
+            end: 1600,
+        }];
+        let packets = packetize(&voice(4000, 4), &TrunkConfig::default(), Some(&spans));
+        let (out, digits) = run(&mut s, &packets);
+        let rx = depacketize(out.iter().map(|p| p.as_slice()), 32_000);
+        assert_eq!(
+            rx.non_audio_packets, 0,
+            "the key's events are still stripped"
+        );
+        assert_eq!(digits.len(), 1);
+
+        let mut on_demand = Scrubber::new(ScrubberConfig::default());
+        assert!(on_demand.set_enabled(false, &mut |_| {}));
+        assert!(!on_demand.is_enabled());
     }
 
     #[test]

@@ -21,6 +21,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use ipnet::IpNet;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::config::{Config, LocatorSource, OnFailure, RouteConfig, RouteMode, Transport};
 use crate::digit::Digit;
@@ -93,6 +95,8 @@ pub struct Route {
     /// Where B-leg signalling is sent.
     pub target: SocketAddr,
     pub transport: Transport,
+    /// Other addresses the contact centre speaks from (besides the target's and fallback's).
+    pub peer_sources: Vec<IpNet>,
     /// Inline: relay at once. Loop: learn a locator first (`loop_route` holds how).
     pub mode: RouteMode,
     /// Set for `RouteMode::Loop` routes.
@@ -147,6 +151,27 @@ fn resolve_ip_uri(s: &str) -> Option<SocketAddr> {
 }
 
 impl Route {
+    /// Whether `ip` may send requests and responses on `leg` of a call on this route: the
+    /// trunk's allow-list on the A-leg (empty: anyone), the contact centre's addresses on the
+    /// B-leg (DESIGN.md §3.6).
+    pub fn may_speak(&self, leg: Leg, ip: IpAddr) -> bool {
+        match leg {
+            Leg::A => self.sources.is_empty() || self.sources.iter().any(|n| n.contains(&ip)),
+            Leg::B => self.is_contact_centre(ip),
+        }
+    }
+
+    /// The target's host, the fallback's, or one of `peer_sources`.
+    fn is_contact_centre(&self, ip: IpAddr) -> bool {
+        self.target.ip() == ip
+            || self
+                .loop_route
+                .as_ref()
+                .and_then(|l| l.fallback.as_ref())
+                .is_some_and(|(_, f)| f.ip() == ip)
+            || self.peer_sources.iter().any(|n| n.contains(&ip))
+    }
+
     pub fn from_config(rc: &RouteConfig) -> Result<Route, B2buaError> {
         let target = resolve_ip_uri(&rc.target).ok_or_else(|| B2buaError::RouteTarget {
             route: rc.name.clone(),
@@ -188,6 +213,7 @@ impl Route {
             target_uri: rc.target.clone(),
             target,
             transport: rc.target_transport,
+            peer_sources: rc.peer_sources.clone(),
             mode: rc.mode,
             loop_route,
         })
@@ -208,12 +234,14 @@ pub struct B2buaConfig {
     pub carry_headers: Vec<String>,
     pub user_agent: String,
     pub timers: TimerConfig,
-    /// Seed for tags, branches and Call-IDs (the shell passes a random one; tests a fixed one).
-    pub id_seed: u64,
+    /// Seed of the CSPRNG that draws tags, branches, Call-IDs and call ids. The shell passes 32
+    /// bytes from the OS; tests a fixed seed, so the core stays deterministic. Knowing any
+    /// number of drawn ids does not give the seed or the next id (ChaCha12, RFC 7539 family).
+    pub id_seed: [u8; 32],
 }
 
 impl B2buaConfig {
-    pub fn from_config(cfg: &Config, id_seed: u64) -> Result<B2buaConfig, B2buaError> {
+    pub fn from_config(cfg: &Config, id_seed: [u8; 32]) -> Result<B2buaConfig, B2buaError> {
         let host = cfg
             .sip
             .advertised_host
@@ -361,6 +389,36 @@ pub enum Output {
     Announce {
         call: CallId,
     },
+    /// A message from an address that may not send it was refused (answered 403 or dropped);
+    /// the shell counts it and logs the source now and then, never the message.
+    Refused {
+        from: SocketAddr,
+        refusal: Refusal,
+    },
+}
+
+/// What was refused, for the metric label and the log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A request from an address on no allow-list (any method, in a dialog or not).
+    Stranger,
+    /// An in-dialog request from an allowed address that is not this leg's peer (the trunk's
+    /// on the contact-centre leg, or the other way round).
+    WrongLeg(Leg),
+    /// A response from an address other than the one its request went to.
+    Response,
+}
+
+impl Refusal {
+    /// Fixed metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Stranger => "stranger",
+            Refusal::WrongLeg(Leg::A) => "wrong_leg_trunk",
+            Refusal::WrongLeg(Leg::B) => "wrong_leg_contact_centre",
+            Refusal::Response => "response",
+        }
+    }
 }
 
 type SKey = (SocketAddr, String, String);
@@ -498,17 +556,10 @@ pub struct B2bua {
     dialogs: HashMap<String, (CallId, Leg)>,
     servers: HashMap<SKey, ServerEntry>,
     clients: HashMap<String, ClientEntry>,
-    next_call: u64,
-    id_counter: u64,
+    /// Draws every identifier a stranger could use to reach a call (RFC 3261 §19.3 asks
+    /// tags and Call-IDs to be globally unique and cryptographically random).
+    ids: StdRng,
     active: usize,
-}
-
-/// SplitMix64: enough to make tags and branches unique and unguessable per seed.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 fn uri_user<'a>(uri: &Uri<'a>) -> Option<&'a str> {
@@ -623,13 +674,12 @@ fn map_failure(status: u16) -> u16 {
 impl B2bua {
     pub fn new(cfg: B2buaConfig) -> B2bua {
         B2bua {
+            ids: StdRng::from_seed(cfg.id_seed),
             cfg,
             calls: HashMap::new(),
             dialogs: HashMap::new(),
             servers: HashMap::new(),
             clients: HashMap::new(),
-            next_call: 1,
-            id_counter: 0,
             active: 0,
         }
     }
@@ -666,10 +716,20 @@ impl B2bua {
         s.chain(c).chain(r).min()
     }
 
+    /// A tag, branch or Call-ID: 64 random bits after `prefix`.
     fn new_id(&mut self, prefix: &str) -> String {
-        self.id_counter += 1;
-        let v = mix(self.cfg.id_seed ^ mix(self.id_counter));
+        let v = self.ids.next_u64();
         format!("{prefix}{v:016x}")
+    }
+
+    /// A call's id: random (the control API shows it), never 0, never one in use.
+    fn new_call_id(&mut self) -> CallId {
+        loop {
+            let id = CallId(self.ids.next_u64());
+            if id.0 != 0 && !self.calls.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     fn local(&self) -> (String, String) {
@@ -695,8 +755,13 @@ impl B2bua {
             } => {
                 if msg.is_request() {
                     self.on_request(transport, from, msg, now, ports, out);
+                } else if !self.allowed_source(from.ip()) {
+                    out.push(Output::Refused {
+                        from,
+                        refusal: Refusal::Stranger,
+                    });
                 } else {
-                    self.on_response(msg, now, ports, out);
+                    self.on_response(from, msg, now, ports, out);
                 }
             }
             Input::Tick => self.on_tick(now, ports, out),
@@ -1054,12 +1119,21 @@ impl B2bua {
 
     // ---------------------------------------------------------------- requests
 
+    /// On some route's allow-list or one of the contact centre's addresses: who may send us
+    /// anything at all.
     fn allowed_source(&self, ip: IpAddr) -> bool {
         self.cfg
             .routes
             .iter()
-            .any(|r| r.sources.is_empty() || r.sources.iter().any(|n| n.contains(&ip)))
-            || self.cfg.routes.iter().any(|r| r.target.ip() == ip)
+            .any(|r| r.may_speak(Leg::A, ip) || r.may_speak(Leg::B, ip))
+    }
+
+    /// Whether `ip` is the peer of `leg` of `call` (see [`Route::may_speak`]).
+    fn leg_peer(&self, call: CallId, leg: Leg, ip: IpAddr) -> bool {
+        self.calls
+            .get(&call)
+            .and_then(|c| self.cfg.routes.get(c.route))
+            .is_some_and(|r| r.may_speak(leg, ip))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1116,6 +1190,19 @@ impl B2bua {
             }
         }
 
+        // The allow-list applies to every request, in a dialog or not, before anything is
+        // looked up: a stranger learns nothing of which identifiers are live.
+        if !self.allowed_source(from.ip()) {
+            out.push(Output::Refused {
+                from,
+                refusal: Refusal::Stranger,
+            });
+            if method != "ACK" {
+                self.reply_stateless(&msg, transport, from, 403, "Forbidden", out);
+            }
+            return;
+        }
+
         if method == "CANCEL" {
             self.on_cancel(transport, from, msg, &branch, now, ports, out);
             return;
@@ -1128,10 +1215,6 @@ impl B2bua {
         }
         if method == "ACK" {
             return; // stray ACK: nothing to answer (§17.2.3)
-        }
-        if !self.allowed_source(from.ip()) {
-            self.reply_stateless(&msg, transport, from, 403, "Forbidden", out);
-            return;
         }
         match method.as_str() {
             "INVITE" => self.new_call(transport, from, msg, key, now, ports, out),
@@ -1411,8 +1494,7 @@ impl B2bua {
             transport: r.transport,
             last_ack: None,
         };
-        let call = CallId(self.next_call);
-        self.next_call += 1;
+        let call = self.new_call_id();
         self.active += 1;
         if let Some(e) = self.servers.get_mut(&key) {
             e.call = Some(call);
@@ -1636,6 +1718,18 @@ impl B2bua {
             }
             return;
         };
+        // Only the leg's own peer may act in its dialog: the trunk can neither hang up nor
+        // re-INVITE the contact centre's leg, and the other way round.
+        if !self.leg_peer(call, leg, from.ip()) {
+            out.push(Output::Refused {
+                from,
+                refusal: Refusal::WrongLeg(leg),
+            });
+            if method != "ACK" {
+                self.reply_stateless(&msg, transport, from, 403, "Forbidden", out);
+            }
+            return;
+        }
         let ended = self.calls.get(&call).is_none_or(Call::ended);
         if method == "ACK" {
             self.on_dialog_ack(call, leg, &msg, now, ports, out);
@@ -1956,6 +2050,7 @@ impl B2bua {
 
     fn on_response(
         &mut self,
+        from: SocketAddr,
         msg: Message,
         now: u64,
         ports: &mut dyn PortAllocator,
@@ -1972,8 +2067,19 @@ impl B2bua {
         } else {
             branch
         };
+        // A response counts only from where its request went (a TCP response arrives on that
+        // very connection; a UDP UAS answers from the address we sent to).
+        if let Some(e) = self.clients.get(&ckey)
+            && e.peer.ip() != from.ip()
+        {
+            out.push(Output::Refused {
+                from,
+                refusal: Refusal::Response,
+            });
+            return;
+        }
         let Some(mut e) = self.clients.remove(&ckey) else {
-            self.stray_response(&msg, status, out);
+            self.stray_response(from, &msg, status, out);
             return;
         };
         let ack = if e.tx.kind() == TxKind::Invite && status >= 300 {
@@ -2014,7 +2120,13 @@ impl B2bua {
     }
 
     /// A 2xx retransmission after its transaction ended: resend our ACK (§13.2.2.4).
-    fn stray_response(&mut self, msg: &Message, status: u16, out: &mut Vec<Output>) {
+    fn stray_response(
+        &mut self,
+        from: SocketAddr,
+        msg: &Message,
+        status: u16,
+        out: &mut Vec<Output>,
+    ) {
         if !(200..300).contains(&status) {
             return;
         }
@@ -2025,6 +2137,13 @@ impl B2bua {
         let Some((call, leg)) = msg.call_id().and_then(|id| self.dialogs.get(id).copied()) else {
             return;
         };
+        if !self.leg_peer(call, leg, from.ip()) {
+            out.push(Output::Refused {
+                from,
+                refusal: Refusal::Response,
+            });
+            return;
+        }
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
@@ -2470,8 +2589,58 @@ mod tests {
     }
 
     #[test]
-    fn ids_differ_per_seed_and_call() {
-        assert_ne!(mix(1), mix(2));
-        assert_ne!(mix(0), 0);
+    fn ids_follow_the_seed_and_never_repeat() {
+        let cfg = |seed: u8| {
+            let c = Config::default();
+            B2buaConfig::from_config(&c, [seed; 32]).unwrap()
+        };
+        let draw = |seed: u8| {
+            let mut core = B2bua::new(cfg(seed));
+            (0..1000).map(|_| core.new_id("t")).collect::<Vec<_>>()
+        };
+        let (a, a2, b) = (draw(1), draw(1), draw(2));
+        assert_eq!(
+            a, a2,
+            "a seed replays the same ids (tests stay deterministic)"
+        );
+        assert!(
+            a.iter().all(|id| !b.contains(id)),
+            "another seed, other ids"
+        );
+        let unique: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(unique.len(), a.len());
+    }
+
+    #[test]
+    fn a_route_hears_each_leg_only_from_its_peer() {
+        let mut rc = RouteConfig {
+            sources: vec!["192.0.2.0/24".parse().unwrap()],
+            peer_sources: vec!["198.51.100.7/32".parse().unwrap()],
+            ..RouteConfig::default()
+        };
+        let r = Route::from_config(&rc).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(r.may_speak(Leg::A, ip("192.0.2.9")));
+        assert!(
+            !r.may_speak(Leg::A, ip("127.0.0.1")),
+            "the target is not the trunk"
+        );
+        assert!(!r.may_speak(Leg::A, ip("198.51.100.7")));
+        assert!(r.may_speak(Leg::B, ip("127.0.0.1")), "the target's host");
+        assert!(
+            r.may_speak(Leg::B, ip("198.51.100.7")),
+            "a listed peer source"
+        );
+        assert!(
+            !r.may_speak(Leg::B, ip("192.0.2.9")),
+            "the trunk is not the contact centre"
+        );
+        rc.sources.clear();
+        let any = Route::from_config(&rc).unwrap();
+        assert!(
+            any.may_speak(Leg::A, ip("203.0.113.1")),
+            "an empty allow-list is anyone"
+        );
+        assert!(!any.may_speak(Leg::B, ip("203.0.113.1")));
     }
 }

@@ -11,6 +11,8 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
+use rand::Rng;
+
 use super::{
     ALLOW, AckWait, B2bua, CallEvent, CallId, Dialog, EndCause, Leg, LegMedia, LocateOutcome,
     Output, Phase, PortAllocator, Purpose, RelayPorts, Retrans, Route, SKey, is_sdp, lossy,
@@ -304,9 +306,8 @@ pub(super) fn set_origin(body: &[u8], addr: IpAddr, o: Origin) -> Vec<u8> {
 
 impl B2bua {
     fn new_number(&mut self) -> u64 {
-        self.id_counter += 1;
         // SDP session ids are decimal; keep them within i64 for picky parsers.
-        super::mix(self.cfg.id_seed ^ super::mix(self.id_counter)) >> 2
+        self.ids.next_u64() >> 2
     }
 
     pub(super) fn new_origin(&mut self) -> Origin {
