@@ -439,6 +439,30 @@ fn not_found_in_dtmf_mode_announces_then_byes_with_reason() {
     assert!(w.pool.live.is_empty());
 }
 
+/// A source locked out for guessing locators gets 403 and never the fallback: guessing must
+/// lead nowhere, not to a queue that then sees the guesser as a caller.
+#[test]
+fn a_source_locked_out_for_guessing_gets_403_and_no_fallback() {
+    let mut w = loop_wire(OnFailure::Fallback, true);
+    let offer = sdp("192.0.2.10", 40000, "0", "sendrecv");
+    w.deliver(TRUNK, &loop_invite("pay*1234", Some(&offer), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let source = w.events.iter().find_map(|e| match e {
+        Output::Locate { source, .. } => Some(*source),
+        _ => None,
+    });
+    assert_eq!(source, Some(addr(TRUNK).ip()), "the shell is told who asks");
+    let call = call_of(&w);
+    w.input(Input::Located {
+        call,
+        outcome: LocateOutcome::Refused,
+    });
+    assert_eq!(w.next_to_trunk().status(), Some(403));
+    assert!(w.cc.is_empty(), "no fallback call");
+    assert!(!has_event(&w, &CallEvent::Fallback));
+    assert!(w.pool.live.is_empty());
+}
+
 #[test]
 fn not_found_with_fallback_calls_the_fallback() {
     let mut w = loop_wire(OnFailure::Fallback, true);

@@ -161,6 +161,8 @@ struct CallShell {
     collector: Option<LocatorCollector>,
     /// Collecting a locator from the agent's keys (inline route, until bound).
     agent: Option<LocatorCollector>,
+    /// Loop call reading a locator by DTMF: who transferred it (look-ups are limited per source).
+    source: Option<IpAddr>,
 }
 
 fn call_label(call: CallId) -> String {
@@ -385,15 +387,18 @@ impl Shell {
                 Output::Locate {
                     call,
                     locator: Some(locator),
-                } => self.resolve(call, locator),
+                    source,
+                } => self.resolve(call, locator, source),
                 Output::Locate {
                     call,
                     locator: None,
+                    source,
                 } => {
                     let (len, gap) = (self.locator_len, self.locator_inter_key_ms);
                     if let Some(c) = self.calls.get_mut(&call) {
                         tracing::info!(call = call.0, "loop call answered: reading the locator");
                         c.collector = Some(LocatorCollector::new(len, gap));
+                        c.source = Some(source);
                     }
                 }
                 Output::Refused { from, refusal } => self.refused(from, refusal),
@@ -452,6 +457,7 @@ impl Shell {
                         scrub,
                         pre_bridge: Arc::new(AtomicBool::new(looped)),
                         collector: None,
+                        source: None,
                         agent: self
                             .agent_routes
                             .contains(route)
@@ -502,7 +508,7 @@ impl Shell {
 
     /// Looks the locator up (in the shared directory too), binds the call to its session, and
     /// tells the core. Off the core task: a shared store is a network round trip.
-    fn resolve(&self, call: CallId, locator: String) {
+    fn resolve(&self, call: CallId, locator: String, source: IpAddr) {
         let api = self.api.clone();
         let core_tx = self.core_tx.clone();
         tokio::spawn(async move {
@@ -552,7 +558,8 @@ impl Shell {
         if let Some(locator) = collector.push(digit, at_ms) {
             c.collector = None;
             tracing::info!(call = call.0, "locator keyed");
-            self.resolve(call, locator.as_str().to_string());
+            let source = c.source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            self.resolve(call, locator.as_str().to_string(), source);
         }
     }
 

@@ -301,6 +301,8 @@ pub enum LocateOutcome {
         locator: String,
     },
     NotFound,
+    /// The source is locked out after too many failed look-ups: refused, no fallback.
+    Refused,
 }
 
 /// Media of one leg: the relay's ports on that side and what the peer said in SDP.
@@ -379,10 +381,11 @@ pub enum Output {
         event: CallEvent,
     },
     /// Loop route: resolve `locator`, or (None) collect one from the A-leg's DTMF; answer with
-    /// [`Input::Located`].
+    /// [`Input::Located`]. `source` sent the transfer (failed look-ups are limited per source).
     Locate {
         call: CallId,
         locator: Option<String>,
+        source: IpAddr,
     },
     /// Loop route failed with on_failure = announce: play the failure tone towards the A-leg.
     /// The core sends BYE after announce_ms.

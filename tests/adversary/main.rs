@@ -9,4 +9,5 @@ mod common;
 mod api;
 mod conn;
 mod media;
+mod scrub;
 mod sip;

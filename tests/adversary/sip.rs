@@ -18,6 +18,8 @@ use tonewall::sip::message::{Framing, Limits, Message, ResponseBuilder};
 
 use crate::common::free_port;
 
+/// The admin token this module's relays accept.
+pub(crate) const ADMIN_TOKEN: &str = "adversarysiptoken01";
 const TOKENS_ENV: &str = "TONEWALL_ADV_SIP_TOKENS";
 const KEY_ENV: &str = "TONEWALL_ADV_SIP_KEY";
 const STRANGER: &str = "127.0.0.2";
@@ -27,21 +29,22 @@ fn set_env() {
     ONCE.call_once(|| {
         // SAFETY: set once, before this module's relays read them; nothing else writes them.
         unsafe {
-            std::env::set_var(TOKENS_ENV, "adm:adversarysiptoken01:admin");
+            std::env::set_var(TOKENS_ENV, format!("adm:{ADMIN_TOKEN}:admin"));
             std::env::set_var(KEY_ENV, "5a".repeat(32));
         }
     });
 }
 
-struct Relay {
-    sip: SocketAddr,
+pub(crate) struct Relay {
+    pub(crate) sip: SocketAddr,
+    pub(crate) api: u16,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl Relay {
     /// `tonewall run` on 127.0.0.1, trunk allow-list 127.0.0.1/32, contact centre `cc`.
-    async fn start(cc: SocketAddr, media_base: u16) -> Relay {
+    pub(crate) async fn start(cc: SocketAddr, media_base: u16) -> Relay {
         set_env();
         let (sip_port, api_port) = (free_port(), free_port());
         let text = format!(
@@ -83,6 +86,7 @@ master_key_env = "{KEY_ENV}"
             {
                 return Relay {
                     sip,
+                    api: api_port,
                     stop: Some(stop),
                     task,
                 };
@@ -92,7 +96,7 @@ master_key_env = "{KEY_ENV}"
         panic!("tonewall did not start");
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -100,7 +104,7 @@ master_key_env = "{KEY_ENV}"
     }
 }
 
-fn ua(user: &str) -> UaConfig {
+pub(crate) fn ua(user: &str) -> UaConfig {
     UaConfig {
         ip: "127.0.0.1".parse().unwrap(),
         user: user.into(),
@@ -110,7 +114,7 @@ fn ua(user: &str) -> UaConfig {
 }
 
 /// A call trunk → tonewall → contact centre, answered on both legs.
-async fn live_call(relay: &Relay, trunk: &SipUa, cc: &mut SipUa) -> (Call, Call) {
+pub(crate) async fn live_call(relay: &Relay, trunk: &SipUa, cc: &mut SipUa) -> (Call, Call) {
     let target = format!("sip:5550100@{}", relay.sip);
     let (a, b) = tokio::join!(trunk.call(&target, relay.sip, &[]), async {
         let inc = cc.accept().await?;

@@ -333,10 +333,13 @@ impl B2bua {
         };
         let Some(lp) = &c.lp else { return };
         let server = lp.server.clone();
+        // Who asks: the shell rate-limits failed look-ups per source (locators are short).
+        let source = server.0.ip();
         if let Some(l) = locator {
             out.push(Output::Locate {
                 call,
                 locator: Some(l),
+                source,
             });
             return;
         }
@@ -353,6 +356,7 @@ impl B2bua {
         out.push(Output::Locate {
             call,
             locator: None,
+            source,
         });
     }
 
@@ -576,6 +580,7 @@ impl B2bua {
                     self.send_return(call, false, now, ports, out);
                 }
             }
+            LocateOutcome::Refused => self.locate_failed(call, true, now, ports, out),
             _ => self.not_found(call, now, ports, out),
         }
     }
@@ -584,6 +589,19 @@ impl B2bua {
     fn not_found(
         &mut self,
         call: CallId,
+        now: u64,
+        ports: &mut dyn PortAllocator,
+        out: &mut Vec<Output>,
+    ) {
+        self.locate_failed(call, false, now, ports, out);
+    }
+
+    /// Locating failed, or (`refused`) the source is locked out for guessing: then no fallback
+    /// takes the call and an unanswered transfer gets 403, so guessing leads nowhere.
+    fn locate_failed(
+        &mut self,
+        call: CallId,
+        refused: bool,
         now: u64,
         ports: &mut dyn PortAllocator,
         out: &mut Vec<Output>,
@@ -607,7 +625,8 @@ impl B2bua {
         let a_answered = c.a_answered();
         let tag = c.a.local_tag.clone();
         let server = c.lp.as_ref().map(|l| l.server.clone());
-        if on_failure == OnFailure::Fallback && self.try_fallback(call, now, ports, out) {
+        if !refused && on_failure == OnFailure::Fallback && self.try_fallback(call, now, ports, out)
+        {
             return;
         }
         if a_answered {
@@ -623,7 +642,11 @@ impl B2bua {
         let Some(server) = server else {
             return;
         };
-        let answer = (404, "Locator Not Found", Some(tag.as_str()));
+        let answer = if refused {
+            (403, "Forbidden", Some(tag.as_str()))
+        } else {
+            (404, "Locator Not Found", Some(tag.as_str()))
+        };
         let end = Some(EndCause::NotLocated);
         self.fail_invite(call, &server, answer, &[], end, now, ports, out);
     }
