@@ -10,6 +10,7 @@ pub mod dsp;
 pub mod logging;
 pub mod net;
 pub mod payment;
+pub mod process;
 pub mod rtp;
 pub mod sip;
 pub mod spectrogram;

@@ -128,10 +128,20 @@ fn main() -> Result<()> {
 }
 
 fn run(config: Option<PathBuf>) -> Result<()> {
+    // First of all: the vault's key and the cards it opens will live in this process's memory.
+    tonewall::process::harden().context("making the process non-dumpable")?;
     let config = match config {
         Some(path) => tonewall::config::Config::load(&path)?,
         None => tonewall::config::Config::default(),
     };
+    // SAFETY: no other thread exists yet (the logger, the runtime and the relay's media
+    // threads all start below), so nothing reads the environment while it changes.
+    unsafe {
+        tonewall::process::take_secret_env(&[
+            config.vault.master_key_env.as_str(),
+            config.api.tokens_env.as_str(),
+        ]);
+    }
     tonewall::logging::init(&config.log)?;
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {

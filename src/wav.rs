@@ -293,10 +293,54 @@ pub fn write_wav_stereo(path: &Path, left: &[i16], right: &[i16]) -> Result<(), 
     w.finalize().map_err(hound_err)
 }
 
+/// The 44-byte header of an 8 kHz PCM16 file with `frames` frames of `channels` samples: what a
+/// file streamed to disk starts with, rewritten with the final length when it ends. Lengths
+/// beyond the format's 4 GiB are clamped.
+pub fn pcm16_header(channels: u16, frames: u64) -> [u8; 44] {
+    let block = u32::from(channels) * 2;
+    let data = u32::try_from(frames.saturating_mul(u64::from(block)))
+        .unwrap_or(u32::MAX - 36)
+        .min(u32::MAX - 36);
+    let mut h = [0u8; 44];
+    let mut put = |at: usize, bytes: &[u8]| {
+        if let Some(dst) = h.get_mut(at..at + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+    };
+    put(0, b"RIFF");
+    put(4, &(36 + data).to_le_bytes());
+    put(8, b"WAVEfmt ");
+    put(16, &16u32.to_le_bytes());
+    put(20, &TAG_PCM.to_le_bytes());
+    put(22, &channels.to_le_bytes());
+    put(24, &RATE.to_le_bytes());
+    put(28, &(RATE * block).to_le_bytes());
+    put(32, &(block as u16).to_le_bytes());
+    put(34, &16u16.to_le_bytes());
+    put(36, b"data");
+    put(40, &data.to_le_bytes());
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn streamed_header_reads_back_with_hound() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.wav");
+        let mut bytes = pcm16_header(2, 3).to_vec();
+        for s in [1i16, -1, 2, -2, 3, -3] {
+            bytes.extend_from_slice(&s.to_le_bytes());
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        let mut r = hound::WavReader::open(&p).unwrap();
+        assert_eq!(r.spec(), spec(2));
+        let got: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
+        assert_eq!(got, [1, -1, 2, -2, 3, -3]);
+    }
 
     fn ramp(n: usize) -> Vec<i16> {
         (0..n)

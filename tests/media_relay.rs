@@ -272,39 +272,74 @@ async fn silence_raises_inactive_then_media_raises_active() {
 
 #[tokio::test]
 async fn recording_is_stereo_agent_left_caller_right() {
+    use std::os::unix::fs::PermissionsExt;
+    use tonewall::dsp::g711::Codec;
     let dir = tempfile::tempdir().unwrap();
     let opts = RelayOptions {
         record_dir: Some(dir.path().to_path_buf()),
         call_label: "call-42".into(),
         ..RelayOptions::default()
     };
-    let c = call(42_200, true, opts).await;
+    let c = call(42_200, true, opts.clone()).await;
     let trunk = TrunkConfig::default();
-    let tone: Vec<i16> = (0..8000)
+    // 6 s: longer than the recorder's ring (about 2 s), so most of it goes to disk mid-call.
+    let tone: Vec<i16> = (0..8000 * 6)
         .map(|i| (8000.0 * (i as f64 * 0.3).sin()) as i16)
         .collect();
     let packets = packetize(&tone, &trunk, None);
     // Only the agent talks: the caller channel (right) carries it, the agent channel is empty.
-    send_all(&c.agent.rtp, c.handle.b_addr, &packets).await;
-    assert_eq!(
-        recv_n(&c.caller.rtp, packets.len()).await.len(),
-        packets.len()
+    // Received while sent: 6 s of packets overflow a socket buffer.
+    let (_, got) = tokio::join!(
+        send_all(&c.agent.rtp, c.handle.b_addr, &packets),
+        recv_n(&c.caller.rtp, packets.len())
     );
+    assert_eq!(got.len(), packets.len());
     let (out, _) = stop(c).await;
     let path = out.recording.unwrap();
-    assert_eq!(path, dir.path().join("call-42.wav"));
+    // Named by call and start time, never `call-42.wav` again (which a restart overwrote).
+    let name = path.file_name().unwrap().to_str().unwrap().to_string();
+    assert_eq!(path.parent(), Some(dir.path()));
+    assert!(
+        name.starts_with("call-42-") && name.ends_with(".wav"),
+        "{name}"
+    );
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "recordings are readable by the relay's user only"
+    );
     let mut r = hound::WavReader::open(&path).unwrap();
     assert_eq!(r.spec().channels, 2);
     let s: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
     let left: i64 = s.iter().step_by(2).map(|&v| i64::from(v).abs()).sum();
-    let right: i64 = s
-        .iter()
-        .skip(1)
-        .step_by(2)
-        .map(|&v| i64::from(v).abs())
-        .sum();
+    let right: Vec<i16> = s.iter().skip(1).step_by(2).copied().collect();
     assert_eq!(left, 0);
-    assert!(right > 0);
+    // The right channel is what the caller received, sample for sample, after the lead-in
+    // before the first packet.
+    let heard: Vec<i16> = packets
+        .iter()
+        .flat_map(|p| RtpView::parse(p).unwrap().payload().to_vec())
+        .map(|b| Codec::Pcmu.decode(b))
+        .collect();
+    let at = right
+        .windows(160)
+        .position(|w| w == &heard[..160])
+        .expect("the caller's audio is in the recording");
+    assert_eq!(
+        &right[at..],
+        &heard[..],
+        "recorded exactly, in order, whole"
+    );
+
+    // Another call of the same id (a restart reuses ids) gets a file of its own.
+    let c = call(42_300, true, opts).await;
+    let (out, _) = stop(c).await;
+    let second = out.recording.unwrap();
+    assert_ne!(second, path);
+    assert_eq!(
+        hound::WavReader::open(&path).unwrap().len() as usize,
+        s.len()
+    );
 }
 
 #[tokio::test]

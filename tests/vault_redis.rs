@@ -474,3 +474,182 @@ async fn a_cancelled_session_leaves_the_shared_directory() {
         .await;
     assert_eq!(st, 404);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A Redis writer (someone who can write to the store but holds no master key) changes a record
+// or a directory entry. Each change is refused, and a refused record is destroyed.
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn hset(server: &RedisServer, id: &SessionId, field: &str, value: &str) {
+    let mut c = raw(server).await;
+    let _: i64 = redis::cmd("HSET")
+        .arg(format!("tonewall:vault:{id}"))
+        .arg(field)
+        .arg(value)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+async fn hget(server: &RedisServer, id: &SessionId, field: &str) -> Option<String> {
+    let mut c = raw(server).await;
+    redis::cmd("HGET")
+        .arg(format!("tonewall:vault:{id}"))
+        .arg(field)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_redis_writer_cannot_reset_tries() {
+    let server = RedisServer::start();
+    let master = Arc::new(MasterKey::generate());
+    let a = store(&server, &master).await;
+    let r = seal(&master);
+    a.put(r.record.clone(), 60_000, 0).await.unwrap();
+    let bad = wrong(&r.pin);
+    for left in [2, 1] {
+        assert_eq!(
+            a.unlock(&r.id, &r.token, &bad, 0).await,
+            Err(UnlockError::WrongPin { tries_left: left })
+        );
+    }
+    // Back to full tries, read by a relay that has never seen the record: the MAC says no.
+    hset(&server, &r.id, "tries", "0").await;
+    let b = store(&server, &master).await;
+    assert_eq!(
+        b.unlock(&r.id, &r.token, &bad, 0).await,
+        Err(UnlockError::Corrupt)
+    );
+    assert_eq!(b.tampered_total(), 1);
+    // Refused means destroyed: not even the right PIN opens it now.
+    assert_eq!(
+        a.unlock(&r.id, &r.token, &r.pin, 0).await,
+        Err(UnlockError::Destroyed)
+    );
+}
+
+#[tokio::test]
+async fn a_redis_writer_cannot_roll_a_record_back_on_the_relay_that_counted() {
+    let server = RedisServer::start();
+    let master = Arc::new(MasterKey::generate());
+    let a = store(&server, &master).await;
+    let r = seal(&master);
+    a.put(r.record.clone(), 60_000, 0).await.unwrap();
+    // The writer keeps the fresh state (tries 0 and its genuine MAC) ...
+    let (tries0, mac0) = (
+        hget(&server, &r.id, "tries").await.unwrap(),
+        hget(&server, &r.id, "mac").await.unwrap(),
+    );
+    let bad = wrong(&r.pin);
+    assert_eq!(
+        a.unlock(&r.id, &r.token, &bad, 0).await,
+        Err(UnlockError::WrongPin { tries_left: 2 })
+    );
+    // ... and puts it back after a wrong PIN.
+    hset(&server, &r.id, "tries", &tries0).await;
+    hset(&server, &r.id, "mac", &mac0).await;
+    assert_eq!(
+        a.unlock(&r.id, &r.token, &bad, 0).await,
+        Err(UnlockError::Corrupt)
+    );
+    assert_eq!(a.tampered_total(), 1);
+}
+
+#[tokio::test]
+async fn a_redis_writer_cannot_swap_the_token_hash_or_extend_the_expiry() {
+    let server = RedisServer::start();
+    let master = Arc::new(MasterKey::generate());
+    let s = store(&server, &master).await;
+
+    // The writer's own token: with `th` swapped it would pass the token check.
+    let r = seal(&master);
+    s.put(r.record.clone(), 60_000, 0).await.unwrap();
+    let mine = RetrievalToken::generate();
+    hset(&server, &r.id, "th", &mine.hash().to_hex()).await;
+    assert_eq!(
+        s.unlock(&r.id, &mine, &wrong(&r.pin), 0).await,
+        Err(UnlockError::Corrupt)
+    );
+    assert_eq!(
+        s.unlock(&r.id, &r.token, &r.pin, 0).await,
+        Err(UnlockError::Destroyed)
+    );
+
+    // A longer life.
+    let r = seal(&master);
+    s.put(r.record.clone(), 60_000, 0).await.unwrap();
+    hset(&server, &r.id, "exp", "999999999999999").await;
+    assert_eq!(
+        s.unlock(&r.id, &r.token, &r.pin, 0).await,
+        Err(UnlockError::Corrupt)
+    );
+
+    // Redis's TTL removed (PERSIST): the record still ends at its authenticated expiry.
+    let r = seal(&master);
+    s.put(r.record.clone(), 60_000, 0).await.unwrap();
+    let mut c = raw(&server).await;
+    let _: i64 = redis::cmd("PERSIST")
+        .arg(format!("tonewall:vault:{}", r.id))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.unlock(&r.id, &r.token, &r.pin, 60_000).await,
+        Err(UnlockError::Expired)
+    );
+    assert_eq!(s.tampered_total(), 2);
+}
+
+#[tokio::test]
+async fn a_redis_writer_cannot_redirect_a_shared_session() {
+    let server = RedisServer::start();
+    let master = Arc::new(MasterKey::generate());
+    let a = Node::start(&server, &master, "d:").await;
+    let b = Node::start(&server, &master, "d:").await;
+    let mut c = raw(&server).await;
+    for (field, value) in [
+        ("agent", serde_json::json!("intruder-1")),
+        ("expires_at_ms", serde_json::json!(u64::MAX / 2)),
+    ] {
+        let (st, created) = a
+            .call(
+                "POST",
+                "/v1/sessions",
+                Some(serde_json::json!({"agent": "agent-7"})),
+            )
+            .await;
+        assert_eq!(st, 201, "{created}");
+        let locator = created["locator"].as_str().unwrap().to_string();
+        let key = format!("d:locator:{locator}");
+        let entry: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&entry).unwrap();
+        v[field] = value;
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(v.to_string())
+            .arg("KEEPTTL")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        // GetAgent on another relay does not believe it ...
+        let (st, body) = b
+            .call("GET", &format!("/v1/locators/{locator}"), None)
+            .await;
+        assert_ne!(st, 200, "{field}: {body}");
+        // ... and the loop call landing there is not sent to the writer's agent.
+        assert!(b.state.locate(&locator).await.is_none(), "{field}");
+    }
+}

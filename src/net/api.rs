@@ -185,7 +185,7 @@ impl ApiTokens {
 
     /// Reads the list from an environment variable; an unset or empty list is an error.
     pub fn from_env(var: &str) -> Result<ApiTokens, TokenConfigError> {
-        let raw = Zeroizing::new(std::env::var(var).unwrap_or_default());
+        let raw = crate::process::secret_env(var).unwrap_or_default();
         let tokens = ApiTokens::parse(&raw)?;
         if tokens.entries.is_empty() {
             return Err(TokenConfigError::Empty(var.to_string()));

@@ -23,11 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::dsp::g711::Codec;
 use crate::net::media_loop::Bell;
 use crate::net::ports::{PortLease, PortPair};
+use crate::net::recording::{Channel, Recorder};
 use crate::rtp::announce::Announcer;
-use crate::rtp::packet::RtpView;
 use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 
 /// Largest datagram accepted; RTP over UDP on Ethernet never comes close.
@@ -70,8 +69,8 @@ const DIGIT_QUEUE: usize = 64;
 pub struct RelayOptions {
     /// No RTP from either side for this long raises `MediaEvent::Inactive`.
     pub inactivity: Duration,
-    /// Directory for a stereo recording written on stop (agent-received left, caller-received
-    /// right); none when unset.
+    /// Directory for a stereo recording streamed to disk as the call goes (agent-received left,
+    /// caller-received right; `<call>-<unix ms>.wav`, mode 0600); none when unset.
     pub record_dir: Option<PathBuf>,
     /// File name stem for the recording (the call id).
     pub call_label: String,
@@ -482,63 +481,6 @@ fn rtcp_of(a: Option<SocketAddr>) -> Option<SocketAddr> {
     a.map(|s| SocketAddr::new(s.ip(), s.port().wrapping_add(1)))
 }
 
-/// One channel of the optional recording: decoded audio placed by RTP timestamp, anchored at
-/// the wall-clock time of the channel's first packet so the two channels line up.
-struct Track {
-    samples: Vec<i16>,
-    origin: Option<(u32, usize)>,
-    cap: usize,
-}
-
-impl Track {
-    fn new(cap: usize) -> Track {
-        Track {
-            samples: Vec::new(),
-            origin: None,
-            cap,
-        }
-    }
-
-    fn put(&mut self, pkt: &[u8], now_sample: usize) {
-        let Ok(v) = RtpView::parse(pkt) else {
-            return;
-        };
-        let Some(codec) = Codec::from_payload_type(v.payload_type()) else {
-            return;
-        };
-        let (ts0, at0) = *self.origin.get_or_insert((v.timestamp(), now_sample));
-        let off = v.timestamp().wrapping_sub(ts0);
-        // A timestamp jump backwards or far ahead (new SSRC) re-anchors on the clock.
-        let at = if off < 8000 * 600 {
-            at0 + off as usize
-        } else {
-            self.origin = Some((v.timestamp(), now_sample));
-            now_sample
-        };
-        let payload = v.payload();
-        let end = (at + payload.len()).min(self.cap);
-        if end <= at {
-            return;
-        }
-        if self.samples.len() < end {
-            self.samples.resize(end, 0);
-        }
-        if let Some(dst) = self.samples.get_mut(at..end) {
-            for (o, &b) in dst.iter_mut().zip(payload) {
-                *o = codec.decode(b);
-            }
-        }
-    }
-}
-
-struct Recorder {
-    path: PathBuf,
-    /// Audio sent to the agent (leg B out): left.
-    agent: Track,
-    /// Audio sent to the caller (leg A out): right.
-    caller: Track,
-}
-
 pub struct MediaRelay;
 
 impl MediaRelay {
@@ -584,12 +526,11 @@ impl MediaRelay {
         let stats = Arc::new(RelayStats::default());
         let (a_addr, b_addr) = (a.rtp_addr(), b.rtp_addr());
         let recorder = opts.record_dir.as_ref().map(|dir| {
-            let cap = (opts.max_record_s as usize).saturating_mul(8000);
-            Box::new(Recorder {
-                path: dir.join(format!("{}.wav", sanitize(&opts.call_label))),
-                agent: Track::new(cap),
-                caller: Track::new(cap),
-            })
+            Box::new(Recorder::create(
+                dir,
+                &sanitize(&opts.call_label),
+                opts.max_record_s,
+            ))
         });
         let mut cfg = scrubber;
         cfg.enabled = scrub_on;
@@ -878,7 +819,7 @@ impl Relay {
             return;
         }
         if let Some(rec) = self.recorder.as_mut() {
-            rec.agent.put(pkt, ms as usize * 8);
+            rec.put(Channel::Agent, pkt, ms as usize * 8);
         }
     }
 
@@ -911,7 +852,7 @@ impl Relay {
             tap.observe(ms, pkt, &mut sink);
         }
         if let Some(rec) = self.recorder.as_mut() {
-            rec.caller.put(pkt, ms as usize * 8);
+            rec.put(Channel::Caller, pkt, ms as usize * 8);
         }
     }
 
@@ -1091,21 +1032,17 @@ impl Finished {
         let recording = match self.recorder {
             None => None,
             Some(rec) => {
-                let path = rec.path.clone();
-                let write_path = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    crate::wav::write_wav_stereo(
-                        &write_path,
-                        &rec.agent.samples,
-                        &rec.caller.samples,
-                    )
-                })
-                .await
-                .map_err(|e| MediaError::Join(e.to_string()))?
-                .map_err(|e| MediaError::Recording {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
+                let (path, dropped) = tokio::task::spawn_blocking(move || rec.finish())
+                    .await
+                    .map_err(|e| MediaError::Join(e.to_string()))?
+                    .map_err(|(path, message)| MediaError::Recording { path, message })?;
+                if dropped > 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        chunks = dropped,
+                        "recording lost audio: the disk fell behind"
+                    );
+                }
                 Some(path)
             }
         };

@@ -9,6 +9,7 @@ pub mod media;
 mod media_loop;
 pub mod metrics;
 pub mod ports;
+mod recording;
 pub mod run;
 pub mod sip;
 pub mod ua;

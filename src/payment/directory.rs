@@ -6,8 +6,10 @@
 //! The entry is JSON filed under the locator. Everything in it is what `GET /v1/sessions/{id}`
 //! shows anyway, plus the token *hash* and the unlock PIN, which is the one secret: it is
 //! wrapped with AES-256-GCM under a key derived (HKDF-SHA256, RFC 5869) from the master key,
-//! with the session id and locator as associated data, so the store alone cannot read it and
-//! an entry moved to another locator does not open. A relay that adopts the session deletes
+//! with every other field of the entry as associated data (session id, locator, agent, times,
+//! token hash, fields, amount, reference), so the store alone cannot read the PIN, and a store
+//! writer who changes the agent (to redirect the return call) or the expiry, or moves the entry
+//! to another locator, gets an entry that does not open. A relay that adopts the session deletes
 //! the entry in the same step (GETDEL), so exactly one relay captures it; the PIN then lives
 //! only in that relay's memory until sealing, as on a single node.
 //!
@@ -26,9 +28,10 @@ use crate::payment::hex;
 use crate::payment::session::{AgentId, Locator, SessionId, SharedSession, TokenHash};
 use crate::payment::vault::{MasterKey, Pin};
 
-const VERSION: u8 = 1;
+// 2: the associated data covers the whole entry (1 covered the id and locator only).
+const VERSION: u8 = 2;
 const KDF_LABEL: &[u8] = b"tonewall directory v1 pin wrap";
-const AAD_LABEL: &[u8] = b"tonewall directory v1 aad";
+const AAD_LABEL: &[u8] = b"tonewall directory v2 aad";
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
@@ -45,6 +48,15 @@ pub enum DirectoryError {
 
 #[derive(Serialize, Deserialize)]
 struct Entry {
+    #[serde(flatten)]
+    body: Body,
+    /// nonce ‖ ciphertext ‖ tag, hex.
+    pin: String,
+}
+
+/// Everything in the entry but the wrapped PIN: all of it is the PIN's associated data.
+#[derive(Serialize, Deserialize)]
+struct Body {
     v: u8,
     id: SessionId,
     agent: String,
@@ -57,8 +69,6 @@ struct Entry {
     amount: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reference: Option<String>,
-    /// nonce ‖ ciphertext ‖ tag, hex.
-    pin: String,
 }
 
 fn cipher(master: &MasterKey) -> Result<Aes256Gcm, DirectoryError> {
@@ -69,32 +79,18 @@ fn cipher(master: &MasterKey) -> Result<Aes256Gcm, DirectoryError> {
     Aes256Gcm::new_from_slice(&key[..]).map_err(|_| DirectoryError::Wrap)
 }
 
-fn aad(id: &SessionId, locator: &Locator) -> Vec<u8> {
-    let loc = locator.as_str().as_bytes();
-    let mut a = Vec::with_capacity(AAD_LABEL.len() + 16 + loc.len());
-    a.extend_from_slice(AAD_LABEL);
-    a.extend_from_slice(id.as_bytes());
-    a.extend_from_slice(loc);
-    a
+/// The label, then the body as JSON: serde writes the fields in declaration order with one
+/// escaping per value, so a decoded body serialises back to the bytes it was sealed with (or
+/// to the same values, which is what counts).
+fn aad(body: &Body) -> Result<Vec<u8>, DirectoryError> {
+    let mut a = AAD_LABEL.to_vec();
+    serde_json::to_writer(&mut a, body).map_err(|_| DirectoryError::Malformed)?;
+    Ok(a)
 }
 
 /// The entry for `s`, its PIN wrapped under `master`.
 pub fn encode(s: &SharedSession, master: &MasterKey) -> Result<String, DirectoryError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::fill(&mut nonce);
-    let mut buf = Zeroizing::new(s.pin.reveal().as_bytes().to_vec());
-    let tag = cipher(master)?
-        .encrypt_inout_detached(
-            &Nonce::from(nonce),
-            &aad(&s.id, &s.locator),
-            buf.as_mut_slice().into(),
-        )
-        .map_err(|_| DirectoryError::Wrap)?;
-    let mut wrapped = Vec::with_capacity(NONCE_LEN + buf.len() + TAG_LEN);
-    wrapped.extend_from_slice(&nonce);
-    wrapped.extend_from_slice(&buf);
-    wrapped.extend_from_slice(&tag);
-    let entry = Entry {
+    let body = Body {
         v: VERSION,
         id: s.id,
         agent: s.agent.as_str().to_string(),
@@ -105,30 +101,48 @@ pub fn encode(s: &SharedSession, master: &MasterKey) -> Result<String, Directory
         fields: s.fields.clone(),
         amount: s.amount.clone(),
         reference: s.reference.clone(),
+    };
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::fill(&mut nonce);
+    let mut buf = Zeroizing::new(s.pin.reveal().as_bytes().to_vec());
+    let tag = cipher(master)?
+        .encrypt_inout_detached(
+            &Nonce::from(nonce),
+            &aad(&body).map_err(|_| DirectoryError::Wrap)?,
+            buf.as_mut_slice().into(),
+        )
+        .map_err(|_| DirectoryError::Wrap)?;
+    let mut wrapped = Vec::with_capacity(NONCE_LEN + buf.len() + TAG_LEN);
+    wrapped.extend_from_slice(&nonce);
+    wrapped.extend_from_slice(&buf);
+    wrapped.extend_from_slice(&tag);
+    let entry = Entry {
+        body,
         pin: hex::encode(&wrapped),
     };
     serde_json::to_string(&entry).map_err(|_| DirectoryError::Wrap)
 }
 
-/// Reads an entry and unwraps its PIN.
+/// Reads an entry and unwraps its PIN; an entry any field of which was changed does not open.
 pub fn decode(json: &str, master: &MasterKey) -> Result<SharedSession, DirectoryError> {
-    let e: Entry = serde_json::from_str(json).map_err(|_| DirectoryError::Malformed)?;
+    let Entry { body: e, pin } =
+        serde_json::from_str(json).map_err(|_| DirectoryError::Malformed)?;
     if e.v != VERSION {
         return Err(DirectoryError::Malformed);
     }
-    let wrapped = hex::decode(&e.pin).map_err(|_| DirectoryError::Malformed)?;
+    let wrapped = hex::decode(&pin).map_err(|_| DirectoryError::Malformed)?;
     if wrapped.len() < NONCE_LEN + TAG_LEN {
         return Err(DirectoryError::Malformed);
     }
     let (nonce, rest) = wrapped.split_at(NONCE_LEN);
-    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let (sealed, tag) = rest.split_at(rest.len() - TAG_LEN);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| DirectoryError::Malformed)?;
     let tag = Tag::try_from(tag).map_err(|_| DirectoryError::Malformed)?;
-    let mut buf = Zeroizing::new(body.to_vec());
+    let mut buf = Zeroizing::new(sealed.to_vec());
     cipher(master)?
         .decrypt_inout_detached(
             &Nonce::from(nonce),
-            &aad(&e.id, &e.locator),
+            &aad(&e)?,
             buf.as_mut_slice().into(),
             &tag,
         )
@@ -219,6 +233,33 @@ mod tests {
             decode("{\"v\":1}", &master).err(),
             Some(DirectoryError::Malformed)
         );
+    }
+
+    #[test]
+    fn a_changed_agent_expiry_or_token_hash_does_not_open() {
+        let master = MasterKey::generate();
+        let (s, _) = shared();
+        let json = encode(&s, &master).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let edits: [(&str, serde_json::Value); 4] = [
+            ("agent", "intruder".into()),
+            ("expires_at_ms", (s.expires_at_ms + 3_600_000).into()),
+            ("token_hash", "00".repeat(32).into()),
+            ("reference", "x".into()),
+        ];
+        for (field, value) in edits {
+            let original = v[field].clone();
+            v[field] = value;
+            assert_eq!(
+                decode(&v.to_string(), &master).err(),
+                Some(DirectoryError::Rejected),
+                "{field}"
+            );
+            v[field] = original;
+        }
+        // Put back as it was (the absent reference stays absent), it opens again.
+        v.as_object_mut().unwrap().remove("reference");
+        assert!(decode(&v.to_string(), &master).is_ok());
     }
 
     #[test]

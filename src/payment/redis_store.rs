@@ -2,9 +2,19 @@
 //! integration reaches can unlock, and only one of them ever does.
 //!
 //! Layout: one hash per record, `{prefix}vault:{session}` with `rec` (the sealed record as
-//! JSON), `th` (token hash), `tries`, and after the end `gone` (why). The TTL is Redis's own
-//! (`PEXPIRE` set with the record, in the same script), so a record outlives a relay restart
-//! and dies on time without a sweeper; `now_ms` is not needed here.
+//! JSON), `th` (token hash), `tries`, `exp` (when it expires, ms), `mac`, and after the end
+//! `gone` (why). The TTL is Redis's own (`PEXPIRE` set with the record, in the same script), so
+//! a record outlives a relay restart and dies on time without a sweeper; `exp` is checked too,
+//! because a Redis writer can remove a TTL.
+//!
+//! Redis is trusted to keep records, not to be honest about them: `mac` is HMAC-SHA256 (key
+//! derived from the master key with HKDF, its own label) over the session id, `rec`, `th`,
+//! `tries` and `exp`, checked on every read and recomputed by the relay for every try it counts.
+//! A writer who resets `tries`, swaps `th` for the hash of a token they hold, or extends `exp`
+//! gets a record that is refused and destroyed. A writer can still put back a whole earlier
+//! state (a MAC cannot tell old from new): each relay remembers the tries it counted and the
+//! records it saw end, until they expire, and refuses a record that went backwards, so a
+//! rollback gains at most one relay's worth of tries per relay that never saw the record.
 //!
 //! The session directory (several relays behind a SIP load balancer): `{prefix}locator:{locator}`
 //! holds a session still waiting for its call (`payment::directory`, PIN wrapped), set with
@@ -12,9 +22,12 @@
 //! `GETDEL` by the one relay that binds a call to it.
 //!
 //! Unlock, with the decryption on the relay (Redis never sees a PIN or a key):
-//! 1. read `th` and compare the token in constant time (a wrong token costs no try);
-//! 2. BEGIN script: atomically count the try *before* opening (a relay that dies mid-unlock has
-//!    still spent it) and return the record, or say it is gone/exhausted;
+//! 1. read the record, check its MAC and expiry, compare the token in constant time (a wrong
+//!    token costs no try);
+//! 2. BEGIN script: count the try *before* opening (a relay that dies mid-unlock has still
+//!    spent it): it writes the next `tries` and its MAC only if `mac` is still the one read in
+//!    step 1 (a compare-and-set, so two relays never count the same try; the loser reads
+//!    again);
 //! 3. open locally; on success the TAKE script atomically swaps the record for a tombstone and
 //!    only the relay whose TAKE found the record releases the card; on a wrong PIN at the last
 //!    try the BURY script destroys it.
@@ -22,11 +35,19 @@
 //! Only the async shell around the pure reply parsing lives here; the parsing is unit-tested,
 //! the round trips run against a real `redis-server` in `tests/vault_redis.rs`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, AsyncConnectionConfig, Script};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::payment::hex;
 
 use crate::payment::card::CardData;
 use crate::payment::session::{Locator, RetrievalToken, SessionId, TokenHash};
@@ -38,22 +59,25 @@ use crate::payment::vault::{self, MasterKey, OpenError, Pin, SealedRecord};
 /// Fails if the key exists; else writes the record fields and the TTL together.
 const PUT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'th', ARGV[2], 'tries', 0)
+redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'th', ARGV[2], 'tries', 0, 'exp', ARGV[4], 'mac', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
-/// Counts a try and hands out the record, unless it is gone or out of tries.
+/// Counts a try: `tries` = ARGV[2] with its MAC ARGV[3], only if the MAC is still ARGV[1] (the
+/// state the relay checked). 1 if counted, 0 if the record changed meanwhile.
 const BEGIN: &str = r"
-if redis.call('HEXISTS', KEYS[1], 'rec') == 0 then
-  local gone = redis.call('HGET', KEYS[1], 'gone')
-  if gone then return {'gone', gone} end
-  return {'none'}
-end
-local tries = redis.call('HINCRBY', KEYS[1], 'tries', 1)
-if tries > tonumber(ARGV[1]) then return {'exhausted'} end
-return {'open', tostring(tries), redis.call('HGET', KEYS[1], 'rec')}
+if redis.call('HGET', KEYS[1], 'mac') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'tries', ARGV[2], 'mac', ARGV[3])
+return 1
 ";
+
+/// Reads of a record lost to a concurrent try before giving up (each loss means another relay
+/// counted a try, so this bounds nothing an attacker controls).
+const RACE_RETRIES: usize = 8;
+
+const MAC_KDF_LABEL: &[u8] = b"tonewall redis record v1 mac";
+const MAC_LABEL: &[u8] = b"tonewall redis record v1";
 
 /// Replaces the record by a tombstone (`gone` = ARGV[1]) if it is still there; the TTL stays
 /// because the key is never emptied (`gone` is set before the record fields go).
@@ -63,33 +87,79 @@ if redis.call('HEXISTS', KEYS[1], 'rec') == 0 then
   return redis.call('HGET', KEYS[1], 'gone') or 'none'
 end
 redis.call('HSET', KEYS[1], 'gone', ARGV[1])
-redis.call('HDEL', KEYS[1], 'rec', 'th')
+redis.call('HDEL', KEYS[1], 'rec', 'th', 'mac', 'exp')
 return 'taken'
 ";
 
-/// What BEGIN said.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Begin {
-    None,
-    Gone(Gone),
-    Exhausted,
-    Open { tries: u32, record: String },
-}
+/// The key of the record MAC, derived from the master key (RFC 5869), never stored.
+pub struct RecordMac(Zeroizing<[u8; 32]>);
 
-/// Parses BEGIN's reply.
-pub fn parse_begin(reply: &[String]) -> Result<Begin, UnlockError> {
-    let bad = || UnlockError::Backend("unexpected reply from the vault script".into());
-    match reply {
-        [tag] if tag == "none" => Ok(Begin::None),
-        [tag] if tag == "exhausted" => Ok(Begin::Exhausted),
-        [tag, why] if tag == "gone" => Gone::parse(why).map(Begin::Gone).ok_or_else(bad),
-        [tag, tries, record] if tag == "open" => Ok(Begin::Open {
-            tries: tries.parse().map_err(|_| bad())?,
-            record: record.clone(),
-        }),
-        _ => Err(bad()),
+impl RecordMac {
+    pub fn new(master: &MasterKey) -> RecordMac {
+        let mut key = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's 8160-byte limit: expand cannot fail.
+        let _ = Hkdf::<Sha256>::new(None, master.expose()).expand(MAC_KDF_LABEL, &mut key[..]);
+        RecordMac(key)
+    }
+
+    fn hmac(&self, id: &SessionId, f: &Authenticated<'_>) -> Option<Hmac<Sha256>> {
+        // HMAC takes keys of any length: this never fails.
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0[..]).ok()?;
+        // Length-prefixed fields: no two different records feed the same bytes.
+        let id = id.to_string();
+        let tries = f.tries.to_string();
+        let exp = f.exp_ms.to_string();
+        for part in [
+            MAC_LABEL,
+            id.as_bytes(),
+            f.rec.as_bytes(),
+            f.th.as_bytes(),
+            tries.as_bytes(),
+            exp.as_bytes(),
+        ] {
+            m.update(&(part.len() as u64).to_be_bytes());
+            m.update(part);
+        }
+        Some(m)
+    }
+
+    /// The MAC, hex, as stored in `mac`.
+    pub fn tag(&self, id: &SessionId, f: &Authenticated<'_>) -> Option<String> {
+        Some(hex::encode(&self.hmac(id, f)?.finalize().into_bytes()))
+    }
+
+    /// Whether `mac` (hex) is this record's MAC; compared in constant time.
+    pub fn verify(&self, id: &SessionId, f: &Authenticated<'_>, mac: &str) -> bool {
+        match (hex::decode(mac), self.hmac(id, f)) {
+            (Ok(m), Some(h)) => h.verify_slice(&m).is_ok(),
+            _ => false,
+        }
     }
 }
+
+/// The fields of a record the MAC covers, as Redis holds them.
+#[derive(Clone, Copy, Debug)]
+pub struct Authenticated<'a> {
+    pub rec: &'a str,
+    pub th: &'a str,
+    pub tries: u32,
+    pub exp_ms: u64,
+}
+
+/// What this relay knows of a record whatever Redis says later: the tries it counted and
+/// whether it saw the record end. Kept until the record's expiry.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    tries: u32,
+    ended: bool,
+    exp_ms: u64,
+}
+
+/// Records remembered at most; past this the oldest-expiring are forgotten first.
+const SEEN_MAX: usize = 100_000;
+/// How long a record seen to end is remembered when its expiry is not known (a record's TTL
+/// is minutes).
+const ENDED_KEPT_MS: u64 = 3_600_000;
 
 /// What TAKE said: `Ok(())` for the one caller that took the record.
 pub fn parse_take(reply: &str) -> Result<(), UnlockError> {
@@ -136,6 +206,11 @@ pub fn locator_key(prefix: &str, locator: &Locator) -> String {
 pub struct RedisStore {
     conn: MultiplexedConnection,
     master: Arc<MasterKey>,
+    mac: Arc<RecordMac>,
+    /// Records this relay counted tries on or saw end (rollback check).
+    seen: Arc<Mutex<HashMap<SessionId, Seen>>>,
+    /// Records refused because Redis held something this relay did not write.
+    tampered: Arc<AtomicU64>,
     max_tries: u32,
     prefix: String,
     put: Arc<Script>,
@@ -172,7 +247,10 @@ impl RedisStore {
             .map_err(backend)?;
         Ok(RedisStore {
             conn,
+            mac: Arc::new(RecordMac::new(&master)),
             master,
+            seen: Arc::new(Mutex::new(HashMap::new())),
+            tampered: Arc::new(AtomicU64::new(0)),
             max_tries: max_tries.max(1),
             prefix: "tonewall:".into(),
             put: Arc::new(Script::new(PUT)),
@@ -262,17 +340,98 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Records refused so far because their MAC, expiry or tries did not hold up.
+    pub fn tampered_total(&self) -> u64 {
+        self.tampered.load(Ordering::Relaxed)
+    }
+
+    /// A record that is not what this relay wrote: destroyed, counted, logged (by session id
+    /// only; nothing of the record is shown).
+    async fn refuse_tampered(
+        &self,
+        key: &str,
+        id: &SessionId,
+        why: &'static str,
+        now_ms: u64,
+    ) -> UnlockError {
+        self.tampered.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(session = %id, check = why, "vault record in Redis was altered; destroyed");
+        self.remember(id, None, true, now_ms.saturating_add(ENDED_KEPT_MS));
+        if let Err(e) = self.bury(key, Gone::Destroyed).await {
+            tracing::warn!(session = %id, error = %e, "could not destroy an altered vault record");
+        }
+        UnlockError::Corrupt
+    }
+
+    /// Whether Redis shows less than this relay knows: fewer tries than it counted, or a
+    /// record it saw end.
+    fn went_back(&self, id: &SessionId, tries: u32, now_ms: u64) -> bool {
+        let Ok(seen) = self.seen.lock() else {
+            return false;
+        };
+        seen.get(id)
+            .is_some_and(|s| s.exp_ms > now_ms && (s.ended || tries < s.tries))
+    }
+
+    /// Notes the tries counted (`Some`) or that the record ended, until `exp_ms`.
+    fn remember(&self, id: &SessionId, tries: Option<u32>, ended: bool, exp_ms: u64) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if seen.len() >= SEEN_MAX && !seen.contains_key(id) {
+            // Bounded: forget the records expiring first.
+            let mut exps: Vec<u64> = seen.values().map(|s| s.exp_ms).collect();
+            exps.sort_unstable();
+            let cut = exps.get(SEEN_MAX / 10).copied().unwrap_or(u64::MAX);
+            seen.retain(|_, s| s.exp_ms > cut);
+        }
+        let e = seen.entry(*id).or_insert(Seen {
+            tries: 0,
+            ended: false,
+            exp_ms,
+        });
+        if let Some(t) = tries {
+            e.tries = e.tries.max(t);
+        }
+        e.ended |= ended;
+        e.exp_ms = e.exp_ms.max(exp_ms);
+    }
+
+    /// Drops what was remembered of records past their expiry.
+    fn forget_expired(&self, now_ms: u64) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.retain(|_, s| s.exp_ms > now_ms);
+        }
+    }
+}
+
 impl VaultStore for RedisStore {
-    async fn put(&self, record: SealedRecord, ttl_ms: u64, _now_ms: u64) -> Result<(), StoreError> {
+    async fn put(&self, record: SealedRecord, ttl_ms: u64, now_ms: u64) -> Result<(), StoreError> {
         let json = serde_json::to_string(&record)
             .map_err(|_| StoreError::Backend("record does not serialise".into()))?;
+        let ttl_ms = ttl_ms.max(1);
+        let exp_ms = now_ms.saturating_add(ttl_ms);
+        let th = record.token_hash().to_hex();
+        let fields = Authenticated {
+            rec: &json,
+            th: &th,
+            tries: 0,
+            exp_ms,
+        };
+        let mac = self
+            .mac
+            .tag(&record.session(), &fields)
+            .ok_or_else(|| StoreError::Backend("record MAC failed".into()))?;
         let mut conn = self.conn.clone();
         let created: i64 = self
             .put
             .key(self.key(&record.session()))
-            .arg(json)
-            .arg(record.token_hash().to_hex())
-            .arg(ttl_ms.max(1))
+            .arg(&json)
+            .arg(&th)
+            .arg(ttl_ms)
+            .arg(exp_ms)
+            .arg(mac)
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;
@@ -288,40 +447,90 @@ impl VaultStore for RedisStore {
         id: &SessionId,
         token: &RetrievalToken,
         pin: &Pin,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<CardData, UnlockError> {
         let key = self.key(id);
         let mut conn = self.conn.clone();
-        // 1. Token first, compared here in constant time; it costs no try.
-        let (th, gone): (Option<String>, Option<String>) = conn
-            .hmget(&key, &["th", "gone"])
-            .await
-            .map_err(unlock_backend)?;
-        match (th, gone) {
-            (_, Some(why)) => {
-                return Err(Gone::parse(&why).map_or(UnlockError::NotFound, Gone::error));
+        let mut counted = None;
+        for _ in 0..RACE_RETRIES {
+            // 1. The record as Redis holds it, checked before anything is believed.
+            type Row = (
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            );
+            let (rec, th, tries, exp, mac, gone): Row = conn
+                .hmget(&key, &["rec", "th", "tries", "exp", "mac", "gone"])
+                .await
+                .map_err(unlock_backend)?;
+            let Some(rec) = rec else {
+                return Err(match gone {
+                    Some(why) => Gone::parse(&why).map_or(UnlockError::NotFound, Gone::error),
+                    None => UnlockError::NotFound,
+                });
+            };
+            let (Some(th), Some(tries), Some(exp), Some(mac)) = (th, tries, exp, mac) else {
+                return Err(self.refuse_tampered(&key, id, "fields", now_ms).await);
+            };
+            let (Ok(tries), Ok(exp_ms)) = (tries.parse::<u32>(), exp.parse::<u64>()) else {
+                return Err(self.refuse_tampered(&key, id, "fields", now_ms).await);
+            };
+            let fields = Authenticated {
+                rec: &rec,
+                th: &th,
+                tries,
+                exp_ms,
+            };
+            if !self.mac.verify(id, &fields, &mac) {
+                return Err(self.refuse_tampered(&key, id, "mac", now_ms).await);
             }
-            (None, None) => return Err(UnlockError::NotFound),
-            (Some(th), None) => {
-                let th = TokenHash::from_hex(&th).ok_or(UnlockError::Corrupt)?;
-                if !th.matches(token) {
-                    return Err(UnlockError::BadToken);
-                }
+            if self.went_back(id, tries, now_ms) {
+                return Err(self.refuse_tampered(&key, id, "rollback", now_ms).await);
+            }
+            if now_ms >= exp_ms {
+                let _ = redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async::<i64>(&mut conn)
+                    .await;
+                return Err(UnlockError::Expired);
+            }
+            // The token costs no try; compared in constant time.
+            let th = TokenHash::from_hex(&th).ok_or(UnlockError::Corrupt)?;
+            if !th.matches(token) {
+                return Err(UnlockError::BadToken);
+            }
+            if tries >= self.max_tries {
+                self.bury(&key, Gone::TriesExhausted).await?;
+                return Err(UnlockError::TriesExhausted);
+            }
+            // 2. Count the try before opening, if nobody counted one since step 1.
+            let next = Authenticated {
+                tries: tries + 1,
+                ..fields
+            };
+            let next_mac = self.mac.tag(id, &next).ok_or(UnlockError::Corrupt)?;
+            let done: i64 = self
+                .begin
+                .key(&key)
+                .arg(&mac)
+                .arg(next.tries)
+                .arg(next_mac)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unlock_backend)?;
+            if done == 1 {
+                self.remember(id, Some(next.tries), false, exp_ms);
+                counted = Some((next.tries, exp_ms, rec));
+                break;
             }
         }
-        // 2. Count the try and fetch the record atomically.
-        let reply: Vec<String> = self
-            .begin
-            .key(&key)
-            .arg(self.max_tries)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unlock_backend)?;
-        let (tries, json) = match parse_begin(&reply)? {
-            Begin::None => return Err(UnlockError::NotFound),
-            Begin::Gone(why) => return Err(why.error()),
-            Begin::Exhausted => return Err(UnlockError::TriesExhausted),
-            Begin::Open { tries, record } => (tries, record),
+        let Some((tries, exp_ms, json)) = counted else {
+            return Err(UnlockError::Backend(
+                "the vault record kept changing under this unlock".into(),
+            ));
         };
         let record: SealedRecord = serde_json::from_str(&json).map_err(|_| UnlockError::Corrupt)?;
         // 3. Open here; only the relay that takes the record releases the card.
@@ -334,12 +543,14 @@ impl VaultStore for RedisStore {
                     .invoke_async(&mut conn)
                     .await
                     .map_err(unlock_backend)?;
+                self.remember(id, None, true, exp_ms);
                 // On Err the card drops here and zeroizes: another relay took it first.
                 parse_take(&reply).map(|()| card)
             }
             Err(OpenError::Rejected) => {
                 let verdict = after_wrong_pin(tries, self.max_tries);
                 if verdict == UnlockError::TriesExhausted {
+                    self.remember(id, None, true, exp_ms);
                     self.bury(&key, Gone::TriesExhausted).await?;
                 }
                 Err(verdict)
@@ -348,7 +559,7 @@ impl VaultStore for RedisStore {
         }
     }
 
-    async fn destroy(&self, id: &SessionId, _now_ms: u64) -> Result<bool, StoreError> {
+    async fn destroy(&self, id: &SessionId, now_ms: u64) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let reply: String = self
             .take
@@ -357,11 +568,13 @@ impl VaultStore for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;
+        self.remember(id, None, true, now_ms.saturating_add(ENDED_KEPT_MS));
         Ok(reply == "taken")
     }
 
-    /// Redis expires keys itself.
-    async fn purge_expired(&self, _now_ms: u64) -> Result<usize, StoreError> {
+    /// Redis expires keys itself; only this relay's memory of records is trimmed here.
+    async fn purge_expired(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.forget_expired(now_ms);
         Ok(0)
     }
 }
@@ -458,38 +671,6 @@ impl VaultStore for AnyStore {
 mod tests {
     use super::*;
 
-    fn v(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn begin_replies_parse() {
-        assert_eq!(parse_begin(&v(&["none"])), Ok(Begin::None));
-        assert_eq!(parse_begin(&v(&["exhausted"])), Ok(Begin::Exhausted));
-        assert_eq!(
-            parse_begin(&v(&["gone", "unlocked"])),
-            Ok(Begin::Gone(Gone::Unlocked))
-        );
-        assert_eq!(
-            parse_begin(&v(&["open", "2", "{}"])),
-            Ok(Begin::Open {
-                tries: 2,
-                record: "{}".into()
-            })
-        );
-        for bad in [
-            &v(&[])[..],
-            &v(&["open", "x", "{}"]),
-            &v(&["gone", "?"]),
-            &v(&["what"]),
-        ] {
-            assert!(
-                matches!(parse_begin(bad), Err(UnlockError::Backend(_))),
-                "{bad:?}"
-            );
-        }
-    }
-
     #[test]
     fn take_replies_parse() {
         assert_eq!(parse_take("taken"), Ok(()));
@@ -501,6 +682,36 @@ mod tests {
         for g in [Gone::Unlocked, Gone::TriesExhausted, Gone::Destroyed] {
             assert_eq!(Gone::parse(g.as_str()), Some(g));
         }
+    }
+
+    #[test]
+    fn the_mac_covers_every_field_and_the_key() {
+        let master = MasterKey::generate();
+        let mac = RecordMac::new(&master);
+        let id = SessionId::generate();
+        let f = Authenticated {
+            rec: "{}",
+            th: "ab",
+            tries: 1,
+            exp_ms: 60_000,
+        };
+        let tag = mac.tag(&id, &f).unwrap();
+        assert!(mac.verify(&id, &f, &tag));
+        let changed = [
+            Authenticated { rec: "{ }", ..f },
+            Authenticated { th: "ac", ..f },
+            Authenticated { tries: 0, ..f },
+            Authenticated {
+                exp_ms: 60_001,
+                ..f
+            },
+        ];
+        for g in &changed {
+            assert!(!mac.verify(&id, g, &tag), "{g:?}");
+        }
+        assert!(!mac.verify(&SessionId::generate(), &f, &tag));
+        assert!(!RecordMac::new(&MasterKey::generate()).verify(&id, &f, &tag));
+        assert!(!mac.verify(&id, &f, "zz"));
     }
 
     #[test]

@@ -183,11 +183,12 @@ impl MasterKey {
         )
     }
 
-    /// Reads 64 hex digits from an environment variable. (The process environment keeps its
-    /// own copy; prefer a key file in production.)
+    /// Reads 64 hex digits from an environment variable, or the value `tonewall run` took out
+    /// of the environment at start (`process::take_secret_env`). Prefer a key file in
+    /// production: the variable is in the environment of whatever started the relay.
     pub fn from_env(var: &str) -> Result<MasterKey, KeyError> {
         let v =
-            Zeroizing::new(std::env::var(var).map_err(|_| KeyError::EnvNotSet(var.to_string()))?);
+            crate::process::secret_env(var).ok_or_else(|| KeyError::EnvNotSet(var.to_string()))?;
         MasterKey::parse(v.as_bytes(), &format!("${var}"))
     }
 
