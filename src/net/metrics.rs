@@ -47,6 +47,8 @@ pub struct Metrics {
     pub samples_masked: Counter,
     /// RFC 4733 telephone-event packets replaced by masking audio on the agent leg.
     pub events_stripped: Counter,
+    /// Connections refused, closed and open, of SIP over TCP and of the API.
+    pub conn: crate::net::limits::ConnMetrics,
 }
 
 impl Default for Metrics {
@@ -73,7 +75,9 @@ impl Metrics {
             dtmf_keys_heard: Counter::default(),
             samples_masked: Counter::default(),
             events_stripped: Counter::default(),
+            conn: crate::net::limits::ConnMetrics::default(),
         };
+        m.conn.register(&mut registry);
         registry.register(
             "payment_sessions_created",
             "Payment sessions created",
