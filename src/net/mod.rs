@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod calls;
+pub mod http;
 pub mod limits;
 pub mod media;
 mod media_loop;
