@@ -83,6 +83,15 @@ pub struct SipConfig {
     /// Headers carried from the A-leg INVITE to the B-leg (besides From/To users and P-Asserted-Identity).
     pub carry_headers: Vec<String>,
     pub user_agent: String,
+    /// An accepted TCP connection that has not sent a whole message (or a CRLF keep-alive)
+    /// this many seconds after it opened is closed.
+    pub tcp_first_message_s: u64,
+    /// After that, a TCP connection with no whole message or keep-alive for this long is closed.
+    pub tcp_idle_s: u64,
+    /// Accepted SIP TCP connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Accepted SIP TCP connections from one address (IPv6: one /64) open at once.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for SipConfig {
@@ -96,6 +105,10 @@ impl Default for SipConfig {
             max_message_size: 65_535,
             carry_headers: vec!["X-Agent".into(), "X-Locator".into(), "X-Call-Ref".into()],
             user_agent: concat!("tonewall/", env!("CARGO_PKG_VERSION")).into(),
+            tcp_first_message_s: 30,
+            tcp_idle_s: 7_200,
+            max_connections: 2048,
+            max_connections_per_source: 1024,
         }
     }
 }
@@ -275,6 +288,15 @@ pub struct ApiConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// A connection whose request headers (the first request's, from the moment it opened,
+    /// TLS handshake included) have not all arrived after this many seconds is closed.
+    pub header_read_timeout_s: u64,
+    /// A connection that has moved no byte for this long is closed.
+    pub idle_timeout_s: u64,
+    /// Connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Connections from one address (IPv6: one /64) open at once.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for ApiConfig {
@@ -284,6 +306,10 @@ impl Default for ApiConfig {
             tokens_env: "TONEWALL_API_TOKENS".into(),
             tls_cert: None,
             tls_key: None,
+            header_read_timeout_s: 10,
+            idle_timeout_s: 60,
+            max_connections: 1024,
+            max_connections_per_source: 256,
         }
     }
 }
@@ -616,6 +642,56 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));
         }
+        self.validate_connections()?;
+        Ok(())
+    }
+
+    /// Connection timeouts and caps of SIP over TCP and of the control API.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        let s = &self.sip;
+        if !(1..=300).contains(&s.tcp_first_message_s) {
+            return Err(invalid(
+                "sip.tcp_first_message_s",
+                "must be between 1 and 300 seconds",
+            ));
+        }
+        if !(s.tcp_first_message_s..=86_400).contains(&s.tcp_idle_s) {
+            return Err(invalid(
+                "sip.tcp_idle_s",
+                "must be between sip.tcp_first_message_s and 86400 seconds",
+            ));
+        }
+        let a = &self.api;
+        if !(1..=30).contains(&a.header_read_timeout_s) {
+            return Err(invalid(
+                "api.header_read_timeout_s",
+                "must be between 1 and 30 seconds",
+            ));
+        }
+        // Event streams send a keep-alive comment every 15 s; a shorter idle timeout would cut them.
+        if !(20..=3600).contains(&a.idle_timeout_s) {
+            return Err(invalid(
+                "api.idle_timeout_s",
+                "must be between 20 and 3600 seconds",
+            ));
+        }
+        for (key, max, per) in [
+            ("sip", s.max_connections, s.max_connections_per_source),
+            ("api", a.max_connections, a.max_connections_per_source),
+        ] {
+            if !(1..=1_000_000).contains(&max) {
+                return Err(invalid(
+                    format!("{key}.max_connections"),
+                    "must be between 1 and 1000000",
+                ));
+            }
+            if !(1..=max).contains(&per) {
+                return Err(invalid(
+                    format!("{key}.max_connections_per_source"),
+                    format!("must be between 1 and {key}.max_connections"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -697,6 +773,28 @@ mod tests {
             ("[[route]]\ntarget = \"http://x\"\n", "target"),
             ("[sip]\ntransports = []\n", "sip.transports"),
             ("[vault]\nttl_s = 0\n", "vault.ttl_s"),
+            (
+                "[sip]\ntcp_first_message_s = 0\n",
+                "sip.tcp_first_message_s",
+            ),
+            (
+                "[sip]\ntcp_first_message_s = 30\ntcp_idle_s = 10\n",
+                "sip.tcp_idle_s",
+            ),
+            ("[sip]\nmax_connections = 0\n", "sip.max_connections"),
+            (
+                "[sip]\nmax_connections = 10\nmax_connections_per_source = 11\n",
+                "sip.max_connections_per_source",
+            ),
+            (
+                "[api]\nheader_read_timeout_s = 31\n",
+                "api.header_read_timeout_s",
+            ),
+            ("[api]\nidle_timeout_s = 5\n", "api.idle_timeout_s"),
+            (
+                "[api]\nmax_connections_per_source = 0\n",
+                "api.max_connections_per_source",
+            ),
         ];
         for (text, key) in cases {
             let e = Config::parse(text).unwrap_err();

@@ -13,7 +13,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,23 +24,18 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, watch};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
 use crate::config::{Config, StoreName};
 use crate::digit::{Digit, DigitSource};
 use crate::net::calls::{CallError, CallRegistry};
+pub use crate::net::http::{HttpLimits, TlsConfigError, tls_acceptor};
 use crate::net::metrics::Metrics;
 use crate::payment::capture::{
     Capture, CaptureConfig, CaptureError, CaptureEvent, CaptureInput, CaptureStatus, FieldProgress,
@@ -1772,197 +1766,39 @@ fn spawn_sweeper(state: &ApiState) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, with housekeeping every 250 ms.
-/// On shutdown, SSE streams are closed so the graceful drain ends.
+/// Serves the API on `listener` until `shutdown` resolves, with housekeeping every 250 ms and
+/// the default connection limits. On shutdown, SSE streams are closed so the graceful drain ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let sweeper = spawn_sweeper(&state);
-    let st = state.clone();
-    let res = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            st.close_streams();
-        })
-        .await;
-    sweeper.abort();
-    res
+    serve_with(listener, state, None, HttpLimits::default(), shutdown).await
 }
 
-// ---------------------------------------------------------------------------------------------
-// HTTPS
-
-/// A client that connects but does not finish its handshake is dropped after this long, so idle
-/// sockets cannot pile up.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// On shutdown, connections still busy after this long are cut.
-const TLS_DRAIN: Duration = Duration::from_secs(5);
-
-/// The API's certificate or key cannot be used. Names the file, never shows its content (PEM
-/// parser messages can quote the offending line, so they are not kept).
-#[derive(Debug, thiserror::Error)]
-pub enum TlsConfigError {
-    #[error("cannot read control API TLS {what} file {path}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("control API TLS {what} file {path}: {problem}")]
-    Pem {
-        what: &'static str,
-        path: PathBuf,
-        problem: &'static str,
-    },
-    #[error("control API TLS certificate {cert} and key {key} cannot be used together")]
-    Rejected {
-        cert: PathBuf,
-        key: PathBuf,
-        source: rustls::Error,
-    },
-}
-
-/// Loads the PEM certificate chain and private key for HTTPS; TLS 1.2 and 1.3 with ring's
-/// algorithms, given explicitly so no process-wide crypto provider has to be installed.
-pub fn tls_acceptor(cert: &FsPath, key: &FsPath) -> Result<TlsAcceptor, TlsConfigError> {
-    let read = |what: &'static str, path: &FsPath| {
-        std::fs::read(path)
-            .map(Zeroizing::new)
-            .map_err(|source| TlsConfigError::Read {
-                what,
-                path: path.to_owned(),
-                source,
-            })
-    };
-    let pem = |what: &'static str, path: &FsPath, problem: &'static str| TlsConfigError::Pem {
-        what,
-        path: path.to_owned(),
-        problem,
-    };
-    let chain = CertificateDer::pem_slice_iter(&read("certificate", cert)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| pem("certificate", cert, "malformed PEM"))?;
-    if chain.is_empty() {
-        return Err(pem("certificate", cert, "no CERTIFICATE block"));
-    }
-    let private = PrivateKeyDer::from_pem_slice(&read("key", key)?).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => pem("key", key, "no private key block"),
-        _ => pem("key", key, "malformed PEM"),
-    })?;
-    let rejected = |source| TlsConfigError::Rejected {
-        cert: cert.to_owned(),
-        key: key.to_owned(),
-        source,
-    };
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(rejected)?
-    .with_no_client_auth()
-    .with_single_cert(chain, private)
-    .map_err(rejected)?;
-    // RFC 7301: offer HTTP/2 and HTTP/1.1; the auto builder serves either.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// [`serve`] over HTTPS: accepts TCP connections, completes each TLS handshake and serves the
-/// same router over it. On shutdown it stops accepting, closes SSE streams, asks every
-/// connection to finish its in-flight requests and cuts those still open after [`TLS_DRAIN`].
+/// [`serve`] over HTTPS.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     state: ApiState,
     tls: TlsAcceptor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let sweeper = spawn_sweeper(&state);
-    let app = router(state.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut conns = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            () = &mut shutdown => break,
-            r = listener.accept() => r,
-        };
-        // Reap finished connections so the set does not grow with the server's age.
-        while conns.try_join_next().is_some() {}
-        match accepted {
-            Ok((tcp, peer)) => {
-                conns.spawn(serve_tls_connection(
-                    tls.clone(),
-                    tcp,
-                    peer,
-                    app.clone(),
-                    stop_rx.clone(),
-                ));
-            }
-            Err(e) => {
-                // Out of descriptors and the like: back off rather than spin.
-                tracing::warn!(error = %e, "control API accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    drop(listener);
-    state.close_streams();
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(TLS_DRAIN, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            open = conns.len(),
-            "control API connections cut after the drain period"
-        );
-        conns.shutdown().await;
-    }
-    sweeper.abort();
-    Ok(())
+    serve_with(listener, state, Some(tls), HttpLimits::default(), shutdown).await
 }
 
-/// One HTTPS connection: handshake, then HTTP/1.1 or HTTP/2 until the peer closes or `stop`.
-async fn serve_tls_connection(
-    tls: TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-) {
-    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "control API TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "control API TLS handshake timed out");
-            return;
-        }
-    };
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn =
-        builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
-    tokio::pin!(conn);
-    let done = tokio::select! {
-        r = conn.as_mut() => Some(r),
-        _ = stop.wait_for(|s| *s) => None,
-    };
-    let result = match done {
-        Some(r) => r,
-        None => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "control API connection ended with an error");
-    }
+/// [`serve`] over HTTP or HTTPS with the given connection limits (the server is `net::http`'s).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    tls: Option<TlsAcceptor>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sweeper = spawn_sweeper(&state);
+    let app = router(state.clone());
+    let res = crate::net::http::serve(listener, app, state, tls, limits, shutdown).await;
+    sweeper.abort();
+    res
 }
 
 #[cfg(test)]

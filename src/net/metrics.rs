@@ -50,6 +50,8 @@ pub struct Metrics {
     /// SIP messages refused because of who sent them, by `reason` (`stranger`,
     /// `wrong_leg_trunk`, `wrong_leg_contact_centre`, `response`).
     pub sip_refused: Family<Label, Counter>,
+    /// Connections refused, closed and open, of SIP over TCP and of the API.
+    pub conn: crate::net::limits::ConnMetrics,
 }
 
 impl Default for Metrics {
@@ -77,7 +79,9 @@ impl Metrics {
             samples_masked: Counter::default(),
             events_stripped: Counter::default(),
             sip_refused: Family::default(),
+            conn: crate::net::limits::ConnMetrics::default(),
         };
+        m.conn.register(&mut registry);
         registry.register(
             "sip_refused",
             "SIP messages refused because of who sent them, by reason",

@@ -5,6 +5,8 @@
 
 pub mod api;
 pub mod calls;
+pub mod http;
+pub mod limits;
 pub mod media;
 mod media_loop;
 pub mod metrics;

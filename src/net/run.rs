@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::net::api::{self, ApiInitError, ApiState, TlsConfigError};
+use crate::net::api::{self, ApiInitError, ApiState, HttpLimits, TlsConfigError};
+use crate::net::limits::{self, FileLimitError};
 use crate::net::media::MediaWorkers;
 use crate::net::ports::{PortError, PortPool};
 use crate::net::sip;
@@ -34,12 +35,15 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("cannot start the media threads: {0}")]
     MediaThreads(std::io::Error),
+    #[error(transparent)]
+    FileLimit(#[from] FileLimitError),
 }
 
 /// Runs tonewall until `shutdown` resolves: hangs up calls in progress, stops the API, returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    // Fail on a bad route before binding anything.
+    // Fail on a bad route, or a config the open-file limit cannot hold, before binding anything.
     B2buaConfig::from_config(&config, [0; 32])?;
+    let nofile = limits::ensure_nofile(&config)?;
     let pool = PortPool::from_config(&config.media)?;
     let workers =
         MediaWorkers::start(config.media.worker_threads()).map_err(RunError::MediaThreads)?;
@@ -67,20 +71,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         media_threads = workers.threads(),
         api = %config.api.listen,
         api_tls = api_tls.is_some(),
+        open_files = nofile,
         "tonewall running"
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let api_stop = sip::wait_true(stop_rx.clone());
-    let api_task = match api_tls {
-        Some(tls) => tokio::spawn(api::serve_tls(
-            api_listener,
-            api_state.clone(),
-            tls,
-            api_stop,
-        )),
-        None => tokio::spawn(api::serve(api_listener, api_state.clone(), api_stop)),
-    };
+    let api_task = tokio::spawn(api::serve_with(
+        api_listener,
+        api_state.clone(),
+        api_tls,
+        HttpLimits::from_config(&config.api),
+        api_stop,
+    ));
     let sip_task = sip::serve(&config, sockets, pool, workers, api_state, stop_rx);
     tokio::pin!(sip_task);
     tokio::pin!(shutdown);

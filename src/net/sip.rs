@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -26,6 +26,7 @@ use crate::digit::DigitSource;
 use crate::dsp::g711::Codec;
 use crate::net::api::{ApiState, SessionRef};
 use crate::net::calls::CallInfo;
+use crate::net::limits::{ConnLimiter, ConnMetrics, ConnPermit, LogGate, Refusal, SourcePolicy};
 use crate::net::media::{
     ControlSender, MediaControl, MediaEvent, MediaHandle, MediaRelay, MediaWorkers, RelayOptions,
     RelayStatsSnapshot,
@@ -37,7 +38,7 @@ use crate::sip::b2bua::{
     B2bua, B2buaConfig, B2buaError, CallEvent, CallId, EndCause, Input, LegMedia, LocateOutcome,
     Output, PortAllocator, Refusal, RelayPorts,
 };
-use crate::sip::framer::{Frame, PONG, StreamFramer};
+use crate::sip::framer::{Frame, FrameError, PONG, StreamFramer};
 use crate::sip::message::{Framing, Limits, Message};
 
 /// Inputs waiting for the core; transports wait (backpressure) when it is full.
@@ -214,7 +215,13 @@ pub async fn serve(
         )));
     }
     if let Some(listener) = sockets.tcp {
-        tasks.push(tokio::spawn(tcp_accept(listener, core_tx.clone(), limits)));
+        let guard = TcpGuard::from_config(config, &api.metrics().conn);
+        tasks.push(tokio::spawn(tcp_accept(
+            listener,
+            core_tx.clone(),
+            limits,
+            guard,
+        )));
     }
     let scrubber = ScrubberConfig {
         mask: config.media.mask.into(),
@@ -880,10 +887,90 @@ async fn udp_loop(sock: Arc<UdpSocket>, core_tx: mpsc::Sender<CoreMsg>, limits: 
     }
 }
 
-async fn tcp_accept(listener: TcpListener, core_tx: mpsc::Sender<CoreMsg>, limits: Limits) {
+/// The `transport` label of SIP TCP connection metrics.
+const TCP_TRANSPORT: &str = "sip_tcp";
+
+/// What the TCP transport enforces on accepted connections: who may connect, how many, and
+/// how long a connection may stay without sending a whole message.
+struct TcpGuard {
+    policy: SourcePolicy,
+    limiter: ConnLimiter,
+    metrics: ConnMetrics,
+    gate: LogGate,
+    timers: ConnTimers,
+}
+
+impl TcpGuard {
+    fn from_config(config: &Config, metrics: &ConnMetrics) -> TcpGuard {
+        TcpGuard {
+            policy: SourcePolicy::sip_from_config(config),
+            limiter: ConnLimiter::new(
+                TCP_TRANSPORT,
+                config.sip.max_connections,
+                config.sip.max_connections_per_source,
+                metrics,
+            ),
+            metrics: metrics.clone(),
+            gate: LogGate::default(),
+            timers: ConnTimers {
+                first_message: Some(Duration::from_secs(config.sip.tcp_first_message_s)),
+                idle: Some(Duration::from_secs(config.sip.tcp_idle_s)),
+            },
+        }
+    }
+
+    /// Keeps the connection from `peer` (and counts it) or says why not.
+    fn admit(&self, peer: SocketAddr) -> Result<ConnPermit, Refusal> {
+        if !self.policy.allows(peer.ip()) {
+            return Err(Refusal::NotAllowed);
+        }
+        self.limiter.try_acquire(peer.ip())
+    }
+}
+
+/// How long a TCP connection may wait for its first whole message, and then between messages.
+/// `None`: no limit (connections tonewall opened itself).
+#[derive(Clone, Copy, Debug)]
+struct ConnTimers {
+    first_message: Option<Duration>,
+    idle: Option<Duration>,
+}
+
+impl ConnTimers {
+    const NONE: ConnTimers = ConnTimers {
+        first_message: None,
+        idle: None,
+    };
+}
+
+async fn tcp_accept(
+    listener: TcpListener,
+    core_tx: mpsc::Sender<CoreMsg>,
+    limits: Limits,
+    guard: TcpGuard,
+) {
+    let guard = Arc::new(guard);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let permit = match guard.admit(peer) {
+                    Ok(p) => p,
+                    Err(refusal) => {
+                        // Closed before anything is read: no message from it reaches the core.
+                        drop(stream);
+                        guard.metrics.refused(TCP_TRANSPORT, refusal.label());
+                        if let Some(held) = guard.gate.admit(peer.ip(), std::time::Instant::now()) {
+                            tracing::warn!(
+                                source = %peer.ip(),
+                                reason = refusal.label(),
+                                open = guard.limiter.open(),
+                                not_logged = held,
+                                "SIP TCP connection refused"
+                            );
+                        }
+                        continue;
+                    }
+                };
                 let (tx, rx) = mpsc::channel(TCP_QUEUE);
                 if core_tx
                     .send(CoreMsg::TcpUp {
@@ -895,9 +982,27 @@ async fn tcp_accept(listener: TcpListener, core_tx: mpsc::Sender<CoreMsg>, limit
                 {
                     return;
                 }
-                tokio::spawn(tcp_conn(stream, peer, core_tx.clone(), limits, tx, rx));
+                let guard = guard.clone();
+                let core_tx = core_tx.clone();
+                tokio::spawn(async move {
+                    let closed =
+                        tcp_conn_with(stream, peer, core_tx, limits, tx, rx, guard.timers).await;
+                    if let Some(reason) = closed {
+                        guard.metrics.closed(TCP_TRANSPORT, reason);
+                        if let Some(held) = guard.gate.admit(peer.ip(), std::time::Instant::now()) {
+                            tracing::info!(
+                                source = %peer.ip(),
+                                reason,
+                                not_logged = held,
+                                "SIP TCP connection closed"
+                            );
+                        }
+                    }
+                    drop(permit);
+                });
             }
             Err(e) => {
+                // Out of descriptors and the like: back off rather than spin.
                 tracing::warn!(error = %e, "SIP TCP accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -905,17 +1010,47 @@ async fn tcp_accept(listener: TcpListener, core_tx: mpsc::Sender<CoreMsg>, limit
     }
 }
 
-/// One TCP connection: a writer draining `rx`, and a reader framing messages (RFC 3261 §18.3).
+/// One TCP connection tonewall opened: no timeouts (it is ours, and at most one per peer).
 async fn tcp_conn(
     stream: TcpStream,
     peer: SocketAddr,
     core_tx: mpsc::Sender<CoreMsg>,
     limits: Limits,
     tx: mpsc::Sender<Bytes>,
-    mut rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
 ) {
+    let _ = tcp_conn_with(stream, peer, core_tx, limits, tx, rx, ConnTimers::NONE).await;
+}
+
+/// Largest read from a TCP socket at once. The buffer lives on the stack of the read, not in
+/// the connection, so an idle connection holds no read buffer.
+const TCP_READ: usize = 16 * 1024;
+
+/// Reads what the socket has into the framer: `Ok(0)` at end of stream.
+fn read_into(
+    reader: &tokio::net::tcp::OwnedReadHalf,
+    framer: &mut StreamFramer,
+) -> std::io::Result<usize> {
+    let mut chunk = [0u8; TCP_READ];
+    let n = reader.try_read(&mut chunk)?;
+    framer.push(chunk.get(..n).unwrap_or_default());
+    Ok(n)
+}
+
+/// One TCP connection: a writer draining `rx`, and a reader framing messages (RFC 3261 §18.3).
+/// Returns why tonewall closed it (a metric label), or `None` when the peer did or the core is
+/// gone.
+async fn tcp_conn_with(
+    stream: TcpStream,
+    peer: SocketAddr,
+    core_tx: mpsc::Sender<CoreMsg>,
+    limits: Limits,
+    tx: mpsc::Sender<Bytes>,
+    mut rx: mpsc::Receiver<Bytes>,
+    timers: ConnTimers,
+) -> Option<&'static str> {
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
     let writer_task = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
             if writer.write_all(&b).await.is_err() {
@@ -924,20 +1059,42 @@ async fn tcp_conn(
         }
     });
     let mut framer = StreamFramer::new(&limits);
-    let mut buf = vec![0u8; 16 * 1024];
-    'conn: loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+    // Until the first whole message or keep-alive, the first-message timer runs; after it,
+    // the idle timer, restarted by each whole message or keep-alive. Bytes alone do not
+    // restart it, so a message sent a byte at a time cannot hold the connection.
+    let mut greeted = false;
+    let mut deadline = timers.first_message.map(|d| Instant::now() + d);
+    let closed = 'conn: loop {
+        let ready = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, reader.readable()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    break 'conn Some(if greeted {
+                        "idle_timeout"
+                    } else {
+                        "first_message_timeout"
+                    });
+                }
+            },
+            None => reader.readable().await,
         };
-        framer.push(buf.get(..n).unwrap_or_default());
+        if ready.is_err() {
+            break None;
+        }
+        match read_into(&reader, &mut framer) {
+            Ok(0) => break None,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break None,
+        }
         loop {
-            match framer.next_frame() {
+            let heard = match framer.next_frame() {
                 Ok(None) => break,
                 Ok(Some(Frame::Ping)) => {
                     let _ = tx.try_send(Bytes::from_static(PONG));
+                    true
                 }
-                Ok(Some(Frame::Pong)) => {}
+                Ok(Some(Frame::Pong)) => false,
                 Ok(Some(Frame::Message(data))) => {
                     match parse_or_answer(data, Framing::Stream, &limits) {
                         Ok(msg) => {
@@ -947,24 +1104,34 @@ async fn tcp_conn(
                                 msg,
                             };
                             if core_tx.send(CoreMsg::Sip(input)).await.is_err() {
-                                break 'conn;
+                                break 'conn None;
                             }
+                            true
                         }
                         Err(Some(resp)) => {
                             let _ = tx.try_send(resp);
+                            false
                         }
-                        Err(None) => {}
+                        Err(None) => false,
                     }
                 }
                 Err(e) => {
-                    tracing::info!(%peer, error = %e, "SIP TCP framing error: closing");
-                    break 'conn;
+                    tracing::debug!(%peer, error = %e, "SIP TCP framing error: closing");
+                    break 'conn Some(match e {
+                        FrameError::TooLarge { .. } => "too_large",
+                        FrameError::BadContentLength => "framing",
+                    });
                 }
+            };
+            if heard {
+                greeted = true;
+                deadline = timers.idle.map(|d| Instant::now() + d);
             }
         }
-    }
+    };
     writer_task.abort();
     let _ = core_tx.send(CoreMsg::TcpDown { peer, tx }).await;
+    closed
 }
 
 /// Binds the SIP sockets the config asks for.

@@ -2,7 +2,6 @@
 //! the allow-list (127.0.0.2), with guessed and with correct identifiers. Each module is one
 //! surface; each test is one attack that must fail.
 
-#[allow(dead_code)]
 #[path = "../common/mod.rs"]
 mod common;
 
