@@ -237,8 +237,11 @@ impl Served {
         let svc = {
             let asked = asked.clone();
             let inner = TowerToHyperService::new(app);
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 asked.store(true, Ordering::Relaxed);
+                // Handlers that limit per source (the locator look-up) read the peer here.
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 hyper::service::Service::call(&inner, req)
             })
         };

@@ -36,7 +36,7 @@ use crate::payment::locator::LocatorCollector;
 use crate::rtp::scrubber::ScrubberConfig;
 use crate::sip::b2bua::{
     B2bua, B2buaConfig, B2buaError, CallEvent, CallId, EndCause, Input, LegMedia, LocateOutcome,
-    Output, PortAllocator, Refusal, RelayPorts,
+    Output, PortAllocator, Refusal as MessageRefusal, RelayPorts,
 };
 use crate::sip::framer::{Frame, FrameError, PONG, StreamFramer};
 use crate::sip::message::{Framing, Limits, Message};
@@ -47,10 +47,6 @@ const CORE_QUEUE: usize = 4096;
 const TCP_QUEUE: usize = 256;
 /// How long shutdown waits for hung-up calls to finish their BYE transactions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// A refused source is logged at most this often.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Sources remembered for that; beyond, refusals are only counted.
-const REFUSAL_LOG_SOURCES: usize = 4096;
 
 /// What the core task receives.
 enum CoreMsg {
@@ -147,8 +143,8 @@ struct Shell {
     core_tx: mpsc::Sender<CoreMsg>,
     limits: Limits,
     started: Instant,
-    /// When each refused source was last logged (bounded by [`REFUSAL_LOG_SOURCES`]).
-    refusals_logged: HashMap<IpAddr, Instant>,
+    /// Refused sources are logged at most once a minute each.
+    refusals_logged: LogGate,
 }
 
 /// What the shell keeps per live call.
@@ -271,7 +267,7 @@ pub async fn serve(
         core_tx,
         limits,
         started: Instant::now(),
-        refusals_logged: HashMap::new(),
+        refusals_logged: LogGate::default(),
     };
 
     let mut out = Vec::new();
@@ -424,28 +420,20 @@ impl Shell {
 
     /// Counts a refused message; logs its source at most once a minute, so a flood from one
     /// address costs a counter increment, not a log line each.
-    fn refused(&mut self, from: SocketAddr, refusal: Refusal) {
+    fn refused(&mut self, from: SocketAddr, refusal: MessageRefusal) {
         self.api
             .metrics()
             .sip_refused
             .get_or_create(&[("reason", refusal.label())])
             .inc();
-        let now = Instant::now();
-        let seen = &mut self.refusals_logged;
-        if seen.len() >= REFUSAL_LOG_SOURCES {
-            seen.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_EVERY);
-            if seen.len() >= REFUSAL_LOG_SOURCES {
-                return; // a flood from many sources: the counter tells the story
-            }
-        }
-        let due = seen
-            .get(&from.ip())
-            .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_EVERY);
-        if due {
-            seen.insert(from.ip(), now);
+        if let Some(held_back) = self
+            .refusals_logged
+            .admit(from.ip(), std::time::Instant::now())
+        {
             tracing::warn!(
                 source = %from.ip(),
                 reason = refusal.label(),
+                held_back,
                 "SIP message refused: the sender may not send it (further ones from this source are only counted for a minute)"
             );
         }
