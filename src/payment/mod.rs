@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod card;
 pub mod directory;
+pub mod guard;
 pub mod locator;
 pub mod redis_store;
 pub mod session;
