@@ -47,6 +47,12 @@ pub struct Metrics {
     pub samples_masked: Counter,
     /// RFC 4733 telephone-event packets replaced by masking audio on the agent leg.
     pub events_stripped: Counter,
+    /// Locator look-ups refused because their source is locked out after too many misses, by
+    /// `surface` (`api`, `sip`).
+    pub locator_lookups_refused: Family<Label, Counter>,
+    /// Session creations refused, by `reason` (`quota`: the token's live sessions; `limit`:
+    /// the relay's).
+    pub sessions_refused: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,6 +79,8 @@ impl Metrics {
             dtmf_keys_heard: Counter::default(),
             samples_masked: Counter::default(),
             events_stripped: Counter::default(),
+            locator_lookups_refused: Family::default(),
+            sessions_refused: Family::default(),
         };
         registry.register(
             "payment_sessions_created",
@@ -134,6 +142,16 @@ impl Metrics {
             "rtp_events_stripped",
             "RFC 4733 telephone-event packets replaced by masking audio on the agent leg",
             m.events_stripped.clone(),
+        );
+        registry.register(
+            "locator_lookups_refused",
+            "Locator look-ups refused while their source is locked out, by surface",
+            m.locator_lookups_refused.clone(),
+        );
+        registry.register(
+            "payment_sessions_refused",
+            "Payment session creations refused, by reason",
+            m.sessions_refused.clone(),
         );
         Metrics { registry, ..m }
     }

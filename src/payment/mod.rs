@@ -102,6 +102,8 @@ mod flow_tests {
                     fields: vec![],
                     amount: None,
                     reference: None,
+                    owner: None,
+                    hand_out: false,
                 },
                 0,
             )
