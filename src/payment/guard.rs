@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(g.tracked(), 4);
         // Source 1 was forgotten (its one failure with it); source 0 is still locked out.
         assert!(g.check(v4(0), 21).is_err());
-        assert!(g.sources.get(&SourceKey::of(v4(1))).is_none());
+        assert!(!g.sources.contains_key(&SourceKey::of(v4(1))));
         for i in 0..10_000u32 {
             let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
             g.failure(ip, 100 + u64::from(i));
