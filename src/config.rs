@@ -351,7 +351,7 @@ impl Default for VaultConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PaymentConfig {
-    /// Digits in a session's locator (3-8).
+    /// Digits in a session's locator (3-8; 6 by default, shorter ones are easier to guess).
     pub locator_len: usize,
     /// Digits in the unlock PIN (4-12).
     pub pin_len: usize,
@@ -363,17 +363,32 @@ pub struct PaymentConfig {
     pub max_attempts: u32,
     /// Keys of one locator (keyed by a contact flow or an agent) may be this far apart.
     pub locator_inter_key_ms: u64,
+    /// Live sessions one API token may hold at once.
+    pub max_live_sessions_per_token: usize,
+    /// Ended sessions kept readable for their linger time at most (oldest forgotten first).
+    pub max_ended_sessions: usize,
+    /// Failed locator look-ups from one source within `lookup_window_s` that lock it out.
+    pub lookup_failures_max: u32,
+    /// The window failed look-ups are counted in, in seconds.
+    pub lookup_window_s: u64,
+    /// How long a source that failed too often is refused look-ups, in seconds.
+    pub lookup_lockout_s: u64,
 }
 
 impl Default for PaymentConfig {
     fn default() -> Self {
         PaymentConfig {
-            locator_len: 4,
+            locator_len: 6,
             pin_len: 6,
             session_ttl_s: 900,
             inter_digit_timeout_s: 6,
             max_attempts: 3,
             locator_inter_key_ms: 3_000,
+            max_live_sessions_per_token: 20,
+            max_ended_sessions: 2_000,
+            lookup_failures_max: 10,
+            lookup_window_s: 60,
+            lookup_lockout_s: 300,
         }
     }
 }
@@ -637,6 +652,36 @@ impl Config {
             return Err(invalid(
                 "payment.locator_inter_key_ms",
                 "must be between 200 and 30000 ms",
+            ));
+        }
+        if !(1..=1_000).contains(&p.max_live_sessions_per_token) {
+            return Err(invalid(
+                "payment.max_live_sessions_per_token",
+                "must be between 1 and 1000",
+            ));
+        }
+        if !(1..=100_000).contains(&p.max_ended_sessions) {
+            return Err(invalid(
+                "payment.max_ended_sessions",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=1_000).contains(&p.lookup_failures_max) {
+            return Err(invalid(
+                "payment.lookup_failures_max",
+                "must be between 1 and 1000",
+            ));
+        }
+        if !(1..=86_400).contains(&p.lookup_window_s) {
+            return Err(invalid(
+                "payment.lookup_window_s",
+                "must be between 1 and 86400 seconds",
+            ));
+        }
+        if !(1..=86_400).contains(&p.lookup_lockout_s) {
+            return Err(invalid(
+                "payment.lookup_lockout_s",
+                "must be between 1 and 86400 seconds",
             ));
         }
         if self.log.level.trim().is_empty() {

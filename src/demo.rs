@@ -512,7 +512,9 @@ pub fn run(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, DemoError> 
     // SAFETY: set before this function starts its runtime; the CLI calls it from `main` with
     // no other thread running, so nothing reads the environment concurrently.
     unsafe {
-        std::env::set_var(TOKENS_ENV, format!("demo:{}", token.as_str()));
+        // The demo plays the payment integration, which creates the session and so holds the
+        // token and PIN (a desk token's create answer carries neither).
+        std::env::set_var(TOKENS_ENV, format!("demo:{}:payment", token.as_str()));
         std::env::set_var(KEY_ENV, key.as_str());
     }
     drop(key);
@@ -651,7 +653,7 @@ async fn sip_demo(
     .map_err(io)?;
     writeln!(
         w,
-        "     The agent's desktop follows the masked progress live over SSE (GET /v1/sessions/{{id}}/events)."
+        "     The masked progress is followed live over SSE (GET /v1/sessions/{{id}}/events)."
     )
     .map_err(io)?;
     let base = format!("/v1/sessions/{}", created.id);

@@ -18,6 +18,7 @@ use tower::ServiceExt;
 
 const DESK: &str = "dddddddddddddddddddddddd";
 const PAY: &str = "pppppppppppppppppppppppp";
+const OPS: &str = "oooooooooooooooooooooooo";
 /// 2026-06-01T09:00:00Z: the test card's 12/30 expiry is in the future.
 const T0: u64 = 1_780_304_400_000;
 const PAN: &str = "4111111111111111";
@@ -47,7 +48,10 @@ impl Reply {
 
 impl Api {
     fn new() -> Api {
-        let tokens = ApiTokens::parse(&format!("desk:{DESK},pay:{PAY}")).unwrap();
+        let tokens = ApiTokens::parse(&format!(
+            "desk:{DESK}:desk,pay:{PAY}:payment,ops:{OPS}:admin"
+        ))
+        .unwrap();
         let state = ApiState::in_memory(tokens, Clock::starting_at(T0));
         Api {
             router: router(state.clone()),
@@ -86,6 +90,28 @@ impl Api {
 
     async fn get(&self, uri: &str) -> Reply {
         self.call(Method::GET, uri, Some(DESK), None).await
+    }
+
+    async fn admin_get(&self, uri: &str) -> Reply {
+        self.call(Method::GET, uri, Some(OPS), None).await
+    }
+
+    /// The payment integration takes a desk session's token and PIN (once).
+    async fn credentials(&self, id: &str) -> (String, String) {
+        let r = self
+            .call(
+                Method::POST,
+                &format!("/v1/sessions/{id}/credentials"),
+                Some(PAY),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let j = r.json();
+        (
+            j["token"].as_str().unwrap().to_string(),
+            j["pin"].as_str().unwrap().to_string(),
+        )
     }
 
     async fn post(&self, uri: &str, body: Value) -> Reply {
@@ -143,11 +169,8 @@ impl Api {
             self.get(&format!("/v1/sessions/{id}")).await.json()["state"],
             "sealed"
         );
-        (
-            id,
-            c["token"].as_str().unwrap().to_string(),
-            c["pin"].as_str().unwrap().to_string(),
-        )
+        let (token, pin) = self.credentials(&id).await;
+        (id, token, pin)
     }
 }
 
@@ -197,7 +220,7 @@ async fn requests_need_a_valid_bearer_token() {
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
     let r = api.call(Method::GET, "/v1/locators/1234", None, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    // Liveness and metrics are open (docs/openapi.yaml `security: []`).
+    // Liveness is open (docs/openapi.yaml `security: []`); metrics need admin or metrics.
     let h = api.call(Method::GET, "/healthz", None, None).await;
     assert_eq!(
         (h.status, h.json()["status"].clone()),
@@ -205,8 +228,9 @@ async fn requests_need_a_valid_bearer_token() {
     );
     assert_eq!(
         api.call(Method::GET, "/metrics", None, None).await.status,
-        StatusCode::OK
+        StatusCode::UNAUTHORIZED
     );
+    assert_eq!(api.admin_get("/metrics").await.status, StatusCode::OK);
     let ok = api
         .call(Method::POST, "/v1/sessions", Some(PAY), Some(&body))
         .await;
@@ -220,9 +244,11 @@ async fn create_session_and_resolve_its_locator() {
     let id = c["id"].as_str().unwrap();
     let locator = c["locator"].as_str().unwrap();
     assert_eq!(id.len(), 32);
-    assert!(locator.len() == 4 && locator.bytes().all(|b| b.is_ascii_digit()));
-    assert_eq!(c["pin"].as_str().unwrap().len(), 6);
-    assert_eq!(c["token"].as_str().unwrap().len(), 64);
+    assert!(locator.len() == 6 && locator.bytes().all(|b| b.is_ascii_digit()));
+    // The desk's answer carries nothing that unlocks; the payment integration takes that once.
+    assert!(c.get("pin").is_none() && c.get("token").is_none(), "{c}");
+    let (token, pin) = api.credentials(id).await;
+    assert_eq!((token.len(), pin.len()), (64, 6));
     // Default TTL 900 s from T0.
     assert_eq!(c["expires_at"], "2026-06-01T09:15:00.000Z");
 
@@ -232,7 +258,11 @@ async fn create_session_and_resolve_its_locator() {
         (l.json()["session_id"].as_str(), l.json()["agent"].as_str()),
         (Some(id), Some("agent-7"))
     );
-    let other = if locator == "0000" { "0001" } else { "0000" };
+    let other = if locator == "000000" {
+        "000001"
+    } else {
+        "000000"
+    };
     assert_eq!(
         api.get(&format!("/v1/locators/{other}")).await.code(),
         "not_found"
@@ -254,7 +284,7 @@ async fn create_session_and_resolve_its_locator() {
     assert_eq!(fields, ["pan", "expiry", "cvv"]);
     // The token and PIN are shown once: never on reads.
     let text = api.get(&format!("/v1/sessions/{id}")).await.text;
-    assert!(!text.contains(c["token"].as_str().unwrap()) && !text.contains("\"pin\""));
+    assert!(!text.contains(&token) && !text.contains("\"pin\""));
 
     let bad = api
         .post("/v1/sessions", json!({"agent": "a", "ttl_s": 5}))
@@ -382,7 +412,7 @@ async fn wrong_pins_run_out_and_destroy_the_record() {
         api.get(&format!("/v1/sessions/{id}")).await.json()["state"],
         "failed"
     );
-    let m = api.get("/metrics").await.text;
+    let m = api.admin_get("/metrics").await.text;
     assert!(
         m.contains("tonewall_payment_unlocks_total{outcome=\"wrong_pin\"} 2"),
         "{m}"
@@ -424,7 +454,7 @@ async fn ttls_end_sessions_and_records() {
         api.get(&format!("/v1/sessions/{id}")).await.json()["state"],
         "expired"
     );
-    let m = api.get("/metrics").await.text;
+    let m = api.admin_get("/metrics").await.text;
     assert!(
         m.contains("tonewall_payment_sessions_ended_total{outcome=\"expired\"} 2"),
         "{m}"
@@ -461,7 +491,8 @@ async fn a_whole_payment_leaks_no_card_data() {
     let api = Api::new();
     let c = api.create().await;
     let id = c["id"].as_str().unwrap().to_string();
-    let (token, pin) = (c["token"].as_str().unwrap(), c["pin"].as_str().unwrap());
+    let (token, pin) = api.credentials(&id).await;
+    let (token, pin) = (token.as_str(), pin.as_str());
 
     // Subscribe to progress before anything happens.
     let req = Request::get(format!("/v1/sessions/{id}/events"))
@@ -584,7 +615,7 @@ async fn a_whole_payment_leaks_no_card_data() {
     }
     seen.push(("sse".into(), raw));
 
-    let m = api.call(Method::GET, "/metrics", None, None).await;
+    let m = api.admin_get("/metrics").await;
     assert!(
         m.text.contains("tonewall_payment_digits_captured_total 23"),
         "{}",
@@ -608,7 +639,7 @@ async fn a_whole_payment_leaks_no_card_data() {
     // The audit trail: one line per unlock outcome, with the integration and no PIN.
     let audit: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("tonewall::audit"))
+        .filter(|l| l.contains("tonewall::audit") && l.contains(" unlock"))
         .collect();
     assert_eq!(audit.len(), 4, "{log}");
     for (line, outcome) in audit
@@ -655,7 +686,7 @@ async fn read_all(mut s: tokio::net::TcpStream) -> String {
 
 #[tokio::test]
 async fn serve_answers_on_loopback_and_shutdown_closes_sse_streams() {
-    let tokens = ApiTokens::parse(&format!("desk:{DESK}")).unwrap();
+    let tokens = ApiTokens::parse(&format!("desk:{DESK}:desk")).unwrap();
     let state = ApiState::in_memory(tokens, Clock::system());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -795,6 +826,8 @@ async fn every_documented_route_is_served() {
             .replace("{field}", "pan")
             .replace("{locator}", "1234")
             .replace("{call_id}", "7");
+        // Each route answers its own role (desk for sessions, payment for unlock, admin for
+        // calls and metrics); a route reached with another role answers 403, not 404/405.
         let r = api.call(method.clone(), &uri, Some(DESK), Some("{}")).await;
         assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
         assert!(
@@ -838,7 +871,7 @@ async fn calls_are_listed_and_binding_switches_scrubbing_on() {
         false,
     );
 
-    let r = api.get("/v1/calls").await;
+    let r = api.admin_get("/v1/calls").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let list = r.json();
     assert_eq!(list["calls"][0]["call_id"], "41");
@@ -848,7 +881,7 @@ async fn calls_are_listed_and_binding_switches_scrubbing_on() {
     // On-demand: on and off from the API reach the relay.
     async fn scrub(api: &Api, on: bool) -> Reply {
         let body = json!({ "on": on }).to_string();
-        api.call(Method::PUT, "/v1/calls/41/scrub", Some(DESK), Some(&body))
+        api.call(Method::PUT, "/v1/calls/41/scrub", Some(OPS), Some(&body))
             .await
     }
     let put = |on| scrub(&api, on);
@@ -871,7 +904,10 @@ async fn calls_are_listed_and_binding_switches_scrubbing_on() {
     );
     assert_eq!(api.bind(id, "41").await.status, StatusCode::OK);
     assert_eq!(rx.try_recv(), Ok(MediaControl::Scrub(true)));
-    assert_eq!(api.get("/v1/calls/41").await.json()["scrubbing"], true);
+    assert_eq!(
+        api.admin_get("/v1/calls/41").await.json()["scrubbing"],
+        true
+    );
     // While a session is bound, the agent cannot switch scrubbing off.
     let r = put(false).await;
     assert_eq!(
@@ -888,7 +924,10 @@ async fn calls_are_listed_and_binding_switches_scrubbing_on() {
         .unwrap();
     assert_eq!((sid.to_string().as_str(), agent.as_str()), (id, "agent-7"));
     api.state.call_ended("41");
-    assert_eq!(api.get("/v1/calls/41").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.admin_get("/v1/calls/41").await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(
         api.get(&format!("/v1/sessions/{id}")).await.json()["state"],
         "failed"

@@ -79,7 +79,7 @@ const HEALTH: &str = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
 async fn https_serves_the_api_refuses_plain_http_and_shuts_down() {
     let pki = Pki::new();
     let tls = tls_acceptor(&pki.cert(), &pki.key()).unwrap();
-    let tokens = ApiTokens::parse(&format!("desk:{DESK}")).unwrap();
+    let tokens = ApiTokens::parse(&format!("desk:{DESK}:desk")).unwrap();
     let state = ApiState::in_memory(tokens, Clock::system());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

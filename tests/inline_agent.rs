@@ -18,12 +18,16 @@ use tonewall::net::ua::{SipUa, UaConfig};
 use tonewall::rtp::packet::RtpView;
 use tonewall::rtp::trunk::{TrunkConfig, packetize};
 
+/// The payment integration's token (creates the session, so holds its token and PIN).
 const TOKEN: &str = "inlinetest0123456789";
+/// The operator's token: calls and metrics.
+const OPS: &str = "inlineops01234567890";
 const KEYS: &str = "4111111111111111#1230123";
 
 struct Http {
     client: reqwest::Client,
     base: String,
+    token: &'static str,
 }
 
 impl Http {
@@ -31,7 +35,7 @@ impl Http {
         let mut req = self
             .client
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
+            .bearer_auth(self.token)
             .timeout(Duration::from_secs(5));
         if let Some(b) = body {
             req = req.json(&b);
@@ -62,7 +66,10 @@ impl Http {
 async fn the_agent_keying_the_locator_binds_the_call_and_the_card_is_captured() {
     // SAFETY: the only test in this binary; set before tonewall reads them.
     unsafe {
-        std::env::set_var("TONEWALL_INLINE_TEST_TOKENS", format!("desk:{TOKEN}"));
+        std::env::set_var(
+            "TONEWALL_INLINE_TEST_TOKENS",
+            format!("pay:{TOKEN}:payment,ops:{OPS}:admin"),
+        );
         std::env::set_var("TONEWALL_INLINE_TEST_KEY", "22".repeat(32));
     }
     let lo = IpAddr::from(Ipv4Addr::LOCALHOST);
@@ -104,6 +111,12 @@ master_key_env = "TONEWALL_INLINE_TEST_KEY"
     let http = Http {
         client: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{api_port}"),
+        token: TOKEN,
+    };
+    let ops = Http {
+        token: OPS,
+        client: http.client.clone(),
+        base: http.base.clone(),
     };
     let mut up = false;
     for _ in 0..100 {
@@ -141,7 +154,7 @@ master_key_env = "TONEWALL_INLINE_TEST_KEY"
     });
     let (a, b) = (a.unwrap(), b.unwrap());
     // On-demand route: nothing scrubbed until a session is bound.
-    let (_, calls) = http.send(reqwest::Method::GET, "/v1/calls", None).await;
+    let (_, calls) = ops.send(reqwest::Method::GET, "/v1/calls", None).await;
     assert_eq!(calls["calls"][0]["scrubbing"], false, "{calls}");
     let call_id = calls["calls"][0]["call_id"].as_str().unwrap().to_string();
 
@@ -149,7 +162,7 @@ master_key_env = "TONEWALL_INLINE_TEST_KEY"
     b.send_keys(&locator, 70, 80).await.unwrap();
     let view = http.wait_state(&id, "capturing").await;
     assert_eq!(view["call_id"], call_id.as_str(), "{view}");
-    let (_, call) = http
+    let (_, call) = ops
         .send(reqwest::Method::GET, &format!("/v1/calls/{call_id}"), None)
         .await;
     assert_eq!(
@@ -186,6 +199,7 @@ master_key_env = "TONEWALL_INLINE_TEST_KEY"
         metrics = http
             .client
             .get(format!("{}/metrics", http.base))
+            .bearer_auth(OPS)
             .send()
             .await
             .unwrap()

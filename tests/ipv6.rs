@@ -27,7 +27,7 @@ async fn a_call_over_ipv6_is_relayed_and_scrubbed() {
     let api_port = common::free_port();
     // SAFETY: the only test in this binary; set before tonewall reads them.
     unsafe {
-        std::env::set_var("TONEWALL_V6_TEST_TOKENS", "desk:ipv6test0123456789");
+        std::env::set_var("TONEWALL_V6_TEST_TOKENS", "ops:ipv6test0123456789:admin");
         std::env::set_var("TONEWALL_V6_TEST_KEY", "33".repeat(32));
     }
     let lo = IpAddr::from(Ipv6Addr::LOCALHOST);

@@ -39,6 +39,8 @@ use tonewall::rtp::trunk::depacketize;
 const SIPP: &str = "/usr/bin/sipp";
 const TOKENS_ENV: &str = "TONEWALL_LOOP_SIPP_TEST_TOKENS";
 const TOKEN: &str = "0123456789abcdef0123";
+/// The operator's token: `/metrics`.
+const OPS: &str = "ops0123456789abcdef0";
 /// Longest a whole sipp run may take (sipp's own -timeout is shorter).
 const WAIT: Duration = Duration::from_secs(40);
 /// Longest one HTTP exchange with the API may take.
@@ -113,7 +115,7 @@ async fn start_tonewall(media_min: u16) -> Tonewall {
 async fn start_tonewall_with(media_min: u16, fallback: bool) -> Tonewall {
     logs();
     // SAFETY: every test stores the same value before any reader in this binary runs.
-    unsafe { std::env::set_var(TOKENS_ENV, format!("test:{TOKEN}")) };
+    unsafe { std::env::set_var(TOKENS_ENV, format!("test:{TOKEN}:payment,ops:{OPS}:admin")) };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let key = dir.join("master.key");
@@ -203,11 +205,23 @@ impl Tonewall {
             .unwrap();
     }
 
-    /// One HTTP/1.1 request to the API on a fresh connection: status and body.
+    /// One HTTP/1.1 request to the API on a fresh connection, as the payment integration:
+    /// status and body.
     async fn http(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+        self.http_as(TOKEN, method, path, body).await
+    }
+
+    /// [`Self::http`] with another token (the operator's, for `/metrics`).
+    async fn http_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, String) {
         let body = body.map(Value::to_string).unwrap_or_default();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: tonewall\r\nAuthorization: Bearer {TOKEN}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: tonewall\r\nAuthorization: Bearer {token}\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
@@ -238,7 +252,8 @@ impl Tonewall {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
     }
 
-    /// A payment session for `agent`, as the agent's desktop creates it.
+    /// A payment session for `agent`, as the payment integration creates it (its answer
+    /// carries the retrieval token and PIN; a desk's would not).
     async fn create_session(&self, agent: &str) -> Session {
         let v = self
             .json(
@@ -637,7 +652,7 @@ async fn locator_keyed_after_answer_then_card_is_captured_and_kept_from_the_agen
     assert_no_card_data("the second unlock's answer", &again.to_string());
 
     // Nothing outside that one answer holds card data: logs at TRACE, metrics.
-    let (status, metrics) = tw.http("GET", "/metrics", None).await;
+    let (status, metrics) = tw.http_as(OPS, "GET", "/metrics", None).await;
     assert_eq!(status, 200);
     assert!(
         metrics.contains("tonewall_payment_sessions_ended_total{outcome=\"unlocked\"} 1"),
@@ -756,7 +771,7 @@ async fn an_unknown_locator_is_announced_and_hung_up_without_calling_the_contact
     );
     let (v, text) = tw.session(&s.id).await;
     assert_eq!(v["state"], "pending", "the session is not bound: {text}");
-    let (_, metrics) = tw.http("GET", "/metrics", None).await;
+    let (_, metrics) = tw.http_as(OPS, "GET", "/metrics", None).await;
     assert!(
         metrics.contains("cause=\"not_located\"} 1"),
         "the call ended as not located: {metrics}"

@@ -45,7 +45,7 @@ struct Setup {
 fn setup(media_min: u16, scrub: &str, target_transport: &str) -> Setup {
     // The API needs tokens; every test sets the same value, so concurrent writes agree.
     // SAFETY: all writers store the same value before any reader in this binary runs.
-    unsafe { std::env::set_var(TOKENS_ENV, "test:0123456789abcdef0123") };
+    unsafe { std::env::set_var(TOKENS_ENV, "test:0123456789abcdef0123:admin") };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let key = dir.join("master.key");

@@ -329,7 +329,7 @@ impl Node {
         use tonewall::net::api::{ApiSettings, ApiState, ApiTokens, Clock, router};
         use tonewall::payment::redis_store::AnyStore;
         let store = store(server, master).await.with_prefix(prefix);
-        let settings = ApiSettings::new(ApiTokens::parse(&format!("desk:{DESK}")).unwrap());
+        let settings = ApiSettings::new(ApiTokens::parse(&format!("desk:{DESK}:payment")).unwrap());
         let state = ApiState::new(
             settings,
             AnyStore::Redis(store),

@@ -13,12 +13,13 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -42,6 +43,7 @@ use crate::payment::capture::{
 };
 use crate::payment::card::{CardData, FieldName, YearMonth};
 use crate::payment::directory;
+use crate::payment::guard::{GuardConfig, LookupGuard};
 use crate::payment::redis_store::{AnyStore, RedisStore};
 use crate::payment::session::{
     AgentId, CallId, Created, DestroyReason, FailReason, Locator, NewSession, RetrievalToken,
@@ -135,44 +137,113 @@ fn year_month(unix_ms: u64) -> Option<YearMonth> {
 // ---------------------------------------------------------------------------------------------
 // Bearer tokens
 
-/// The integrations allowed to call the API: a name (for the audit log) and a bearer token.
-/// Tokens are kept as SHA-256 hashes and compared in constant time.
+/// What a token may do (docs/openapi.yaml, `x-roles` of each operation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// An agent's desktop: creates sessions and follows, binds, resets and cancels its own;
+    /// never sees the retrieval token or the PIN.
+    Desk,
+    /// The payment integration: unlocks; takes the token and PIN (in its own create's answer
+    /// or once per desk session).
+    Payment,
+    /// Operations: calls, the scrub switch, every session (view, cancel), metrics.
+    Admin,
+    /// A metrics scraper: `/metrics` only.
+    Metrics,
+}
+
+impl Role {
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "desk" => Some(Role::Desk),
+            "payment" => Some(Role::Payment),
+            "admin" => Some(Role::Admin),
+            "metrics" => Some(Role::Metrics),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Desk => "desk",
+            Role::Payment => "payment",
+            Role::Admin => "admin",
+            Role::Metrics => "metrics",
+        }
+    }
+}
+
+/// The integrations allowed to call the API: a name (for the audit log and session ownership),
+/// a role and a bearer token. Tokens are kept as SHA-256 hashes and compared in constant time.
 pub struct ApiTokens {
-    entries: Vec<(String, [u8; 32])>,
+    entries: Vec<(String, Role, [u8; 32])>,
 }
 
 impl std::fmt::Debug for ApiTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.entries.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<(&str, &str)> = self
+            .entries
+            .iter()
+            .map(|(n, r, _)| (n.as_str(), r.as_str()))
+            .collect();
         f.debug_struct("ApiTokens").field("names", &names).finish()
     }
 }
 
-/// The token list is malformed. Says where, never shows a token.
+/// The token list is malformed. Names the entry (by its name, or its position when it has no
+/// name), never shows a token or what stands where the role should be (a token containing `:`
+/// would put part of itself there).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenConfigError {
-    #[error(
-        "API token entry {0} is not `name:token` with a non-empty name and a token of at least 16 characters"
-    )]
+    #[error("API token entry {0} is not `name:token:role` with a non-empty name")]
     BadEntry(usize),
-    #[error("no API tokens configured (set {0} to comma-separated name:token pairs)")]
+    #[error("API token {0}: the token must be at least 16 characters")]
+    ShortToken(String),
+    #[error(
+        "API token {0} has no role: write it as `name:token:role` (desk, payment, admin or metrics)"
+    )]
+    NoRole(String),
+    #[error("API token {0} has an unknown role: use desk, payment, admin or metrics")]
+    UnknownRole(String),
+    #[error("API token name {0} is used twice: names must be unique")]
+    DuplicateName(String),
+    #[error("API token {0} repeats the token of an earlier entry: each entry needs its own")]
+    DuplicateToken(String),
+    #[error("no API tokens configured (set {0} to comma-separated name:token:role triples)")]
     Empty(String),
 }
 
 impl ApiTokens {
-    /// Parses comma-separated `name:token` pairs (the `api.tokens_env` format).
+    /// Parses comma-separated `name:token:role` triples (the `api.tokens_env` format). The
+    /// name is up to the first `:`, the role after the last one.
     pub fn parse(s: &str) -> Result<ApiTokens, TokenConfigError> {
-        let mut entries = Vec::new();
+        let mut entries: Vec<(String, Role, [u8; 32])> = Vec::new();
         for (i, item) in s.split(',').map(str::trim).enumerate() {
             if item.is_empty() {
                 continue;
             }
-            let (name, token) = item.split_once(':').ok_or(TokenConfigError::BadEntry(i))?;
-            let (name, token) = (name.trim(), token.trim());
-            if name.is_empty() || token.len() < 16 {
+            let (name, rest) = item.split_once(':').ok_or(TokenConfigError::BadEntry(i))?;
+            let name = name.trim();
+            if name.is_empty() || name.chars().any(char::is_control) {
                 return Err(TokenConfigError::BadEntry(i));
             }
-            entries.push((name.to_string(), Sha256::digest(token.as_bytes()).into()));
+            let Some((token, role)) = rest.rsplit_once(':') else {
+                return Err(TokenConfigError::NoRole(name.to_string()));
+            };
+            let token = token.trim();
+            let role =
+                Role::parse(role.trim()).ok_or(TokenConfigError::UnknownRole(name.to_string()))?;
+            if token.len() < 16 {
+                return Err(TokenConfigError::ShortToken(name.to_string()));
+            }
+            if entries.iter().any(|(n, _, _)| n == name) {
+                return Err(TokenConfigError::DuplicateName(name.to_string()));
+            }
+            let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            if entries.iter().any(|(_, _, h)| *h == hash) {
+                return Err(TokenConfigError::DuplicateToken(name.to_string()));
+            }
+            entries.push((name.to_string(), role, hash));
         }
         Ok(ApiTokens { entries })
     }
@@ -187,14 +258,14 @@ impl ApiTokens {
         Ok(tokens)
     }
 
-    /// The integration a presented token belongs to. Every entry is compared, so the time
-    /// taken does not say which one matched.
-    pub fn check(&self, presented: &str) -> Option<&str> {
+    /// The integration a presented token belongs to, and its role. Every entry is compared,
+    /// so the time taken does not say which one matched.
+    pub fn check(&self, presented: &str) -> Option<(&str, Role)> {
         let h: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
-        for (name, want) in &self.entries {
+        for (name, role, want) in &self.entries {
             if bool::from(want.ct_eq(&h)) && found.is_none() {
-                found = Some(name.as_str());
+                found = Some((name.as_str(), *role));
             }
         }
         found
@@ -212,6 +283,8 @@ pub struct ApiError {
     pub message: Cow<'static, str>,
     /// Wrong-PIN answers say how many tries are left.
     pub tries_left: Option<u32>,
+    /// Lockouts say when to come back (HTTP `Retry-After`, seconds).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -221,7 +294,24 @@ impl ApiError {
             code,
             message: Cow::Borrowed(message),
             tries_left: None,
+            retry_after_s: None,
         }
+    }
+
+    fn forbidden() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token's role may not do this",
+        )
+    }
+
+    fn not_yours() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the session belongs to another integration",
+        )
     }
 
     fn not_found() -> ApiError {
@@ -272,6 +362,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         resp
     }
 }
@@ -291,6 +385,8 @@ impl From<SessionError> for ApiError {
                 (S::SERVICE_UNAVAILABLE, "locator_space_exhausted")
             }
             SessionError::TooMany => (S::SERVICE_UNAVAILABLE, "unavailable"),
+            SessionError::QuotaReached => (S::TOO_MANY_REQUESTS, "session_quota"),
+            SessionError::CredentialsTaken => (S::GONE, "credentials_taken"),
             SessionError::BadTtl { .. } | SessionError::BadAgent => (S::BAD_REQUEST, "bad_request"),
         };
         // SessionError's texts are built from states, actions and limits only: no input echoes.
@@ -299,6 +395,7 @@ impl From<SessionError> for ApiError {
             code,
             message: Cow::Owned(e.to_string()),
             tries_left: None,
+            retry_after_s: None,
         }
     }
 }
@@ -343,6 +440,7 @@ fn unlock_error(e: &UnlockError) -> ApiError {
             UnlockError::WrongPin { tries_left } => Some(*tries_left),
             _ => None,
         },
+        retry_after_s: None,
     }
 }
 
@@ -381,6 +479,8 @@ pub struct ApiSettings {
     pub linger_ms: u64,
     /// Capture rules other than the field list (which each session names).
     pub capture: CaptureConfig,
+    /// Failed locator look-ups per source before a lockout (`GET /v1/locators/{locator}`).
+    pub lookup_guard: GuardConfig,
 }
 
 impl ApiSettings {
@@ -391,6 +491,7 @@ impl ApiSettings {
             record_ttl_ms: 120_000,
             linger_ms: DEFAULT_LINGER_MS,
             capture: CaptureConfig::default(),
+            lookup_guard: GuardConfig::default(),
         }
     }
 }
@@ -454,6 +555,8 @@ struct Book {
 
 struct Inner {
     book: Mutex<Book>,
+    /// Failed locator look-ups per source; its own lock, never taken with `book`'s.
+    lookups: Mutex<LookupGuard>,
     store: AnyStore,
     master: Arc<MasterKey>,
     tokens: ApiTokens,
@@ -581,6 +684,7 @@ impl ApiState {
                     calls: HashMap::new(),
                     withdraw: Vec::new(),
                 }),
+                lookups: Mutex::new(LookupGuard::new(settings.lookup_guard)),
                 store,
                 master,
                 tokens: settings.tokens,
@@ -633,6 +737,14 @@ impl ApiState {
             .max(settings.sessions.default_ttl_ms);
         settings.capture.inter_digit_timeout_ms = p.inter_digit_timeout_s.saturating_mul(1_000);
         settings.capture.max_attempts = p.max_attempts;
+        settings.sessions.max_live_per_owner = p.max_live_sessions_per_token;
+        settings.sessions.max_ended = p.max_ended_sessions;
+        settings.lookup_guard = GuardConfig {
+            failures_max: p.lookup_failures_max,
+            window_ms: p.lookup_window_s.saturating_mul(1_000),
+            lockout_ms: p.lookup_lockout_s.saturating_mul(1_000),
+            ..GuardConfig::default()
+        };
         Ok(ApiState::new(settings, store, master, Clock::system()))
     }
 
@@ -908,6 +1020,9 @@ impl ApiState {
         for id in book.table.expire_due(now) {
             self.ended(&mut book, &id);
         }
+        for id in book.table.take_forgotten() {
+            book.live.remove(&id);
+        }
         book
     }
 
@@ -1124,8 +1239,9 @@ impl ApiState {
                 jobs.extend(self.after_capture(&mut book, &id, &events, now));
             }
             book.table.purge_ended(now, self.inner.linger_ms);
-            let Book { table, live, .. } = &mut *book;
-            live.retain(|id, _| table.get(id).is_some());
+            for id in book.table.take_forgotten() {
+                book.live.remove(&id);
+            }
             (jobs, std::mem::take(&mut book.withdraw))
         };
         let (jobs, withdraw) = jobs;
@@ -1151,9 +1267,71 @@ impl ApiState {
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
-/// The integration a request authenticated as.
+/// The integration a request authenticated as: its token's name and role.
 #[derive(Clone, Debug)]
-struct Integration(Arc<str>);
+struct Caller {
+    name: Arc<str>,
+    role: Role,
+}
+
+/// Roles each route admits (the router's table; ownership is checked in the handlers).
+const DESK_PAY: &[Role] = &[Role::Desk, Role::Payment];
+const DESK_PAY_ADMIN: &[Role] = &[Role::Desk, Role::Payment, Role::Admin];
+const PAYMENT: &[Role] = &[Role::Payment];
+const ADMIN: &[Role] = &[Role::Admin];
+const SCRAPERS: &[Role] = &[Role::Admin, Role::Metrics];
+
+/// What a caller wants to do with a session, for [`authorize`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Read its state and progress (GET, SSE).
+    View,
+    /// Bind a call to it.
+    Bind,
+    /// Start, reset, ask for a field again.
+    Control,
+    /// Cancel it.
+    Cancel,
+}
+
+/// Desks and payment integrations act on the sessions they created; the payment integration
+/// may also follow any session (to know when it is sealed); admin may view, bind and cancel
+/// any session but not steer a capture. A session taken over from another relay has no owner
+/// here: only admin (and payment, to view) reach it.
+fn authorize(book: &Book, caller: &Caller, id: &SessionId, access: Access) -> Result<(), ApiError> {
+    let s = book.table.get(id).ok_or_else(ApiError::not_found)?;
+    let own = s.owner() == Some(&*caller.name);
+    let ok = match (caller.role, access) {
+        (Role::Admin, Access::View | Access::Bind | Access::Cancel) => true,
+        (Role::Payment, Access::View) => true,
+        (Role::Desk | Role::Payment, _) => own,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::not_yours())
+    }
+}
+
+/// Lets through only callers whose role is in `roles` (route layer inside [`auth`]).
+async fn allow(State(roles): State<&'static [Role]>, req: Request, next: Next) -> Response {
+    let Some(caller) = req.extensions().get::<Caller>() else {
+        return ApiError::unauthorized().into_response();
+    };
+    if !roles.contains(&caller.role) {
+        tracing::info!(
+            target: AUDIT_TARGET,
+            integration = &*caller.name,
+            role = caller.role.as_str(),
+            method = %req.method(),
+            path = req.uri().path(),
+            "refused: the token's role may not do this"
+        );
+        return ApiError::forbidden().into_response();
+    }
+    next.run(req).await
+}
 
 async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
     let presented = req
@@ -1165,11 +1343,14 @@ async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Respo
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let Some(name) = presented.and_then(|t| st.inner.tokens.check(t)) else {
+    let Some((name, role)) = presented.and_then(|t| st.inner.tokens.check(t)) else {
         return ApiError::unauthorized().into_response();
     };
-    let name: Arc<str> = name.into();
-    req.extensions_mut().insert(Integration(name));
+    let caller = Caller {
+        name: name.into(),
+        role,
+    };
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
@@ -1186,6 +1367,7 @@ struct CreateBody {
     ttl_s: Option<u64>,
 }
 
+/// The answer to a payment integration's create: the only one with the token and PIN.
 #[derive(Serialize)]
 struct CreatedBody<'a> {
     id: SessionId,
@@ -1193,6 +1375,22 @@ struct CreatedBody<'a> {
     token: &'a str,
     pin: &'a str,
     expires_at: String,
+}
+
+/// The answer to a desk's create: nothing that unlocks the card.
+#[derive(Serialize)]
+struct DeskCreatedBody<'a> {
+    id: SessionId,
+    locator: &'a str,
+    expires_at: String,
+}
+
+/// The one hand-out of a desk session's token and PIN to the payment integration.
+#[derive(Serialize)]
+struct CredentialsBody<'a> {
+    id: SessionId,
+    token: &'a str,
+    pin: &'a str,
 }
 
 fn display_text(s: Option<String>) -> Result<Option<String>, ApiError> {
@@ -1206,7 +1404,11 @@ fn display_text(s: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
-async fn create_session(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+async fn create_session(
+    State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: CreateBody = parse_json(&body)?;
     let agent = AgentId::parse(&req.agent)?;
     let fields: Vec<FieldName> = match req.fields {
@@ -1221,10 +1423,43 @@ async fn create_session(State(st): State<ApiState>, body: Bytes) -> Result<Respo
         fields,
         amount: display_text(req.amount)?,
         reference: display_text(req.reference)?,
+        owner: Some(who.name.to_string()),
+        // A desk never holds what unlocks: its session's token and PIN wait for the payment
+        // integration's one `/credentials` call.
+        hand_out: who.role != Role::Payment,
     };
-    let created = st.create(new).await?;
-    tracing::info!(session = %created.id, locator = %created.locator, "payment session created");
-    // The only response that shows the token and PIN.
+    let created = match st.create(new).await {
+        Ok(c) => c,
+        Err(e) => {
+            let too_many = SessionError::TooMany.to_string();
+            let reason = match e.code {
+                "session_quota" => Some("quota"),
+                "locator_space_exhausted" => Some("limit"),
+                "unavailable" if e.message == too_many.as_str() => Some("limit"),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                st.inner
+                    .metrics
+                    .sessions_refused
+                    .get_or_create(&[("reason", reason)])
+                    .inc();
+                tracing::info!(integration = &*who.name, reason, "payment session refused");
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(session = %created.id, locator = %created.locator, integration = &*who.name, "payment session created");
+    if who.role != Role::Payment {
+        return Ok(json_response(
+            StatusCode::CREATED,
+            &DeskCreatedBody {
+                id: created.id,
+                locator: created.locator.as_str(),
+                expires_at: rfc3339(created.expires_at_ms),
+            },
+        ));
+    }
     secret_json(
         StatusCode::CREATED,
         &CreatedBody {
@@ -1235,6 +1470,32 @@ async fn create_session(State(st): State<ApiState>, body: Bytes) -> Result<Respo
             expires_at: rfc3339(created.expires_at_ms),
         },
     )
+}
+
+async fn take_credentials(
+    State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let now = st.inner.clock.now_ms();
+    let res = st.book(now).table.take_credentials(&id, now);
+    let outcome = match &res {
+        Ok(_) => "ok",
+        Err(SessionError::CredentialsTaken) => "already_taken",
+        Err(_) => "refused",
+    };
+    tracing::info!(target: AUDIT_TARGET, integration = &*who.name, session = %id, outcome, "credentials hand-out");
+    let (token, pin) = res?;
+    secret_json(
+        StatusCode::OK,
+        &CredentialsBody {
+            id,
+            token: token.reveal(),
+            pin: pin.reveal(),
+        },
+    )
+    // `token` and `pin` drop (and zeroize) here.
 }
 
 fn session_response(book: &Book, id: &SessionId) -> Result<Response, ApiError> {
@@ -1249,21 +1510,25 @@ fn session_response(book: &Book, id: &SessionId) -> Result<Response, ApiError> {
 
 async fn get_session(
     State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let book = st.book(st.inner.clock.now_ms());
+    authorize(&book, &who, &id, Access::View)?;
     session_response(&book, &id)
 }
 
 async fn cancel_session(
     State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let now = st.inner.clock.now_ms();
     {
         let mut book = st.book(now);
+        authorize(&book, &who, &id, Access::Cancel)?;
         book.table.destroy(&id, DestroyReason::Cancelled, now)?;
         st.ended(&mut book, &id);
     }
@@ -1287,10 +1552,14 @@ fn yes() -> bool {
 
 async fn bind_session(
     State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    // Only the session's own desk (or admin) binds it to a call over the API; loop calls
+    // bind through the SIP shell.
+    authorize(&st.book(st.inner.clock.now_ms()), &who, &id, Access::Bind)?;
     let req: BindBody = parse_json(&body)?;
     if req.call_id.is_empty()
         || req.call_id.len() > 256
@@ -1309,21 +1578,29 @@ async fn bind_session(
 
 async fn start_session(
     State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let now = st.inner.clock.now_ms();
     let mut book = st.book(now);
+    authorize(&book, &who, &id, Access::Control)?;
     book.table.start_capture(&id, now)?;
     book.publish(&id);
     session_response(&book, &id)
 }
 
 /// Reset and field requests apply while the session is live and not yet sealed.
-fn capture_command(st: &ApiState, id: &str, input: CaptureInput) -> Result<Response, ApiError> {
+fn capture_command(
+    st: &ApiState,
+    who: &Caller,
+    id: &str,
+    input: CaptureInput,
+) -> Result<Response, ApiError> {
     let id = parse_id(id)?;
     let now = st.inner.clock.now_ms();
     let mut book = st.book(now);
+    authorize(&book, who, &id, Access::Control)?;
     let state = book
         .table
         .get(&id)
@@ -1344,19 +1621,21 @@ fn capture_command(st: &ApiState, id: &str, input: CaptureInput) -> Result<Respo
 
 async fn reset_session(
     State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let now = st.inner.clock.now_ms();
-    capture_command(&st, &id, CaptureInput::Reset { now_ms: now })
+    capture_command(&st, &who, &id, CaptureInput::Reset { now_ms: now })
 }
 
 async fn request_field(
     State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
     Path((id, field)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let now = st.inner.clock.now_ms();
     let field = FieldName::parse(&field);
-    capture_command(&st, &id, CaptureInput::Request { field, now_ms: now })
+    capture_command(&st, &who, &id, CaptureInput::Request { field, now_ms: now })
 }
 
 #[derive(Deserialize)]
@@ -1366,13 +1645,14 @@ struct RequestFieldBody {
 
 async fn request_field_body(
     State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: RequestFieldBody = parse_json(&body)?;
     let now = st.inner.clock.now_ms();
     let field = FieldName::parse(&req.field);
-    capture_command(&st, &id, CaptureInput::Request { field, now_ms: now })
+    capture_command(&st, &who, &id, CaptureInput::Request { field, now_ms: now })
 }
 
 #[derive(Deserialize)]
@@ -1409,10 +1689,10 @@ fn unlock_outcome(r: &Result<CardData, UnlockError>) -> &'static str {
     }
 }
 
-fn audit(who: &Integration, id: &SessionId, outcome: &'static str) {
+fn audit(who: &Caller, id: &SessionId, outcome: &'static str) {
     tracing::info!(
         target: AUDIT_TARGET,
-        integration = &*who.0,
+        integration = &*who.name,
         session = %id,
         outcome,
         "unlock"
@@ -1421,7 +1701,7 @@ fn audit(who: &Integration, id: &SessionId, outcome: &'static str) {
 
 async fn unlock_session(
     State(st): State<ApiState>,
-    axum::Extension(who): axum::Extension<Integration>,
+    axum::Extension(who): axum::Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -1429,7 +1709,7 @@ async fn unlock_session(
         Ok(id) => id,
         Err(_) => {
             st.inner.metrics.unlock("not_found");
-            tracing::info!(target: AUDIT_TARGET, integration = &*who.0, outcome = "not_found", "unlock of a malformed session id");
+            tracing::info!(target: AUDIT_TARGET, integration = &*who.name, outcome = "not_found", "unlock of a malformed session id");
             return Err(ApiError::not_found());
         }
     };
@@ -1490,20 +1770,24 @@ async fn unlock_session(
     )
 }
 
-/// A JSON response carrying secrets (token, PIN, card): serialised into a zeroizing buffer and
-/// marked `no-store` so no cache keeps it.
+/// Room for the largest secret body (a card with a postcode is under 300 bytes): serialising
+/// never grows the buffer, so no copy of a secret is left in a freed, unzeroized allocation.
+const SECRET_BODY_CAPACITY: usize = 1_024;
+
+/// A JSON response carrying secrets (token, PIN, card): serialised into a zeroizing buffer that
+/// becomes the body itself (no copy into a plain `Vec`) and is wiped when the body is dropped,
+/// and marked `no-store` so no cache keeps it.
 fn secret_json(status: StatusCode, value: &impl Serialize) -> Result<Response, ApiError> {
-    let body =
-        Zeroizing::new(serde_json::to_vec(value).map_err(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "encoding")
-        })?);
+    let mut body = Zeroizing::new(Vec::with_capacity(SECRET_BODY_CAPACITY));
+    serde_json::to_writer(&mut *body, value)
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "encoding"))?;
     Ok((
         status,
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        Body::from(body.to_vec()),
+        Body::from(Bytes::from_owner(body)),
     )
         .into_response())
 }
@@ -1515,17 +1799,68 @@ struct LocatorBody<'a> {
     expires_at: String,
 }
 
+/// Where a request came from, when the server recorded it (`ConnectInfo`); otherwise every
+/// such request counts as one source, which errs on the side of locking out.
+fn peer_ip(peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> IpAddr {
+    peer.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |p| p.0.0.ip())
+}
+
+impl ApiState {
+    /// Whether `ip` may look a locator up now; counts and answers the refusals.
+    fn lookup_allowed(&self, ip: IpAddr, now: u64) -> Result<(), ApiError> {
+        let checked = self
+            .inner
+            .lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(ip, now);
+        checked.map_err(|locked| {
+            self.inner
+                .metrics
+                .locator_lookups_refused
+                .get_or_create(&[("surface", "api")])
+                .inc();
+            ApiError {
+                retry_after_s: Some(locked.retry_after_s(now)),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "locked_out",
+                    "too many locator look-ups found nothing; try again later",
+                )
+            }
+        })
+    }
+
+    /// Reports a look-up's outcome to the guard.
+    fn lookup_done(&self, ip: IpAddr, now: u64, found: bool) {
+        let mut guard = self.inner.lookups.lock().unwrap_or_else(|p| p.into_inner());
+        if found {
+            guard.success(ip, now);
+        } else if let Some(locked) = guard.failure(ip, now) {
+            drop(guard);
+            tracing::warn!(
+                source = %ip,
+                lockout_s = locked.retry_after_s(now),
+                "locator look-ups from this source locked out after too many misses"
+            );
+        }
+    }
+}
+
 async fn get_locator(
     State(st): State<ApiState>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Path(locator): Path<String>,
 ) -> Result<Response, ApiError> {
-    let locator = Locator::parse(&locator).map_err(|_| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no live session has this locator",
-        )
-    })?;
+    let ip = peer_ip(peer);
+    let now = st.inner.clock.now_ms();
+    st.lookup_allowed(ip, now)?;
+    let res = find_locator(&st, &locator, now).await;
+    st.lookup_done(ip, st.inner.clock.now_ms(), res.is_ok());
+    res
+}
+
+async fn find_locator(st: &ApiState, locator: &str, now: u64) -> Result<Response, ApiError> {
     let gone = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1533,7 +1868,7 @@ async fn get_locator(
             "no live session has this locator",
         )
     };
-    let now = st.inner.clock.now_ms();
+    let locator = Locator::parse(locator).map_err(|_| gone())?;
     {
         let book = st.book(now);
         if let Some(s) = book.table.by_locator(&locator, now) {
@@ -1627,11 +1962,13 @@ async fn put_scrubbing(
 
 async fn session_events(
     State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let (first, rx) = {
         let book = st.book(st.inner.clock.now_ms());
+        authorize(&book, &who, &id, Access::View)?;
         // Subscribe and snapshot under one lock: no update can fall between them.
         let rx = book
             .live
@@ -1708,6 +2045,7 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     (StatusCode::OK, headers, st.inner.metrics.render()).into_response()
 }
 
@@ -1723,29 +2061,72 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The control API's routes over `state`.
+/// The control API's routes over `state`. Every route but `/healthz` needs a bearer token,
+/// and each admits the roles named here (docs/openapi.yaml `x-roles`); handlers then check
+/// that the session is the caller's.
+///
+/// The locator look-up's lockout is per source address when the server records it: serve the
+/// router with `into_make_service_with_connect_info::<SocketAddr>()` (or insert
+/// `ConnectInfo<SocketAddr>` per connection); without it all callers share one budget.
 pub fn router(state: ApiState) -> Router {
+    let only = |roles: &'static [Role]| middleware::from_fn_with_state(roles, allow);
     let authed = Router::new()
-        .route("/v1/sessions", post(create_session))
-        .route("/v1/sessions/{id}", get(get_session).delete(cancel_session))
-        .route("/v1/sessions/{id}/events", get(session_events))
-        .route("/v1/sessions/{id}/bind", post(bind_session))
-        .route("/v1/sessions/{id}/start", post(start_session))
-        .route("/v1/sessions/{id}/reset", post(reset_session))
+        .route("/metrics", get(metrics).route_layer(only(SCRAPERS)))
+        .route(
+            "/v1/sessions",
+            post(create_session).route_layer(only(DESK_PAY)),
+        )
+        .route(
+            "/v1/sessions/{id}",
+            get(get_session)
+                .delete(cancel_session)
+                .route_layer(only(DESK_PAY_ADMIN)),
+        )
+        .route(
+            "/v1/sessions/{id}/events",
+            get(session_events).route_layer(only(DESK_PAY_ADMIN)),
+        )
+        .route(
+            "/v1/sessions/{id}/bind",
+            post(bind_session).route_layer(only(DESK_PAY_ADMIN)),
+        )
+        .route(
+            "/v1/sessions/{id}/start",
+            post(start_session).route_layer(only(DESK_PAY)),
+        )
+        .route(
+            "/v1/sessions/{id}/reset",
+            post(reset_session).route_layer(only(DESK_PAY)),
+        )
         .route(
             "/v1/sessions/{id}/fields/{field}/request",
-            post(request_field),
+            post(request_field).route_layer(only(DESK_PAY)),
         )
-        .route("/v1/sessions/{id}/request-field", post(request_field_body))
-        .route("/v1/sessions/{id}/unlock", post(unlock_session))
-        .route("/v1/locators/{locator}", get(get_locator))
-        .route("/v1/calls", get(list_calls))
-        .route("/v1/calls/{id}", get(get_call))
-        .route("/v1/calls/{id}/scrub", axum::routing::put(put_scrubbing))
+        .route(
+            "/v1/sessions/{id}/request-field",
+            post(request_field_body).route_layer(only(DESK_PAY)),
+        )
+        .route(
+            "/v1/sessions/{id}/unlock",
+            post(unlock_session).route_layer(only(PAYMENT)),
+        )
+        .route(
+            "/v1/sessions/{id}/credentials",
+            post(take_credentials).route_layer(only(PAYMENT)),
+        )
+        .route(
+            "/v1/locators/{locator}",
+            get(get_locator).route_layer(only(DESK_PAY_ADMIN)),
+        )
+        .route("/v1/calls", get(list_calls).route_layer(only(ADMIN)))
+        .route("/v1/calls/{id}", get(get_call).route_layer(only(ADMIN)))
+        .route(
+            "/v1/calls/{id}/scrub",
+            axum::routing::put(put_scrubbing).route_layer(only(ADMIN)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .merge(authed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -1815,17 +2196,61 @@ mod tests {
     }
 
     #[test]
-    fn tokens_match_by_name_and_reject_others() {
-        let t = ApiTokens::parse("desk:aaaaaaaaaaaaaaaaaaaa, pay:bbbbbbbbbbbbbbbbbbbb").unwrap();
-        assert_eq!(t.check("aaaaaaaaaaaaaaaaaaaa"), Some("desk"));
-        assert_eq!(t.check("bbbbbbbbbbbbbbbbbbbb"), Some("pay"));
+    fn tokens_match_by_name_and_role_and_reject_others() {
+        let t = ApiTokens::parse(
+            "desk:aaaaaaaaaaaaaaaaaaaa:desk, pay:bbbbbbbbbbbbbbbbbbbb:payment,ops:cccccccccccccccccccc:admin,prom:dd:dddddddddddddddd:metrics",
+        )
+        .unwrap();
+        assert_eq!(t.check("aaaaaaaaaaaaaaaaaaaa"), Some(("desk", Role::Desk)));
+        assert_eq!(
+            t.check("bbbbbbbbbbbbbbbbbbbb"),
+            Some(("pay", Role::Payment))
+        );
+        assert_eq!(t.check("cccccccccccccccccccc"), Some(("ops", Role::Admin)));
+        // A token may hold `:`; the role is after the last one.
+        assert_eq!(
+            t.check("dd:dddddddddddddddd"),
+            Some(("prom", Role::Metrics))
+        );
         assert_eq!(t.check("aaaaaaaaaaaaaaaaaaa"), None);
         assert_eq!(t.check(""), None);
-        assert_eq!(
-            ApiTokens::parse("desk:short").unwrap_err(),
-            TokenConfigError::BadEntry(0)
-        );
         assert!(!format!("{t:?}").contains("aaaa"));
+    }
+
+    #[test]
+    fn token_errors_name_the_entry_never_the_token() {
+        let secret = "s3cr3ts3cr3ts3cr3t";
+        let cases = [
+            (
+                format!("desk1:{secret}"),
+                TokenConfigError::NoRole("desk1".into()),
+            ),
+            (
+                format!("ok:{secret}x:desk,desk2:{secret}:boss"),
+                TokenConfigError::UnknownRole("desk2".into()),
+            ),
+            (
+                "desk3:short:desk".to_string(),
+                TokenConfigError::ShortToken("desk3".into()),
+            ),
+            (format!(":{secret}:desk"), TokenConfigError::BadEntry(0)),
+            (secret.to_string(), TokenConfigError::BadEntry(0)),
+            (
+                format!("a:{secret}:desk,a:{secret}x:admin"),
+                TokenConfigError::DuplicateName("a".into()),
+            ),
+            (
+                format!("a:{secret}:desk,b:{secret}:admin"),
+                TokenConfigError::DuplicateToken("b".into()),
+            ),
+        ];
+        for (input, want) in cases {
+            let e = ApiTokens::parse(&input).unwrap_err();
+            assert_eq!(e, want, "{input}");
+            let text = e.to_string();
+            assert!(!text.contains("s3cr3t"), "{text}");
+            assert!(!text.contains("boss"), "{text}");
+        }
     }
 
     #[test]

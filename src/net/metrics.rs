@@ -52,6 +52,12 @@ pub struct Metrics {
     pub sip_refused: Family<Label, Counter>,
     /// Connections refused, closed and open, of SIP over TCP and of the API.
     pub conn: crate::net::limits::ConnMetrics,
+    /// Locator look-ups refused because their source is locked out after too many misses, by
+    /// `surface` (`api`, `sip`).
+    pub locator_lookups_refused: Family<Label, Counter>,
+    /// Session creations refused, by `reason` (`quota`: the token's live sessions; `limit`:
+    /// the relay's).
+    pub sessions_refused: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,6 +86,8 @@ impl Metrics {
             events_stripped: Counter::default(),
             sip_refused: Family::default(),
             conn: crate::net::limits::ConnMetrics::default(),
+            locator_lookups_refused: Family::default(),
+            sessions_refused: Family::default(),
         };
         m.conn.register(&mut registry);
         registry.register(
@@ -147,6 +155,16 @@ impl Metrics {
             "rtp_events_stripped",
             "RFC 4733 telephone-event packets replaced by masking audio on the agent leg",
             m.events_stripped.clone(),
+        );
+        registry.register(
+            "locator_lookups_refused",
+            "Locator look-ups refused while their source is locked out, by surface",
+            m.locator_lookups_refused.clone(),
+        );
+        registry.register(
+            "payment_sessions_refused",
+            "Payment session creations refused, by reason",
+            m.sessions_refused.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -180,6 +180,8 @@ mod tests {
                     fields: vec![FieldName::Pan, FieldName::Cvv],
                     amount: Some("9.99 EUR".into()),
                     reference: None,
+                    owner: None,
+                    hand_out: false,
                 },
                 1_000,
             )

@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod card;
 pub mod directory;
+pub mod guard;
 pub mod locator;
 pub mod redis_store;
 pub mod session;
@@ -101,6 +102,8 @@ mod flow_tests {
                     fields: vec![],
                     amount: None,
                     reference: None,
+                    owner: None,
+                    hand_out: false,
                 },
                 0,
             )

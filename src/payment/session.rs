@@ -4,11 +4,18 @@
 //! A session moves Created → Bound(call) → Capturing → Completed (sealed) → Unlocked, or ends
 //! Destroyed, Expired or Failed on the way. Every transition takes `now` (milliseconds on the
 //! shell's clock; use UNIX time so `expires_at` can be shown) and checks the TTL first.
-//! The retrieval token is random, shown once at creation and kept only as its SHA-256 hash,
-//! compared in constant time. The unlock PIN is held only until the record is sealed.
+//! The retrieval token is random and kept only as its SHA-256 hash, compared in constant time;
+//! the token itself goes to the payment integration once, either in the answer to its own
+//! create or, for a session an agent's desktop created, held here (zeroizing) until the payment
+//! integration takes it with [`SessionTable::take_credentials`]. The unlock PIN is held only
+//! until the record is sealed (and the hand-out copy until it is taken or the session ends).
+//!
+//! Resources a caller can make the table hold are bounded: live sessions per owner (the API
+//! token's name) and overall, and ended sessions kept for display (oldest forgotten first).
+//! Expiry and purging walk deadline-ordered structures, never every session.
 //! This module owns no I/O and reads no clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -349,17 +356,27 @@ pub struct SessionConfig {
     pub max_ttl_ms: u64,
     /// Live sessions at most (the locator space bounds it too).
     pub max_live: usize,
+    /// Live sessions at most per owner (API token name).
+    pub max_live_per_owner: usize,
+    /// Ended sessions kept for display at most; the oldest are forgotten first.
+    pub max_ended: usize,
 }
+
+/// Default locator length: 10^6 codes, so that with a few hundred live sessions and the
+/// failed-lookup lockout ([`crate::payment::guard`]) guessing one is impractical.
+pub const DEFAULT_LOCATOR_LEN: usize = 6;
 
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
-            locator_len: 4,
+            locator_len: DEFAULT_LOCATOR_LEN,
             pin_len: crate::payment::vault::DEFAULT_PIN_LEN,
             default_ttl_ms: 900_000,
             min_ttl_ms: 30_000,
             max_ttl_ms: 3_600_000,
             max_live: 1_000,
+            max_live_per_owner: 20,
+            max_ended: 2_000,
         }
     }
 }
@@ -380,6 +397,10 @@ pub enum SessionError {
     LocatorSpaceExhausted,
     #[error("too many live sessions")]
     TooMany,
+    #[error("this integration has as many live sessions as it may hold; end one first")]
+    QuotaReached,
+    #[error("the session's retrieval token and PIN were already handed out")]
+    CredentialsTaken,
     #[error("ttl must be between {min_ms} and {max_ms} ms")]
     BadTtl { min_ms: u64, max_ms: u64 },
     #[error("agent id must be 1-128 characters without control characters")]
@@ -405,9 +426,14 @@ pub struct NewSession {
     pub amount: Option<String>,
     /// For display only.
     pub reference: Option<String>,
+    /// Who asked (the API token's name): counts against that owner's quota.
+    pub owner: Option<String>,
+    /// Keep the token and PIN for one later [`SessionTable::take_credentials`] (the creator
+    /// is not the one who unlocks).
+    pub hand_out: bool,
 }
 
-/// The creation result: the only time the token and PIN are visible.
+/// The creation result: the token and PIN, for the creator if it is the one who unlocks.
 #[derive(Debug)]
 pub struct Created {
     pub id: SessionId,
@@ -430,6 +456,9 @@ pub struct Session {
     token_hash: TokenHash,
     /// Held from creation until sealing, then dropped (zeroized).
     pin: Option<Pin>,
+    /// The token and PIN waiting for their one hand-out; dropped when taken or at the end.
+    hand_out: Option<(RetrievalToken, Pin)>,
+    owner: Option<String>,
     fields: Vec<FieldName>,
     amount: Option<String>,
     reference: Option<String>,
@@ -469,6 +498,10 @@ impl Session {
     pub fn reference(&self) -> Option<&str> {
         self.reference.as_deref()
     }
+    /// The API token name that created it; `None` for a session taken over from another relay.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
 }
 
 /// A session not yet bound, as one relay hands it to another through a shared store (the
@@ -496,15 +529,37 @@ pub struct SessionTable {
     by_id: HashMap<SessionId, Session>,
     /// Live (non-terminal) sessions only.
     by_locator: HashMap<Locator, SessionId>,
+    /// Live sessions by (expiry, id): expiring walks only the due ones.
+    deadlines: BTreeSet<(u64, SessionId)>,
+    /// Ended sessions in the order they ended, with the time: purging and the cap take the
+    /// oldest first.
+    ended: VecDeque<(u64, SessionId)>,
+    /// Live sessions per owner.
+    live_by_owner: HashMap<String, usize>,
+    /// Sessions forgotten (purged or over the cap) since the shell last asked.
+    forgotten: Vec<SessionId>,
 }
 
 impl SessionTable {
     pub fn new(cfg: SessionConfig) -> SessionTable {
+        let cfg = SessionConfig {
+            max_ended: cfg.max_ended.max(1),
+            ..cfg
+        };
         SessionTable {
             cfg,
             by_id: HashMap::new(),
             by_locator: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            ended: VecDeque::new(),
+            live_by_owner: HashMap::new(),
+            forgotten: Vec::new(),
         }
+    }
+
+    /// Live sessions `owner` holds.
+    pub fn live_for(&self, owner: &str) -> usize {
+        self.live_by_owner.get(owner).copied().unwrap_or(0)
     }
 
     /// AddAgent: a new session with a fresh locator, token and PIN.
@@ -516,8 +571,13 @@ impl SessionTable {
                 max_ms: self.cfg.max_ttl_ms,
             });
         }
-        // Sessions past their TTL must not hold locators or count against the limit.
+        // Sessions past their TTL must not hold locators or count against the limits.
         self.expire_due(now_ms);
+        if let Some(owner) = &new.owner
+            && self.live_for(owner) >= self.cfg.max_live_per_owner
+        {
+            return Err(SessionError::QuotaReached);
+        }
         if self.by_locator.len() >= self.cfg.max_live {
             return Err(SessionError::TooMany);
         }
@@ -539,11 +599,17 @@ impl SessionTable {
             ended_at_ms: None,
             token_hash: token.hash(),
             pin: Some(pin.clone()),
+            hand_out: new.hand_out.then(|| (token.clone(), pin.clone())),
+            owner: new.owner,
             fields: new.fields,
             amount: new.amount,
             reference: new.reference,
         };
+        if let Some(owner) = &session.owner {
+            *self.live_by_owner.entry(owner.clone()).or_insert(0) += 1;
+        }
         self.by_locator.insert(locator.clone(), id);
+        self.deadlines.insert((expires_at_ms, id));
         self.by_id.insert(id, session);
         Ok(Created {
             id,
@@ -598,6 +664,7 @@ impl SessionTable {
             return Err(SessionError::TooMany);
         }
         self.by_locator.insert(shared.locator.clone(), shared.id);
+        self.deadlines.insert((shared.expires_at_ms, shared.id));
         self.by_id.insert(
             shared.id,
             Session {
@@ -610,6 +677,9 @@ impl SessionTable {
                 ended_at_ms: None,
                 token_hash: shared.token_hash,
                 pin: Some(shared.pin),
+                // The creating relay hands the credentials out; here nobody owns it but admin.
+                hand_out: None,
+                owner: None,
                 fields: shared.fields,
                 amount: shared.amount,
                 reference: shared.reference,
@@ -620,11 +690,55 @@ impl SessionTable {
 
     /// Forgets a session outright (its creation could not be shared, so it never existed).
     pub fn remove(&mut self, id: &SessionId) {
-        if let Some(s) = self.by_id.remove(id)
-            && self.by_locator.get(&s.locator) == Some(id)
-        {
+        let Some(s) = self.by_id.remove(id) else {
+            return;
+        };
+        if s.ended_at_ms.is_some() {
+            // Rare (creation rolled back after an end): a scan of the ended list is fine.
+            self.ended.retain(|(_, e)| e != id);
+            return;
+        }
+        self.deadlines.remove(&(s.expires_at_ms, *id));
+        if let Some(owner) = &s.owner {
+            self.owner_ended(owner);
+        }
+        if self.by_locator.get(&s.locator) == Some(id) {
             self.by_locator.remove(&s.locator);
         }
+    }
+
+    fn owner_ended(&mut self, owner: &str) {
+        if let Some(n) = self.live_by_owner.get_mut(owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live_by_owner.remove(owner);
+            }
+        }
+    }
+
+    /// The retrieval token and PIN of a live session created for a later hand-out, once:
+    /// a second call is [`SessionError::CredentialsTaken`]. Works until the session ends, also
+    /// after sealing.
+    pub fn take_credentials(
+        &mut self,
+        id: &SessionId,
+        now_ms: u64,
+    ) -> Result<(RetrievalToken, Pin), SessionError> {
+        self.check_live(id, now_ms)?;
+        let s = self.by_id.get_mut(id).ok_or(SessionError::NotFound)?;
+        if s.state.is_terminal() {
+            return Err(SessionError::InvalidTransition {
+                from: s.state.name(),
+                action: "hand out the credentials of",
+            });
+        }
+        s.hand_out.take().ok_or(SessionError::CredentialsTaken)
+    }
+
+    /// Ids of sessions forgotten since the last call (purged after their linger, or over the
+    /// cap of ended sessions kept), so the shell can drop its own state for them.
+    pub fn take_forgotten(&mut self) -> Vec<SessionId> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// A random locator not held by a live session: a random start, then the next free one,
@@ -703,8 +817,12 @@ impl SessionTable {
             _ => None,
         })?;
         let s = self.by_id.get_mut(id).ok_or(SessionError::NotFound)?;
+        let old = s.expires_at_ms;
         s.expires_at_ms = now_ms.saturating_add(record_ttl_ms);
-        s.pin.take().ok_or(SessionError::PinGone)
+        let pin = s.pin.take().ok_or(SessionError::PinGone);
+        self.deadlines.remove(&(old, *id));
+        self.deadlines.insert((s.expires_at_ms, *id));
+        pin
     }
 
     /// The record was unlocked: Completed → Unlocked.
@@ -740,28 +858,37 @@ impl SessionTable {
     }
 
     /// Marks every live session past its TTL Expired and frees its locator; returns their ids.
+    /// Walks only the due sessions (the deadline order), so calling it often is cheap.
     pub fn expire_due(&mut self, now_ms: u64) -> Vec<SessionId> {
-        let due: Vec<SessionId> = self
-            .by_id
-            .values()
-            .filter(|s| !s.state.is_terminal() && now_ms >= s.expires_at_ms)
-            .map(|s| s.id)
-            .collect();
-        for id in &due {
-            self.end(id, SessionState::Expired, now_ms);
+        let mut due = Vec::new();
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if now_ms < at {
+                break;
+            }
+            self.deadlines.remove(&(at, id));
+            if self.by_id.get(&id).is_some_and(|s| s.ended_at_ms.is_none()) {
+                self.end(&id, SessionState::Expired, now_ms);
+                due.push(id);
+            }
         }
         due
     }
 
     /// Forgets sessions that ended at least `linger_ms` ago (they stay visible for a while so
-    /// the agent's desktop can read the outcome).
+    /// the agent's desktop can read the outcome). Walks only those due.
     pub fn purge_ended(&mut self, now_ms: u64, linger_ms: u64) -> usize {
-        let before = self.by_id.len();
-        self.by_id.retain(|_, s| {
-            s.ended_at_ms
-                .is_none_or(|t| now_ms < t.saturating_add(linger_ms))
-        });
-        before - self.by_id.len()
+        let mut n = 0;
+        while let Some(&(at, id)) = self.ended.front() {
+            if now_ms < at.saturating_add(linger_ms) {
+                break;
+            }
+            self.ended.pop_front();
+            if self.by_id.remove(&id).is_some() {
+                self.forgotten.push(id);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Live and within TTL; a session found past its TTL is expired on the spot.
@@ -802,13 +929,33 @@ impl SessionTable {
     }
 
     fn end(&mut self, id: &SessionId, state: SessionState, now_ms: u64) {
-        if let Some(s) = self.by_id.get_mut(id) {
-            s.state = state;
-            s.ended_at_ms = Some(now_ms);
-            // The PIN is useless once the session ends.
-            s.pin = None;
-            if self.by_locator.get(&s.locator) == Some(id) {
-                self.by_locator.remove(&s.locator);
+        let Some(s) = self.by_id.get_mut(id) else {
+            return;
+        };
+        if s.ended_at_ms.is_some() {
+            return;
+        }
+        s.state = state;
+        // The PIN and the credentials are useless once the session ends.
+        s.pin = None;
+        s.hand_out = None;
+        s.ended_at_ms = Some(now_ms);
+        let (expires, owner) = (s.expires_at_ms, s.owner.clone());
+        if self.by_locator.get(&s.locator) == Some(id) {
+            let locator = s.locator.clone();
+            self.by_locator.remove(&locator);
+        }
+        self.deadlines.remove(&(expires, *id));
+        if let Some(owner) = owner {
+            self.owner_ended(&owner);
+        }
+        self.ended.push_back((now_ms, *id));
+        // The one just ended is the newest, so the cap never forgets it.
+        while self.ended.len() > self.cfg.max_ended {
+            if let Some((_, old)) = self.ended.pop_front()
+                && self.by_id.remove(&old).is_some()
+            {
+                self.forgotten.push(old);
             }
         }
     }
@@ -825,6 +972,8 @@ mod tests {
             fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
             amount: Some("12.50 GBP".into()),
             reference: None,
+            owner: None,
+            hand_out: false,
         }
     }
 
@@ -836,7 +985,7 @@ mod tests {
     fn full_life_of_a_session() {
         let mut t = table();
         let c = t.create(new("agent-7"), 1_000).unwrap();
-        assert_eq!(c.locator.as_str().len(), 4);
+        assert_eq!(c.locator.as_str().len(), DEFAULT_LOCATOR_LEN);
         assert_eq!(c.pin.reveal().len(), 6);
         assert_eq!(c.expires_at_ms, 1_000 + 900_000);
         let s = t.by_locator(&c.locator, 2_000).unwrap();
@@ -959,6 +1108,135 @@ mod tests {
         t.create(new("a"), 0).unwrap();
         t.create(new("b"), 0).unwrap();
         assert_eq!(t.create(new("c"), 0).unwrap_err(), SessionError::TooMany);
+    }
+
+    fn owned(agent: &str, owner: &str, hand_out: bool) -> NewSession {
+        NewSession {
+            owner: Some(owner.into()),
+            hand_out,
+            ..new(agent)
+        }
+    }
+
+    #[test]
+    fn each_owner_has_a_quota_of_live_sessions() {
+        let cfg = SessionConfig {
+            max_live_per_owner: 3,
+            ..SessionConfig::default()
+        };
+        let mut t = SessionTable::new(cfg);
+        let ids: Vec<SessionId> = (0..3)
+            .map(|i| {
+                t.create(owned(&format!("a{i}"), "desk1", false), 0)
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        assert_eq!(
+            t.create(owned("a", "desk1", false), 0).unwrap_err(),
+            SessionError::QuotaReached
+        );
+        // Another owner, and a session without owner, are not affected.
+        t.create(owned("b", "desk2", false), 0).unwrap();
+        t.create(new("c"), 0).unwrap();
+        assert_eq!((t.live_for("desk1"), t.live_for("desk2")), (3, 1));
+        // Ending one (any way: cancel, expiry) gives the slot back.
+        t.destroy(&ids[0], DestroyReason::Cancelled, 1).unwrap();
+        t.create(owned("a", "desk1", false), 1).unwrap();
+        let mut short = owned("d", "desk3", false);
+        short.ttl_ms = Some(30_000);
+        t.create(short, 0).unwrap();
+        assert_eq!(t.live_for("desk3"), 1);
+        t.expire_due(30_000);
+        assert_eq!(t.live_for("desk3"), 0);
+    }
+
+    #[test]
+    fn ended_sessions_kept_are_capped_oldest_first() {
+        let cfg = SessionConfig {
+            max_ended: 3,
+            ..SessionConfig::default()
+        };
+        let mut t = SessionTable::new(cfg);
+        let mut ids = Vec::new();
+        for i in 0..5u64 {
+            let c = t.create(owned("a", "desk1", false), i).unwrap();
+            t.destroy(&c.id, DestroyReason::Cancelled, i).unwrap();
+            ids.push(c.id);
+        }
+        assert_eq!(t.take_forgotten(), vec![ids[0], ids[1]]);
+        assert!(t.get(&ids[1]).is_none());
+        assert!(t.get(&ids[2]).is_some());
+        assert!(t.take_forgotten().is_empty());
+        // Purging after the linger walks the same order.
+        assert_eq!(t.purge_ended(1_002, 1_000), 1);
+        assert_eq!(t.take_forgotten(), vec![ids[2]]);
+        assert_eq!(t.by_id.len(), 2);
+        assert!(t.deadlines.is_empty());
+    }
+
+    #[test]
+    fn churn_keeps_the_table_bounded() {
+        let mut t = table();
+        for i in 0..10_000u64 {
+            let c = t.create(owned("a", "desk1", false), i).unwrap();
+            t.destroy(&c.id, DestroyReason::Cancelled, i).unwrap();
+        }
+        assert_eq!(t.by_id.len(), SessionConfig::default().max_ended);
+        assert_eq!(t.live(), 0);
+        assert!(t.live_by_owner.is_empty());
+        assert_eq!(t.take_forgotten().len(), 10_000 - t.by_id.len());
+    }
+
+    #[test]
+    fn expiry_follows_the_deadline_moved_by_sealing() {
+        let mut t = table();
+        let mut req = new("a");
+        req.ttl_ms = Some(60_000);
+        let c = t.create(req, 0).unwrap();
+        t.bind(&c.id, CallId("x".into()), 1).unwrap();
+        t.start_capture(&c.id, 2).unwrap();
+        // Sealed at 50 s with a 120 s record TTL: lives to 170 s, not 60 s.
+        t.complete(&c.id, 120_000, 50_000).unwrap();
+        assert!(t.expire_due(60_000).is_empty());
+        assert_eq!(t.expire_due(170_000), vec![c.id]);
+        assert_eq!(t.get(&c.id).unwrap().state(), &SessionState::Expired);
+        // A session ended another way is not expired later.
+        let d = t.create(new("b"), 0).unwrap();
+        t.destroy(&d.id, DestroyReason::Cancelled, 1).unwrap();
+        assert!(t.expire_due(10_000_000).is_empty());
+        assert_eq!(t.get(&d.id).unwrap().state().api_name(), "cancelled");
+    }
+
+    #[test]
+    fn credentials_are_handed_out_once() {
+        let mut t = table();
+        let c = t.create(owned("a", "desk1", true), 0).unwrap();
+        let (token, pin) = t.take_credentials(&c.id, 1).unwrap();
+        assert_eq!((token, pin), (c.token.clone(), c.pin.clone()));
+        assert_eq!(
+            t.take_credentials(&c.id, 2).unwrap_err(),
+            SessionError::CredentialsTaken
+        );
+        // Not kept for a creator that got them in its own answer.
+        let d = t.create(owned("a", "pay", false), 0).unwrap();
+        assert_eq!(
+            t.take_credentials(&d.id, 1).unwrap_err(),
+            SessionError::CredentialsTaken
+        );
+        // Still there after sealing; gone once the session ends.
+        let e = t.create(owned("a", "desk1", true), 0).unwrap();
+        t.bind(&e.id, CallId("y".into()), 1).unwrap();
+        t.start_capture(&e.id, 2).unwrap();
+        t.complete(&e.id, 120_000, 3).unwrap();
+        assert!(t.take_credentials(&e.id, 4).is_ok());
+        let f = t.create(owned("a", "desk1", true), 0).unwrap();
+        t.destroy(&f.id, DestroyReason::Cancelled, 1).unwrap();
+        assert!(matches!(
+            t.take_credentials(&f.id, 2),
+            Err(SessionError::InvalidTransition { .. })
+        ));
+        assert!(!format!("{:?}", t.get(&e.id).unwrap()).contains(c.token.reveal()));
     }
 
     #[test]
