@@ -84,7 +84,7 @@ pub fn stream_of(pkt: &[u8]) -> Option<(u32, u16)> {
 /// Whether `seq` is after `last` by 1 to `window` (modulo 2^16, RFC 3550 §A.1).
 fn ahead(last: u16, seq: u16, window: u16) -> bool {
     let d = seq.wrapping_sub(last);
-    d >= 1 && d <= window
+    (1..=window).contains(&d)
 }
 
 /// IP equality that sees an IPv4-mapped IPv6 source as its IPv4 address (dual-stack sockets).
