@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod calls;
+pub mod fuzz;
 pub mod media;
 mod media_loop;
 pub mod metrics;
