@@ -2,7 +2,7 @@
 //! corpus and random bytes through the same harness bodies a cargo-fuzz target would call.
 
 use proptest::prelude::*;
-use tonewall::rtp::fuzz::{fuzz_packet, fuzz_scrubber};
+use tonewall::rtp::fuzz::{fuzz_event, fuzz_latch, fuzz_packet, fuzz_scrubber};
 use tonewall::rtp::scrubber::{Scrubber, ScrubberConfig, Verdict};
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
@@ -25,6 +25,7 @@ fn corpus_packets_are_forwarded_only_when_well_formed() {
     assert!(files.len() >= 10);
     for (name, bytes) in files {
         fuzz_packet(&bytes);
+        fuzz_event(bytes.get(12..).unwrap_or_default());
         let mut s = Scrubber::new(ScrubberConfig::default());
         let mut out = [0u8; 2048];
         let v = s.process(0, &bytes, &mut out, &mut |_| {});
@@ -49,6 +50,8 @@ proptest! {
     fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
         fuzz_packet(&data);
         fuzz_scrubber(&data);
+        fuzz_event(&data);
+        fuzz_latch(&data);
     }
 
     #[test]

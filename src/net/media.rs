@@ -3,10 +3,12 @@
 //!
 //! Caller→agent RTP goes through the `Scrubber`; agent→caller RTP and RTCP both ways pass
 //! through untouched (the agent→caller RTP may be listened to for the agent's keys, read only,
-//! when `MediaControl::AgentDigits` asks for it). Symmetric RTP with latching (RFC 4961 for the symmetric part; latching as
-//! in RFC 7362 §4): each leg's first packet from the peer IP the SDP advertised fixes the peer's
-//! address (the port may differ behind NAT); packets from any other source are dropped and
-//! counted. Until a leg has latched, packets for it go to the SDP address.
+//! when `MediaControl::AgentDigits` asks for it). Symmetric RTP with latching (RFC 4961; RFC
+//! 7362 §4): each leg's peer is its SDP address, or the source the leg latched on by the rules
+//! of `rtp::latch` (the SDP address wins at once; a NAT-rewritten port only after a grace with
+//! the SDP address silent; a move only for a source carrying on the latched stream); packets
+//! from any other source are dropped and counted. Until a leg has latched, packets for it go to
+//! the SDP address.
 //!
 //! A call's relay is owned by one media thread's event loop (`media_loop`), so the packet path
 //! takes no lock and does no map lookup; control (scrubbing on/off, new peers after a
@@ -14,7 +16,7 @@
 //! allocate (buffers are reused), log, or block. Digits the scrubber hears go out on a channel
 //! for capture and are never logged.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,8 @@ use crate::net::media_loop::Bell;
 use crate::net::ports::{PortLease, PortPair};
 use crate::net::recording::{Channel, Recorder};
 use crate::rtp::announce::Announcer;
+use crate::rtp::latch::{Admit, Latch};
+use crate::rtp::packet::RtpView;
 use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 
 /// Largest datagram accepted; RTP over UDP on Ethernet never comes close.
@@ -160,6 +164,8 @@ pub struct RelayStats {
     pub rtcp_a_out: AtomicU64,
     /// Packets from a source that is not the (latched) peer, RTP and RTCP.
     pub dropped_stranger: AtomicU64,
+    /// Times a leg's latch moved to another source (RTP and RTCP, both legs).
+    pub relatched: AtomicU64,
     /// Packets the scrubber refused (malformed, uninspectable, duplicates…).
     pub dropped_scrubber: AtomicU64,
     /// Packets with nowhere to go yet (the other leg has no peer).
@@ -192,6 +198,7 @@ pub struct RelayStatsSnapshot {
     pub rtcp_b_in: u64,
     pub rtcp_a_out: u64,
     pub dropped_stranger: u64,
+    pub relatched: u64,
     pub dropped_scrubber: u64,
     pub dropped_no_peer: u64,
     pub send_errors: u64,
@@ -217,6 +224,7 @@ impl RelayStats {
             rtcp_b_in: g(&self.rtcp_b_in),
             rtcp_a_out: g(&self.rtcp_a_out),
             dropped_stranger: g(&self.dropped_stranger),
+            relatched: g(&self.relatched),
             dropped_scrubber: g(&self.dropped_scrubber),
             dropped_no_peer: g(&self.dropped_no_peer),
             send_errors: g(&self.send_errors),
@@ -231,7 +239,7 @@ impl RelayStats {
     }
 }
 
-/// One direction of RTCP: the latch packets must come from, the latch and socket they go out on,
+/// One direction of RTCP: the leg packets must come from, the leg and socket they go out on,
 /// and the counters for that direction.
 struct RtcpLeg<'a> {
     from: &'a mut Latch,
@@ -241,10 +249,12 @@ struct RtcpLeg<'a> {
     counted_out: &'a AtomicU64,
 }
 
-/// Admits a received datagram: its length if it came from the leg's latched (or latching)
+/// Admits a received RTP datagram (in `rx`) at `ms`: its length if it came from the leg's
 /// peer, counted in; receive errors and strangers are counted and dropped.
 fn admit(
     received: std::io::Result<(usize, SocketAddr)>,
+    rx: &[u8],
+    ms: u64,
     latch: &mut Latch,
     counted_in: &AtomicU64,
     stats: &RelayStats,
@@ -253,12 +263,25 @@ fn admit(
         bump(&stats.recv_errors);
         return None;
     };
-    if !latch.accept(src) {
-        bump(&stats.dropped_stranger);
-        return None;
-    }
+    let pkt = rx.get(..n).unwrap_or_default();
+    counted(latch.accept_rtp(src, pkt, ms), stats)?;
     bump(counted_in);
     Some(n)
+}
+
+/// Counts a latch's verdict; None for a stranger.
+fn counted(verdict: Admit, stats: &RelayStats) -> Option<()> {
+    match verdict {
+        Admit::Peer => Some(()),
+        Admit::Moved => {
+            bump(&stats.relatched);
+            Some(())
+        }
+        Admit::Stranger => {
+            bump(&stats.dropped_stranger);
+            None
+        }
+    }
 }
 
 /// Starts fetching `v`'s bytes into cache, a line at a time; a hint only, which changes no
@@ -286,13 +309,18 @@ fn relay_rtcp(
     leg: RtcpLeg<'_>,
     stats: &RelayStats,
 ) {
-    let Some(n) = admit(received, leg.from, leg.counted_in, stats) else {
+    let Ok((n, src)) = received else {
+        bump(&stats.recv_errors);
         return;
     };
+    if counted(leg.from.accept_rtcp(src), stats).is_none() {
+        return;
+    }
+    bump(leg.counted_in);
     forward(
         leg.out,
         buf.get(..n).unwrap_or_default(),
-        leg.to,
+        leg.to.rtcp_dest(),
         leg.counted_out,
         stats,
     );
@@ -304,11 +332,11 @@ fn relay_rtcp(
 fn forward(
     out: &mio::net::UdpSocket,
     pkt: &[u8],
-    to: &Latch,
+    to: Option<SocketAddr>,
     counted_out: &AtomicU64,
     stats: &RelayStats,
 ) -> bool {
-    let Some(dest) = to.dest() else {
+    let Some(dest) = to else {
         bump(&stats.dropped_no_peer);
         return false;
     };
@@ -425,62 +453,6 @@ pub struct RelayOutcome {
     pub recording: Option<PathBuf>,
 }
 
-/// Where one leg's peer is: the SDP address and the latched source.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Latch {
-    sdp: Option<SocketAddr>,
-    latched: Option<SocketAddr>,
-}
-
-impl Latch {
-    fn new(sdp: Option<SocketAddr>) -> Latch {
-        Latch { sdp, latched: None }
-    }
-
-    /// Whether a packet from `src` is the peer's; latches on the first one from the SDP IP (or
-    /// from anyone when the SDP gave no address).
-    fn accept(&mut self, src: SocketAddr) -> bool {
-        match self.latched {
-            Some(l) => l == src,
-            None => {
-                let ok = self.sdp.is_none_or(|s| same_ip(s.ip(), src.ip()));
-                if ok {
-                    self.latched = Some(src);
-                }
-                ok
-            }
-        }
-    }
-
-    fn dest(&self) -> Option<SocketAddr> {
-        self.latched.or(self.sdp)
-    }
-
-    /// A new SDP address; the latch survives only if the IP did not change.
-    fn update(&mut self, sdp: Option<SocketAddr>) {
-        if sdp != self.sdp {
-            let keep = match (self.latched, sdp) {
-                (Some(l), Some(s)) => same_ip(l.ip(), s.ip()),
-                _ => false,
-            };
-            self.sdp = sdp;
-            if !keep {
-                self.latched = None;
-            }
-        }
-    }
-}
-
-/// IP equality that sees an IPv4-mapped IPv6 source as its IPv4 address (dual-stack sockets).
-fn same_ip(a: IpAddr, b: IpAddr) -> bool {
-    a.to_canonical() == b.to_canonical()
-}
-
-/// The RTCP address implied by an RTP address (RFC 3550 §11: next port up).
-fn rtcp_of(a: Option<SocketAddr>) -> Option<SocketAddr> {
-    a.map(|s| SocketAddr::new(s.ip(), s.port().wrapping_add(1)))
-}
-
 pub struct MediaRelay;
 
 impl MediaRelay {
@@ -546,10 +518,8 @@ impl MediaRelay {
                 let relay = Relay {
                     a,
                     b,
-                    a_rtp: Latch::new(a_peer),
-                    b_rtp: Latch::new(b_peer),
-                    a_rtcp: Latch::new(rtcp_of(a_peer)),
-                    b_rtcp: Latch::new(rtcp_of(b_peer)),
+                    a_peer: Latch::new(a_peer),
+                    b_peer: Latch::new(b_peer),
                     scrubber: Scrubber::new(cfg),
                     agent_tap,
                     stats: stats.clone(),
@@ -651,10 +621,9 @@ pub(crate) enum After {
 pub(crate) struct Relay {
     a: Leg,
     b: Leg,
-    a_rtp: Latch,
-    b_rtp: Latch,
-    a_rtcp: Latch,
-    b_rtcp: Latch,
+    /// Each leg's peer, RTP and RTCP.
+    a_peer: Latch,
+    b_peer: Latch,
     scrubber: Scrubber,
     /// Listens to the agent→caller direction when agent keys are wanted.
     agent_tap: Option<Box<DigitTap>>,
@@ -757,8 +726,8 @@ impl Relay {
                 1 => self.agent_rtp(r, rx, now),
                 2 => {
                     let leg = RtcpLeg {
-                        from: &mut self.a_rtcp,
-                        to: &self.b_rtcp,
+                        from: &mut self.a_peer,
+                        to: &self.b_peer,
                         out: &self.b.rtcp,
                         counted_in: &self.stats.rtcp_a_in,
                         counted_out: &self.stats.rtcp_b_out,
@@ -767,8 +736,8 @@ impl Relay {
                 }
                 _ => {
                     let leg = RtcpLeg {
-                        from: &mut self.b_rtcp,
-                        to: &self.a_rtcp,
+                        from: &mut self.b_peer,
+                        to: &self.a_peer,
                         out: &self.a.rtcp,
                         counted_in: &self.stats.rtcp_b_in,
                         counted_out: &self.stats.rtcp_a_out,
@@ -788,11 +757,18 @@ impl Relay {
         out: &mut [u8],
         now: Instant,
     ) {
-        let Some(n) = admit(received, &mut self.a_rtp, &self.stats.a_in, &self.stats) else {
+        let ms = self.ms(now);
+        let Some(n) = admit(
+            received,
+            rx,
+            ms,
+            &mut self.a_peer,
+            &self.stats.a_in,
+            &self.stats,
+        ) else {
             return;
         };
         self.last_rtp = now;
-        let ms = self.ms(now);
         let input = rx.get(..n).unwrap_or_default();
         let verdict = {
             let mut sink = digit_sink(&self.digits, &self.stats);
@@ -812,7 +788,7 @@ impl Relay {
         if !forward(
             &self.b.rtp,
             pkt,
-            &self.b_rtp,
+            self.b_peer.dest(),
             &self.stats.b_out,
             &self.stats,
         ) {
@@ -831,16 +807,23 @@ impl Relay {
         rx: &[u8],
         now: Instant,
     ) {
-        let Some(n) = admit(received, &mut self.b_rtp, &self.stats.b_in, &self.stats) else {
+        let ms = self.ms(now);
+        let Some(n) = admit(
+            received,
+            rx,
+            ms,
+            &mut self.b_peer,
+            &self.stats.b_in,
+            &self.stats,
+        ) else {
             return;
         };
         self.last_rtp = now;
-        let ms = self.ms(now);
         let pkt = rx.get(..n).unwrap_or_default();
         if !forward(
             &self.a.rtp,
             pkt,
-            &self.a_rtp,
+            self.a_peer.dest(),
             &self.stats.a_out,
             &self.stats,
         ) {
@@ -882,7 +865,7 @@ impl Relay {
     pub(crate) fn tick(&mut self, at: Instant, now: Instant) -> Instant {
         if let Some(ann) = self.announcing.as_deref_mut() {
             if now < ann.end {
-                if let Some(dest) = self.a_rtp.dest() {
+                if let Some(dest) = self.a_peer.dest() {
                     let mut buf = [0u8; 256];
                     let n = ann.announcer.next_packet(&mut buf);
                     match self.a.rtp.send_to(buf.get(..n).unwrap_or_default(), dest) {
@@ -949,10 +932,8 @@ impl Relay {
                 self.scrubber.set_enabled(on, &mut sink);
             }
             MediaControl::Peers { a, b } => {
-                self.a_rtp.update(a);
-                self.b_rtp.update(b);
-                self.a_rtcp.update(rtcp_of(a));
-                self.b_rtcp.update(rtcp_of(b));
+                self.a_peer.update(a);
+                self.b_peer.update(b);
             }
             MediaControl::EventPayloadType(pt) => {
                 self.scrubber.set_event_pt(pt);
@@ -970,7 +951,7 @@ impl Relay {
             }
             MediaControl::Announce(d) => {
                 // With no caller address there is nobody to play it to.
-                if self.a_rtp.dest().is_some() {
+                if self.a_peer.dest().is_some() {
                     let codec = self.scrubber.config().default_codec;
                     self.announcing = Some(Box::new(Announcing {
                         announcer: Announcer::new(
@@ -1056,50 +1037,6 @@ impl Finished {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn latches_on_sdp_ip_with_any_port_then_only_that_source() {
-        let mut l = Latch::new(Some(sa("192.0.2.10:4000")));
-        assert_eq!(l.dest(), Some(sa("192.0.2.10:4000")));
-        assert!(!l.accept(sa("198.51.100.7:4000")), "stranger IP");
-        assert!(l.accept(sa("192.0.2.10:61000")), "NAT-rewritten port");
-        assert_eq!(l.dest(), Some(sa("192.0.2.10:61000")));
-        assert!(
-            !l.accept(sa("192.0.2.10:4000")),
-            "latched: other port refused"
-        );
-        assert!(l.accept(sa("192.0.2.10:61000")));
-    }
-
-    #[test]
-    fn no_sdp_address_latches_first_sender() {
-        let mut l = Latch::new(None);
-        assert_eq!(l.dest(), None);
-        assert!(l.accept(sa("203.0.113.5:7000")));
-        assert!(!l.accept(sa("203.0.113.6:7000")));
-    }
-
-    #[test]
-    fn reinvite_to_new_ip_unlatches_same_ip_keeps() {
-        let mut l = Latch::new(Some(sa("192.0.2.10:4000")));
-        assert!(l.accept(sa("192.0.2.10:5000")));
-        l.update(Some(sa("192.0.2.10:4002")));
-        assert_eq!(l.dest(), Some(sa("192.0.2.10:5000")));
-        l.update(Some(sa("192.0.2.20:4000")));
-        assert_eq!(l.dest(), Some(sa("192.0.2.20:4000")));
-        assert!(!l.accept(sa("192.0.2.10:5000")));
-        assert!(l.accept(sa("192.0.2.20:4000")));
-    }
-
-    #[test]
-    fn mapped_ipv4_matches() {
-        let mut l = Latch::new(Some(sa("192.0.2.10:4000")));
-        assert!(l.accept(sa("[::ffff:192.0.2.10]:4000")));
-    }
 
     #[test]
     fn labels_become_safe_file_names() {

@@ -3,6 +3,7 @@
 pub mod announce;
 pub mod event;
 pub mod fuzz;
+pub mod latch;
 pub mod packet;
 pub mod scrubber;
 pub mod trunk;
