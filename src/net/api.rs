@@ -1831,6 +1831,31 @@ impl ApiState {
         })
     }
 
+    /// Whether a loop call from `ip` may look a locator up now (the same budget as the API's
+    /// look-ups, so guessing over SIP and over HTTP adds up); counts refusals.
+    pub fn sip_lookup_allowed(&self, ip: IpAddr) -> bool {
+        let now = self.inner.clock.now_ms();
+        let checked = self
+            .inner
+            .lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(ip, now);
+        if checked.is_err() {
+            self.inner
+                .metrics
+                .locator_lookups_refused
+                .get_or_create(&[("surface", "sip")])
+                .inc();
+        }
+        checked.is_ok()
+    }
+
+    /// Reports a loop call's look-up to the guard.
+    pub fn sip_lookup_done(&self, ip: IpAddr, found: bool) {
+        self.lookup_done(ip, self.inner.clock.now_ms(), found);
+    }
+
     /// Reports a look-up's outcome to the guard.
     fn lookup_done(&self, ip: IpAddr, now: u64, found: bool) {
         let mut guard = self.inner.lookups.lock().unwrap_or_else(|p| p.into_inner());

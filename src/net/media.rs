@@ -30,7 +30,6 @@ use crate::net::ports::{PortLease, PortPair};
 use crate::net::recording::{Channel, Recorder};
 use crate::rtp::announce::Announcer;
 use crate::rtp::latch::{Admit, Latch};
-use crate::rtp::packet::RtpView;
 use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 
 /// Largest datagram accepted; RTP over UDP on Ethernet never comes close.

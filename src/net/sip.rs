@@ -507,7 +507,15 @@ impl Shell {
         let api = self.api.clone();
         let core_tx = self.core_tx.clone();
         tokio::spawn(async move {
-            let outcome = match bind_by_locator(&api, call, &locator).await {
+            if !api.sip_lookup_allowed(source) {
+                tracing::info!(call = call.0, %source, "loop call refused: its source is locked out of locator look-ups");
+                let outcome = LocateOutcome::Refused;
+                let _ = core_tx.send(CoreMsg::Located { call, outcome }).await;
+                return;
+            }
+            let bound = bind_by_locator(&api, call, &locator).await;
+            api.sip_lookup_done(source, bound.is_some());
+            let outcome = match bound {
                 Some((session, agent)) => {
                     tracing::info!(call = call.0, %session, "loop call bound to its payment session");
                     LocateOutcome::Found { agent, locator }

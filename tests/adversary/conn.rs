@@ -105,6 +105,7 @@ master_key_env = "{KEY_ENV}"
     async fn get(&self, path: &str) -> (u16, String) {
         let res = reqwest::Client::new()
             .get(format!("http://{}{path}", self.api))
+            .bearer_auth("connconnconnconnconnconn")
             .timeout(Duration::from_secs(5))
             .send()
             .await

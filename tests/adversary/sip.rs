@@ -20,6 +20,7 @@ use crate::common::free_port;
 
 /// The admin token this module's relays accept.
 pub(crate) const ADMIN_TOKEN: &str = "adversarysiptoken01";
+const DESK_TOKEN: &str = "adversarysipdesk001";
 const TOKENS_ENV: &str = "TONEWALL_ADV_SIP_TOKENS";
 const KEY_ENV: &str = "TONEWALL_ADV_SIP_KEY";
 const STRANGER: &str = "127.0.0.2";
@@ -29,7 +30,10 @@ fn set_env() {
     ONCE.call_once(|| {
         // SAFETY: set once, before this module's relays read them; nothing else writes them.
         unsafe {
-            std::env::set_var(TOKENS_ENV, format!("adm:{ADMIN_TOKEN}:admin"));
+            std::env::set_var(
+                TOKENS_ENV,
+                format!("adm:{ADMIN_TOKEN}:admin,desk:{DESK_TOKEN}:desk"),
+            );
             std::env::set_var(KEY_ENV, "5a".repeat(32));
         }
     });
@@ -45,6 +49,14 @@ pub(crate) struct Relay {
 impl Relay {
     /// `tonewall run` on 127.0.0.1, trunk allow-list 127.0.0.1/32, contact centre `cc`.
     pub(crate) async fn start(cc: SocketAddr, media_base: u16) -> Relay {
+        let route = format!(
+            "name = \"trunk\"\nsources = [\"127.0.0.1/32\"]\ntarget = \"sip:agents@{cc}\"\nscrub = \"always\"\n"
+        );
+        Relay::with_route(&route, media_base).await
+    }
+
+    /// `tonewall run` on 127.0.0.1 with one `[[route]]` whose body is `route`.
+    pub(crate) async fn with_route(route: &str, media_base: u16) -> Relay {
         set_env();
         let (sip_port, api_port) = (free_port(), free_port());
         let text = format!(
@@ -56,10 +68,7 @@ transports = ["udp"]
 port_min = {media_base}
 port_max = {}
 [[route]]
-name = "trunk"
-sources = ["127.0.0.1/32"]
-target = "sip:agents@{cc}"
-scrub = "always"
+{route}
 [api]
 listen = "127.0.0.1:{api_port}"
 tokens_env = "{TOKENS_ENV}"
@@ -408,5 +417,116 @@ m=audio {ear_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
     assert!(heard.is_err(), "the stranger received the call's audio");
     a.hangup().await.unwrap();
     let _ = b.wait_ended(Duration::from_secs(3)).await;
+    relay.stop().await;
+}
+
+/// The loop number's locator guessed over SIP, from the contact centre's own PBX address (on the
+/// allow-list, as in the attack that found a live 4-digit locator with 1,849 INVITEs): the
+/// source is locked out long before 300 guesses, and the real locator, keyed last, finds
+/// nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_locator_guesses_over_sip_are_stopped() {
+    let cc = SipUa::bind(ua("agents")).await.unwrap();
+    let route = format!(
+        "name = \"loop\"\nmode = \"loop\"\nsources = [\"127.0.0.1/32\"]\nuser = \"pay\"\n\
+target = \"sip:return@{}\"\nlocator_from = [\"ruri\"]\n",
+        cc.local_addr()
+    );
+    let relay = Relay::with_route(&route, 46_000).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", relay.api);
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/sessions"))
+        .bearer_auth(DESK_TOKEN)
+        .json(&serde_json::json!({ "agent": "7001" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let locator = created["locator"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(
+        locator.len() >= 6,
+        "default locators are six digits: {locator}"
+    );
+
+    let pbx = UdpSocket::bind(("127.0.0.1", 0)).await.unwrap();
+    let me = pbx.local_addr().unwrap();
+    let mut statuses = Vec::new();
+    for n in 0..300u32 {
+        let guess = if n == 299 {
+            locator.clone()
+        } else {
+            // Wrong by construction: the real locator with its last digit changed.
+            let last = locator.as_bytes()[locator.len() - 1] - b'0';
+            let other = (u32::from(last) + 1 + n % 9) % 10;
+            format!("{}{other}", &locator[..locator.len() - 1])
+        };
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        let invite = format!(
+            "INVITE sip:pay*{guess}@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKguess{n}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:pbx@{me}>;tag=g{n}\r\nTo: <sip:pay*{guess}@{sip}>\r\n\
+Call-ID: guess-{n}@{me}\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{me}>\r\n\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len(),
+            sip = relay.sip,
+        );
+        pbx.send_to(invite.as_bytes(), relay.sip).await.unwrap();
+        let mut buf = vec![0u8; 65_535];
+        let status = loop {
+            let got = tokio::time::timeout(Duration::from_secs(3), pbx.recv_from(&mut buf)).await;
+            let Ok(Ok((len, _))) = got else { break None };
+            let Ok(m) = Message::parse(
+                Bytes::copy_from_slice(&buf[..len]),
+                Framing::Datagram,
+                &Limits::default(),
+            ) else {
+                continue;
+            };
+            // Retransmitted finals of earlier guesses and 100 Trying are skipped.
+            if m.call_id() == Some(format!("guess-{n}@{me}").as_str())
+                && m.status().is_some_and(|s| s >= 200)
+            {
+                break m.status();
+            }
+        };
+        statuses.push(status.expect("every guess is answered"));
+    }
+    let refused = statuses.iter().filter(|s| **s == 403).count();
+    assert!(
+        statuses.iter().all(|s| *s == 404 || *s == 403),
+        "{statuses:?}"
+    );
+    assert!(refused >= 280, "only {refused} of 300 guesses refused");
+    assert_eq!(
+        statuses[299], 403,
+        "the real locator, keyed while locked out"
+    );
+    let view: serde_json::Value = http
+        .get(format!("{base}/v1/sessions/{id}"))
+        .bearer_auth(DESK_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(view["call_id"].is_null(), "the session was bound: {view}");
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tonewall_locator_lookups_refused_total{surface=\"sip\"}"),
+        "{metrics}"
+    );
     relay.stop().await;
 }
