@@ -19,13 +19,13 @@ use crate::net::api::{ApiState, ApiTokens, Clock, router};
 /// 2026-06-01T09:00:00Z, a fixed clock: nothing expires between requests.
 const T0: u64 = 1_780_304_400_000;
 const TOKEN: &str = "fuzzfuzzfuzzfuzz0123456789";
+const ADMIN: &str = "fuzzadminfuzzadmin0123456";
 /// A body every version of session creation has accepted.
 const CREATE: &str = r#"{"agent":"7001"}"#;
 
 struct Harness {
     rt: tokio::runtime::Runtime,
     router: Router,
-    bearer: String,
 }
 
 impl Harness {
@@ -34,26 +34,28 @@ impl Harness {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("no runtime for the API harness: {e}"));
-        // One admin credential, in the `name:token:role` form; where roles are not known the
-        // role is part of the token, so whichever of the two authenticates is presented.
-        let tokens = ApiTokens::parse(&format!("fuzz:{TOKEN}:admin"))
+        // The payment integration creates, steers and unlocks its own sessions; the scrub switch
+        // is the admin's.
+        let tokens = ApiTokens::parse(&format!("fuzz:{TOKEN}:payment,ops:{ADMIN}:admin"))
             .unwrap_or_else(|_| panic!("the harness's token list does not parse"));
-        let bearer = [TOKEN.to_string(), format!("{TOKEN}:admin")]
-            .into_iter()
-            .find(|t| tokens.check(t).is_some())
-            .unwrap_or_else(|| TOKEN.to_string());
         let router = {
             let _in = rt.enter();
             router(ApiState::in_memory(tokens, Clock::starting_at(T0)))
         };
-        Harness { rt, router, bearer }
+        Harness { rt, router }
     }
 
     async fn send(&self, method: Method, uri: &str, body: &[u8]) -> (StatusCode, Vec<u8>) {
+        // Calls are the admin's; sessions the payment integration's.
+        let bearer = if uri.starts_with("/v1/calls") {
+            ADMIN
+        } else {
+            TOKEN
+        };
         let req = Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.bearer))
+            .header(header::AUTHORIZATION, format!("Bearer {bearer}"))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body.to_vec()));
         let Ok(req) = req else {
