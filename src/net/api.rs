@@ -43,7 +43,7 @@ use crate::payment::capture::{
 };
 use crate::payment::card::{CardData, FieldName, YearMonth};
 use crate::payment::directory;
-use crate::payment::guard::{GuardConfig, LookupGuard};
+use crate::payment::guard::{GuardConfig, Locked, LookupGuard};
 use crate::payment::redis_store::{AnyStore, RedisStore};
 use crate::payment::session::{
     AgentId, CallId, Created, DestroyReason, FailReason, Locator, NewSession, RetrievalToken,
@@ -1808,33 +1808,26 @@ fn peer_ip(peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> IpAddr {
 impl ApiState {
     /// Whether `ip` may look a locator up now; counts and answers the refusals.
     fn lookup_allowed(&self, ip: IpAddr, now: u64) -> Result<(), ApiError> {
-        let checked = self
-            .inner
-            .lookups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .check(ip, now);
-        checked.map_err(|locked| {
-            self.inner
-                .metrics
-                .locator_lookups_refused
-                .get_or_create(&[("surface", "api")])
-                .inc();
-            ApiError {
+        self.check_lookup(ip, now, "api")
+            .map_err(|locked| ApiError {
                 retry_after_s: Some(locked.retry_after_s(now)),
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "locked_out",
                     "too many locator look-ups found nothing; try again later",
                 )
-            }
-        })
+            })
     }
 
     /// Whether a loop call from `ip` may look a locator up now (the same budget as the API's
     /// look-ups, so guessing over SIP and over HTTP adds up); counts refusals.
     pub fn sip_lookup_allowed(&self, ip: IpAddr) -> bool {
-        let now = self.inner.clock.now_ms();
+        self.check_lookup(ip, self.inner.clock.now_ms(), "sip")
+            .is_ok()
+    }
+
+    /// Asks the guard whether `ip` may look a locator up; a refusal is counted under `surface`.
+    fn check_lookup(&self, ip: IpAddr, now: u64, surface: &'static str) -> Result<(), Locked> {
         let checked = self
             .inner
             .lookups
@@ -1845,10 +1838,10 @@ impl ApiState {
             self.inner
                 .metrics
                 .locator_lookups_refused
-                .get_or_create(&[("surface", "sip")])
+                .get_or_create(&[("surface", surface)])
                 .inc();
         }
-        checked.is_ok()
+        checked
     }
 
     /// Reports a loop call's look-up to the guard.

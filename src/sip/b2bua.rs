@@ -868,6 +868,23 @@ impl B2bua {
         }
     }
 
+    /// Refuses a request because of who sent it: counted, and answered 403 unless it is an
+    /// ACK (which gets no answer, §17.2.3).
+    fn refuse_request(
+        &mut self,
+        msg: &Message,
+        method: &str,
+        transport: Transport,
+        from: SocketAddr,
+        refusal: Refusal,
+        out: &mut Vec<Output>,
+    ) {
+        out.push(Output::Refused { from, refusal });
+        if method != "ACK" {
+            self.reply_stateless(msg, transport, from, 403, "Forbidden", out);
+        }
+    }
+
     /// Sends a request we originate in `leg`'s dialog, as a client transaction.
     #[allow(clippy::too_many_arguments)]
     fn send_request(
@@ -1196,13 +1213,7 @@ impl B2bua {
         // The allow-list applies to every request, in a dialog or not, before anything is
         // looked up: a stranger learns nothing of which identifiers are live.
         if !self.allowed_source(from.ip()) {
-            out.push(Output::Refused {
-                from,
-                refusal: Refusal::Stranger,
-            });
-            if method != "ACK" {
-                self.reply_stateless(&msg, transport, from, 403, "Forbidden", out);
-            }
+            self.refuse_request(&msg, &method, transport, from, Refusal::Stranger, out);
             return;
         }
 
@@ -1724,13 +1735,7 @@ impl B2bua {
         // Only the leg's own peer may act in its dialog: the trunk can neither hang up nor
         // re-INVITE the contact centre's leg, and the other way round.
         if !self.leg_peer(call, leg, from.ip()) {
-            out.push(Output::Refused {
-                from,
-                refusal: Refusal::WrongLeg(leg),
-            });
-            if method != "ACK" {
-                self.reply_stateless(&msg, transport, from, 403, "Forbidden", out);
-            }
+            self.refuse_request(&msg, method, transport, from, Refusal::WrongLeg(leg), out);
             return;
         }
         let ended = self.calls.get(&call).is_none_or(Call::ended);

@@ -7,25 +7,17 @@ use tonewall::digit::Digit;
 use tonewall::net::ua::SipUa;
 use tonewall::rtp::packet::RtpView;
 
-use crate::sip::{ADMIN_TOKEN, Relay, live_call, ua};
+use crate::sip::{ADMIN_TOKEN, Relay, end, live_call, ua};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_always_route_cannot_be_switched_off_and_keys_stay_masked() {
     let mut cc = SipUa::bind(ua("agents")).await.unwrap();
     let trunk = SipUa::bind(ua("caller")).await.unwrap();
     let relay = Relay::start(cc.local_addr(), 45_800).await;
-    let (mut a, mut b) = live_call(&relay, &trunk, &mut cc).await;
+    let (a, b) = live_call(&relay, &trunk, &mut cc).await;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", relay.api);
-    let calls: serde_json::Value = http
-        .get(format!("{base}/v1/calls"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let calls = relay.get_json("/v1/calls", ADMIN_TOKEN).await;
     let id = calls["calls"][0]["call_id"].as_str().unwrap().to_string();
     let resp = http
         .put(format!("{base}/v1/calls/{id}/scrub"))
@@ -35,15 +27,9 @@ async fn an_always_route_cannot_be_switched_off_and_keys_stay_masked() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 409, "switching off an always route");
-    let view: serde_json::Value = http
-        .get(format!("{base}/v1/calls/{id}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = relay
+        .get_json(&format!("/v1/calls/{id}"), ADMIN_TOKEN)
+        .await;
     assert_eq!(view["scrubbing"], true, "{view}");
 
     let keys: Vec<Digit> = "4111111111111111"
@@ -60,7 +46,5 @@ async fn an_always_route_cannot_be_switched_off_and_keys_stay_masked() {
         .count();
     assert!(!b.received_packets().is_empty(), "the agent hears the call");
     assert_eq!(events, 0, "telephone-events reached the agent");
-    a.hangup().await.unwrap();
-    let _ = b.wait_ended(Duration::from_secs(3)).await;
-    relay.stop().await;
+    end(a, b, relay).await;
 }

@@ -105,6 +105,19 @@ master_key_env = "{KEY_ENV}"
         panic!("tonewall did not start");
     }
 
+    /// GET `path` on the control API with `token`, as JSON.
+    pub(crate) async fn get_json(&self, path: &str, token: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}{path}", self.api))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -130,6 +143,21 @@ pub(crate) async fn live_call(relay: &Relay, trunk: &SipUa, cc: &mut SipUa) -> (
         inc.answer().await
     });
     (a.unwrap(), b.unwrap())
+}
+
+/// The trunk hangs up, the agent's side sees the end, the relay stops.
+pub(crate) async fn end(mut a: Call, mut b: Call, relay: Relay) {
+    a.hangup().await.unwrap();
+    let _ = b.wait_ended(Duration::from_secs(3)).await;
+    relay.stop().await;
+}
+
+/// Nothing arrives at `ear` within 300 ms.
+async fn hears_nothing(ear: &UdpSocket) -> bool {
+    let mut buf = [0u8; 2048];
+    tokio::time::timeout(Duration::from_millis(300), ear.recv_from(&mut buf))
+        .await
+        .is_err()
 }
 
 /// The attacker's socket, off the allow-list.
@@ -282,7 +310,7 @@ async fn a_stranger_cannot_hang_up_a_call_with_guessed_or_correct_identifiers() 
     let mut cc = SipUa::bind(ua("agents")).await.unwrap();
     let trunk = SipUa::bind(ua("caller")).await.unwrap();
     let relay = Relay::start(cc.local_addr(), 45_200).await;
-    let (mut a, mut b) = live_call(&relay, &trunk, &mut cc).await;
+    let (a, b) = live_call(&relay, &trunk, &mut cc).await;
     let sock = stranger().await;
     let me = sock.local_addr().unwrap();
     let wait = Duration::from_millis(500);
@@ -332,9 +360,7 @@ async fn a_stranger_cannot_hang_up_a_call_with_guessed_or_correct_identifiers() 
         b.ending()
     );
     assert!(audio_flows(&a, &b).await, "the call's audio stopped");
-    a.hangup().await.unwrap();
-    let _ = b.wait_ended(Duration::from_secs(3)).await;
-    relay.stop().await;
+    end(a, b, relay).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,7 +368,7 @@ async fn a_stranger_cannot_reroute_the_media_with_a_reinvite() {
     let mut cc = SipUa::bind(ua("agents")).await.unwrap();
     let trunk = SipUa::bind(ua("caller")).await.unwrap();
     let relay = Relay::start(cc.local_addr(), 45_400).await;
-    let (mut a, mut b) = live_call(&relay, &trunk, &mut cc).await;
+    let (a, b) = live_call(&relay, &trunk, &mut cc).await;
     let sock = stranger().await;
     let me = sock.local_addr().unwrap();
     let ear = UdpSocket::bind((STRANGER, 0)).await.unwrap();
@@ -368,12 +394,11 @@ a=sendrecv\r\n"
         audio_flows(&a, &b).await,
         "the agent no longer hears the caller"
     );
-    let mut buf = [0u8; 2048];
-    let heard = tokio::time::timeout(Duration::from_millis(300), ear.recv_from(&mut buf)).await;
-    assert!(heard.is_err(), "the stranger received the call's audio");
-    a.hangup().await.unwrap();
-    let _ = b.wait_ended(Duration::from_secs(3)).await;
-    relay.stop().await;
+    assert!(
+        hears_nothing(&ear).await,
+        "the stranger received the call's audio"
+    );
+    end(a, b, relay).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,17 +432,16 @@ m=audio {ear_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
         tokio::time::sleep(Duration::from_millis(300)).await;
         inc.answer().await
     });
-    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    let (a, b) = (a.unwrap(), b.unwrap());
     assert!(
         audio_flows(&a, &b).await,
         "the real agent does not hear the caller"
     );
-    let mut buf = [0u8; 2048];
-    let heard = tokio::time::timeout(Duration::from_millis(300), ear.recv_from(&mut buf)).await;
-    assert!(heard.is_err(), "the stranger received the call's audio");
-    a.hangup().await.unwrap();
-    let _ = b.wait_ended(Duration::from_secs(3)).await;
-    relay.stop().await;
+    assert!(
+        hears_nothing(&ear).await,
+        "the stranger received the call's audio"
+    );
+    end(a, b, relay).await;
 }
 
 /// The loop number's locator guessed over SIP, from the contact centre's own PBX address (on the
@@ -505,15 +529,9 @@ Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
         statuses[299], 403,
         "the real locator, keyed while locked out"
     );
-    let view: serde_json::Value = http
-        .get(format!("{base}/v1/sessions/{id}"))
-        .bearer_auth(DESK_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = relay
+        .get_json(&format!("/v1/sessions/{id}"), DESK_TOKEN)
+        .await;
     assert!(view["call_id"].is_null(), "the session was bound: {view}");
     let metrics = http
         .get(format!("{base}/metrics"))
