@@ -11,13 +11,13 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
+use crate::sip::b2bua::{Route, any_route_allows};
 
 /// `transport` and `reason` labels, both from fixed lists.
 pub type ConnLabels = [(&'static str, &'static str); 2];
@@ -250,44 +250,29 @@ impl LogGate {
     }
 }
 
-/// Who may open a SIP TCP connection: any route's `sources`, its target's and fallback's host,
-/// its `peer_sources` (the contact centre may open connections for in-dialog requests). A
-/// route with an empty `sources` list takes calls from anywhere, so then anyone may connect.
+/// Who may open a SIP TCP connection: whoever the B2BUA core would take a message from
+/// (`sip::b2bua::any_route_allows`): any route's `sources`, its target's and fallback's host,
+/// its `peer_sources`. A route with an empty `sources` list takes calls from anywhere, so then
+/// anyone may connect.
 #[derive(Clone, Debug)]
 pub struct SourcePolicy {
-    any: bool,
-    nets: Vec<IpNet>,
-}
-
-/// The IP host of a sip:/sips: URI (the B2BUA core does no DNS, so targets are IP literals).
-fn uri_ip(s: &str) -> Option<IpAddr> {
-    let uri = crate::sip::uri::Uri::parse(s).ok()?;
-    let host = uri.as_sip()?.host.to_string();
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-        .ok()
+    routes: Vec<Route>,
 }
 
 impl SourcePolicy {
+    /// Routes the core cannot use are left out (`run` refuses such a config before this).
     pub fn sip_from_config(cfg: &Config) -> SourcePolicy {
-        let any = cfg.routes.iter().any(|r| r.sources.is_empty());
-        let mut nets = Vec::new();
-        for r in &cfg.routes {
-            nets.extend(r.sources.iter().copied());
-            nets.extend(r.peer_sources.iter().copied());
-            for uri in std::iter::once(&r.target).chain(r.fallback.as_ref()) {
-                if let Some(ip) = uri_ip(uri) {
-                    nets.push(IpNet::from(ip));
-                }
-            }
+        SourcePolicy {
+            routes: cfg
+                .routes
+                .iter()
+                .filter_map(|r| Route::from_config(r).ok())
+                .collect(),
         }
-        SourcePolicy { any, nets }
     }
 
     pub fn allows(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.any || self.nets.iter().any(|n| n.contains(&ip))
+        any_route_allows(&self.routes, ip)
     }
 }
 

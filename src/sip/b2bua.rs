@@ -121,6 +121,14 @@ pub struct LoopRoute {
     pub announce_ms: u64,
 }
 
+/// Whether `ip` may send us anything at all: on some route's allow-list, or one of a contact
+/// centre's addresses. The SIP TCP accept applies the same rule.
+pub fn any_route_allows(routes: &[Route], ip: IpAddr) -> bool {
+    routes
+        .iter()
+        .any(|r| r.may_speak(Leg::A, ip) || r.may_speak(Leg::B, ip))
+}
+
 /// Why the core cannot be configured.
 #[derive(Debug, thiserror::Error)]
 pub enum B2buaError {
@@ -155,6 +163,8 @@ impl Route {
     /// trunk's allow-list on the A-leg (empty: anyone), the contact centre's addresses on the
     /// B-leg (DESIGN.md §3.6).
     pub fn may_speak(&self, leg: Leg, ip: IpAddr) -> bool {
+        // A dual-stack socket shows an IPv4 peer as ::ffff:a.b.c.d.
+        let ip = ip.to_canonical();
         match leg {
             Leg::A => self.sources.is_empty() || self.sources.iter().any(|n| n.contains(&ip)),
             Leg::B => self.is_contact_centre(ip),
@@ -163,12 +173,12 @@ impl Route {
 
     /// The target's host, the fallback's, or one of `peer_sources`.
     fn is_contact_centre(&self, ip: IpAddr) -> bool {
-        self.target.ip() == ip
+        self.target.ip().to_canonical() == ip
             || self
                 .loop_route
                 .as_ref()
                 .and_then(|l| l.fallback.as_ref())
-                .is_some_and(|(_, f)| f.ip() == ip)
+                .is_some_and(|(_, f)| f.ip().to_canonical() == ip)
             || self.peer_sources.iter().any(|n| n.contains(&ip))
     }
 
@@ -1142,10 +1152,7 @@ impl B2bua {
     /// On some route's allow-list or one of the contact centre's addresses: who may send us
     /// anything at all.
     fn allowed_source(&self, ip: IpAddr) -> bool {
-        self.cfg
-            .routes
-            .iter()
-            .any(|r| r.may_speak(Leg::A, ip) || r.may_speak(Leg::B, ip))
+        any_route_allows(&self.cfg.routes, ip)
     }
 
     /// Whether `ip` is the peer of `leg` of `call` (see [`Route::may_speak`]).
@@ -2629,6 +2636,11 @@ mod tests {
         let r = Route::from_config(&rc).unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(r.may_speak(Leg::A, ip("192.0.2.9")));
+        assert!(
+            r.may_speak(Leg::A, ip("::ffff:192.0.2.9")),
+            "IPv4 seen on a dual-stack socket"
+        );
+        assert!(r.may_speak(Leg::B, ip("::ffff:127.0.0.1")));
         assert!(
             !r.may_speak(Leg::A, ip("127.0.0.1")),
             "the target is not the trunk"
