@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod digit;
 pub mod dsp;
+pub mod ids;
 pub mod logging;
 pub mod net;
 pub mod payment;

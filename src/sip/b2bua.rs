@@ -13,7 +13,6 @@
 
 #![warn(clippy::unwrap_used, clippy::indexing_slicing)]
 
-mod dialog;
 mod locate;
 
 use std::collections::HashMap;
@@ -26,13 +25,13 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::{Config, LocatorSource, OnFailure, RouteConfig, RouteMode, Transport};
 use crate::digit::Digit;
+use crate::sip::dialog::{Dialog, Local};
 use crate::sip::message::{Message, Method, ResponseBuilder};
 use crate::sip::sdp::{Codecs, MediaPorts, RewriteTarget, Sdp, SdpError};
 use crate::sip::transaction::{
     ClientTx, ResponseFate, ServerState, ServerTx, TimerConfig, TxAction, TxKind,
 };
 use crate::sip::uri::Uri;
-use dialog::{Dialog, Local};
 use locate::LoopCall;
 
 /// Methods we implement; anything else gets 501 (RFC 3261 §8.2.1) and the call goes on.
@@ -48,9 +47,7 @@ fn sdp_failure_reason(status: u16) -> &'static str {
     }
 }
 
-/// A call handled by the core.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallId(pub u64);
+pub use crate::ids::CallId;
 
 /// A-leg: towards the trunk (caller). B-leg: towards the contact centre (agent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

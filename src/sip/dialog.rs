@@ -14,7 +14,7 @@ use crate::sip::message::{Message, RequestBuilder};
 
 /// Our side of a dialog with one peer.
 #[derive(Debug)]
-pub(super) struct Dialog {
+pub struct Dialog {
     pub call_id: String,
     /// From value of requests we send (our URI and tag).
     pub local: String,
@@ -36,7 +36,7 @@ pub(super) struct Dialog {
 }
 
 /// What every request we originate carries besides the dialog fields.
-pub(super) struct Local<'a> {
+pub struct Local<'a> {
     pub via_host: &'a str,
     pub contact: &'a str,
     pub user_agent: &'a str,
