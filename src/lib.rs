@@ -3,6 +3,7 @@
 //! The protocol and DSP modules (`dsp`, `rtp`, `sip`, `payment`) are sans-IO cores: they take
 //! input and the current time and return outputs. The tokio shells live in `net`.
 
+pub mod call;
 pub mod config;
 pub mod demo;
 pub mod digit;

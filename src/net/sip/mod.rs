@@ -1,0 +1,626 @@
+//! The SIP shell: the transports around the sans-IO [`CallCore`], and the carrying out of its
+//! actions: bytes to sockets, relays started and stopped, look-ups and keys to the payment desk.
+//!
+//! One core task owns the call core: transports parse what they receive and hand it over an mpsc
+//! channel, relays report the keys they hear the same way, a timer fires at
+//! [`CallCore::next_deadline`], and the core task performs the returned actions. Every decision
+//! about a call is the core's; this file carries bytes, sockets and time. The port allocator the
+//! core calls is synchronous: it binds sockets at once and keeps them (as leases) until the
+//! call's relay takes them or the core releases them.
+//!
+//! It must never log per packet or log a digit; call events are logged with the call id.
+
+mod transport;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::call::{
+    Action, CallCore, CallCoreConfig, Event, KeyFrom, LocateFor, Note, RelayPlan, end_label,
+};
+use crate::config::{Config, Transport};
+use crate::digit::{Digit, DigitSource};
+use crate::ids::CallId;
+use crate::net::api::{ApiState, SessionRef};
+use crate::net::calls::CallInfo;
+use crate::net::limits::LogGate;
+use crate::net::media::{
+    ControlSender, MediaControl, MediaEvent, MediaHandle, MediaRelay, MediaWorkers, RelayOptions,
+    RelayStatsSnapshot,
+};
+use crate::net::ports::{PortPair, PortPool};
+use crate::rtp::scrubber::ScrubberConfig;
+use crate::sip::b2bua::Refusal as MessageRefusal;
+use crate::sip::b2bua::{B2buaError, Input, LegMedia, LocateOutcome, PortAllocator, RelayPorts};
+use crate::sip::message::Limits;
+use transport::{CoreMsg, TCP_QUEUE, TcpGuard};
+pub use transport::{SipSockets, bind, wait_true};
+
+/// Inputs waiting for the core; transports wait (backpressure) when it is full.
+const CORE_QUEUE: usize = 4096;
+/// How long shutdown waits for hung-up calls to finish their BYE transactions.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Ports the call core allocated whose relay has not started yet.
+struct ShellPorts {
+    pool: PortPool,
+    pending: HashMap<u16, PortPair>,
+}
+
+impl PortAllocator for ShellPorts {
+    fn allocate(&mut self) -> Option<RelayPorts> {
+        match self.pool.allocate() {
+            Ok(pair) => {
+                let rtp = pair.lease.rtp_port();
+                self.pending.insert(rtp, pair);
+                Some(RelayPorts {
+                    rtp,
+                    rtcp: rtp.wrapping_add(1),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no media ports for a new call");
+                None
+            }
+        }
+    }
+
+    fn release(&mut self, ports: RelayPorts) {
+        // Ports already moved into a relay are freed when that relay stops.
+        self.pending.remove(&ports.rtp);
+    }
+}
+
+/// The core task's state besides the call core itself: sockets, relays, the desk.
+struct Shell {
+    udp: Option<Arc<UdpSocket>>,
+    tcp: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    ports: ShellPorts,
+    relays: HashMap<CallId, ControlSender>,
+    scrubber: ScrubberConfig,
+    relay_opts: RelayOptions,
+    api: ApiState,
+    core_tx: mpsc::Sender<CoreMsg>,
+    limits: Limits,
+    started: Instant,
+    /// Refused sources are logged at most once a minute each.
+    refusals_logged: LogGate,
+}
+
+/// Runs SIP until `shutdown` turns true: the transports and the core task. On shutdown every
+/// call is hung up and given [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(
+    config: &Config,
+    sockets: SipSockets,
+    pool: PortPool,
+    workers: MediaWorkers,
+    api: ApiState,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), B2buaError> {
+    // The core's identifiers come from a CSPRNG seeded by the OS (rand's ThreadRng is
+    // ChaCha12 reseeded from getrandom).
+    let seed: [u8; 32] = rand::random();
+    api.calls().attach();
+    let mut core = CallCore::new(CallCoreConfig::from_config(config, seed)?);
+    let limits = Limits {
+        max_size: config.sip.max_message_size,
+        ..Limits::default()
+    };
+    let (core_tx, mut core_rx) = mpsc::channel::<CoreMsg>(CORE_QUEUE);
+    let udp = sockets.udp.map(Arc::new);
+    let mut tasks = Vec::new();
+    if let Some(sock) = &udp {
+        tasks.push(tokio::spawn(transport::udp_loop(
+            sock.clone(),
+            core_tx.clone(),
+            limits,
+        )));
+    }
+    if let Some(listener) = sockets.tcp {
+        let guard = TcpGuard::from_config(config, &api.metrics().conn);
+        tasks.push(tokio::spawn(transport::tcp_accept(
+            listener,
+            core_tx.clone(),
+            limits,
+            guard,
+        )));
+    }
+    let mut shell = Shell {
+        udp,
+        tcp: HashMap::new(),
+        ports: ShellPorts {
+            pool,
+            pending: HashMap::new(),
+        },
+        relays: HashMap::new(),
+        scrubber: ScrubberConfig {
+            mask: config.media.mask.into(),
+            presence: crate::dsp::dtmf::PresenceConfig {
+                delay: config.delay_samples(),
+                ..Default::default()
+            },
+            ..ScrubberConfig::default()
+        },
+        relay_opts: RelayOptions {
+            inactivity: Duration::from_secs(config.media.inactivity_timeout_s),
+            record_dir: config.media.record_dir.clone(),
+            workers: Some(workers),
+            ..RelayOptions::default()
+        },
+        api,
+        core_tx,
+        limits,
+        started: Instant::now(),
+        refusals_logged: LogGate::default(),
+    };
+
+    let mut out = Vec::new();
+    let mut grace: Option<Instant> = None;
+    loop {
+        let deadline = core
+            .next_deadline()
+            .map(|d| shell.started + Duration::from_millis(d));
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.changed(), if grace.is_none() => {
+                grace = Some(Instant::now() + SHUTDOWN_GRACE);
+                let calls = core.live_calls();
+                tracing::info!(calls = calls.len(), "shutting down: hanging up calls");
+                for call in calls {
+                    let hangup = Event::Sip(Input::Hangup { call });
+                    core.handle(hangup, shell.now(), &mut shell.ports, &mut out);
+                    shell.perform(&mut out).await;
+                }
+                None
+            }
+            _ = sleep_opt(grace) => break,
+            msg = core_rx.recv() => match msg {
+                Some(CoreMsg::Call(event)) => Some(event),
+                Some(CoreMsg::TcpUp { peer, tx }) => {
+                    shell.tcp.insert(peer, tx);
+                    None
+                }
+                Some(CoreMsg::TcpDown { peer, tx }) => {
+                    if shell.tcp.get(&peer).is_some_and(|t| t.same_channel(&tx)) {
+                        shell.tcp.remove(&peer);
+                    }
+                    None
+                }
+                None => break,
+            },
+            _ = sleep_opt(deadline) => Some(Event::Sip(Input::Tick)),
+        };
+        if let Some(event) = event {
+            core.handle(event, shell.now(), &mut shell.ports, &mut out);
+            shell.perform(&mut out).await;
+        }
+        if grace.is_some() && core.active_calls() == 0 {
+            break;
+        }
+    }
+    for task in tasks {
+        task.abort();
+    }
+    for control in shell.relays.values() {
+        let _ = control.try_send(MediaControl::Stop);
+    }
+    Ok(())
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Shell {
+    /// Milliseconds since the shell started: the core's clock.
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn perform(&mut self, out: &mut Vec<Action>) {
+        for action in out.drain(..) {
+            match action {
+                Action::Send {
+                    transport: Transport::Udp,
+                    to,
+                    bytes,
+                } => match &self.udp {
+                    Some(sock) => {
+                        if let Err(e) = sock.send_to(&bytes, to).await {
+                            tracing::warn!(%to, error = %e, "SIP UDP send failed");
+                        }
+                    }
+                    None => tracing::warn!(%to, "SIP over UDP is not enabled; message dropped"),
+                },
+                Action::Send {
+                    transport: Transport::Tcp,
+                    to,
+                    bytes,
+                } => self.send_tcp(to, bytes),
+                Action::StartRelay { call, a, b, plan } => self.start_relay(call, a, b, plan),
+                Action::UpdateRelay {
+                    call,
+                    a,
+                    b,
+                    event_pt,
+                } => {
+                    if let Some(control) = self.relays.get(&call) {
+                        let _ = control.try_send(MediaControl::Peers { a, b });
+                        if let Some(pt) = event_pt {
+                            let _ = control.try_send(MediaControl::EventPayloadType(pt));
+                        }
+                    }
+                }
+                Action::StopRelay { call } => {
+                    if let Some(control) = self.relays.remove(&call) {
+                        stop_relay(&control);
+                    }
+                }
+                Action::Announce { call, for_ms } => {
+                    if let Some(control) = self.relays.get(&call) {
+                        let tone = MediaControl::Announce(Duration::from_millis(for_ms));
+                        let _ = control.try_send(tone);
+                    }
+                }
+                Action::StopAgentKeys { call } => {
+                    if let Some(control) = self.relays.get(&call) {
+                        let _ = control.try_send(MediaControl::AgentDigits(false));
+                    }
+                }
+                Action::Locate { call, locator, by } => self.locate(call, locator, by),
+                Action::Capture {
+                    call,
+                    digit,
+                    source,
+                    at_ms,
+                } => {
+                    let api = self.api.clone();
+                    tokio::spawn(async move { feed(&api, call, digit, source, at_ms).await });
+                }
+                Action::Started {
+                    call,
+                    route,
+                    looped,
+                    from,
+                    to,
+                    scrub,
+                } => {
+                    tracing::info!(call = call.0, route = %route, "call started");
+                    let m = self.api.metrics();
+                    m.calls_started.inc();
+                    m.calls_active.inc();
+                    let info = CallInfo {
+                        route,
+                        mode: if looped { "loop" } else { "inline" },
+                        from,
+                        to,
+                        started_ms: self.api.clock().now_ms(),
+                    };
+                    self.api.calls().started(&call.to_string(), info, scrub);
+                }
+                Action::Answered { call } => tracing::info!(call = call.0, "call answered"),
+                Action::Ended { call, cause, known } => {
+                    tracing::info!(call = call.0, ?cause, "call ended");
+                    if known {
+                        let m = self.api.metrics();
+                        m.calls_active.dec();
+                        m.call_ended(end_label(cause));
+                    }
+                    self.api.call_ended(&call.to_string());
+                }
+                Action::Note { call, note } => log_note(call, &note),
+                Action::Refused { from, refusal } => self.refused(from, refusal),
+            }
+        }
+    }
+
+    /// Counts a refused message; logs its source at most once a minute, so a flood from one
+    /// address costs a counter increment, not a log line each.
+    fn refused(&mut self, from: SocketAddr, refusal: MessageRefusal) {
+        self.api
+            .metrics()
+            .sip_refused
+            .get_or_create(&[("reason", refusal.label())])
+            .inc();
+        if let Some(held_back) = self
+            .refusals_logged
+            .admit(from.ip(), std::time::Instant::now())
+        {
+            tracing::warn!(
+                source = %from.ip(),
+                reason = refusal.label(),
+                held_back,
+                "SIP message refused: the sender may not send it (further ones from this source are only counted for a minute)"
+            );
+        }
+    }
+
+    /// Looks a locator up (in the shared directory too) and binds the call to its session, off
+    /// the core task (a shared store is a network round trip); the answer goes back to the core.
+    fn locate(&self, call: CallId, locator: String, by: LocateFor) {
+        let api = self.api.clone();
+        let core_tx = self.core_tx.clone();
+        tokio::spawn(async move {
+            let outcome = match by {
+                LocateFor::Loop { source } => locate_loop(&api, call, locator, source).await,
+                LocateFor::Agent => match bind_by_locator(&api, call, &locator).await {
+                    Some((session, agent)) => {
+                        tracing::info!(call = call.0, %session, "agent keyed the locator: call bound to its payment session");
+                        LocateOutcome::Found { agent, locator }
+                    }
+                    None => LocateOutcome::NotFound,
+                },
+            };
+            let _ = core_tx
+                .send(CoreMsg::Call(Event::Located { call, outcome }))
+                .await;
+        });
+    }
+
+    fn send_tcp(&mut self, to: SocketAddr, bytes: Bytes) {
+        if let Some(tx) = self.tcp.get(&to) {
+            match tx.try_send(bytes) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(%to, "SIP TCP connection backed up; message dropped");
+                    return;
+                }
+                // The connection went away; open a new one below.
+                Err(mpsc::error::TrySendError::Closed(b)) => {
+                    self.tcp.remove(&to);
+                    return self.connect_tcp(to, b);
+                }
+            }
+        }
+        self.connect_tcp(to, bytes);
+    }
+
+    /// RFC 3261 §18.1.1: with no connection to the destination, open one. The message waits in
+    /// the new connection's queue until it is up.
+    fn connect_tcp(&mut self, to: SocketAddr, first: Bytes) {
+        let (tx, rx) = mpsc::channel(TCP_QUEUE);
+        let _ = tx.try_send(first);
+        self.tcp.insert(to, tx.clone());
+        let core_tx = self.core_tx.clone();
+        let limits = self.limits;
+        tokio::spawn(async move {
+            match TcpStream::connect(to).await {
+                Ok(stream) => transport::tcp_conn(stream, to, core_tx, limits, tx, rx).await,
+                Err(e) => {
+                    tracing::warn!(%to, error = %e, "SIP TCP connect failed");
+                    let _ = core_tx.send(CoreMsg::TcpDown { peer: to, tx }).await;
+                }
+            }
+        });
+    }
+
+    fn start_relay(&mut self, call: CallId, a: LegMedia, b: LegMedia, plan: RelayPlan) {
+        let (Some(pa), Some(pb)) = (
+            self.ports.pending.remove(&a.local.rtp),
+            self.ports.pending.remove(&b.local.rtp),
+        ) else {
+            tracing::warn!(call = call.0, "media ports not held; call has no relay");
+            return;
+        };
+        let cfg = ScrubberConfig {
+            event_pt: plan.event_pt,
+            default_codec: plan.codec,
+            always: plan.always,
+            ..self.scrubber.clone()
+        };
+        let opts = RelayOptions {
+            call_label: call.to_string(),
+            agent_digits: plan.agent_keys,
+            ..self.relay_opts.clone()
+        };
+        let (handle, task) =
+            MediaRelay::start_with(pa, pb, a.remote, b.remote, cfg, plan.scrub, opts);
+        tracing::info!(
+            call = call.0,
+            a = %handle.a_addr,
+            b = %handle.b_addr,
+            scrub = plan.scrub,
+            "media relay started"
+        );
+        self.api
+            .calls()
+            .media(&call.to_string(), handle.control(), plan.scrub);
+        self.relays.insert(call, handle.control());
+        tokio::spawn(supervise(
+            call,
+            handle,
+            task,
+            self.api.clone(),
+            self.core_tx.clone(),
+        ));
+    }
+}
+
+fn log_note(call: CallId, note: &Note) {
+    match note {
+        Note::ReadingLocator => {
+            tracing::info!(call = call.0, "loop call answered: reading the locator")
+        }
+        Note::LocatorKeyed => tracing::info!(call = call.0, "locator keyed"),
+        Note::Located { .. } => {
+            tracing::info!(call = call.0, "loop call located: calling the agent back")
+        }
+        Note::LocateFailed => tracing::warn!(
+            call = call.0,
+            "loop call: locator not found or not given in time"
+        ),
+        Note::Fallback => tracing::info!(call = call.0, "loop call: routed to fallback"),
+        Note::Announcing { for_ms } => tracing::info!(
+            call = call.0,
+            for_ms,
+            "loop route: locator not found, announcing"
+        ),
+    }
+}
+
+fn stop_relay(control: &ControlSender) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = control.try_send(MediaControl::Stop) {
+        let c = control.clone();
+        tokio::spawn(async move {
+            let _ = c.send(MediaControl::Stop).await;
+        });
+    }
+}
+
+/// A loop call's locator: refused while its source is locked out of look-ups, otherwise looked
+/// up and bound, the outcome counted against the source.
+async fn locate_loop(
+    api: &ApiState,
+    call: CallId,
+    locator: String,
+    source: IpAddr,
+) -> LocateOutcome {
+    if !api.sip_lookup_allowed(source) {
+        tracing::info!(call = call.0, %source, "loop call refused: its source is locked out of locator look-ups");
+        return LocateOutcome::Refused;
+    }
+    let bound = bind_by_locator(api, call, &locator).await;
+    api.sip_lookup_done(source, bound.is_some());
+    match bound {
+        Some((session, agent)) => {
+            tracing::info!(call = call.0, %session, "loop call bound to its payment session");
+            LocateOutcome::Found { agent, locator }
+        }
+        None => LocateOutcome::NotFound,
+    }
+}
+
+/// Finds the live session holding `locator` (in the shared directory too) and binds the call to
+/// it, capture started. Returns the session and its agent; logs why not otherwise.
+async fn bind_by_locator(
+    api: &ApiState,
+    call: CallId,
+    locator: &str,
+) -> Option<(crate::payment::session::SessionId, String)> {
+    let Some((session, agent)) = api.locate(locator).await else {
+        tracing::info!(call = call.0, "no live session holds the locator keyed");
+        return None;
+    };
+    match api.bind_call(session, &call.to_string(), true).await {
+        Ok(()) => Some((session, agent)),
+        Err(e) => {
+            tracing::warn!(call = call.0, %session, code = e.code, "call cannot be bound to the locator's session");
+            None
+        }
+    }
+}
+
+/// Feeds one key to the desk. A call with no session capturing is the normal case, not an error.
+async fn feed(api: &ApiState, call: CallId, digit: Digit, source: DigitSource, at_ms: u64) {
+    let label = call.to_string();
+    if let Err(e) = api
+        .feed_digit(SessionRef::Call(&label), digit, source, at_ms)
+        .await
+        && e.code != "conflict"
+        && e.code != "not_found"
+    {
+        tracing::warn!(call = call.0, code = e.code, "key not taken by capture");
+    }
+}
+
+/// How often a relay's counters are added to the process metrics (the relay task itself never
+/// touches shared metrics: its counters are its own atomics).
+const METRICS_FOLD: Duration = Duration::from_secs(1);
+
+/// Adds what a relay counted since the last fold to the process metrics.
+fn fold_stats(api: &ApiState, last: &mut RelayStatsSnapshot, now: RelayStatsSnapshot) {
+    let m = api.metrics();
+    m.packets("caller_to_agent", now.b_out.saturating_sub(last.b_out));
+    m.packets("agent_to_caller", now.a_out.saturating_sub(last.a_out));
+    m.dropped(
+        "stranger",
+        now.dropped_stranger.saturating_sub(last.dropped_stranger),
+    );
+    m.dropped(
+        "scrubber",
+        now.dropped_scrubber.saturating_sub(last.dropped_scrubber),
+    );
+    m.dropped(
+        "no_peer",
+        now.dropped_no_peer.saturating_sub(last.dropped_no_peer),
+    );
+    m.dropped(
+        "send_error",
+        now.send_errors.saturating_sub(last.send_errors),
+    );
+    m.dtmf_keys_heard
+        .inc_by(now.digits.saturating_sub(last.digits));
+    m.samples_masked
+        .inc_by(now.samples_masked.saturating_sub(last.samples_masked));
+    m.events_stripped
+        .inc_by(now.events_stripped.saturating_sub(last.events_stripped));
+    *last = now;
+}
+
+/// Follows one relay: keys and inactivity to the core, counters to the metrics, the outcome to
+/// the log.
+async fn supervise(
+    call: CallId,
+    mut handle: MediaHandle,
+    mut task: tokio::task::JoinHandle<
+        Result<crate::net::media::RelayOutcome, crate::net::media::MediaError>,
+    >,
+    api: ApiState,
+    core_tx: mpsc::Sender<CoreMsg>,
+) {
+    let mut folded = RelayStatsSnapshot::default();
+    let mut fold_every = tokio::time::interval(METRICS_FOLD);
+    loop {
+        tokio::select! {
+            _ = fold_every.tick() => fold_stats(&api, &mut folded, handle.stats()),
+            // The scrubber's timeline is samples at 8 kHz.
+            Some(d) = handle.digits.recv() => {
+                let key = Event::Key { call, from: KeyFrom::Caller, digit: d.digit, source: d.source, media_ms: d.start / 8 };
+                let _ = core_tx.send(CoreMsg::Call(key)).await;
+            }
+            Some(d) = handle.agent_digits.recv() => {
+                let key = Event::Key { call, from: KeyFrom::Agent, digit: d.digit, source: d.source, media_ms: d.start / 8 };
+                let _ = core_tx.send(CoreMsg::Call(key)).await;
+            }
+            Some(ev) = handle.events.recv() => {
+                if ev == MediaEvent::Inactive {
+                    tracing::info!(call = call.0, "no media: hanging up");
+                    let _ = core_tx.send(CoreMsg::Call(Event::Sip(Input::MediaTimeout { call }))).await;
+                }
+            }
+            res = &mut task => {
+                fold_stats(&api, &mut folded, handle.stats());
+                match res {
+                    Ok(Ok(outcome)) => {
+                        let s = outcome.stats;
+                        tracing::info!(
+                            call = call.0,
+                            a_in = s.a_in,
+                            b_out = s.b_out,
+                            b_in = s.b_in,
+                            a_out = s.a_out,
+                            dropped_stranger = s.dropped_stranger,
+                            dropped_scrubber = s.dropped_scrubber,
+                            samples_masked = s.samples_masked,
+                            digits = s.digits,
+                            "media relay stopped"
+                        );
+                    }
+                    Ok(Err(e)) => tracing::warn!(call = call.0, error = %e, "media relay ended with an error"),
+                    Err(e) => tracing::warn!(call = call.0, error = %e, "media relay task failed"),
+                }
+                return;
+            }
+        }
+    }
+}
