@@ -1,0 +1,551 @@
+//! Whole calls through the call core on the in-memory wire and a virtual clock, no sockets: the
+//! trunk and the contact centre exchange SIP with `CallCore`, the test plays the relay (the keys
+//! it hears) and carries the core's look-ups and captures to a real payment desk. The loop
+//! route's locator (keyed after answer, found / not found / fallback), the return call, binding
+//! and capture; the inline route's agent-keyed locator; SIP INFO keys before and after the bridge.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+mod sipwire;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+
+use sipwire::*;
+use tonewall::call::{Action, CallCore, CallCoreConfig, Event, KeyFrom, LocateFor, RoutePolicy};
+use tonewall::config::{LocatorSource, OnFailure, RouteMode};
+use tonewall::digit::{Digit, DigitSource};
+use tonewall::ids::CallId;
+use tonewall::sip::b2bua::{EndCause, Input, LocateOutcome, LoopRoute, Route};
+use tonewall::sip::message::Message;
+
+const RETURN_URI: &str = "sip:return@198.51.100.20:5080";
+const FALLBACK_URI: &str = "sip:queue@198.51.100.20:5080";
+const ANNOUNCE_MS: u64 = 2_500;
+
+/// What the test's payment desk must do for the call core's actions.
+trait DeskPort {
+    /// The agent of the live session holding `locator`, the call bound to it, capture started.
+    fn locate_and_bind(&mut self, locator: &str, call: CallId, now: u64) -> Option<String>;
+    fn capture(&mut self, call: CallId, digit: Digit, source: DigitSource, at_ms: u64, now: u64);
+}
+
+struct CallWire<D: DeskPort> {
+    core: CallCore,
+    desk: D,
+    pool: Pool,
+    now: u64,
+    trunk: VecDeque<Message>,
+    cc: VecDeque<Message>,
+    /// Every action but sends, in order.
+    actions: Vec<Action>,
+    /// Relays the shell would be running: call → agent keys heard.
+    relays: HashMap<CallId, bool>,
+}
+
+impl<D: DeskPort> CallWire<D> {
+    fn new(cfg: CallCoreConfig, desk: D) -> Self {
+        CallWire {
+            core: CallCore::new(cfg),
+            desk,
+            pool: Pool::default(),
+            now: 0,
+            trunk: VecDeque::new(),
+            cc: VecDeque::new(),
+            actions: Vec::new(),
+            relays: HashMap::new(),
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        let mut out = Vec::new();
+        self.core.handle(event, self.now, &mut self.pool, &mut out);
+        let mut answers = Vec::new();
+        for a in out {
+            match a {
+                Action::Send { to, bytes, .. } => {
+                    let m = parse(&bytes);
+                    if to == addr(CC) {
+                        self.cc.push_back(m);
+                    } else {
+                        self.trunk.push_back(m);
+                    }
+                    continue;
+                }
+                Action::StartRelay { call, plan, .. } => {
+                    self.relays.insert(call, plan.agent_keys);
+                }
+                Action::StopRelay { call } => {
+                    self.relays.remove(&call);
+                }
+                Action::StopAgentKeys { call } => {
+                    self.relays.insert(call, false);
+                }
+                // The shell does these off the core task and answers with an event.
+                Action::Locate {
+                    call, ref locator, ..
+                } => {
+                    let outcome = match self.desk.locate_and_bind(locator, call, self.now) {
+                        Some(agent) => LocateOutcome::Found {
+                            agent,
+                            locator: locator.clone(),
+                        },
+                        None => LocateOutcome::NotFound,
+                    };
+                    answers.push(Event::Located { call, outcome });
+                }
+                Action::Capture {
+                    call,
+                    digit,
+                    source,
+                    at_ms,
+                } => self.desk.capture(call, digit, source, at_ms, self.now),
+                _ => {}
+            }
+            self.actions.push(a);
+        }
+        for e in answers {
+            self.event(e);
+        }
+    }
+
+    fn deliver(&mut self, from: &str, msg: &str) {
+        let input = Input::Received {
+            transport: tonewall::config::Transport::Udp,
+            from: addr(from),
+            msg: parse(msg.as_bytes()),
+        };
+        self.event(Event::Sip(input));
+    }
+
+    fn advance(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while let Some(d) = self.core.next_deadline().filter(|d| *d <= end) {
+            self.now = d.max(self.now);
+            self.event(Event::Sip(Input::Tick));
+        }
+        self.now = end;
+    }
+
+    /// The relay heard `keys` from one side, 200 ms apart on both clocks.
+    fn keys(&mut self, call: CallId, from: KeyFrom, keys: &str) {
+        for c in keys.chars() {
+            if from == KeyFrom::Agent && self.relays.get(&call) != Some(&true) {
+                // The relay no longer listens to the agent.
+                continue;
+            }
+            let key = Event::Key {
+                call,
+                from,
+                digit: Digit::from_char(c).unwrap(),
+                source: DigitSource::InBand,
+                media_ms: 10_000 + self.now,
+            };
+            self.event(key);
+            self.advance(200);
+        }
+    }
+
+    fn next_to_trunk(&mut self) -> Message {
+        self.trunk.pop_front().expect("a message to the trunk")
+    }
+
+    fn next_to_cc(&mut self) -> Message {
+        self.cc
+            .pop_front()
+            .expect("a message to the contact centre")
+    }
+
+    fn call(&self) -> CallId {
+        self.actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Started { call, .. } => Some(*call),
+                _ => None,
+            })
+            .expect("a call started")
+    }
+
+    fn captures(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| matches!(a, Action::Capture { .. }))
+            .count()
+    }
+
+    fn locates(&self) -> Vec<(String, LocateFor)> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Locate { locator, by, .. } => Some((locator.clone(), *by)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ended(&self) -> Vec<EndCause> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Ended { cause, .. } => Some(*cause),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn policies(agent_locator: bool) -> HashMap<String, RoutePolicy> {
+    let mut m = HashMap::new();
+    m.insert(
+        "loop".to_string(),
+        RoutePolicy {
+            scrub_always: true,
+            looped: true,
+            agent_locator: false,
+            announce_ms: ANNOUNCE_MS,
+        },
+    );
+    m.insert(
+        "inline".to_string(),
+        RoutePolicy {
+            scrub_always: false,
+            looped: false,
+            agent_locator,
+            announce_ms: ANNOUNCE_MS,
+        },
+    );
+    m
+}
+
+/// A loop route on the number `pay` (locator from keys only) and the inline route.
+fn call_config(on_failure: OnFailure, fallback: bool, agent_locator: bool) -> CallCoreConfig {
+    let mut sip = config(10);
+    let inline = sip.routes.remove(0);
+    sip.routes = vec![
+        Route {
+            name: "loop".into(),
+            user: Some("pay".into()),
+            target_uri: RETURN_URI.into(),
+            mode: RouteMode::Loop,
+            loop_route: Some(LoopRoute {
+                locator_from: vec![LocatorSource::Dtmf],
+                locator_header: "X-Locator".into(),
+                agent_header: "X-Agent".into(),
+                locator_timeout_ms: 30_000,
+                on_failure,
+                fallback: fallback.then(|| (FALLBACK_URI.to_owned(), addr(CC))),
+                announce_ms: ANNOUNCE_MS,
+            }),
+            ..inline.clone()
+        },
+        inline,
+    ];
+    CallCoreConfig {
+        sip,
+        routes: policies(agent_locator),
+        locator_len: 6,
+        locator_inter_key_ms: 3_000,
+    }
+}
+
+fn loop_invite(body: &str) -> String {
+    trunk_invite("1", Some(body), "")
+        .replacen("INVITE sip:5551234@", "INVITE sip:pay@", 1)
+        .replacen("To: <sip:5551234@", "To: <sip:pay@", 1)
+}
+
+fn info_key(peer: &mut Peer, key: char) -> String {
+    let body = format!("Signal={key}\r\nDuration=160\r\n");
+    peer.request("INFO", None, "").replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/dtmf-relay\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// A loop call answered by tonewall and ACKed: returns the trunk's side of the dialog.
+fn loop_answered<D: DeskPort>(w: &mut CallWire<D>) -> Peer {
+    let offer = sdp("192.0.2.10", 40000, "0 101", "sendrecv");
+    w.deliver(TRUNK, &loop_invite(&offer));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let ok = w.next_to_trunk();
+    assert_eq!(
+        ok.status(),
+        Some(200),
+        "tonewall answers to read the locator"
+    );
+    let mut trunk = trunk_peer(&ok);
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    assert!(w.cc.is_empty(), "nobody is called before the locator");
+    trunk
+}
+
+/// The contact centre answers the return call; the caller is bridged to the agent.
+fn return_call_answered<D: DeskPort>(w: &mut CallWire<D>, uri: &str) -> Message {
+    let inv = w.next_to_cc();
+    assert_eq!(inv.request_uri_str(), Some(uri));
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    assert_eq!(w.next_to_cc().method().unwrap().as_str(), "ACK");
+    assert!(
+        w.actions
+            .iter()
+            .any(|a| matches!(a, Action::Answered { .. })),
+        "bridged"
+    );
+    inv
+}
+
+/// A stand-in desk until the sans-IO desk lands: one session, digits counted once bound.
+#[derive(Default)]
+struct FakeDesk {
+    locator: String,
+    bound: Option<CallId>,
+    digits: usize,
+}
+
+impl DeskPort for FakeDesk {
+    fn locate_and_bind(&mut self, locator: &str, call: CallId, _now: u64) -> Option<String> {
+        (locator == self.locator && self.bound.is_none()).then(|| {
+            self.bound = Some(call);
+            "agent-9".to_string()
+        })
+    }
+    fn capture(&mut self, call: CallId, _d: Digit, _s: DigitSource, _at: u64, _now: u64) {
+        if self.bound == Some(call) {
+            self.digits += 1;
+        }
+    }
+}
+
+impl FakeDesk {
+    fn new() -> (FakeDesk, String) {
+        let locator = "482913".to_string();
+        let desk = FakeDesk {
+            locator: locator.clone(),
+            ..FakeDesk::default()
+        };
+        (desk, locator)
+    }
+    fn captured(&self) -> usize {
+        self.digits
+    }
+}
+
+const CARD: &str = "4111111111111111";
+
+fn trunk_ip() -> IpAddr {
+    addr(TRUNK).ip()
+}
+
+#[test]
+fn loop_call_keyed_locator_binds_the_return_call_and_only_later_keys_are_captured() {
+    let (desk, locator) = FakeDesk::new();
+    let mut w = CallWire::new(call_config(OnFailure::Announce, false, false), desk);
+    let _trunk = loop_answered(&mut w);
+    let call = w.call();
+    let plan = w
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::StartRelay { plan, .. } => Some(*plan),
+            _ => None,
+        })
+        .expect("the relay starts when tonewall answers");
+    assert!(plan.scrub && plan.always, "a loop route scrubs always");
+
+    w.keys(call, KeyFrom::Caller, &locator);
+    assert_eq!(
+        w.locates(),
+        vec![(locator.clone(), LocateFor::Loop { source: trunk_ip() })]
+    );
+    assert_eq!(w.captures(), 0, "locator keys are never card digits");
+    let inv = return_call_answered(&mut w, RETURN_URI);
+    assert_eq!(
+        inv.get("X-Agent")
+            .map(|v| String::from_utf8_lossy(v).into_owned()),
+        Some("agent-9".to_string())
+    );
+
+    w.keys(call, KeyFrom::Caller, CARD);
+    assert_eq!(w.captures(), CARD.len());
+    assert_eq!(w.desk.captured(), CARD.len());
+    assert!(w.ended().is_empty());
+}
+
+#[test]
+fn loop_call_locator_not_found_plays_the_routes_tone_then_hangs_up() {
+    let (desk, _) = FakeDesk::new();
+    let mut w = CallWire::new(call_config(OnFailure::Announce, false, false), desk);
+    let _trunk = loop_answered(&mut w);
+    let call = w.call();
+    w.keys(call, KeyFrom::Caller, "000000");
+    assert!(w.actions.iter().any(|a| *a
+        == Action::Announce {
+            call,
+            for_ms: ANNOUNCE_MS
+        }));
+    assert!(w.trunk.is_empty(), "the tone plays before the BYE");
+    w.advance(ANNOUNCE_MS);
+    let bye = w.next_to_trunk();
+    assert_eq!(bye.method().unwrap().as_str(), "BYE");
+    assert!(w.cc.is_empty(), "no agent was called");
+    assert_eq!(w.ended(), vec![EndCause::NotLocated]);
+    assert_eq!(w.captures(), 0);
+}
+
+#[test]
+fn loop_call_locator_not_found_goes_to_the_fallback_without_binding() {
+    let (desk, _) = FakeDesk::new();
+    let mut w = CallWire::new(call_config(OnFailure::Fallback, true, false), desk);
+    let _trunk = loop_answered(&mut w);
+    let call = w.call();
+    w.keys(call, KeyFrom::Caller, "000000");
+    return_call_answered(&mut w, FALLBACK_URI);
+    w.keys(call, KeyFrom::Caller, "1234");
+    assert_eq!(w.captures(), 4, "after the bridge keys go to capture");
+    assert_eq!(
+        w.desk.captured(),
+        0,
+        "no session is bound to a fallback call"
+    );
+}
+
+#[test]
+fn sip_info_keys_are_locator_before_the_bridge_and_card_digits_after() {
+    let (desk, locator) = FakeDesk::new();
+    let mut w = CallWire::new(call_config(OnFailure::Announce, false, false), desk);
+    let mut trunk = loop_answered(&mut w);
+    for k in locator.chars() {
+        w.deliver(TRUNK, &info_key(&mut trunk, k));
+        assert_eq!(w.next_to_trunk().status(), Some(200));
+        w.advance(200);
+    }
+    assert_eq!(w.locates().len(), 1);
+    assert_eq!(w.captures(), 0);
+    return_call_answered(&mut w, RETURN_URI);
+    for k in "4111".chars() {
+        w.deliver(TRUNK, &info_key(&mut trunk, k));
+        assert_eq!(w.next_to_trunk().status(), Some(200));
+    }
+    let sources: Vec<DigitSource> = w
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Capture { source, .. } => Some(*source),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sources, vec![DigitSource::SipInfo; 4]);
+    assert_eq!(w.desk.captured(), 4);
+    assert!(
+        w.cc.is_empty(),
+        "a key INFO never reaches the contact centre"
+    );
+}
+
+/// An inline call set up and answered by the contact centre.
+fn inline_answered<D: DeskPort>(w: &mut CallWire<D>) -> (Peer, Peer) {
+    let offer = sdp("192.0.2.10", 40000, "0 8 101", "sendrecv");
+    w.deliver(TRUNK, &trunk_invite("1", Some(&offer), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let inv = w.next_to_cc();
+    let cc = cc_peer(&inv);
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    let ok = w.next_to_trunk();
+    assert_eq!(ok.status(), Some(200));
+    let mut trunk = trunk_peer(&ok);
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    assert_eq!(w.next_to_cc().method().unwrap().as_str(), "ACK");
+    (trunk, cc)
+}
+
+#[test]
+fn inline_call_bound_by_the_agents_keyed_locator_captures_the_callers_keys() {
+    let (desk, locator) = FakeDesk::new();
+    let mut w = CallWire::new(call_config(OnFailure::Announce, false, true), desk);
+    let _peers = inline_answered(&mut w);
+    let call = w.call();
+    let plan = w
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::StartRelay { plan, .. } => Some(*plan),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        plan.agent_keys && !plan.scrub,
+        "scrubbing waits for a session"
+    );
+
+    // Keys before the call is bound go to the desk, which has no session for them.
+    w.keys(call, KeyFrom::Caller, "12");
+    assert_eq!(w.desk.captured(), 0);
+
+    w.keys(call, KeyFrom::Agent, &locator);
+    assert_eq!(w.locates(), vec![(locator.clone(), LocateFor::Agent)]);
+    assert!(w.actions.contains(&Action::StopAgentKeys { call }));
+    assert_eq!(
+        w.relays.get(&call),
+        Some(&false),
+        "the agent is no longer heard"
+    );
+
+    w.keys(call, KeyFrom::Caller, CARD);
+    assert_eq!(w.desk.captured(), CARD.len());
+}
+
+#[test]
+fn an_agent_locator_that_finds_nothing_can_be_keyed_again() {
+    let (desk, locator) = FakeDesk::new();
+    let mut w = CallWire::new(call_config(OnFailure::Announce, false, true), desk);
+    let _peers = inline_answered(&mut w);
+    let call = w.call();
+    w.keys(call, KeyFrom::Agent, "999999");
+    assert!(!w.actions.contains(&Action::StopAgentKeys { call }));
+    w.keys(call, KeyFrom::Agent, &locator);
+    assert_eq!(w.locates().len(), 2);
+    assert!(w.actions.contains(&Action::StopAgentKeys { call }));
+}
+
+#[test]
+fn a_reinvite_updates_the_running_relay() {
+    let (desk, _) = FakeDesk::new();
+    let mut w = CallWire::new(call_config(OnFailure::Announce, false, false), desk);
+    let (mut trunk, _cc) = inline_answered(&mut w);
+    let call = w.call();
+    let re = sdp("192.0.2.10", 40010, "0 96", "sendrecv").replace(
+        "a=sendrecv",
+        "a=rtpmap:96 telephone-event/8000\r\na=sendrecv",
+    );
+    let contact = "Contact: <sip:trunk@192.0.2.10>\r\n";
+    w.deliver(TRUNK, &trunk.request("INVITE", Some(&re), contact));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let inv = w.next_to_cc();
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    let starts = w
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::StartRelay { .. }))
+        .count();
+    assert_eq!(starts, 1, "one relay for the call");
+    let update = w.actions.iter().find_map(|a| match a {
+        Action::UpdateRelay {
+            call: c,
+            a,
+            event_pt,
+            ..
+        } if *c == call => Some((*a, *event_pt)),
+        _ => None,
+    });
+    assert_eq!(
+        update,
+        Some((Some(addr("192.0.2.10:40010")), Some(Some(96))))
+    );
+}
