@@ -5,5 +5,6 @@ pub mod event;
 pub mod fuzz;
 pub mod latch;
 pub mod packet;
+pub mod record;
 pub mod scrubber;
 pub mod trunk;

@@ -198,13 +198,10 @@ impl MediaRelay {
         let (done_tx, done_rx) = oneshot::channel();
         let stats = Arc::new(RelayStats::default());
         let (a_addr, b_addr) = (a.rtp_addr(), b.rtp_addr());
-        let recorder = opts.record_dir.as_ref().map(|dir| {
-            Box::new(Recorder::create(
-                dir,
-                &sanitize(&opts.call_label),
-                opts.max_record_s,
-            ))
-        });
+        let recorder = opts
+            .record_dir
+            .as_ref()
+            .map(|dir| Box::new(Recorder::create(dir, &opts.call_label, opts.max_record_s)));
         let mut cfg = scrubber;
         cfg.enabled = scrub_on;
         let legs = Leg::take(a).and_then(|a| Ok((a, Leg::take(b)?)));
@@ -257,36 +254,5 @@ impl MediaRelay {
             }
         });
         (handle, task)
-    }
-}
-
-/// Keeps a label usable as a file name stem.
-fn sanitize(label: &str) -> String {
-    let s: String = label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() || s.starts_with('.') {
-        format!("call{s}")
-    } else {
-        s
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_become_safe_file_names() {
-        assert_eq!(sanitize("abc-1_2.x"), "abc-1_2.x");
-        assert_eq!(sanitize("../etc/passwd"), "call.._etc_passwd");
-        assert_eq!(sanitize(""), "call");
     }
 }

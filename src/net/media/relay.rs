@@ -30,9 +30,10 @@ use tokio::sync::mpsc;
 
 use super::stats::{RelayStats, RelayStatsSnapshot};
 use crate::net::ports::{PortLease, PortPair};
-use crate::net::recording::{Channel, Recorder};
+use crate::net::recording::Recorder;
 use crate::rtp::announce::Announcer;
 use crate::rtp::latch::{Admit, Latch};
+use crate::rtp::record::Channel;
 use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 
 /// Largest datagram accepted; RTP over UDP on Ethernet never comes close.
