@@ -32,6 +32,7 @@ use super::stats::{RelayStats, RelayStatsSnapshot};
 use crate::net::ports::{PortLease, PortPair};
 use crate::net::recording::Recorder;
 use crate::rtp::announce::Announcer;
+use crate::rtp::clock::{Flow, RelayClock, next_frame};
 use crate::rtp::latch::{Admit, Latch};
 use crate::rtp::record::Channel;
 use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
@@ -60,14 +61,6 @@ impl Scratch {
 /// The relay's sockets, numbered as the loop's tokens number them: A RTP, B RTP, A RTCP,
 /// B RTCP.
 pub(super) const SOCKETS: usize = 4;
-
-/// How often time is fed to the scrubber (event timeouts) and inactivity is checked.
-// 100 ms: event timeouts are 250 ms and inactivity is seconds; at thousands of calls a finer tick
-// would cost as many wake-ups as the packets themselves.
-const TICK: Duration = Duration::from_millis(100);
-/// The longest tick, used while no RFC 4733 event is pending: at thousands of calls, ticks
-/// every 100 ms would cost a fifth as many wake-ups as the packets themselves.
-const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Commands applied between packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,14 +281,10 @@ pub(super) struct Relay {
     agent_digits: mpsc::Sender<ScrubbedDigit>,
     events: mpsc::Sender<MediaEvent>,
     control: mpsc::Receiver<MediaControl>,
-    inactivity: Duration,
     /// Boxed: most calls record nothing, and inline it was two more cache lines of the
     /// relay's state fetched for every packet.
     recorder: Option<Box<Recorder>>,
-    /// The media clock's zero: the scrubber's milliseconds count from here.
-    start: Instant,
-    last_rtp: Instant,
-    inactive: bool,
+    clock: RelayClock,
     announcing: Option<Box<Announcing>>,
 }
 
@@ -327,9 +316,6 @@ fn counted_sink<'a>(
         }
     }
 }
-
-/// The interval of the announcement's packets.
-const ANNOUNCE_PTIME: Duration = Duration::from_millis(20);
 
 /// The channels a relay talks to its handle on.
 pub(super) struct Wires {
@@ -367,11 +353,8 @@ impl Relay {
             agent_digits: wires.agent_digits,
             events: wires.events,
             control: wires.control,
-            inactivity,
             recorder,
-            start: now,
-            last_rtp: now,
-            inactive: false,
+            clock: RelayClock::new(inactivity, now),
             announcing: None,
         }
     }
@@ -393,13 +376,7 @@ impl Relay {
 
     /// The media thread has taken the call on at `now`; returns when its first tick is due.
     pub(super) fn started(&mut self, now: Instant) -> Instant {
-        self.start = now;
-        self.last_rtp = now;
-        now + self.idle_tick()
-    }
-
-    fn ms(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.start).as_millis() as u64
+        self.clock.restart(now)
     }
 
     /// Reads and relays what socket `i` holds, up to `budget` datagrams. True when the budget
@@ -457,7 +434,7 @@ impl Relay {
         out: &mut [u8],
         now: Instant,
     ) {
-        let ms = self.ms(now);
+        let ms = self.clock.ms(now);
         let Some(n) = admit(
             received,
             rx,
@@ -468,7 +445,7 @@ impl Relay {
         ) else {
             return;
         };
-        self.last_rtp = now;
+        self.clock.heard(now);
         let input = rx.get(..n).unwrap_or_default();
         let verdict = {
             let mut sink = digit_sink(&self.digits, &self.stats);
@@ -507,7 +484,7 @@ impl Relay {
         rx: &[u8],
         now: Instant,
     ) {
-        let ms = self.ms(now);
+        let ms = self.clock.ms(now);
         let Some(n) = admit(
             received,
             rx,
@@ -518,7 +495,7 @@ impl Relay {
         ) else {
             return;
         };
-        self.last_rtp = now;
+        self.clock.heard(now);
         let pkt = rx.get(..n).unwrap_or_default();
         if !forward(
             &self.a.rtp,
@@ -551,13 +528,7 @@ impl Relay {
     /// When a tick is needed by, if sooner than the idle period: an RFC 4733 event whose end
     /// packets may be lost needs the short tick for its timeout (RFC 4733 §2.5.2.2).
     pub(super) fn tick_needed_by(&self, now: Instant) -> Option<Instant> {
-        self.event_pending().then(|| now + TICK)
-    }
-
-    /// How often time is fed to the scrubber and silence checked while no RFC 4733 event is
-    /// sounding: a tenth of the inactivity period, between `TICK` and `IDLE_TICK`.
-    fn idle_tick(&self) -> Duration {
-        (self.inactivity / 10).clamp(TICK, IDLE_TICK)
+        self.clock.tick_needed_by(now, self.event_pending())
     }
 
     /// The tick due at `at` (the loop runs it at `now`): time for the scrubber's event timeouts,
@@ -573,19 +544,13 @@ impl Relay {
                         Err(_) => bump(&self.stats.send_errors),
                     }
                 }
-                // On the 20 ms grid; a late loop skips what it missed rather than bursting.
-                let next = ann.next + ANNOUNCE_PTIME;
-                ann.next = if next <= now {
-                    now + ANNOUNCE_PTIME
-                } else {
-                    next
-                };
+                ann.next = next_frame(ann.next, now);
                 return ann.next;
             }
             // Played out: relaying resumes, should the call go on.
             self.announcing = None;
         }
-        let ms = self.ms(at);
+        let ms = self.clock.ms(at);
         {
             let mut sink = digit_sink(&self.digits, &self.stats);
             self.scrubber.tick(ms, &mut sink);
@@ -594,23 +559,14 @@ impl Relay {
             let mut sink = agent_sink(&self.agent_digits, &self.stats);
             tap.tick(ms, &mut sink);
         }
-        let silent = at.saturating_duration_since(self.last_rtp) >= self.inactivity;
-        if silent != self.inactive {
-            self.inactive = silent;
-            let ev = if silent {
-                MediaEvent::Inactive
-            } else {
-                MediaEvent::Active
+        if let Some(flow) = self.clock.check(at) {
+            let ev = match flow {
+                Flow::Stopped => MediaEvent::Inactive,
+                Flow::Resumed => MediaEvent::Active,
             };
             let _ = self.events.try_send(ev);
         }
-        // Missed ticks are not made up: the next is one period from now.
-        let period = if self.event_pending() {
-            TICK
-        } else {
-            self.idle_tick()
-        };
-        now + period
+        self.clock.next_tick(now, self.event_pending())
     }
 
     pub(super) fn next_control(&mut self) -> Result<MediaControl, mpsc::error::TryRecvError> {
