@@ -1,5 +1,5 @@
 //! Shells around the sans-IO cores: RTP sockets and the port pool, SIP transports, the control
-//! API and metrics on tokio; the media relays on event loops of their own (`media_loop`), where a
+//! API and metrics on tokio; the media relays on event loops of their own (`media::workers`), where a
 //! tokio task per call cost more per packet than the scrubber. They own sockets, timers and
 //! tasks and feed the cores; protocol and DSP rules live in `sip`, `rtp`, `dsp` and `payment`.
 
@@ -9,7 +9,6 @@ pub mod fuzz;
 pub mod http;
 pub mod limits;
 pub mod media;
-mod media_loop;
 pub mod metrics;
 pub mod ports;
 mod recording;

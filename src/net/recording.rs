@@ -1,13 +1,10 @@
-//! A call's stereo recording (left: what the agent received, right: what the caller received),
-//! streamed to disk as the call goes.
+//! A call's stereo recording, streamed to disk as the call goes: the file-writing shell around
+//! `rtp::record`, which decides what the file holds and where.
 //!
-//! Memory per call is fixed: a ring of `WINDOW` stereo frames (64 KB) in which each channel's
-//! audio is placed by RTP timestamp (so reordered packets land where they belong). When a
-//! packet would write past the ring, its oldest `CHUNK` frames (16 KB) go to the disk writer,
-//! one thread shared by all calls, through a bounded queue: the media thread hands a buffer
-//! over and never waits for the disk. If the queue is full the chunk is dropped and that half
-//! second is silence in the file (counted, reported once when the call ends). Audio arriving
-//! later than the ring's span (about 2 s) is lost the same way.
+//! The media thread hands each chunk the ring lets go of to the disk writer, one thread shared
+//! by all calls, through a bounded queue: it hands a buffer over and never waits for the disk.
+//! If the queue is full the chunk is dropped and that half second is silence in the file
+//! (counted, reported once when the call ends).
 //!
 //! The file is created at the start of the call with `create_new` and mode 0600 (recordings
 //! hold callers' voices; no other user reads them), named from the call id and the start time
@@ -26,18 +23,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::dsp::g711::Codec;
-use crate::rtp::packet::RtpView;
-use crate::wav;
+use crate::rtp::record::{self, CHUNK, Channel, FRAME_BYTES, RecordRing};
 
-/// Stereo frames the ring holds: a power of two, about 2 s at 8 kHz.
-const WINDOW: usize = 1 << 14;
-/// Frames handed to the writer at a time: about 0.5 s, 16 KB.
-const CHUNK: usize = 1 << 12;
 /// Chunks waiting for the disk, all calls together (16 MB).
 const QUEUE: usize = 1024;
-const HEADER: u64 = 44;
-const FRAME_BYTES: usize = 4;
 
 /// One open recording, shared by the call's relay and the writer thread.
 struct Sink {
@@ -54,6 +43,23 @@ impl Sink {
             && let Ok(mut f) = self.failed.lock()
         {
             f.get_or_insert(e);
+        }
+    }
+
+    /// Queues a chunk the ring let go of for the writer, or counts it lost.
+    fn queue(self: &Arc<Sink>, offset: u64, frames: &[[i16; 2]]) {
+        let mut data = vec![0u8; CHUNK * FRAME_BYTES].into_boxed_slice();
+        record::encode(frames, &mut data);
+        let job = Job::Chunk {
+            to: self.clone(),
+            offset,
+            data,
+        };
+        match writer().map(|w| w.try_send(job)) {
+            Some(Ok(())) => {}
+            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -94,62 +100,25 @@ fn write_loop(rx: Receiver<Job>) {
     }
 }
 
-/// Where one channel's RTP timestamps fall on the recording's sample clock: anchored at the
-/// wall-clock sample of the channel's first packet so the two channels line up.
-#[derive(Default)]
-struct Anchor {
-    origin: Option<(u32, usize)>,
-}
-
-impl Anchor {
-    /// The frame the packet's first sample goes to.
-    fn place(&mut self, timestamp: u32, now_sample: usize) -> usize {
-        let (ts0, at0) = *self.origin.get_or_insert((timestamp, now_sample));
-        let off = timestamp.wrapping_sub(ts0);
-        // A timestamp jump backwards or far ahead (new SSRC) re-anchors on the clock.
-        if off < 8000 * 600 {
-            at0 + off as usize
-        } else {
-            self.origin = Some((timestamp, now_sample));
-            now_sample
-        }
-    }
-}
-
-/// Left or right.
-#[derive(Clone, Copy)]
-pub(crate) enum Channel {
-    /// What the agent received.
-    Agent = 0,
-    /// What the caller received.
-    Caller = 1,
-}
-
 pub(crate) struct Recorder {
     path: PathBuf,
     sink: Result<Arc<Sink>, String>,
-    anchors: [Anchor; 2],
-    ring: Box<[[i16; 2]]>,
-    /// The frame at the ring's start: a multiple of `CHUNK`; everything before it is handed on.
-    base: usize,
-    /// One past the last frame written.
-    end: usize,
-    /// Frames recorded at most.
-    cap: usize,
+    ring: RecordRing,
 }
 
 impl Recorder {
-    /// Creates `<call>-<unix ms>.wav` in `dir` (0600, never over an existing file). A failure
-    /// is kept and reported when the call ends; the call goes on unrecorded.
+    /// Creates `<call>-<unix ms>.wav` in `dir` (0600, never over an existing file), the call id
+    /// `label` made safe as a file name. A failure is kept and reported when the call ends; the
+    /// call goes on unrecorded.
     pub(crate) fn create(dir: &Path, label: &str, max_s: u64) -> Recorder {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let stem = format!("{label}-{ms}");
+        let stem = record::stem(label, ms);
         let (path, sink) = match open_new(dir, &stem) {
             Ok((path, file)) => {
                 let sink = file
-                    .write_all_at(&wav::pcm16_header(2, 0), 0)
+                    .write_all_at(&record::empty_header(), 0)
                     .map(|()| {
                         Arc::new(Sink {
                             file,
@@ -160,104 +129,31 @@ impl Recorder {
                     .map_err(|e| e.to_string());
                 (path, sink)
             }
-            Err(e) => (dir.join(format!("{stem}.wav")), Err(e.to_string())),
+            Err(e) => (dir.join(record::file_name(&stem, 0)), Err(e.to_string())),
         };
         Recorder {
             path,
             sink,
-            anchors: [Anchor::default(), Anchor::default()],
-            ring: vec![[0i16; 2]; WINDOW].into_boxed_slice(),
-            base: 0,
-            end: 0,
-            cap: (max_s as usize).saturating_mul(8000),
+            ring: RecordRing::new(max_s),
         }
     }
 
     /// Places a packet's audio (G.711 decoded) on its channel; other payloads are ignored.
     /// `now_sample`: 8 kHz samples since the relay started.
     pub(crate) fn put(&mut self, ch: Channel, pkt: &[u8], now_sample: usize) {
-        if self.sink.is_err() {
-            return;
-        }
-        let Ok(v) = RtpView::parse(pkt) else {
+        let Ok(sink) = &self.sink else {
             return;
         };
-        let Some(codec) = Codec::from_payload_type(v.payload_type()) else {
-            return;
-        };
-        let ch = ch as usize;
-        let at = self.anchors[ch].place(v.timestamp(), now_sample);
-        let payload = v.payload();
-        let end = at.saturating_add(payload.len()).min(self.cap);
-        if end <= at {
-            return;
-        }
-        if end > self.base + WINDOW {
-            self.advance(end - WINDOW);
-        }
-        // Audio from before the ring's start is too late: it has gone to disk.
-        let from = at.max(self.base);
-        for (f, &b) in (from..end).zip(payload.get(from - at..).unwrap_or_default()) {
-            if let Some(slot) = self.ring.get_mut(f % WINDOW) {
-                slot[ch] = codec.decode(b);
-            }
-        }
-        self.end = self.end.max(end);
-    }
-
-    /// Hands frames before `to` (rounded up to a chunk) to the writer.
-    fn advance(&mut self, to: usize) {
-        let to = to.div_ceil(CHUNK) * CHUNK;
-        while self.base < to {
-            if self.base >= self.end {
-                // Nothing written from here on: the ring is all silence, and so is the file's
-                // gap (read back as zeros).
-                self.base = to;
-                break;
-            }
-            self.hand_over();
-        }
-    }
-
-    /// The ring's first chunk goes to the writer and its slots are cleared.
-    fn hand_over(&mut self) {
-        let start = self.base % WINDOW;
-        if let Some(frames) = self.ring.get_mut(start..start + CHUNK) {
-            if let Ok(sink) = &self.sink {
-                let mut data = vec![0u8; CHUNK * FRAME_BYTES].into_boxed_slice();
-                for (out, f) in data.chunks_exact_mut(FRAME_BYTES).zip(frames.iter()) {
-                    out[..2].copy_from_slice(&f[0].to_le_bytes());
-                    out[2..].copy_from_slice(&f[1].to_le_bytes());
-                }
-                let job = Job::Chunk {
-                    to: sink.clone(),
-                    offset: HEADER + (self.base * FRAME_BYTES) as u64,
-                    data,
-                };
-                match writer().map(|w| w.try_send(job)) {
-                    Some(Ok(())) => {}
-                    Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => {
-                        sink.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            frames.fill([0, 0]);
-        }
-        self.base += CHUNK;
+        self.ring.put(ch, pkt, now_sample, &mut |offset, frames| {
+            sink.queue(offset, frames)
+        });
     }
 
     /// Writes what the ring still holds and the final header. Blocking: run it off the media
     /// thread and off the async runtime's workers. Returns the file and how many chunks were
     /// lost to a full queue.
     pub(crate) fn finish(self) -> Result<(PathBuf, u64), (PathBuf, String)> {
-        let Recorder {
-            path,
-            sink,
-            ring,
-            base,
-            end,
-            ..
-        } = self;
+        let Recorder { path, sink, ring } = self;
         let sink = match sink {
             Ok(s) => s,
             Err(e) => return Err((path, e)),
@@ -269,16 +165,14 @@ impl Recorder {
                 let _ = rx.recv();
             }
         }
-        let start = base % WINDOW;
-        let n = end.saturating_sub(base).min(WINDOW);
-        let mut tail = Vec::with_capacity(n * FRAME_BYTES);
-        let frames = ring.get(start..).unwrap_or_default().iter();
-        for f in frames.chain(ring.iter()).take(n) {
+        let (offset, frames) = ring.tail();
+        let mut tail = Vec::with_capacity(frames.size_hint().0 * FRAME_BYTES);
+        for f in frames {
             tail.extend_from_slice(&f[0].to_le_bytes());
             tail.extend_from_slice(&f[1].to_le_bytes());
         }
-        sink.write_at(&tail, HEADER + (base * FRAME_BYTES) as u64);
-        sink.write_at(&wav::pcm16_header(2, end as u64), 0);
+        sink.write_at(&tail, offset);
+        sink.write_at(&ring.header(), 0);
         let failed = sink.failed.lock().ok().and_then(|mut f| f.take());
         match failed {
             Some(e) => Err((path, e.to_string())),
@@ -292,11 +186,7 @@ impl Recorder {
 fn open_new(dir: &Path, stem: &str) -> io::Result<(PathBuf, File)> {
     let mut last = None;
     for n in 0..100 {
-        let path = if n == 0 {
-            dir.join(format!("{stem}.wav"))
-        } else {
-            dir.join(format!("{stem}-{n}.wav"))
-        };
+        let path = dir.join(record::file_name(stem, n));
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -314,6 +204,7 @@ fn open_new(dir: &Path, stem: &str) -> io::Result<(PathBuf, File)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dsp::g711::Codec;
     use crate::rtp::packet::RtpView;
 
     fn packet(ts: u32, payload: &[u8]) -> Vec<u8> {

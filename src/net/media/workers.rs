@@ -6,7 +6,7 @@
 //! at 7.3-7.6 ms, on the same pinned core in the same run. Per packet, tokio's readiness
 //! bookkeeping, waker chain and task scheduling cost more than the scrubber's DSP. Here a
 //! readable socket goes straight from `epoll_wait` to its call's state by index: no waker, no
-//! task, no lock. The per-call logic stays in `media::Relay`; this file owns only the loop,
+//! task, no lock. The per-call logic stays in `relay::Relay`; this file owns only the loop,
 //! its timers and the inbox through which calls and control commands arrive.
 //!
 //! Never on this thread: blocking I/O (the recording is written by the caller's runtime), logging
@@ -22,9 +22,8 @@ use mio::{Events, Interest, Poll, Token};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
 
-use crate::net::media::{
-    After, Finished, MediaError, Relay, RelayStats, SOCKETS, Scratch, prefetch,
-};
+use super::relay::{After, Finished, MediaError, Relay, SOCKETS, Scratch, prefetch};
+use super::stats::RelayStats;
 
 /// The token the inbox's waker fires with; socket tokens are `slot * SOCKETS + socket`.
 const WAKE: Token = Token(usize::MAX);
@@ -128,7 +127,7 @@ impl MediaWorkers {
 
     /// The media thread shared by relays started without workers of their own (tests, the
     /// demo): started on first use, and never ended.
-    pub(crate) fn shared() -> Result<MediaWorkers, MediaError> {
+    pub(super) fn shared() -> Result<MediaWorkers, MediaError> {
         static SHARED: std::sync::OnceLock<MediaWorkers> = std::sync::OnceLock::new();
         if let Some(w) = SHARED.get() {
             return Ok(w.clone());
@@ -145,7 +144,7 @@ impl MediaWorkers {
 
     /// Hands a call's relay to the next media thread. `done` gets what is left of it when it
     /// stops (or is dropped, with the relay, should the thread have ended).
-    pub(crate) fn add(&self, id: u64, relay: Box<Relay>, done: Done) -> Bell {
+    pub(super) fn add(&self, id: u64, relay: Box<Relay>, done: Done) -> Bell {
         let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let len = self.inner.threads.len().max(1);
         let inbox = self.inner.threads.get(n % len).map(|w| w.inbox.clone());
@@ -157,18 +156,18 @@ impl MediaWorkers {
 }
 
 /// Where a relay's remains go when it stops.
-pub(crate) type Done = oneshot::Sender<Result<Finished, MediaError>>;
+pub(super) type Done = oneshot::Sender<Result<Finished, MediaError>>;
 
 /// Rings a call's media thread after a control command was queued for it, and once more when
 /// the last of the call's control senders is dropped (every handle gone is a stop).
 #[derive(Debug)]
-pub(crate) struct Bell {
+pub(super) struct Bell {
     id: u64,
     inbox: Option<Arc<Inbox>>,
 }
 
 impl Bell {
-    pub(crate) fn ring(&self) {
+    pub(super) fn ring(&self) {
         if let Some(inbox) = &self.inbox {
             inbox.with(|s| s.rung.push(self.id));
         }
@@ -183,7 +182,7 @@ impl Drop for Bell {
 
 /// What other threads hand a media thread: new calls and the ids of calls with control commands
 /// waiting. The lock is held only to push or to swap the lists out, never across I/O.
-pub(crate) struct Inbox {
+pub(super) struct Inbox {
     state: Mutex<InboxState>,
     waker: mio::Waker,
 }

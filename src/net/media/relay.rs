@@ -1,5 +1,6 @@
-//! The per-call RTP relay: two legs (A = trunk/caller, B = contact centre/agent), each a bound
-//! RTP/RTCP port pair, and the state that moves packets between them.
+//! One call's relay, as its media thread runs it: two legs (A = trunk/caller, B = contact
+//! centre/agent), each a bound RTP/RTCP port pair, and the state that moves packets between
+//! them.
 //!
 //! Caller→agent RTP goes through the `Scrubber`; agent→caller RTP and RTCP both ways pass
 //! through untouched (the agent→caller RTP may be listened to for the agent's keys, read only,
@@ -10,11 +11,14 @@
 //! from any other source are dropped and counted. Until a leg has latched, packets for it go to
 //! the SDP address.
 //!
-//! A call's relay is owned by one media thread's event loop (`media_loop`), so the packet path
-//! takes no lock and does no map lookup; control (scrubbing on/off, new peers after a
-//! re-INVITE, stop) arrives on a channel and applies between packets. Per packet it must never
-//! allocate (buffers are reused), log, or block. Digits the scrubber hears go out on a channel
-//! for capture and are never logged.
+//! The relay is owned by one media thread's event loop (`workers`), so the packet path takes no
+//! lock and does no map lookup; control (scrubbing on/off, new peers after a re-INVITE, stop)
+//! arrives on a channel and applies between packets. Per packet it must never allocate (buffers
+//! are reused), log, or block. Digits the scrubber hears go out on a channel for capture and are
+//! never logged.
+//!
+//! Knows nothing of the loop that drives it nor of the handle that starts it: both build on
+//! this file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,14 +26,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
-use crate::net::media_loop::Bell;
+use super::stats::{RelayStats, RelayStatsSnapshot};
 use crate::net::ports::{PortLease, PortPair};
-use crate::net::recording::{Channel, Recorder};
+use crate::net::recording::Recorder;
 use crate::rtp::announce::Announcer;
+use crate::rtp::clock::{Flow, RelayClock, next_frame};
 use crate::rtp::latch::{Admit, Latch};
+use crate::rtp::record::Channel;
 use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 
 /// Largest datagram accepted; RTP over UDP on Ethernet never comes close.
@@ -39,13 +44,13 @@ const MAX_DATAGRAM: usize = 2048;
 /// scrubbed and sent before the next is read. Kept in cache, and not zeroed for every packet as
 /// buffers on the stack would be (4 KB a packet). The scrubber writes every byte of what it
 /// forwards (checked by `rtp::fuzz`), so no call's audio reaches another's packets.
-pub(crate) struct Scratch {
+pub(super) struct Scratch {
     rx: [u8; MAX_DATAGRAM],
     out: [u8; MAX_DATAGRAM],
 }
 
 impl Scratch {
-    pub(crate) fn new() -> Scratch {
+    pub(super) fn new() -> Scratch {
         Scratch {
             rx: [0; MAX_DATAGRAM],
             out: [0; MAX_DATAGRAM],
@@ -55,52 +60,7 @@ impl Scratch {
 
 /// The relay's sockets, numbered as the loop's tokens number them: A RTP, B RTP, A RTCP,
 /// B RTCP.
-pub(crate) const SOCKETS: usize = 4;
-
-/// How often time is fed to the scrubber (event timeouts) and inactivity is checked.
-// 100 ms: event timeouts are 250 ms and inactivity is seconds; at thousands of calls a finer tick
-// would cost as many wake-ups as the packets themselves.
-const TICK: Duration = Duration::from_millis(100);
-/// The longest tick, used while no RFC 4733 event is pending: at thousands of calls, ticks
-/// every 100 ms would cost a fifth as many wake-ups as the packets themselves.
-const IDLE_TICK: Duration = Duration::from_secs(1);
-/// Digits waiting for the capture side; a full channel means capture has stalled.
-const DIGIT_QUEUE: usize = 64;
-
-/// Options beyond the two legs; the defaults suit tests and a plain relay.
-#[derive(Clone, Debug)]
-pub struct RelayOptions {
-    /// No RTP from either side for this long raises `MediaEvent::Inactive`.
-    pub inactivity: Duration,
-    /// Directory for a stereo recording streamed to disk as the call goes (agent-received left,
-    /// caller-received right; `<call>-<unix ms>.wav`, mode 0600); none when unset.
-    pub record_dir: Option<PathBuf>,
-    /// File name stem for the recording (the call id).
-    pub call_label: String,
-    /// Listen for keys on the agent→caller direction from the start (see
-    /// [`MediaControl::AgentDigits`]).
-    pub agent_digits: bool,
-    /// Recording length cap, seconds per channel.
-    pub max_record_s: u64,
-    /// Media threads to run the relay on (one picked per call); one thread shared by all relays
-    /// started without their own when unset.
-    pub workers: Option<MediaWorkers>,
-}
-
-impl Default for RelayOptions {
-    fn default() -> Self {
-        RelayOptions {
-            inactivity: Duration::from_secs(60),
-            record_dir: None,
-            call_label: "call".into(),
-            agent_digits: false,
-            max_record_s: 3600,
-            workers: None,
-        }
-    }
-}
-
-pub use crate::net::media_loop::MediaWorkers;
+pub(super) const SOCKETS: usize = 4;
 
 /// Commands applied between packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,98 +104,6 @@ pub enum MediaError {
     Register(String),
     #[error("the media thread ended before the relay was stopped")]
     ThreadEnded,
-}
-
-/// Counters shared with the handle; updated with relaxed atomics by the relay's media thread only.
-#[derive(Debug, Default)]
-pub struct RelayStats {
-    /// RTP received on leg A from its peer (caller→agent input).
-    pub a_in: AtomicU64,
-    /// RTP sent out of leg B (caller→agent output, scrubbed).
-    pub b_out: AtomicU64,
-    /// RTP received on leg B from its peer (agent→caller input).
-    pub b_in: AtomicU64,
-    /// RTP sent out of leg A (agent→caller output).
-    pub a_out: AtomicU64,
-    pub rtcp_a_in: AtomicU64,
-    pub rtcp_b_out: AtomicU64,
-    pub rtcp_b_in: AtomicU64,
-    pub rtcp_a_out: AtomicU64,
-    /// Packets from a source that is not the (latched) peer, RTP and RTCP.
-    pub dropped_stranger: AtomicU64,
-    /// Times a leg's latch moved to another source (RTP and RTCP, both legs).
-    pub relatched: AtomicU64,
-    /// Packets the scrubber refused (malformed, uninspectable, duplicates…).
-    pub dropped_scrubber: AtomicU64,
-    /// Packets with nowhere to go yet (the other leg has no peer).
-    pub dropped_no_peer: AtomicU64,
-    pub send_errors: AtomicU64,
-    pub recv_errors: AtomicU64,
-    /// Samples changed by masking on the agent leg.
-    pub samples_masked: AtomicU64,
-    /// RFC 4733 telephone-event packets replaced by masking audio on the agent leg.
-    pub events_stripped: AtomicU64,
-    /// Digits heard (sent to capture).
-    pub digits: AtomicU64,
-    /// Digits lost because the capture channel was full or closed.
-    pub digits_lost: AtomicU64,
-    /// Keys heard on the agent→caller direction (when listening for them).
-    pub agent_digits: AtomicU64,
-    /// Agent keys lost because their channel was full or closed.
-    pub agent_digits_lost: AtomicU64,
-}
-
-/// A plain copy of [`RelayStats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RelayStatsSnapshot {
-    pub a_in: u64,
-    pub b_out: u64,
-    pub b_in: u64,
-    pub a_out: u64,
-    pub rtcp_a_in: u64,
-    pub rtcp_b_out: u64,
-    pub rtcp_b_in: u64,
-    pub rtcp_a_out: u64,
-    pub dropped_stranger: u64,
-    pub relatched: u64,
-    pub dropped_scrubber: u64,
-    pub dropped_no_peer: u64,
-    pub send_errors: u64,
-    pub recv_errors: u64,
-    pub samples_masked: u64,
-    pub events_stripped: u64,
-    pub digits: u64,
-    pub digits_lost: u64,
-    pub agent_digits: u64,
-    pub agent_digits_lost: u64,
-}
-
-impl RelayStats {
-    pub fn snapshot(&self) -> RelayStatsSnapshot {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        RelayStatsSnapshot {
-            a_in: g(&self.a_in),
-            b_out: g(&self.b_out),
-            b_in: g(&self.b_in),
-            a_out: g(&self.a_out),
-            rtcp_a_in: g(&self.rtcp_a_in),
-            rtcp_b_out: g(&self.rtcp_b_out),
-            rtcp_b_in: g(&self.rtcp_b_in),
-            rtcp_a_out: g(&self.rtcp_a_out),
-            dropped_stranger: g(&self.dropped_stranger),
-            relatched: g(&self.relatched),
-            dropped_scrubber: g(&self.dropped_scrubber),
-            dropped_no_peer: g(&self.dropped_no_peer),
-            send_errors: g(&self.send_errors),
-            recv_errors: g(&self.recv_errors),
-            samples_masked: g(&self.samples_masked),
-            events_stripped: g(&self.events_stripped),
-            digits: g(&self.digits),
-            digits_lost: g(&self.digits_lost),
-            agent_digits: g(&self.agent_digits),
-            agent_digits_lost: g(&self.agent_digits_lost),
-        }
-    }
 }
 
 /// One direction of RTCP: the leg packets must come from, the leg and socket they go out on,
@@ -286,7 +154,7 @@ fn counted(verdict: Admit, stats: &RelayStats) -> Option<()> {
 /// Starts fetching `v`'s bytes into cache, a line at a time; a hint only, which changes no
 /// result.
 #[inline]
-pub(crate) fn prefetch<T>(v: &T) {
+pub(super) fn prefetch<T>(v: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         let p = (v as *const T).cast::<u8>();
@@ -356,94 +224,6 @@ fn set(a: &AtomicU64, v: u64) {
     a.store(v, Ordering::Relaxed);
 }
 
-/// The caller's side of a running relay.
-#[derive(Debug)]
-pub struct MediaHandle {
-    control: ControlSender,
-    stats: Arc<RelayStats>,
-    /// Digits heard on the caller→agent direction, for capture. Never log them.
-    pub digits: mpsc::Receiver<ScrubbedDigit>,
-    /// Keys the agent pressed (agent→caller direction), while listening for them is on
-    /// ([`MediaControl::AgentDigits`]). Never log them.
-    pub agent_digits: mpsc::Receiver<ScrubbedDigit>,
-    pub events: mpsc::Receiver<MediaEvent>,
-    /// Addresses to advertise in SDP: leg A (towards the trunk) and leg B (towards the agent).
-    pub a_addr: SocketAddr,
-    pub b_addr: SocketAddr,
-}
-
-impl MediaHandle {
-    pub fn stats(&self) -> RelayStatsSnapshot {
-        self.stats.snapshot()
-    }
-
-    /// A sender for control commands, for callers that want to keep one apart from the handle.
-    pub fn control(&self) -> ControlSender {
-        self.control.clone()
-    }
-
-    /// Returns false when the relay has already stopped.
-    pub async fn set_scrubbing(&self, on: bool) -> bool {
-        self.control.send(MediaControl::Scrub(on)).await.is_ok()
-    }
-
-    pub async fn update_peers(&self, a: Option<SocketAddr>, b: Option<SocketAddr>) -> bool {
-        self.control
-            .send(MediaControl::Peers { a, b })
-            .await
-            .is_ok()
-    }
-
-    /// Listens for the agent's keys (or stops); returns false when the relay has stopped.
-    pub async fn set_agent_digits(&self, on: bool) -> bool {
-        self.control
-            .send(MediaControl::AgentDigits(on))
-            .await
-            .is_ok()
-    }
-
-    pub async fn stop(&self) -> bool {
-        self.control.send(MediaControl::Stop).await.is_ok()
-    }
-}
-
-/// Sends control commands to a running relay. Like an mpsc sender (a bounded queue per call,
-/// closed once the relay has stopped), and each command sent also wakes the relay's media
-/// thread. When the last clone is dropped the relay stops: nobody could stop it later.
-#[derive(Clone, Debug)]
-pub struct ControlSender {
-    tx: mpsc::Sender<MediaControl>,
-    bell: Option<Arc<Bell>>,
-}
-
-impl ControlSender {
-    /// A sender for a queue nobody wakes for: the receiving end polls it itself (tests of the
-    /// code that sends).
-    pub fn unattached(tx: mpsc::Sender<MediaControl>) -> ControlSender {
-        ControlSender { tx, bell: None }
-    }
-
-    /// Queues `c` without waiting; fails when the queue is full or the relay has stopped.
-    pub fn try_send(&self, c: MediaControl) -> Result<(), mpsc::error::TrySendError<MediaControl>> {
-        self.tx.try_send(c)?;
-        self.ring();
-        Ok(())
-    }
-
-    /// Queues `c`, waiting for room; fails when the relay has stopped.
-    pub async fn send(&self, c: MediaControl) -> Result<(), mpsc::error::SendError<MediaControl>> {
-        self.tx.send(c).await?;
-        self.ring();
-        Ok(())
-    }
-
-    fn ring(&self) {
-        if let Some(b) = &self.bell {
-            b.ring();
-        }
-    }
-}
-
 /// What the relay returns when it ends.
 #[derive(Debug)]
 pub struct RelayOutcome {
@@ -452,138 +232,8 @@ pub struct RelayOutcome {
     pub recording: Option<PathBuf>,
 }
 
-pub struct MediaRelay;
-
-impl MediaRelay {
-    /// Starts a relay with default options. See [`MediaRelay::start_with`].
-    pub fn start(
-        a: PortPair,
-        b: PortPair,
-        a_peer: Option<SocketAddr>,
-        b_peer: Option<SocketAddr>,
-        scrubber: ScrubberConfig,
-        scrub_on: bool,
-    ) -> (MediaHandle, JoinHandle<Result<RelayOutcome, MediaError>>) {
-        MediaRelay::start_with(
-            a,
-            b,
-            a_peer,
-            b_peer,
-            scrubber,
-            scrub_on,
-            RelayOptions::default(),
-        )
-    }
-
-    /// Starts the relay on a media thread (`opts.workers`, else one shared by all such relays)
-    /// and returns its handle and a task, on the current tokio runtime, that ends with the relay
-    /// and writes its recording. `a_peer`/`b_peer` are the RTP addresses from each side's SDP
-    /// (None: latch on whoever sends first).
-    pub fn start_with(
-        a: PortPair,
-        b: PortPair,
-        a_peer: Option<SocketAddr>,
-        b_peer: Option<SocketAddr>,
-        scrubber: ScrubberConfig,
-        scrub_on: bool,
-        opts: RelayOptions,
-    ) -> (MediaHandle, JoinHandle<Result<RelayOutcome, MediaError>>) {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let (control_tx, control_rx) = mpsc::channel(16);
-        let (digit_tx, digit_rx) = mpsc::channel(DIGIT_QUEUE);
-        let (agent_tx, agent_rx) = mpsc::channel(DIGIT_QUEUE);
-        let (event_tx, event_rx) = mpsc::channel(8);
-        let (done_tx, done_rx) = oneshot::channel();
-        let stats = Arc::new(RelayStats::default());
-        let (a_addr, b_addr) = (a.rtp_addr(), b.rtp_addr());
-        let recorder = opts.record_dir.as_ref().map(|dir| {
-            Box::new(Recorder::create(
-                dir,
-                &sanitize(&opts.call_label),
-                opts.max_record_s,
-            ))
-        });
-        let mut cfg = scrubber;
-        cfg.enabled = scrub_on;
-        let agent_tap = opts.agent_digits.then(|| Box::new(DigitTap::new(&cfg)));
-        let legs = Leg::take(a).and_then(|a| Ok((a, Leg::take(b)?)));
-        let workers = match opts.workers {
-            Some(w) => Ok(w),
-            None => MediaWorkers::shared(),
-        };
-        let bell = match (legs, workers) {
-            (Ok((a, b)), Ok(workers)) => {
-                let now = Instant::now();
-                let relay = Relay {
-                    a,
-                    b,
-                    a_peer: Latch::new(a_peer),
-                    b_peer: Latch::new(b_peer),
-                    scrubber: Scrubber::new(cfg),
-                    agent_tap,
-                    stats: stats.clone(),
-                    digits: digit_tx,
-                    agent_digits: agent_tx,
-                    events: event_tx,
-                    control: control_rx,
-                    inactivity: opts.inactivity,
-                    recorder,
-                    start: now,
-                    last_rtp: now,
-                    inactive: false,
-                    announcing: None,
-                };
-                let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-                Some(Arc::new(workers.add(id, Box::new(relay), done_tx)))
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                let _ = done_tx.send(Err(e));
-                None
-            }
-        };
-        let handle = MediaHandle {
-            control: ControlSender {
-                tx: control_tx,
-                bell,
-            },
-            stats,
-            digits: digit_rx,
-            agent_digits: agent_rx,
-            events: event_rx,
-            a_addr,
-            b_addr,
-        };
-        let task = tokio::spawn(async move {
-            match done_rx.await {
-                Ok(finished) => finished?.write().await,
-                Err(_) => Err(MediaError::ThreadEnded),
-            }
-        });
-        (handle, task)
-    }
-}
-
-/// Keeps a label usable as a file name stem.
-fn sanitize(label: &str) -> String {
-    let s: String = label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() || s.starts_with('.') {
-        format!("call{s}")
-    } else {
-        s
-    }
-}
-
 /// One leg's sockets, owned by the media thread's loop, and the lease on their ports.
-struct Leg {
+pub(super) struct Leg {
     rtp: mio::net::UdpSocket,
     rtcp: mio::net::UdpSocket,
     lease: PortLease,
@@ -591,7 +241,7 @@ struct Leg {
 
 impl Leg {
     /// Takes the sockets out of the runtime that bound them, for a media thread's loop.
-    fn take(p: PortPair) -> Result<Leg, MediaError> {
+    pub(super) fn take(p: PortPair) -> Result<Leg, MediaError> {
         let err = |e: std::io::Error| MediaError::Register(e.to_string());
         let own = |s: tokio::net::UdpSocket| s.into_std().map(mio::net::UdpSocket::from_std);
         Ok(Leg {
@@ -610,14 +260,14 @@ struct Announcing {
 }
 
 /// What the loop does after a control command.
-pub(crate) enum After {
+pub(super) enum After {
     Go,
     /// The next tick is due at this time.
     Rearm(Instant),
     Stop,
 }
 
-pub(crate) struct Relay {
+pub(super) struct Relay {
     a: Leg,
     b: Leg,
     /// Each leg's peer, RTP and RTCP.
@@ -631,14 +281,10 @@ pub(crate) struct Relay {
     agent_digits: mpsc::Sender<ScrubbedDigit>,
     events: mpsc::Sender<MediaEvent>,
     control: mpsc::Receiver<MediaControl>,
-    inactivity: Duration,
     /// Boxed: most calls record nothing, and inline it was two more cache lines of the
     /// relay's state fetched for every packet.
     recorder: Option<Box<Recorder>>,
-    /// The media clock's zero: the scrubber's milliseconds count from here.
-    start: Instant,
-    last_rtp: Instant,
-    inactive: bool,
+    clock: RelayClock,
     announcing: Option<Box<Announcing>>,
 }
 
@@ -671,12 +317,50 @@ fn counted_sink<'a>(
     }
 }
 
-/// The interval of the announcement's packets.
-const ANNOUNCE_PTIME: Duration = Duration::from_millis(20);
+/// The channels a relay talks to its handle on.
+pub(super) struct Wires {
+    pub(super) stats: Arc<RelayStats>,
+    pub(super) digits: mpsc::Sender<ScrubbedDigit>,
+    pub(super) agent_digits: mpsc::Sender<ScrubbedDigit>,
+    pub(super) events: mpsc::Sender<MediaEvent>,
+    pub(super) control: mpsc::Receiver<MediaControl>,
+}
 
 impl Relay {
+    /// A relay between legs `a` and `b`, sending to the SDP peers given until each latches.
+    /// `scrubber` is taken as it is (its `enabled` included); `agent_digits` listens for the
+    /// agent's keys from the start.
+    pub(super) fn new(
+        (a, b): (Leg, Leg),
+        (a_peer, b_peer): (Option<SocketAddr>, Option<SocketAddr>),
+        scrubber: ScrubberConfig,
+        agent_digits: bool,
+        wires: Wires,
+        inactivity: Duration,
+        recorder: Option<Box<Recorder>>,
+    ) -> Relay {
+        let agent_tap = agent_digits.then(|| Box::new(DigitTap::new(&scrubber)));
+        let now = Instant::now();
+        Relay {
+            a,
+            b,
+            a_peer: Latch::new(a_peer),
+            b_peer: Latch::new(b_peer),
+            scrubber: Scrubber::new(scrubber),
+            agent_tap,
+            stats: wires.stats,
+            digits: wires.digits,
+            agent_digits: wires.agent_digits,
+            events: wires.events,
+            control: wires.control,
+            recorder,
+            clock: RelayClock::new(inactivity, now),
+            announcing: None,
+        }
+    }
+
     /// Socket `i` in the loop's numbering.
-    pub(crate) fn socket(&mut self, i: usize) -> &mut mio::net::UdpSocket {
+    pub(super) fn socket(&mut self, i: usize) -> &mut mio::net::UdpSocket {
         match i {
             0 => &mut self.a.rtp,
             1 => &mut self.b.rtp,
@@ -686,24 +370,18 @@ impl Relay {
     }
 
     /// The counters shared with the call's handle, for the media loop to fetch ahead.
-    pub(crate) fn counters(&self) -> Arc<RelayStats> {
+    pub(super) fn counters(&self) -> Arc<RelayStats> {
         self.stats.clone()
     }
 
     /// The media thread has taken the call on at `now`; returns when its first tick is due.
-    pub(crate) fn started(&mut self, now: Instant) -> Instant {
-        self.start = now;
-        self.last_rtp = now;
-        now + self.idle_tick()
-    }
-
-    fn ms(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.start).as_millis() as u64
+    pub(super) fn started(&mut self, now: Instant) -> Instant {
+        self.clock.restart(now)
     }
 
     /// Reads and relays what socket `i` holds, up to `budget` datagrams. True when the budget
     /// ran out first (the socket may hold more).
-    pub(crate) fn readable(
+    pub(super) fn readable(
         &mut self,
         i: usize,
         now: Instant,
@@ -756,7 +434,7 @@ impl Relay {
         out: &mut [u8],
         now: Instant,
     ) {
-        let ms = self.ms(now);
+        let ms = self.clock.ms(now);
         let Some(n) = admit(
             received,
             rx,
@@ -767,7 +445,7 @@ impl Relay {
         ) else {
             return;
         };
-        self.last_rtp = now;
+        self.clock.heard(now);
         let input = rx.get(..n).unwrap_or_default();
         let verdict = {
             let mut sink = digit_sink(&self.digits, &self.stats);
@@ -806,7 +484,7 @@ impl Relay {
         rx: &[u8],
         now: Instant,
     ) {
-        let ms = self.ms(now);
+        let ms = self.clock.ms(now);
         let Some(n) = admit(
             received,
             rx,
@@ -817,7 +495,7 @@ impl Relay {
         ) else {
             return;
         };
-        self.last_rtp = now;
+        self.clock.heard(now);
         let pkt = rx.get(..n).unwrap_or_default();
         if !forward(
             &self.a.rtp,
@@ -849,19 +527,13 @@ impl Relay {
 
     /// When a tick is needed by, if sooner than the idle period: an RFC 4733 event whose end
     /// packets may be lost needs the short tick for its timeout (RFC 4733 §2.5.2.2).
-    pub(crate) fn tick_needed_by(&self, now: Instant) -> Option<Instant> {
-        self.event_pending().then(|| now + TICK)
-    }
-
-    /// How often time is fed to the scrubber and silence checked while no RFC 4733 event is
-    /// sounding: a tenth of the inactivity period, between `TICK` and `IDLE_TICK`.
-    fn idle_tick(&self) -> Duration {
-        (self.inactivity / 10).clamp(TICK, IDLE_TICK)
+    pub(super) fn tick_needed_by(&self, now: Instant) -> Option<Instant> {
+        self.clock.tick_needed_by(now, self.event_pending())
     }
 
     /// The tick due at `at` (the loop runs it at `now`): time for the scrubber's event timeouts,
     /// the inactivity check, or the announcement's next packet. Returns when the next is due.
-    pub(crate) fn tick(&mut self, at: Instant, now: Instant) -> Instant {
+    pub(super) fn tick(&mut self, at: Instant, now: Instant) -> Instant {
         if let Some(ann) = self.announcing.as_deref_mut() {
             if now < ann.end {
                 if let Some(dest) = self.a_peer.dest() {
@@ -872,19 +544,13 @@ impl Relay {
                         Err(_) => bump(&self.stats.send_errors),
                     }
                 }
-                // On the 20 ms grid; a late loop skips what it missed rather than bursting.
-                let next = ann.next + ANNOUNCE_PTIME;
-                ann.next = if next <= now {
-                    now + ANNOUNCE_PTIME
-                } else {
-                    next
-                };
+                ann.next = next_frame(ann.next, now);
                 return ann.next;
             }
             // Played out: relaying resumes, should the call go on.
             self.announcing = None;
         }
-        let ms = self.ms(at);
+        let ms = self.clock.ms(at);
         {
             let mut sink = digit_sink(&self.digits, &self.stats);
             self.scrubber.tick(ms, &mut sink);
@@ -893,31 +559,22 @@ impl Relay {
             let mut sink = agent_sink(&self.agent_digits, &self.stats);
             tap.tick(ms, &mut sink);
         }
-        let silent = at.saturating_duration_since(self.last_rtp) >= self.inactivity;
-        if silent != self.inactive {
-            self.inactive = silent;
-            let ev = if silent {
-                MediaEvent::Inactive
-            } else {
-                MediaEvent::Active
+        if let Some(flow) = self.clock.check(at) {
+            let ev = match flow {
+                Flow::Stopped => MediaEvent::Inactive,
+                Flow::Resumed => MediaEvent::Active,
             };
             let _ = self.events.try_send(ev);
         }
-        // Missed ticks are not made up: the next is one period from now.
-        let period = if self.event_pending() {
-            TICK
-        } else {
-            self.idle_tick()
-        };
-        now + period
+        self.clock.next_tick(now, self.event_pending())
     }
 
-    pub(crate) fn next_control(&mut self) -> Result<MediaControl, mpsc::error::TryRecvError> {
+    pub(super) fn next_control(&mut self) -> Result<MediaControl, mpsc::error::TryRecvError> {
         self.control.try_recv()
     }
 
     /// Applies a control command between packets.
-    pub(crate) fn apply(&mut self, c: MediaControl, now: Instant) -> After {
+    pub(super) fn apply(&mut self, c: MediaControl, now: Instant) -> After {
         if self.announcing.is_some() {
             // Scrubbing, peers and the rest no longer matter for this call.
             return match c {
@@ -972,7 +629,7 @@ impl Relay {
 
     /// Ends the relay: reports what the detectors still held, closes the sockets and gives the
     /// ports back. The recording, if any, is left to be written off the media thread.
-    pub(crate) fn finish(mut self) -> Finished {
+    pub(super) fn finish(mut self) -> Finished {
         {
             let mut sink = digit_sink(&self.digits, &self.stats);
             self.scrubber.finish(&mut sink);
@@ -1002,13 +659,14 @@ impl Relay {
 
 /// A stopped relay's counters and recording, handed from its media thread back to the runtime
 /// that started it.
-pub(crate) struct Finished {
+pub(super) struct Finished {
     recorder: Option<Box<Recorder>>,
     stats: Arc<RelayStats>,
 }
 
 impl Finished {
-    async fn write(self) -> Result<RelayOutcome, MediaError> {
+    /// Writes the recording, if any, off the media thread and off the runtime's workers.
+    pub(super) async fn write(self) -> Result<RelayOutcome, MediaError> {
         let recording = match self.recorder {
             None => None,
             Some(rec) => {
@@ -1030,17 +688,5 @@ impl Finished {
             stats: self.stats.snapshot(),
             recording,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_become_safe_file_names() {
-        assert_eq!(sanitize("abc-1_2.x"), "abc-1_2.x");
-        assert_eq!(sanitize("../etc/passwd"), "call.._etc_passwd");
-        assert_eq!(sanitize(""), "call");
     }
 }
