@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonewall::payment::card::{CardData, Cvv, Expiry, Pan, YearMonth};
+use tonewall::payment::pin::Pin;
 use tonewall::payment::redis_store::RedisStore;
 use tonewall::payment::session::{Locator, RetrievalToken, SessionId};
 use tonewall::payment::store::{UnlockError, VaultStore};
-use tonewall::payment::vault::{self, MasterKey, Pin, SealedRecord};
+use tonewall::payment::vault::{self, MasterKey, SealedRecord};
 
 struct RedisServer {
     child: Child,

@@ -44,13 +44,14 @@ use crate::payment::capture::{
 use crate::payment::card::{CardData, FieldName, YearMonth};
 use crate::payment::directory;
 use crate::payment::guard::{GuardConfig, Locked, LookupGuard};
+use crate::payment::pin::Pin;
 use crate::payment::redis_store::{AnyStore, RedisStore};
 use crate::payment::session::{
     AgentId, CallId, Created, DestroyReason, FailReason, Locator, NewSession, RetrievalToken,
     SessionConfig, SessionError, SessionId, SessionState, SessionTable,
 };
 use crate::payment::store::{MemoryStore, UnlockError, VaultStore};
-use crate::payment::vault::{self, MasterKey, Pin, SealedRecord};
+use crate::payment::vault::{self, MasterKey, SealedRecord};
 
 /// Tracing target of the unlock audit trail.
 pub const AUDIT_TARGET: &str = "tonewall::audit";

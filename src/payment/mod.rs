@@ -1,15 +1,17 @@
 //! Payment sessions, card capture and the sealed vault. Sans-IO except the Redis store.
 //!
 //! `card` holds the card rules, `capture` turns keys into a card, `session` tracks payment
-//! sessions and locators, `vault` seals and opens records, `store` keeps sealed records
-//! (in memory) and `redis_store` keeps them in Redis for several relays. Only `redis_store`
-//! does I/O; nothing here reads a clock.
+//! sessions and locators, `pin` is the unlock PIN a session holds and the vault seals with,
+//! `vault` seals and opens records, `store` keeps sealed records (in memory) and `redis_store`
+//! keeps them in Redis for several relays. Only `redis_store` does I/O; nothing here reads a
+//! clock.
 
 pub mod capture;
 pub mod card;
 pub mod directory;
 pub mod guard;
 pub mod locator;
+pub mod pin;
 pub mod redis_store;
 pub mod session;
 pub mod store;
@@ -83,11 +85,12 @@ mod flow_tests {
     use crate::digit::{Digit, DigitSource};
     use crate::payment::capture::{Capture, CaptureConfig, CaptureInput};
     use crate::payment::card::YearMonth;
+    use crate::payment::pin::Pin;
     use crate::payment::session::{
         AgentId, CallId, NewSession, RetrievalToken, SessionConfig, SessionState, SessionTable,
     };
     use crate::payment::store::{MemoryStore, UnlockError};
-    use crate::payment::vault::{self, MasterKey, Pin};
+    use crate::payment::vault::{self, MasterKey};
 
     #[test]
     fn create_capture_seal_unlock() {

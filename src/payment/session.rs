@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 
 use crate::payment::card::FieldName;
 use crate::payment::hex;
-use crate::payment::vault::Pin;
+use crate::payment::pin::Pin;
 
 /// Random 128-bit session id, shown as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -370,7 +370,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             locator_len: DEFAULT_LOCATOR_LEN,
-            pin_len: crate::payment::vault::DEFAULT_PIN_LEN,
+            pin_len: crate::payment::pin::DEFAULT_PIN_LEN,
             default_ttl_ms: 900_000,
             min_ttl_ms: 30_000,
             max_ttl_ms: 3_600_000,
