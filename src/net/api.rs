@@ -36,6 +36,8 @@ use zeroize::Zeroizing;
 use crate::config::{Config, StoreName};
 use crate::digit::{Digit, DigitSource};
 use crate::net::calls::{CallError, CallRegistry};
+pub use crate::net::clock::Clock;
+use crate::net::clock::rfc3339;
 pub use crate::net::http::{HttpLimits, TlsConfigError, tls_acceptor};
 use crate::net::metrics::Metrics;
 use crate::payment::capture::{
@@ -64,76 +66,6 @@ const DEFAULT_LINGER_MS: u64 = 300_000;
 
 /// Largest request body read (JSON commands are tiny).
 const MAX_BODY: usize = 16 * 1024;
-
-// ---------------------------------------------------------------------------------------------
-// Clock
-
-/// Milliseconds since the UNIX epoch, advanced by tokio's clock so `tokio::time::pause` and
-/// `advance` drive TTLs in tests.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    base_unix_ms: u64,
-    start: tokio::time::Instant,
-}
-
-impl Clock {
-    /// The system's wall clock at start, advanced monotonically.
-    pub fn system() -> Clock {
-        let base = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Clock::starting_at(base)
-    }
-
-    /// A clock that reads `unix_ms` now.
-    pub fn starting_at(unix_ms: u64) -> Clock {
-        Clock {
-            base_unix_ms: unix_ms,
-            start: tokio::time::Instant::now(),
-        }
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        self.base_unix_ms
-            .saturating_add(self.start.elapsed().as_millis() as u64)
-    }
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian; the era-based
-/// conversion from H. Hinnant's "chrono-Compatible Low-Level Date Algorithms").
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// RFC 3339 UTC timestamp with milliseconds.
-pub fn rfc3339(unix_ms: u64) -> String {
-    let secs = unix_ms / 1_000;
-    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
-    let sod = secs % 86_400;
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3_600,
-        sod / 60 % 60,
-        sod % 60,
-        unix_ms % 1_000
-    )
-}
-
-/// The calendar month expiry dates are judged against.
-fn year_month(unix_ms: u64) -> Option<YearMonth> {
-    let (y, m, _) = civil_from_days((unix_ms / 86_400_000) as i64);
-    YearMonth::new(u16::try_from(y).ok()?, u8::try_from(m).ok()?)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Bearer tokens
@@ -763,7 +695,7 @@ impl ApiState {
         capture_cfg.inter_digit_timeout_ms = self.inner.capture.inter_digit_timeout_ms;
         capture_cfg.max_attempts = self.inner.capture.max_attempts;
         capture_cfg.allow_unknown_brand = self.inner.capture.allow_unknown_brand;
-        let today = year_month(now).ok_or_else(|| {
+        let today = YearMonth::at_unix_ms(now).ok_or_else(|| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -2204,15 +2136,6 @@ pub async fn serve_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_render_as_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        // 2000-02-29 is a leap day; 951_782_400 s since the epoch.
-        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(1_798_761_599_000), "2026-12-31T23:59:59.000Z");
-        assert_eq!(year_month(1_798_761_599_000), YearMonth::new(2026, 12));
-    }
 
     #[test]
     fn tokens_match_by_name_and_role_and_reject_others() {

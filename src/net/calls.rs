@@ -165,7 +165,7 @@ impl CallRegistry {
 fn view(id: &str, e: &Entry) -> CallView {
     CallView {
         call_id: id.to_string(),
-        started_at: crate::net::api::rfc3339(e.info.started_ms),
+        started_at: crate::net::clock::rfc3339(e.info.started_ms),
         info: e.info.clone(),
         scrubbing: e.scrubbing,
         scrub_mode: if e.always { "always" } else { "on-demand" },
