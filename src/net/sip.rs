@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::config::{Config, RouteMode, ScrubMode, Transport};
 use crate::digit::DigitSource;
 use crate::dsp::g711::Codec;
-use crate::net::api::{ApiState, SessionRef};
+use crate::net::api::ApiState;
 use crate::net::calls::CallInfo;
 use crate::net::limits::{ConnLimiter, ConnMetrics, ConnPermit, LogGate, Refusal, SourcePolicy};
 use crate::net::media::{
@@ -32,6 +32,7 @@ use crate::net::media::{
     RelayStatsSnapshot,
 };
 use crate::net::ports::{PortPair, PortPool};
+use crate::payment::desk::DeskError;
 use crate::payment::locator::LocatorCollector;
 use crate::rtp::scrubber::ScrubberConfig;
 use crate::sip::b2bua::{
@@ -382,8 +383,7 @@ impl Shell {
                     }
                     let api = self.api.clone();
                     tokio::spawn(async move {
-                        let label = call_label(call);
-                        feed(&api, &label, call, digit, DigitSource::SipInfo, at).await;
+                        feed(&api, call, digit, DigitSource::SipInfo, at).await;
                     });
                 }
                 Output::Event { call, event } => self.event(call, event),
@@ -469,7 +469,7 @@ impl Shell {
                     to: to.clone(),
                     started_ms: self.api.clock().now_ms(),
                 };
-                self.api.calls().started(&call_label(call), info, scrub);
+                self.api.calls().started(call, info, scrub);
             }
             CallEvent::Answered => {
                 tracing::info!(call = call.0, "call answered");
@@ -496,7 +496,7 @@ impl Shell {
                     m.calls_active.dec();
                     m.call_ended(cause_label(*cause));
                 }
-                self.api.call_ended(&call_label(call));
+                self.api.call_ended(call);
             }
         }
     }
@@ -658,9 +658,7 @@ impl Shell {
             scrub = scrub_on,
             "media relay started"
         );
-        self.api
-            .calls()
-            .media(&call_label(call), handle.control(), scrub_on);
+        self.api.calls().media(call, handle.control(), scrub_on);
         self.relays.insert(
             call,
             RelayRef {
@@ -701,10 +699,10 @@ async fn bind_by_locator(
         tracing::info!(call = call.0, "no live session holds the locator keyed");
         return None;
     };
-    match api.bind_call(session, &call_label(call), true).await {
+    match api.bind_call(session, call, true).await {
         Ok(()) => Some((session, agent)),
         Err(e) => {
-            tracing::warn!(call = call.0, %session, code = e.code, "call cannot be bound to the locator's session");
+            tracing::warn!(call = call.0, %session, error = %e, "call cannot be bound to the locator's session");
             None
         }
     }
@@ -713,19 +711,14 @@ async fn bind_by_locator(
 /// Feeds one key to the API. A call with no session capturing is the normal case, not an error.
 async fn feed(
     api: &ApiState,
-    label: &str,
     call: CallId,
     digit: crate::digit::Digit,
     source: DigitSource,
     at_ms: u64,
 ) {
-    if let Err(e) = api
-        .feed_digit(SessionRef::Call(label), digit, source, at_ms)
-        .await
-        && e.code != "conflict"
-        && e.code != "not_found"
-    {
-        tracing::warn!(call = call.0, code = e.code, "key not taken by capture");
+    match api.feed_digit(call, digit, source, at_ms).await {
+        Ok(_) | Err(DeskError::NoSession | DeskError::NotCapturing) => {}
+        Err(e) => tracing::warn!(call = call.0, error = %e, "key not taken by capture"),
     }
 }
 
@@ -774,7 +767,6 @@ async fn supervise(
     core_tx: mpsc::Sender<CoreMsg>,
     pre_bridge: Arc<AtomicBool>,
 ) {
-    let label = call_label(call);
     let mut folded = RelayStatsSnapshot::default();
     let mut fold_every = tokio::time::interval(METRICS_FOLD);
     loop {
@@ -787,7 +779,7 @@ async fn supervise(
                     let key = CoreMsg::LocatorKey { call, digit: d.digit, at_ms };
                     let _ = core_tx.send(key).await;
                 } else {
-                    feed(&api, &label, call, d.digit, d.source, at_ms).await;
+                    feed(&api, call, d.digit, d.source, at_ms).await;
                 }
             }
             Some(d) = handle.agent_digits.recv() => {
