@@ -13,7 +13,10 @@ use axum::http::{Method, Request, StatusCode, header};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tonewall::digit::{Digit, DigitSource};
-use tonewall::net::api::{ApiState, ApiTokens, Clock, SessionRef, router, serve};
+use tonewall::ids::CallId;
+use tonewall::net::api::{ApiState, ApiTokens, router, serve};
+use tonewall::net::clock::Clock;
+use tonewall::payment::desk::DeskError;
 use tower::ServiceExt;
 
 const DESK: &str = "dddddddddddddddddddddddd";
@@ -139,7 +142,7 @@ impl Api {
         for (i, c) in keys.chars().enumerate() {
             self.state
                 .feed_digit(
-                    SessionRef::Call(call),
+                    call.parse().unwrap(),
                     Digit::from_char(c).unwrap(),
                     DigitSource::Rfc4733,
                     start_ms + 200 * i as u64,
@@ -305,33 +308,33 @@ async fn keys_only_count_while_capturing_and_the_agent_can_reset() {
     let api = Api::new();
     let c = api.create().await;
     let id = c["id"].as_str().unwrap();
-    let sid = tonewall::payment::session::SessionId::parse(id).unwrap();
     let one = Digit::from_char('4').unwrap();
+    // No call is bound to it yet: a key on the call it will get is no session's.
     let e = api
         .state
-        .feed_digit(SessionRef::Session(sid), one, DigitSource::InBand, 10)
+        .feed_digit(CallId(9), one, DigitSource::InBand, 10)
         .await
         .unwrap_err();
-    assert_eq!(e.code, "conflict");
+    assert_eq!(e, DeskError::NoSession);
     let b = api
         .post(
             &format!("/v1/sessions/{id}/bind"),
-            json!({"call_id": "c9", "start": false}),
+            json!({"call_id": "9", "start": false}),
         )
         .await;
     assert_eq!(b.json()["state"], "bound");
-    assert!(
+    assert_eq!(
         api.state
-            .feed_digit(SessionRef::Call("c9"), one, DigitSource::InBand, 20)
-            .await
-            .is_err()
+            .feed_digit(CallId(9), one, DigitSource::InBand, 20)
+            .await,
+        Err(DeskError::NotCapturing)
     );
     let s = api
         .post(&format!("/v1/sessions/{id}/start"), json!({}))
         .await;
     assert_eq!(s.json()["state"], "capturing");
-    assert_eq!(s.json()["call_id"], "c9");
-    api.key("c9", "41111", 100).await;
+    assert_eq!(s.json()["call_id"], "9");
+    api.key("9", "41111", 100).await;
     let pan = &api.get(&format!("/v1/sessions/{id}")).await.json()["fields"][0];
     assert_eq!(
         (pan["digits"].clone(), pan["brand"].clone()),
@@ -341,7 +344,7 @@ async fn keys_only_count_while_capturing_and_the_agent_can_reset() {
         .post(&format!("/v1/sessions/{id}/reset"), json!({}))
         .await;
     assert_eq!(r.json()["fields"][0]["digits"], 0);
-    api.key("c9", "4111111111111111#12", 5_000).await;
+    api.key("9", "4111111111111111#12", 5_000).await;
     let r = api
         .post(&format!("/v1/sessions/{id}/fields/pan/request"), json!({}))
         .await;
@@ -357,7 +360,7 @@ async fn keys_only_count_while_capturing_and_the_agent_can_reset() {
     // A second session cannot take the same call.
     let c2 = api.create().await;
     assert_eq!(
-        api.bind(c2["id"].as_str().unwrap(), "c9").await.code(),
+        api.bind(c2["id"].as_str().unwrap(), "9").await.code(),
         "conflict"
     );
     // Cancel: gone for the locator, state cancelled.
@@ -384,7 +387,7 @@ async fn keys_only_count_while_capturing_and_the_agent_can_reset() {
 #[tokio::test]
 async fn wrong_pins_run_out_and_destroy_the_record() {
     let api = Api::new();
-    let (id, token, pin) = api.sealed("c1").await;
+    let (id, token, pin) = api.sealed("1").await;
     let bad = wrong(&pin);
     let r = api.unlock(&id, &token, &bad).await;
     assert_eq!(
@@ -443,10 +446,10 @@ async fn ttls_end_sessions_and_records() {
         api.get(&format!("/v1/locators/{loc}")).await.status,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(api.bind(id, "c1").await.code(), "expired");
+    assert_eq!(api.bind(id, "1").await.code(), "expired");
 
     // A sealed record lives the vault TTL (120 s) from sealing, then is gone.
-    let (id, token, pin) = api.sealed("c2").await;
+    let (id, token, pin) = api.sealed("2").await;
     tokio::time::advance(Duration::from_secs(120)).await;
     let r = api.unlock(&id, &token, &pin).await;
     assert_eq!((r.status, r.code()), (StatusCode::GONE, "expired".into()));
@@ -509,8 +512,8 @@ async fn a_whole_payment_leaks_no_card_data() {
     );
     let mut sse = resp.into_body().into_data_stream();
 
-    assert_eq!(api.bind(&id, "call-1").await.json()["state"], "capturing");
-    api.key("call-1", "41111111", 1_000).await;
+    assert_eq!(api.bind(&id, "11").await.json()["state"], "capturing");
+    api.key("11", "41111111", 1_000).await;
     let mid = api.get(&format!("/v1/sessions/{id}")).await;
     let pan = &mid.json()["fields"][0];
     assert_eq!(
@@ -522,12 +525,12 @@ async fn a_whole_payment_leaks_no_card_data() {
         "no last four before the PAN is complete"
     );
     seen.push(("session".into(), mid.text));
-    api.key("call-1", "11111111", 2_600).await;
+    api.key("11", "11111111", 2_600).await;
     let s = api.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!(s.json()["fields"][0]["state"], "valid");
     assert!(s.json()["fields"][0].get("last4").is_none());
     seen.push(("session".into(), s.text));
-    api.key("call-1", "#1230123", 4_200).await;
+    api.key("11", "#1230123", 4_200).await;
     let s = api.get(&format!("/v1/sessions/{id}")).await;
     let j = s.json();
     assert_eq!(
@@ -758,10 +761,10 @@ async fn the_inter_digit_timeout_ends_a_field_on_the_api_clock() {
     let api = Api::new();
     let c = api.create().await;
     let id = c["id"].as_str().unwrap();
-    api.bind(id, "c1").await;
+    api.bind(id, "1").await;
     // The media clock starts near zero, far from the API's UNIX clock: the timeout must
     // still be measured from the last key (15 keys later: 3 000 ms on the media clock).
-    api.key("c1", PAN, 0).await;
+    api.key("1", PAN, 0).await;
     api.state.tick().await;
     let pan = |r: Reply| r.json()["fields"][0].clone();
     assert_eq!(
@@ -784,7 +787,7 @@ async fn the_inter_digit_timeout_ends_a_field_on_the_api_clock() {
         (json!("complete"), json!("1111"))
     );
     // A partial expiry times out too and costs an attempt.
-    api.key("c1", "12", 9_000).await;
+    api.key("1", "12", 9_000).await;
     tokio::time::advance(Duration::from_secs(7)).await;
     api.state.tick().await;
     let s = api.get(&format!("/v1/sessions/{id}")).await.json();
@@ -854,7 +857,7 @@ async fn calls_are_listed_and_binding_switches_scrubbing_on() {
     let calls = api.state.calls();
     calls.attach();
     calls.started(
-        "41",
+        CallId(41),
         CallInfo {
             route: "desk".into(),
             mode: "inline",
@@ -866,7 +869,7 @@ async fn calls_are_listed_and_binding_switches_scrubbing_on() {
     );
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
     calls.media(
-        "41",
+        CallId(41),
         tonewall::net::media::ControlSender::unattached(tx),
         false,
     );
@@ -923,7 +926,7 @@ async fn calls_are_listed_and_binding_switches_scrubbing_on() {
         .await
         .unwrap();
     assert_eq!((sid.to_string().as_str(), agent.as_str()), (id, "agent-7"));
-    api.state.call_ended("41");
+    api.state.call_ended(CallId(41));
     assert_eq!(
         api.admin_get("/v1/calls/41").await.status,
         StatusCode::NOT_FOUND

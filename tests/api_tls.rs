@@ -12,7 +12,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-use tonewall::net::api::{ApiState, ApiTokens, Clock, TlsConfigError, serve_tls, tls_acceptor};
+use tonewall::net::api::{ApiState, ApiTokens, serve_tls};
+use tonewall::net::clock::Clock;
+use tonewall::net::http::{TlsConfigError, tls_acceptor};
 
 const DESK: &str = "desk-token-0123456789abcdef";
 const T: Duration = Duration::from_secs(5);

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonewall::payment::card::{CardData, Cvv, Expiry, Pan, YearMonth};
+use tonewall::payment::pin::Pin;
 use tonewall::payment::redis_store::RedisStore;
 use tonewall::payment::session::{Locator, RetrievalToken, SessionId};
 use tonewall::payment::store::{UnlockError, VaultStore};
-use tonewall::payment::vault::{self, MasterKey, Pin, SealedRecord};
+use tonewall::payment::vault::{self, MasterKey, SealedRecord};
 
 struct RedisServer {
     child: Child,
@@ -326,7 +327,8 @@ const DESK: &str = "dddddddddddddddddddddddd";
 
 impl Node {
     async fn start(server: &RedisServer, master: &Arc<MasterKey>, prefix: &str) -> Node {
-        use tonewall::net::api::{ApiSettings, ApiState, ApiTokens, Clock, router};
+        use tonewall::net::api::{ApiSettings, ApiState, ApiTokens, router};
+        use tonewall::net::clock::Clock;
         use tonewall::payment::redis_store::AnyStore;
         let store = store(server, master).await.with_prefix(prefix);
         let settings = ApiSettings::new(ApiTokens::parse(&format!("desk:{DESK}:payment")).unwrap());
@@ -372,7 +374,7 @@ impl Node {
 #[tokio::test]
 async fn a_session_created_on_one_relay_is_captured_on_another() {
     use tonewall::digit::{Digit, DigitSource};
-    use tonewall::net::api::SessionRef;
+    use tonewall::ids::CallId;
 
     let server = RedisServer::start();
     let master = Arc::new(MasterKey::generate());
@@ -408,7 +410,7 @@ async fn a_session_created_on_one_relay_is_captured_on_another() {
         .call(
             "POST",
             &format!("/v1/sessions/{id}/bind"),
-            Some(serde_json::json!({"call_id": "a-1"})),
+            Some(serde_json::json!({"call_id": "1"})),
         )
         .await;
     assert_eq!(
@@ -416,11 +418,11 @@ async fn a_session_created_on_one_relay_is_captured_on_another() {
         (409, Some("conflict")),
         "{body}"
     );
-    b.state.bind_call(sid, "b-1", true).await.unwrap();
+    b.state.bind_call(sid, CallId(2), true).await.unwrap();
     for (i, c) in "4111111111111111#1230123".chars().enumerate() {
         b.state
             .feed_digit(
-                SessionRef::Call("b-1"),
+                CallId(2),
                 Digit::from_char(c).unwrap(),
                 DigitSource::Rfc4733,
                 1_000 + 200 * i as u64,

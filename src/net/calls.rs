@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use crate::ids::CallId;
+use crate::net::clock::rfc3339;
 use crate::net::media::{ControlSender, MediaControl};
 
 /// What the SIP shell tells the registry about a new call.
@@ -39,7 +41,7 @@ struct Entry {
 /// A call as the API shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct CallView {
-    pub call_id: String,
+    pub call_id: CallId,
     #[serde(flatten)]
     pub info: CallInfo,
     pub started_at: String,
@@ -65,13 +67,13 @@ pub struct CallRegistry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    calls: Mutex<HashMap<String, Entry>>,
+    calls: Mutex<HashMap<CallId, Entry>>,
     /// Set when a SIP shell feeds the registry: binding a session then needs a live call.
     attached: AtomicBool,
 }
 
 impl CallRegistry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<CallId, Entry>> {
         self.inner
             .calls
             .lock()
@@ -88,9 +90,9 @@ impl CallRegistry {
     }
 
     /// A new call; `always` when its route scrubs always (scrubbing starts on and stays on).
-    pub fn started(&self, id: &str, info: CallInfo, always: bool) {
+    pub fn started(&self, id: CallId, info: CallInfo, always: bool) {
         self.lock().insert(
-            id.to_string(),
+            id,
             Entry {
                 info,
                 scrubbing: always,
@@ -102,9 +104,9 @@ impl CallRegistry {
 
     /// The call's relay is running: later scrubbing changes go to it. A change made before the
     /// relay started is applied now.
-    pub fn media(&self, id: &str, control: ControlSender, relay_scrubbing: bool) {
+    pub fn media(&self, id: CallId, control: ControlSender, relay_scrubbing: bool) {
         let mut calls = self.lock();
-        if let Some(e) = calls.get_mut(id) {
+        if let Some(e) = calls.get_mut(&id) {
             if e.scrubbing != relay_scrubbing {
                 let _ = control.try_send(MediaControl::Scrub(e.scrubbing));
             }
@@ -112,18 +114,18 @@ impl CallRegistry {
         }
     }
 
-    pub fn ended(&self, id: &str) {
-        self.lock().remove(id);
+    pub fn ended(&self, id: CallId) {
+        self.lock().remove(&id);
     }
 
-    pub fn exists(&self, id: &str) -> bool {
-        self.lock().contains_key(id)
+    pub fn exists(&self, id: CallId) -> bool {
+        self.lock().contains_key(&id)
     }
 
     /// Switches caller→agent scrubbing. The relay applies it between packets.
-    pub fn set_scrubbing(&self, id: &str, on: bool) -> Result<(), CallError> {
+    pub fn set_scrubbing(&self, id: CallId, on: bool) -> Result<(), CallError> {
         let mut calls = self.lock();
-        let e = calls.get_mut(id).ok_or(CallError::NotFound)?;
+        let e = calls.get_mut(&id).ok_or(CallError::NotFound)?;
         if e.always && !on {
             return Err(CallError::AlwaysOn);
         }
@@ -141,14 +143,14 @@ impl CallRegistry {
         Ok(())
     }
 
-    pub fn view(&self, id: &str) -> Option<CallView> {
-        self.lock().get(id).map(|e| view(id, e))
+    pub fn view(&self, id: CallId) -> Option<CallView> {
+        self.lock().get(&id).map(|e| view(id, e))
     }
 
     /// All live calls, oldest first.
     pub fn list(&self) -> Vec<CallView> {
         let calls = self.lock();
-        let mut v: Vec<CallView> = calls.iter().map(|(id, e)| view(id, e)).collect();
+        let mut v: Vec<CallView> = calls.iter().map(|(id, e)| view(*id, e)).collect();
         v.sort_by(|a, b| (a.info.started_ms, &a.call_id).cmp(&(b.info.started_ms, &b.call_id)));
         v
     }
@@ -162,10 +164,10 @@ impl CallRegistry {
     }
 }
 
-fn view(id: &str, e: &Entry) -> CallView {
+fn view(id: CallId, e: &Entry) -> CallView {
     CallView {
-        call_id: id.to_string(),
-        started_at: crate::net::api::rfc3339(e.info.started_ms),
+        call_id: id,
+        started_at: rfc3339(e.info.started_ms),
         info: e.info.clone(),
         scrubbing: e.scrubbing,
         scrub_mode: if e.always { "always" } else { "on-demand" },
@@ -190,25 +192,25 @@ mod tests {
     #[tokio::test]
     async fn scrubbing_set_before_media_reaches_the_relay_when_it_starts() {
         let r = CallRegistry::default();
-        r.started("7", info(), false);
-        r.set_scrubbing("7", true).unwrap();
+        r.started(CallId(7), info(), false);
+        r.set_scrubbing(CallId(7), true).unwrap();
         let (tx, mut rx) = mpsc::channel(4);
-        r.media("7", ControlSender::unattached(tx), false);
+        r.media(CallId(7), ControlSender::unattached(tx), false);
         assert_eq!(rx.try_recv(), Ok(MediaControl::Scrub(true)));
-        r.set_scrubbing("7", false).unwrap();
+        r.set_scrubbing(CallId(7), false).unwrap();
         assert_eq!(rx.try_recv(), Ok(MediaControl::Scrub(false)));
-        assert!(!r.view("7").unwrap().scrubbing);
-        r.ended("7");
-        assert_eq!(r.set_scrubbing("7", true), Err(CallError::NotFound));
+        assert!(!r.view(CallId(7)).unwrap().scrubbing);
+        r.ended(CallId(7));
+        assert_eq!(r.set_scrubbing(CallId(7), true), Err(CallError::NotFound));
         assert!(r.is_empty());
     }
 
     #[tokio::test]
     async fn relay_started_in_the_desired_state_gets_no_command() {
         let r = CallRegistry::default();
-        r.started("1", info(), true);
+        r.started(CallId(1), info(), true);
         let (tx, mut rx) = mpsc::channel(4);
-        r.media("1", ControlSender::unattached(tx), true);
+        r.media(CallId(1), ControlSender::unattached(tx), true);
         assert!(rx.try_recv().is_err());
         let json = serde_json::to_string(&r.list()).unwrap();
         assert!(json.contains("\"call_id\":\"1\""), "{json}");
@@ -223,12 +225,12 @@ mod tests {
     #[tokio::test]
     async fn an_always_call_refuses_to_be_switched_off_and_sends_nothing() {
         let r = CallRegistry::default();
-        r.started("9", info(), true);
+        r.started(CallId(9), info(), true);
         let (tx, mut rx) = mpsc::channel(4);
-        r.media("9", ControlSender::unattached(tx), true);
-        assert_eq!(r.set_scrubbing("9", false), Err(CallError::AlwaysOn));
+        r.media(CallId(9), ControlSender::unattached(tx), true);
+        assert_eq!(r.set_scrubbing(CallId(9), false), Err(CallError::AlwaysOn));
         assert!(rx.try_recv().is_err(), "no command reaches the relay");
-        assert!(r.view("9").unwrap().scrubbing);
-        assert_eq!(r.set_scrubbing("9", true), Ok(()));
+        assert!(r.view(CallId(9)).unwrap().scrubbing);
+        assert_eq!(r.set_scrubbing(CallId(9), true), Ok(()));
     }
 }

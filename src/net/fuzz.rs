@@ -14,7 +14,8 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use tower::ServiceExt;
 
-use crate::net::api::{ApiState, ApiTokens, Clock, router};
+use crate::net::api::{ApiState, ApiTokens, router};
+use crate::net::clock::Clock;
 
 /// 2026-06-01T09:00:00Z, a fixed clock: nothing expires between requests.
 const T0: u64 = 1_780_304_400_000;

@@ -3,8 +3,8 @@
 //! when the connection opens (TLS handshake included) and applies to every later request, an
 //! idle timeout, and a graceful shutdown that cuts what is still open after a drain period.
 //!
-//! It owns sockets and connection lifetimes, never routes or state: the router and the state
-//! come from `net::api`. It must never log per request or per refused connection (at most one
+//! It owns sockets and connection lifetimes, never routes or state: it serves whatever router
+//! it is given (the control API's, from `net::api`). It must never log per request or per refused connection (at most one
 //! line per source a minute).
 
 use std::future::Future;
@@ -30,7 +30,6 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
 use crate::config::ApiConfig;
-use crate::net::api::ApiState;
 use crate::net::limits::{ConnLimiter, ConnMetrics, ConnPermit, LogGate};
 
 /// The `transport` label of the API's connection metrics.
@@ -72,18 +71,19 @@ impl Default for HttpLimits {
     }
 }
 
-/// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` resolves. On
-/// shutdown it stops accepting, closes the SSE streams, asks every connection to finish its
-/// in-flight requests and cuts those still open after [`DRAIN`].
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` resolves,
+/// counting connections in `metrics`. On shutdown it stops accepting, calls `on_shutdown` (the
+/// API closes its SSE streams there, which would otherwise never finish), asks every
+/// connection to finish its in-flight requests and cuts those still open after [`DRAIN`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
-    state: ApiState,
+    metrics: ConnMetrics,
+    on_shutdown: impl FnOnce(),
     tls: Option<TlsAcceptor>,
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let metrics = state.metrics().conn.clone();
     let limiter = ConnLimiter::new(
         TRANSPORT,
         limits.max_connections,
@@ -140,7 +140,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    state.close_streams();
+    on_shutdown();
     let _ = stop_tx.send(true);
     let drained =
         tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;

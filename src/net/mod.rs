@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod calls;
+pub mod clock;
 pub mod fuzz;
 pub mod http;
 pub mod limits;

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::net::api::{self, ApiInitError, ApiState, HttpLimits, TlsConfigError};
+use crate::net::api::{self, ApiInitError, ApiState};
+use crate::net::http::{self, HttpLimits, TlsConfigError};
 use crate::net::limits::{self, FileLimitError};
 use crate::net::media::MediaWorkers;
 use crate::net::ports::{PortError, PortPool};
@@ -49,7 +50,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         MediaWorkers::start(config.media.worker_threads()).map_err(RunError::MediaThreads)?;
     let api_state = ApiState::from_config(&config).await?;
     let api_tls = match config.api.tls_files() {
-        Some((cert, key)) => Some(api::tls_acceptor(cert, key)?),
+        Some((cert, key)) => Some(http::tls_acceptor(cert, key)?),
         None => None,
     };
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)

@@ -370,6 +370,14 @@ impl YearMonth {
             .contains(&month)
             .then_some(YearMonth { year, month })
     }
+
+    /// The UTC calendar month of an instant given as UNIX milliseconds (what expiry dates are
+    /// judged against); `None` past the calendar's range.
+    pub fn at_unix_ms(unix_ms: u64) -> Option<YearMonth> {
+        let secs = i64::try_from(unix_ms / 1_000).ok()?;
+        let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
+        YearMonth::new(u16::try_from(t.year()).ok()?, u8::from(t.month()))
+    }
 }
 
 /// A card's expiry month. Cardholder data: redacted in `Debug`/`Display`, zeroized on drop.
@@ -819,6 +827,20 @@ mod tests {
         let e = Expiry::parse(b"1230", TODAY).unwrap();
         assert_eq!(e.reveal_mmyy().as_str(), "1230");
         assert_eq!(YearMonth::new(2026, 13), None);
+    }
+
+    #[test]
+    fn the_month_of_an_instant_is_utc() {
+        // 2026-12-31T23:59:59Z and a second later.
+        assert_eq!(
+            YearMonth::at_unix_ms(1_798_761_599_000),
+            YearMonth::new(2026, 12)
+        );
+        assert_eq!(
+            YearMonth::at_unix_ms(1_798_761_600_000),
+            YearMonth::new(2027, 1)
+        );
+        assert_eq!(YearMonth::at_unix_ms(u64::MAX), None);
     }
 
     #[test]

@@ -25,8 +25,9 @@ use zeroize::Zeroizing;
 
 use crate::payment::card::FieldName;
 use crate::payment::hex;
+use crate::payment::pin::Pin;
 use crate::payment::session::{AgentId, Locator, SessionId, SharedSession, TokenHash};
-use crate::payment::vault::{MasterKey, Pin};
+use crate::payment::vault::MasterKey;
 
 // 2: the associated data covers the whole entry (1 covered the id and locator only).
 const VERSION: u8 = 2;

@@ -1,15 +1,19 @@
 //! Payment sessions, card capture and the sealed vault. Sans-IO except the Redis store.
 //!
+//! `desk` drives them for the shells: sessions, their captures and calls, and sealing.
 //! `card` holds the card rules, `capture` turns keys into a card, `session` tracks payment
-//! sessions and locators, `vault` seals and opens records, `store` keeps sealed records
-//! (in memory) and `redis_store` keeps them in Redis for several relays. Only `redis_store`
-//! does I/O; nothing here reads a clock.
+//! sessions and locators, `pin` is the unlock PIN a session holds and the vault seals with,
+//! `vault` seals and opens records, `store` keeps sealed records (in memory) and `redis_store`
+//! keeps them in Redis for several relays. Only `redis_store` does I/O; nothing here reads a
+//! clock.
 
 pub mod capture;
 pub mod card;
+pub mod desk;
 pub mod directory;
 pub mod guard;
 pub mod locator;
+pub mod pin;
 pub mod redis_store;
 pub mod session;
 pub mod store;
@@ -81,13 +85,15 @@ mod flow_tests {
     use std::sync::Arc;
 
     use crate::digit::{Digit, DigitSource};
+    use crate::ids::CallId;
     use crate::payment::capture::{Capture, CaptureConfig, CaptureInput};
     use crate::payment::card::YearMonth;
+    use crate::payment::pin::Pin;
     use crate::payment::session::{
-        AgentId, CallId, NewSession, RetrievalToken, SessionConfig, SessionState, SessionTable,
+        AgentId, NewSession, RetrievalToken, SessionConfig, SessionState, SessionTable,
     };
     use crate::payment::store::{MemoryStore, UnlockError};
-    use crate::payment::vault::{self, MasterKey, Pin};
+    use crate::payment::vault::{self, MasterKey};
 
     #[test]
     fn create_capture_seal_unlock() {
@@ -114,7 +120,7 @@ mod flow_tests {
             created.pin.reveal().to_string(),
         );
         let id = created.id;
-        let call = CallId("c1".into());
+        let call = CallId(1);
         assert_eq!(table.by_locator(&created.locator, 10).unwrap().id(), id);
         table.bind(&id, call, 10).unwrap();
         table.start_capture(&id, 20).unwrap();

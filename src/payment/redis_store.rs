@@ -50,11 +50,12 @@ use zeroize::Zeroizing;
 use crate::payment::hex;
 
 use crate::payment::card::CardData;
+use crate::payment::pin::Pin;
 use crate::payment::session::{Locator, RetrievalToken, SessionId, TokenHash};
 use crate::payment::store::{
     Gone, MemoryStore, StoreError, UnlockError, VaultStore, after_wrong_pin,
 };
-use crate::payment::vault::{self, MasterKey, OpenError, Pin, SealedRecord};
+use crate::payment::vault::{self, MasterKey, OpenError, SealedRecord};
 
 /// Fails if the key exists; else writes the record fields and the TTL together.
 const PUT: &str = r"

@@ -24,9 +24,10 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::ids::CallId;
 use crate::payment::card::FieldName;
 use crate::payment::hex;
-use crate::payment::vault::Pin;
+use crate::payment::pin::Pin;
 
 /// Random 128-bit session id, shown as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,16 +148,6 @@ impl AgentId {
 }
 
 impl fmt::Display for AgentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// tonewall's id for a call (from the B2BUA).
-#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-pub struct CallId(pub String);
-
-impl fmt::Display for CallId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -370,7 +361,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             locator_len: DEFAULT_LOCATOR_LEN,
-            pin_len: crate::payment::vault::DEFAULT_PIN_LEN,
+            pin_len: crate::payment::pin::DEFAULT_PIN_LEN,
             default_ttl_ms: 900_000,
             min_ttl_ms: 30_000,
             max_ttl_ms: 3_600_000,
@@ -789,7 +780,7 @@ impl SessionTable {
     /// Starts capturing on the bound call: Bound → Capturing.
     pub fn start_capture(&mut self, id: &SessionId, now_ms: u64) -> Result<&Session, SessionError> {
         self.transition(id, now_ms, "start capturing", |s| match s {
-            SessionState::Bound { call } => Some(SessionState::Capturing { call: call.clone() }),
+            SessionState::Bound { call } => Some(SessionState::Capturing { call: *call }),
             _ => None,
         })
     }
@@ -811,9 +802,7 @@ impl SessionTable {
             };
         }
         self.transition(id, now_ms, "complete", |s| match s {
-            SessionState::Capturing { call } => {
-                Some(SessionState::Completed { call: call.clone() })
-            }
+            SessionState::Capturing { call } => Some(SessionState::Completed { call: *call }),
             _ => None,
         })?;
         let s = self.by_id.get_mut(id).ok_or(SessionError::NotFound)?;
@@ -990,10 +979,10 @@ mod tests {
         assert_eq!(c.expires_at_ms, 1_000 + 900_000);
         let s = t.by_locator(&c.locator, 2_000).unwrap();
         assert_eq!((s.id(), s.agent().as_str()), (c.id, "agent-7"));
-        t.bind(&c.id, CallId("call-1".into()), 2_000).unwrap();
+        t.bind(&c.id, CallId(1), 2_000).unwrap();
         let s = t.start_capture(&c.id, 3_000).unwrap();
         assert_eq!(s.state().api_name(), "capturing");
-        assert_eq!(s.call(), Some(&CallId("call-1".into())));
+        assert_eq!(s.call(), Some(&CallId(1)));
         let pin = t.complete(&c.id, 120_000, 4_000).unwrap();
         assert_eq!(pin, c.pin);
         assert_eq!(t.get(&c.id).unwrap().expires_at_ms(), 124_000);
@@ -1023,9 +1012,9 @@ mod tests {
             t.unlocked(&c.id, 1),
             Err(SessionError::InvalidTransition { .. })
         ));
-        t.bind(&c.id, CallId("x".into()), 1).unwrap();
+        t.bind(&c.id, CallId(7), 1).unwrap();
         assert!(matches!(
-            t.bind(&c.id, CallId("y".into()), 1),
+            t.bind(&c.id, CallId(8), 1),
             Err(SessionError::InvalidTransition { from: "bound", .. })
         ));
         t.destroy(&c.id, DestroyReason::Cancelled, 2).unwrap();
@@ -1038,8 +1027,7 @@ mod tests {
             })
         ));
         assert_eq!(
-            t.bind(&SessionId::generate(), CallId("z".into()), 0)
-                .unwrap_err(),
+            t.bind(&SessionId::generate(), CallId(9), 0).unwrap_err(),
             SessionError::NotFound
         );
     }
@@ -1053,7 +1041,7 @@ mod tests {
         assert!(t.by_locator(&c.locator, 59_999).is_some());
         assert!(t.by_locator(&c.locator, 60_000).is_none());
         assert_eq!(
-            t.bind(&c.id, CallId("x".into()), 60_000).unwrap_err(),
+            t.bind(&c.id, CallId(7), 60_000).unwrap_err(),
             SessionError::Expired
         );
         assert_eq!(t.get(&c.id).unwrap().state(), &SessionState::Expired);
@@ -1194,7 +1182,7 @@ mod tests {
         let mut req = new("a");
         req.ttl_ms = Some(60_000);
         let c = t.create(req, 0).unwrap();
-        t.bind(&c.id, CallId("x".into()), 1).unwrap();
+        t.bind(&c.id, CallId(7), 1).unwrap();
         t.start_capture(&c.id, 2).unwrap();
         // Sealed at 50 s with a 120 s record TTL: lives to 170 s, not 60 s.
         t.complete(&c.id, 120_000, 50_000).unwrap();
@@ -1226,7 +1214,7 @@ mod tests {
         );
         // Still there after sealing; gone once the session ends.
         let e = t.create(owned("a", "desk1", true), 0).unwrap();
-        t.bind(&e.id, CallId("y".into()), 1).unwrap();
+        t.bind(&e.id, CallId(8), 1).unwrap();
         t.start_capture(&e.id, 2).unwrap();
         t.complete(&e.id, 120_000, 3).unwrap();
         assert!(t.take_credentials(&e.id, 4).is_ok());

@@ -20,8 +20,9 @@ use dashmap::mapref::entry::Entry;
 use thiserror::Error;
 
 use crate::payment::card::CardData;
+use crate::payment::pin::Pin;
 use crate::payment::session::{RetrievalToken, SessionId};
-use crate::payment::vault::{self, MasterKey, OpenError, Pin, SealedRecord};
+use crate::payment::vault::{self, MasterKey, OpenError, SealedRecord};
 
 /// Wrong PINs a record takes before it is destroyed, unless configured otherwise.
 pub const DEFAULT_MAX_TRIES: u32 = 3;

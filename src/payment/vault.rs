@@ -28,18 +28,14 @@ use hkdf::Hkdf;
 use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::payment::card::{CardData, Cvv, Expiry, FieldName, Pan};
 use crate::payment::hex;
+use crate::payment::pin::Pin;
 use crate::payment::session::{Locator, SessionId, TokenHash};
 
-/// Unlock PIN digits unless configured otherwise.
-pub const DEFAULT_PIN_LEN: usize = 6;
-/// Shortest and longest PIN accepted.
-pub const PIN_LEN: std::ops::RangeInclusive<usize> = 4..=12;
 /// Record format version.
 const VERSION: u8 = 1;
 const SALT_LEN: usize = 32;
@@ -47,61 +43,6 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const KDF_LABEL: &[u8] = b"tonewall vault v1 key";
 const AAD_LABEL: &[u8] = b"tonewall vault v1 aad";
-
-/// The numeric PIN that unlocks one record. Redacted, zeroized, compared in constant time.
-#[derive(Clone)]
-pub struct Pin(Zeroizing<String>);
-
-impl Pin {
-    /// Uniformly random digits; `len` is clamped to [`PIN_LEN`].
-    pub fn generate(len: usize) -> Pin {
-        let len = len.clamp(*PIN_LEN.start(), *PIN_LEN.end());
-        let mut s = Zeroizing::new(String::with_capacity(len));
-        for _ in 0..len {
-            s.push(char::from(b'0' + rand::random_range(0..10u8)));
-        }
-        Pin(s)
-    }
-
-    /// A PIN as presented at unlock: 4-12 ASCII digits.
-    pub fn parse(s: &str) -> Result<Pin, PinError> {
-        if PIN_LEN.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
-            Ok(Pin(Zeroizing::new(s.to_string())))
-        } else {
-            Err(PinError)
-        }
-    }
-
-    /// Only for the creation response.
-    pub fn reveal(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq for Pin {
-    fn eq(&self, other: &Pin) -> bool {
-        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
-    }
-}
-
-impl Eq for Pin {}
-
-impl fmt::Debug for Pin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Pin(•••)")
-    }
-}
-
-impl fmt::Display for Pin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("•••")
-    }
-}
-
-/// A presented PIN is not 4-12 digits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
-#[error("PIN must be 4-12 digits")]
-pub struct PinError;
 
 /// The relay's 32-byte master key. Never printed, zeroized on drop.
 pub struct MasterKey(SecretBox<[u8; 32]>);
@@ -457,6 +398,7 @@ fn take(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 mod tests {
     use super::*;
     use crate::payment::card::YearMonth;
+    use crate::payment::pin::DEFAULT_PIN_LEN;
     use crate::payment::session::RetrievalToken;
 
     fn card() -> CardData {
@@ -607,29 +549,6 @@ mod tests {
             open(&r, &f.master, &f.pin, &f.session),
             Err(OpenError::Version)
         );
-    }
-
-    #[test]
-    fn pins_are_numeric_and_redacted() {
-        for len in [4, 6, 12] {
-            let p = Pin::generate(len);
-            assert_eq!(p.reveal().len(), len);
-            assert!(p.reveal().bytes().all(|b| b.is_ascii_digit()));
-            assert_eq!(format!("{p:?}"), "Pin(•••)");
-            assert_eq!(p.to_string(), "•••");
-        }
-        assert_eq!(Pin::generate(1).reveal().len(), 4, "clamped");
-        // Digits are spread over 0-9 (1200 draws: every digit appears).
-        let mut seen = [false; 10];
-        for _ in 0..100 {
-            for b in Pin::generate(12).reveal().bytes() {
-                seen[usize::from(b - b'0')] = true;
-            }
-        }
-        assert!(seen.iter().all(|&s| s));
-        assert_eq!(Pin::parse("12a456"), Err(PinError));
-        assert_eq!(Pin::parse("123"), Err(PinError));
-        assert!(Pin::parse("123456").is_ok());
     }
 
     #[test]

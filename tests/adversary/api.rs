@@ -10,7 +10,9 @@ use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use tonewall::digit::{Digit, DigitSource};
-use tonewall::net::api::{ApiState, ApiTokens, Clock, SessionRef, router};
+use tonewall::ids::CallId;
+use tonewall::net::api::{ApiState, ApiTokens, router};
+use tonewall::net::clock::Clock;
 use tower::ServiceExt;
 
 const DESK_A: &str = "desk-a-0123456789abcdef";
@@ -137,7 +139,7 @@ impl Api {
         for (i, c) in KEYS.chars().enumerate() {
             self.state
                 .feed_digit(
-                    SessionRef::Call(call),
+                    call.parse().unwrap(),
                     Digit::from_char(c).unwrap(),
                     DigitSource::Rfc4733,
                     1_000 + 200 * i as u64,
@@ -209,7 +211,7 @@ async fn the_desks_create_answer_carries_nothing_that_unlocks() {
 #[tokio::test]
 async fn a_desk_cannot_unlock_even_with_the_right_token_and_pin() {
     let api = Api::new();
-    let id = api.sealed_by_desk_a("c1").await;
+    let id = api.sealed_by_desk_a("1").await;
     let creds = api.credentials(&id).await.json();
     let (token, pin) = (
         creds["token"].as_str().unwrap(),
@@ -243,7 +245,7 @@ async fn another_desk_cannot_read_steer_bind_or_cancel_a_session() {
         (
             Method::POST,
             format!("{s}/bind"),
-            Some(json!({"call_id": "x1"})),
+            Some(json!({"call_id": "31"})),
         ),
         (Method::POST, format!("{s}/start"), None),
         (Method::POST, format!("{s}/reset"), None),
@@ -296,7 +298,7 @@ async fn desks_and_payment_cannot_list_calls_or_switch_scrubbing() {
     let calls = api.state.calls();
     calls.attach();
     calls.started(
-        "41",
+        CallId(41),
         CallInfo {
             route: "desk".into(),
             mode: "inline",

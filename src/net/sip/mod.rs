@@ -28,7 +28,7 @@ use crate::call::{
 use crate::config::{Config, Transport};
 use crate::digit::{Digit, DigitSource};
 use crate::ids::CallId;
-use crate::net::api::{ApiState, SessionRef};
+use crate::net::api::ApiState;
 use crate::net::calls::CallInfo;
 use crate::net::limits::LogGate;
 use crate::net::media::{
@@ -36,6 +36,7 @@ use crate::net::media::{
     RelayStatsSnapshot,
 };
 use crate::net::ports::{PortPair, PortPool};
+use crate::payment::desk::DeskError;
 use crate::rtp::scrubber::ScrubberConfig;
 use crate::sip::b2bua::Refusal as MessageRefusal;
 use crate::sip::b2bua::{B2buaError, Input, LegMedia, LocateOutcome, PortAllocator, RelayPorts};
@@ -306,7 +307,7 @@ impl Shell {
                         to,
                         started_ms: self.api.clock().now_ms(),
                     };
-                    self.api.calls().started(&call.to_string(), info, scrub);
+                    self.api.calls().started(call, info, scrub);
                 }
                 Action::Answered { call } => tracing::info!(call = call.0, "call answered"),
                 Action::Ended { call, cause, known } => {
@@ -316,7 +317,7 @@ impl Shell {
                         m.calls_active.dec();
                         m.call_ended(end_label(cause));
                     }
-                    self.api.call_ended(&call.to_string());
+                    self.api.call_ended(call);
                 }
                 Action::Note { call, note } => log_note(call, &note),
                 Action::Refused { from, refusal } => self.refused(from, refusal),
@@ -432,9 +433,7 @@ impl Shell {
             scrub = plan.scrub,
             "media relay started"
         );
-        self.api
-            .calls()
-            .media(&call.to_string(), handle.control(), plan.scrub);
+        self.api.calls().media(call, handle.control(), plan.scrub);
         self.relays.insert(call, handle.control());
         tokio::spawn(supervise(
             call,
@@ -511,10 +510,10 @@ async fn bind_by_locator(
         tracing::info!(call = call.0, "no live session holds the locator keyed");
         return None;
     };
-    match api.bind_call(session, &call.to_string(), true).await {
+    match api.bind_call(session, call, true).await {
         Ok(()) => Some((session, agent)),
         Err(e) => {
-            tracing::warn!(call = call.0, %session, code = e.code, "call cannot be bound to the locator's session");
+            tracing::warn!(call = call.0, %session, error = %e, "call cannot be bound to the locator's session");
             None
         }
     }
@@ -522,14 +521,9 @@ async fn bind_by_locator(
 
 /// Feeds one key to the desk. A call with no session capturing is the normal case, not an error.
 async fn feed(api: &ApiState, call: CallId, digit: Digit, source: DigitSource, at_ms: u64) {
-    let label = call.to_string();
-    if let Err(e) = api
-        .feed_digit(SessionRef::Call(&label), digit, source, at_ms)
-        .await
-        && e.code != "conflict"
-        && e.code != "not_found"
-    {
-        tracing::warn!(call = call.0, code = e.code, "key not taken by capture");
+    match api.feed_digit(call, digit, source, at_ms).await {
+        Ok(_) | Err(DeskError::NoSession | DeskError::NotCapturing) => {}
+        Err(e) => tracing::warn!(call = call.0, error = %e, "key not taken by capture"),
     }
 }
 
