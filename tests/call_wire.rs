@@ -9,12 +9,17 @@ mod sipwire;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use sipwire::*;
 use tonewall::call::{Action, CallCore, CallCoreConfig, Event, KeyFrom, LocateFor, RoutePolicy};
 use tonewall::config::{LocatorSource, OnFailure, RouteMode};
 use tonewall::digit::{Digit, DigitSource};
 use tonewall::ids::CallId;
+use tonewall::payment::card::FieldName;
+use tonewall::payment::desk::{Desk, DeskConfig, Notice, SealJob};
+use tonewall::payment::session::{AgentId, Created, NewSession, SessionState};
+use tonewall::payment::vault::{self, MasterKey};
 use tonewall::sip::b2bua::{EndCause, Input, LocateOutcome, LoopRoute, Route};
 use tonewall::sip::message::Message;
 
@@ -297,43 +302,91 @@ fn return_call_answered<D: DeskPort>(w: &mut CallWire<D>, uri: &str) -> Message 
     inv
 }
 
-/// A stand-in desk until the sans-IO desk lands: one session, digits counted once bound.
-#[derive(Default)]
-struct FakeDesk {
-    locator: String,
-    bound: Option<CallId>,
-    digits: usize,
+/// The payment desk the shell would reach, sans-IO, on a clock `T0` + the wire's.
+struct TestDesk {
+    desk: Desk,
+    master: Arc<MasterKey>,
+    created: Created,
+    sealed: Option<SealJob>,
+    taken: usize,
 }
 
-impl DeskPort for FakeDesk {
-    fn locate_and_bind(&mut self, locator: &str, call: CallId, _now: u64) -> Option<String> {
-        (locator == self.locator && self.bound.is_none()).then(|| {
-            self.bound = Some(call);
-            "agent-9".to_string()
-        })
+/// 2026-06-01T00:00:00Z: a card expiring 12/30 is good.
+const T0: u64 = 1_780_272_000_000;
+
+impl DeskPort for TestDesk {
+    fn locate_and_bind(&mut self, locator: &str, call: CallId, now: u64) -> Option<String> {
+        let (id, agent) = self.desk.locate(locator, T0 + now)?;
+        self.desk.bind(id, call, true, T0 + now).ok()?;
+        Some(agent.as_str().to_string())
     }
-    fn capture(&mut self, call: CallId, _d: Digit, _s: DigitSource, _at: u64, _now: u64) {
-        if self.bound == Some(call) {
-            self.digits += 1;
+    fn capture(&mut self, call: CallId, d: Digit, s: DigitSource, at_ms: u64, now: u64) {
+        // No session capturing on the call is the normal case: the key is dropped.
+        if let Ok((_, job)) = self.desk.feed(call, d, s, at_ms, T0 + now) {
+            self.sealed = self.sealed.take().or(job);
         }
+        let notices = self.desk.take_notices();
+        self.taken += notices
+            .iter()
+            .filter(|n| matches!(n, Notice::DigitTaken(_)))
+            .count();
     }
 }
 
-impl FakeDesk {
-    fn new() -> (FakeDesk, String) {
-        let locator = "482913".to_string();
-        let desk = FakeDesk {
-            locator: locator.clone(),
-            ..FakeDesk::default()
+impl TestDesk {
+    /// A desk with one live session for `agent-9`; returns it and the session's locator.
+    fn new() -> (TestDesk, String) {
+        let master = Arc::new(MasterKey::generate());
+        let mut desk = Desk::new(DeskConfig::default(), master.clone());
+        let new = NewSession {
+            agent: AgentId::parse("agent-9").unwrap(),
+            ttl_ms: None,
+            fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
+            amount: None,
+            reference: None,
+            owner: Some("desk".into()),
+            hand_out: false,
+        };
+        let (created, _) = desk.create(new, false, T0).unwrap();
+        let locator = created.locator.as_str().to_string();
+        let desk = TestDesk {
+            desk,
+            master,
+            created,
+            sealed: None,
+            taken: 0,
         };
         (desk, locator)
     }
+
+    /// Numeric keys the session's capture took.
     fn captured(&self) -> usize {
-        self.digits
+        self.taken
+    }
+
+    fn state(&self) -> SessionState {
+        self.desk.session(&self.created.id).unwrap().state().clone()
+    }
+
+    /// The sealed record opens with the session's PIN and holds `pan`.
+    fn assert_sealed(&self, pan: &str) {
+        let job = self.sealed.as_ref().expect("the card was sealed");
+        let card = vault::open(
+            &job.record,
+            &self.master,
+            &self.created.pin,
+            &self.created.id,
+        )
+        .unwrap();
+        assert_eq!(card.pan().reveal(), pan);
     }
 }
 
-const CARD: &str = "4111111111111111";
+const PAN: &str = "4111111111111111";
+/// PAN, `#`, expiry 12/30, CVV.
+const CARD: &str = "4111111111111111#1230123";
+/// Numeric keys in `CARD`.
+const CARD_DIGITS: usize = 16 + 4 + 3;
 
 fn trunk_ip() -> IpAddr {
     addr(TRUNK).ip()
@@ -341,7 +394,7 @@ fn trunk_ip() -> IpAddr {
 
 #[test]
 fn loop_call_keyed_locator_binds_the_return_call_and_only_later_keys_are_captured() {
-    let (desk, locator) = FakeDesk::new();
+    let (desk, locator) = TestDesk::new();
     let mut w = CallWire::new(call_config(OnFailure::Announce, false, false), desk);
     let _trunk = loop_answered(&mut w);
     let call = w.call();
@@ -368,15 +421,18 @@ fn loop_call_keyed_locator_binds_the_return_call_and_only_later_keys_are_capture
         Some("agent-9".to_string())
     );
 
+    assert_eq!(w.desk.state(), SessionState::Capturing { call });
     w.keys(call, KeyFrom::Caller, CARD);
     assert_eq!(w.captures(), CARD.len());
-    assert_eq!(w.desk.captured(), CARD.len());
+    assert_eq!(w.desk.captured(), CARD_DIGITS);
+    assert_eq!(w.desk.state(), SessionState::Completed { call });
+    w.desk.assert_sealed(PAN);
     assert!(w.ended().is_empty());
 }
 
 #[test]
 fn loop_call_locator_not_found_plays_the_routes_tone_then_hangs_up() {
-    let (desk, _) = FakeDesk::new();
+    let (desk, _) = TestDesk::new();
     let mut w = CallWire::new(call_config(OnFailure::Announce, false, false), desk);
     let _trunk = loop_answered(&mut w);
     let call = w.call();
@@ -397,7 +453,7 @@ fn loop_call_locator_not_found_plays_the_routes_tone_then_hangs_up() {
 
 #[test]
 fn loop_call_locator_not_found_goes_to_the_fallback_without_binding() {
-    let (desk, _) = FakeDesk::new();
+    let (desk, _) = TestDesk::new();
     let mut w = CallWire::new(call_config(OnFailure::Fallback, true, false), desk);
     let _trunk = loop_answered(&mut w);
     let call = w.call();
@@ -414,7 +470,7 @@ fn loop_call_locator_not_found_goes_to_the_fallback_without_binding() {
 
 #[test]
 fn sip_info_keys_are_locator_before_the_bridge_and_card_digits_after() {
-    let (desk, locator) = FakeDesk::new();
+    let (desk, locator) = TestDesk::new();
     let mut w = CallWire::new(call_config(OnFailure::Announce, false, false), desk);
     let mut trunk = loop_answered(&mut w);
     for k in locator.chars() {
@@ -428,6 +484,7 @@ fn sip_info_keys_are_locator_before_the_bridge_and_card_digits_after() {
     for k in "4111".chars() {
         w.deliver(TRUNK, &info_key(&mut trunk, k));
         assert_eq!(w.next_to_trunk().status(), Some(200));
+        w.advance(200);
     }
     let sources: Vec<DigitSource> = w
         .actions
@@ -464,7 +521,7 @@ fn inline_answered<D: DeskPort>(w: &mut CallWire<D>) -> (Peer, Peer) {
 
 #[test]
 fn inline_call_bound_by_the_agents_keyed_locator_captures_the_callers_keys() {
-    let (desk, locator) = FakeDesk::new();
+    let (desk, locator) = TestDesk::new();
     let mut w = CallWire::new(call_config(OnFailure::Announce, false, true), desk);
     let _peers = inline_answered(&mut w);
     let call = w.call();
@@ -495,12 +552,14 @@ fn inline_call_bound_by_the_agents_keyed_locator_captures_the_callers_keys() {
     );
 
     w.keys(call, KeyFrom::Caller, CARD);
-    assert_eq!(w.desk.captured(), CARD.len());
+    assert_eq!(w.desk.captured(), CARD_DIGITS);
+    assert_eq!(w.desk.state(), SessionState::Completed { call });
+    w.desk.assert_sealed(PAN);
 }
 
 #[test]
 fn an_agent_locator_that_finds_nothing_can_be_keyed_again() {
-    let (desk, locator) = FakeDesk::new();
+    let (desk, locator) = TestDesk::new();
     let mut w = CallWire::new(call_config(OnFailure::Announce, false, true), desk);
     let _peers = inline_answered(&mut w);
     let call = w.call();
@@ -513,7 +572,7 @@ fn an_agent_locator_that_finds_nothing_can_be_keyed_again() {
 
 #[test]
 fn a_reinvite_updates_the_running_relay() {
-    let (desk, _) = FakeDesk::new();
+    let (desk, _) = TestDesk::new();
     let mut w = CallWire::new(call_config(OnFailure::Announce, false, false), desk);
     let (mut trunk, _cc) = inline_answered(&mut w);
     let call = w.call();
