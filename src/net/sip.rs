@@ -35,8 +35,8 @@ use crate::net::ports::{PortPair, PortPool};
 use crate::payment::locator::LocatorCollector;
 use crate::rtp::scrubber::ScrubberConfig;
 use crate::sip::b2bua::{
-    B2bua, B2buaConfig, B2buaError, CallEvent, CallId, EndCause, Input, LegMedia, LocateOutcome,
-    Output, PortAllocator, Refusal as MessageRefusal, RelayPorts,
+    B2bua, B2buaError, CallEvent, CallId, EndCause, Input, LegMedia, LocateOutcome, Output,
+    PortAllocator, Refusal as MessageRefusal, RelayPorts,
 };
 use crate::sip::framer::{Frame, FrameError, PONG, StreamFramer};
 use crate::sip::message::{Framing, Limits, Message};
@@ -173,11 +173,11 @@ fn cause_label(cause: EndCause) -> &'static str {
         EndCause::ByeFromB => "bye_agent",
         EndCause::Cancelled => "cancelled",
         EndCause::Rejected(_) => "rejected",
-        EndCause::Timeout => "timeout",
+        EndCause::Timeout(_) => "timeout",
         EndCause::MediaTimeout => "media_timeout",
         EndCause::Hangup => "hangup",
         EndCause::NotLocated => "not_located",
-        EndCause::Failed => "failed",
+        EndCause::Failed(_) => "failed",
     }
 }
 
@@ -195,7 +195,7 @@ pub async fn serve(
     // ChaCha12 reseeded from getrandom).
     let seed: [u8; 32] = rand::random();
     api.calls().attach();
-    let mut core = B2bua::new(B2buaConfig::from_config(config, seed)?);
+    let mut core = B2bua::new(config.b2bua(seed)?);
     let limits = Limits {
         max_size: config.sip.max_message_size,
         ..Limits::default()
