@@ -642,24 +642,7 @@ impl Config {
         if m.inactivity_timeout_s == 0 {
             return Err(invalid("media.inactivity_timeout_s", "must be at least 1"));
         }
-        if self.routes.is_empty() {
-            return Err(invalid("route", "at least one [[route]] is needed"));
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            let key = format!("route[{i}] ({})", r.name);
-            if !(r.target.starts_with("sip:") || r.target.starts_with("sips:")) {
-                return Err(invalid(
-                    format!("{key}.target"),
-                    format!("{:?} is not a sip: URI", r.target),
-                ));
-            }
-            if let Some(u) = &r.user
-                && u.is_empty()
-            {
-                return Err(invalid(format!("{key}.user"), "must not be empty"));
-            }
-            validate_loop(r, &key)?;
-        }
+        self.validate_routes()?;
         match (&self.api.tls_cert, &self.api.tls_key) {
             (Some(_), None) => {
                 return Err(invalid(
@@ -681,6 +664,39 @@ impl Config {
         if self.vault.max_tries == 0 {
             return Err(invalid("vault.max_tries", "must be at least 1"));
         }
+        self.validate_payment()?;
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty"));
+        }
+        self.validate_connections()?;
+        Ok(())
+    }
+
+    /// Every route's target, user and loop keys.
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        if self.routes.is_empty() {
+            return Err(invalid("route", "at least one [[route]] is needed"));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("route[{i}] ({})", r.name);
+            if !(r.target.starts_with("sip:") || r.target.starts_with("sips:")) {
+                return Err(invalid(
+                    format!("{key}.target"),
+                    format!("{:?} is not a sip: URI", r.target),
+                ));
+            }
+            if let Some(u) = &r.user
+                && u.is_empty()
+            {
+                return Err(invalid(format!("{key}.user"), "must not be empty"));
+            }
+            validate_loop(r, &key)?;
+        }
+        Ok(())
+    }
+
+    /// Locator and PIN lengths, session lifetimes and the look-up limits of the payment desk.
+    fn validate_payment(&self) -> Result<(), ConfigError> {
         let p = &self.payment;
         if !(3..=8).contains(&p.locator_len) {
             return Err(invalid("payment.locator_len", "must be between 3 and 8"));
@@ -739,10 +755,6 @@ impl Config {
                 "must be between 1 and 86400 seconds",
             ));
         }
-        if self.log.level.trim().is_empty() {
-            return Err(invalid("log.level", "must not be empty"));
-        }
-        self.validate_connections()?;
         Ok(())
     }
 

@@ -73,6 +73,24 @@ struct SetupMedia {
     a_codecs: Option<Codecs>,
 }
 
+/// The caller's user (for our From towards the contact centre) and the dialled user (for
+/// its To). A loop call's To is the return number itself: the loop number (and a locator in
+/// it) means nothing to the contact centre.
+fn b_users(msg: &Message, adm: &Admission, looped: bool) -> (String, Option<String>) {
+    let from_user = msg
+        .from()
+        .ok()
+        .and_then(|n| uri_user(&n.uri).map(str::to_owned))
+        .unwrap_or_else(|| "anonymous".to_owned());
+    let to_user = msg
+        .to()
+        .ok()
+        .and_then(|n| uri_user(&n.uri).map(str::to_owned))
+        .or(adm.ruri_user.clone())
+        .filter(|_| !looped);
+    (from_user, to_user)
+}
+
 /// Our dialog with the trunk, from its INVITE (§12.1.1).
 fn a_dialog(msg: &Message, from: SocketAddr, transport: Transport, tag: &str) -> Dialog {
     let from_na = msg.from().ok();
@@ -271,19 +289,7 @@ impl B2bua {
             return;
         };
         let a = a_dialog(&msg, from, transport, &tag);
-        let from_user = msg
-            .from()
-            .ok()
-            .and_then(|n| uri_user(&n.uri).map(str::to_owned))
-            .unwrap_or_else(|| "anonymous".to_owned());
-        // A loop call's To is the return number itself: the loop number (and a locator in
-        // it) means nothing to the contact centre.
-        let to_user = msg
-            .to()
-            .ok()
-            .and_then(|n| uri_user(&n.uri).map(str::to_owned))
-            .or(adm.ruri_user.clone())
-            .filter(|_| r.loop_route.is_none());
+        let (from_user, to_user) = b_users(&msg, &adm, r.loop_route.is_some());
         let b = self.b_dialog(&r, &from_user, to_user.as_deref());
         let call = self.register_call(&key, &adm, a, b, (pa, pb), media.a_remote);
         cx.out.push(Output::Event {

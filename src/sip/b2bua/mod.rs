@@ -237,11 +237,20 @@ impl B2bua {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     #[test]
     fn ids_follow_the_seed_and_never_repeat() {
-        let cfg = |seed: u8| Config::default().b2bua([seed; 32]).unwrap();
+        let cfg = |seed: u8| B2buaConfig {
+            sip_host: "127.0.0.1:5060".into(),
+            media_address: "127.0.0.1".parse().unwrap(),
+            routes: Vec::new(),
+            max_calls: 1,
+            retry_after_s: 1,
+            carry_headers: Vec::new(),
+            user_agent: "t".into(),
+            timers: TimerConfig::default(),
+            id_seed: [seed; 32],
+        };
         let draw = |seed: u8| {
             let mut core = B2bua::new(cfg(seed));
             (0..1000).map(|_| core.new_id("t")).collect::<Vec<_>>()
