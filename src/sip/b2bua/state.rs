@@ -151,7 +151,7 @@ impl Call {
     }
 }
 
-/// A loop call's state beside the common [`super::Call`] fields.
+/// A loop call's state beside the common [`Call`] fields.
 #[derive(Debug)]
 pub(super) struct LoopCall {
     /// The A-leg's initial INVITE server transaction.

@@ -58,7 +58,7 @@ pub enum Input {
         from: SocketAddr,
         msg: Message,
     },
-    /// Time passed; fire due timers. Call at [`B2bua::next_deadline`].
+    /// Time passed; fire due timers. Call at [`super::B2bua::next_deadline`].
     Tick,
     /// No media from either side for the configured time: hang up both legs.
     MediaTimeout { call: CallId },
