@@ -12,6 +12,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::dsp::mask::MaskKind;
+use crate::sip::b2bua::{B2buaConfig, B2buaError, LoopRoute, Route};
+use crate::sip::transaction::TimerConfig;
+
+// The SIP layer owns these; the config file names them.
+pub use crate::sip::Transport;
+pub use crate::sip::b2bua::{LocatorSource, OnFailure, RouteMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,13 +64,6 @@ impl Default for Config {
             log: LogConfig::default(),
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Udp,
-    Tcp,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -177,43 +176,11 @@ impl From<MaskName> for MaskKind {
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-pub enum RouteMode {
-    /// The trunk points at tonewall; every call passes through.
-    Inline,
-    /// The contact centre transfers calls to tonewall's loop number with a locator.
-    Loop,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
 pub enum ScrubMode {
     /// Caller→agent audio is scrubbed for the whole call.
     Always,
     /// Scrubbing is switched on and off at run time (control API).
     OnDemand,
-}
-
-/// Where a loop route looks for the locator: the Request-URI and header in the order
-/// configured; DTMF (which means answering the caller) only when those give none.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LocatorSource {
-    /// The Request-URI user: `<user>*1234` / `<user>-1234`, or all digits when the route has no user.
-    Ruri,
-    /// The route's `locator_header` on the INVITE.
-    Header,
-    /// Digits the caller's leg sends after tonewall answers it.
-    Dtmf,
-}
-
-/// What a loop route does when the locator is not found.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OnFailure {
-    /// A failure tone, then hang up (or 404 when the call was never answered).
-    Announce,
-    /// Call the route's `fallback` URI instead.
-    Fallback,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -275,6 +242,58 @@ impl Default for RouteConfig {
             fallback: None,
             announce_ms: 3000,
         }
+    }
+}
+
+impl RouteConfig {
+    /// The route the B2BUA core takes calls on: target and fallback resolved to addresses,
+    /// the locator timeout in milliseconds.
+    pub fn route(&self) -> Result<Route, B2buaError> {
+        let rc = self;
+        let target = ip_sip_uri(&rc.target).ok_or_else(|| B2buaError::RouteTarget {
+            route: rc.name.clone(),
+            target: rc.target.clone(),
+        })?;
+        let loop_route = match rc.mode {
+            RouteMode::Inline => None,
+            RouteMode::Loop => {
+                let fallback = match &rc.fallback {
+                    None => None,
+                    Some(f) => {
+                        let addr = ip_sip_uri(f).ok_or_else(|| B2buaError::RouteFallback {
+                            route: rc.name.clone(),
+                            fallback: f.clone(),
+                        })?;
+                        Some((f.clone(), addr))
+                    }
+                };
+                if rc.on_failure == OnFailure::Fallback && fallback.is_none() {
+                    return Err(B2buaError::MissingFallback {
+                        route: rc.name.clone(),
+                    });
+                }
+                Some(LoopRoute {
+                    locator_from: rc.locator_from.clone(),
+                    locator_header: rc.locator_header.clone(),
+                    agent_header: rc.agent_header.clone(),
+                    locator_timeout_ms: rc.locator_timeout_s.saturating_mul(1000),
+                    on_failure: rc.on_failure,
+                    fallback,
+                    announce_ms: rc.announce_ms,
+                })
+            }
+        };
+        Ok(Route {
+            name: rc.name.clone(),
+            sources: rc.sources.clone(),
+            user: rc.user.clone(),
+            target_uri: rc.target.clone(),
+            target,
+            transport: rc.target_transport,
+            peer_sources: rc.peer_sources.clone(),
+            mode: rc.mode,
+            loop_route,
+        })
     }
 }
 
@@ -421,19 +440,24 @@ fn is_header_name(h: &str) -> bool {
     !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// A sip:/sips: URI whose host is an IP literal (the B2BUA core does no DNS).
+/// Where signalling for a sip: URI with an IP host goes (5060 unless the URI says
+/// otherwise); `None` for any other URI (the B2BUA core does no DNS).
+fn ip_sip_uri(s: &str) -> Option<SocketAddr> {
+    let uri = crate::sip::uri::Uri::parse(s).ok()?;
+    let sip = uri.as_sip()?;
+    let ip: IpAddr = sip
+        .host
+        .to_string()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    Some(SocketAddr::new(ip, sip.port.unwrap_or(5060)))
+}
+
+/// A sip:/sips: URI whose host is an IP literal.
 fn is_ip_sip_uri(s: &str) -> bool {
-    let Ok(uri) = crate::sip::uri::Uri::parse(s) else {
-        return false;
-    };
-    uri.as_sip().is_some_and(|sip| {
-        sip.host
-            .to_string()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok()
-    })
+    ip_sip_uri(s).is_some()
 }
 
 /// The loop-model keys of one route (`key` names the route in messages).
@@ -529,6 +553,37 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Settings of the B2BUA core: our host:port for Via and Contact, the media address, the
+    /// routes and the limits. `id_seed` seeds the core's identifier CSPRNG.
+    pub fn b2bua(&self, id_seed: [u8; 32]) -> Result<B2buaConfig, B2buaError> {
+        let host = self
+            .sip
+            .advertised_host
+            .clone()
+            .unwrap_or_else(|| self.sip.listen.ip().to_string());
+        // RFC 3261 §25.1: an IPv6 reference in a host:port is bracketed.
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Ok(B2buaConfig {
+            sip_host: format!("{host}:{}", self.sip.listen.port()),
+            media_address: self.media.address,
+            routes: self
+                .routes
+                .iter()
+                .map(RouteConfig::route)
+                .collect::<Result<_, _>>()?,
+            max_calls: self.sip.max_calls,
+            retry_after_s: self.sip.retry_after_s,
+            carry_headers: self.sip.carry_headers.clone(),
+            user_agent: self.sip.user_agent.clone(),
+            timers: TimerConfig::default(),
+            id_seed,
+        })
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.sip.transports.is_empty() {
             return Err(invalid(
@@ -587,24 +642,7 @@ impl Config {
         if m.inactivity_timeout_s == 0 {
             return Err(invalid("media.inactivity_timeout_s", "must be at least 1"));
         }
-        if self.routes.is_empty() {
-            return Err(invalid("route", "at least one [[route]] is needed"));
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            let key = format!("route[{i}] ({})", r.name);
-            if !(r.target.starts_with("sip:") || r.target.starts_with("sips:")) {
-                return Err(invalid(
-                    format!("{key}.target"),
-                    format!("{:?} is not a sip: URI", r.target),
-                ));
-            }
-            if let Some(u) = &r.user
-                && u.is_empty()
-            {
-                return Err(invalid(format!("{key}.user"), "must not be empty"));
-            }
-            validate_loop(r, &key)?;
-        }
+        self.validate_routes()?;
         match (&self.api.tls_cert, &self.api.tls_key) {
             (Some(_), None) => {
                 return Err(invalid(
@@ -626,6 +664,39 @@ impl Config {
         if self.vault.max_tries == 0 {
             return Err(invalid("vault.max_tries", "must be at least 1"));
         }
+        self.validate_payment()?;
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty"));
+        }
+        self.validate_connections()?;
+        Ok(())
+    }
+
+    /// Every route's target, user and loop keys.
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        if self.routes.is_empty() {
+            return Err(invalid("route", "at least one [[route]] is needed"));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("route[{i}] ({})", r.name);
+            if !(r.target.starts_with("sip:") || r.target.starts_with("sips:")) {
+                return Err(invalid(
+                    format!("{key}.target"),
+                    format!("{:?} is not a sip: URI", r.target),
+                ));
+            }
+            if let Some(u) = &r.user
+                && u.is_empty()
+            {
+                return Err(invalid(format!("{key}.user"), "must not be empty"));
+            }
+            validate_loop(r, &key)?;
+        }
+        Ok(())
+    }
+
+    /// Locator and PIN lengths, session lifetimes and the look-up limits of the payment desk.
+    fn validate_payment(&self) -> Result<(), ConfigError> {
         let p = &self.payment;
         if !(3..=8).contains(&p.locator_len) {
             return Err(invalid("payment.locator_len", "must be between 3 and 8"));
@@ -684,10 +755,6 @@ impl Config {
                 "must be between 1 and 86400 seconds",
             ));
         }
-        if self.log.level.trim().is_empty() {
-            return Err(invalid("log.level", "must not be empty"));
-        }
-        self.validate_connections()?;
         Ok(())
     }
 
@@ -749,6 +816,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::b2bua::Leg;
 
     #[test]
     fn defaults_are_valid_and_on_loopback() {
@@ -940,5 +1008,52 @@ mod tests {
         .unwrap();
         assert_eq!(c.routes[0].sources.len(), 2);
         assert!(Config::parse("[[route]]\nsources = [\"300.1.1.0/24\"]\n").is_err());
+    }
+
+    #[test]
+    fn route_target_must_be_an_ip_literal() {
+        let mut rc = RouteConfig::default();
+        let r = rc.route().unwrap();
+        assert_eq!(r.target, "127.0.0.1:5080".parse().unwrap());
+        rc.target = "sip:agents@cc.example.com".into();
+        assert!(rc.route().is_err());
+    }
+
+    #[test]
+    fn a_route_hears_each_leg_only_from_its_peer() {
+        let mut rc = RouteConfig {
+            sources: vec!["192.0.2.0/24".parse().unwrap()],
+            peer_sources: vec!["198.51.100.7/32".parse().unwrap()],
+            ..RouteConfig::default()
+        };
+        let r = rc.route().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(r.may_speak(Leg::A, ip("192.0.2.9")));
+        assert!(
+            r.may_speak(Leg::A, ip("::ffff:192.0.2.9")),
+            "IPv4 seen on a dual-stack socket"
+        );
+        assert!(r.may_speak(Leg::B, ip("::ffff:127.0.0.1")));
+        assert!(
+            !r.may_speak(Leg::A, ip("127.0.0.1")),
+            "the target is not the trunk"
+        );
+        assert!(!r.may_speak(Leg::A, ip("198.51.100.7")));
+        assert!(r.may_speak(Leg::B, ip("127.0.0.1")), "the target's host");
+        assert!(
+            r.may_speak(Leg::B, ip("198.51.100.7")),
+            "a listed peer source"
+        );
+        assert!(
+            !r.may_speak(Leg::B, ip("192.0.2.9")),
+            "the trunk is not the contact centre"
+        );
+        rc.sources.clear();
+        let any = rc.route().unwrap();
+        assert!(
+            any.may_speak(Leg::A, ip("203.0.113.1")),
+            "an empty allow-list is anyone"
+        );
+        assert!(!any.may_speak(Leg::B, ip("203.0.113.1")));
     }
 }

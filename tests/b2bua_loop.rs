@@ -11,7 +11,7 @@ use sipwire::*;
 use tonewall::config::{LocatorSource, OnFailure, RouteConfig, RouteMode};
 use tonewall::digit::Digit;
 use tonewall::sip::b2bua::{
-    B2buaConfig, CallEvent, CallId, EndCause, Input, LocateOutcome, LoopRoute, Output, Route,
+    B2buaConfig, CallEvent, CallId, EndCause, Input, LocateOutcome, LoopRoute, Output, Route, Side,
 };
 use tonewall::sip::message::{Message, ResponseBuilder};
 
@@ -680,21 +680,21 @@ fn route_config_errors() {
         on_failure: OnFailure::Fallback,
         ..RouteConfig::default()
     };
-    let e = Route::from_config(&rc).unwrap_err().to_string();
+    let e = rc.route().unwrap_err().to_string();
     assert!(e.contains("fallback"), "{e}");
     let rc = RouteConfig {
         mode: RouteMode::Loop,
         fallback: Some("sip:queue@cc.example.com".into()),
         ..RouteConfig::default()
     };
-    let e = Route::from_config(&rc).unwrap_err().to_string();
+    let e = rc.route().unwrap_err().to_string();
     assert!(e.contains("sip:queue@cc.example.com"), "{e}");
     let rc = RouteConfig {
         mode: RouteMode::Loop,
         fallback: Some("sip:queue@192.0.2.50".into()),
         ..RouteConfig::default()
     };
-    let r = Route::from_config(&rc).unwrap();
+    let r = rc.route().unwrap();
     let lr = r.loop_route.unwrap();
     assert_eq!(lr.fallback.unwrap().1, addr("192.0.2.50:5060"));
     assert_eq!(lr.locator_timeout_ms, 15_000);
@@ -790,7 +790,7 @@ fn our_own_200_is_resent_until_the_ack_and_a_missing_ack_ends_the_call() {
         "no ACK within 64·T1: the dialog is over"
     );
     assert!(w.cc.is_empty());
-    assert_eq!(w.ended(), vec![EndCause::Timeout]);
+    assert_eq!(w.ended(), vec![EndCause::Timeout(Side::Trunk)]);
     assert!(w.pool.live.is_empty());
 }
 

@@ -7,7 +7,7 @@ mod sipwire;
 
 use sipwire::*;
 use tonewall::digit::Digit;
-use tonewall::sip::b2bua::{CallEvent, EndCause, Input, Leg, Output, Refusal};
+use tonewall::sip::b2bua::{CallEvent, EndCause, Input, Leg, Output, Refusal, Side};
 use tonewall::sip::message::ResponseBuilder;
 
 #[test]
@@ -373,7 +373,7 @@ fn timer_b_towards_silent_contact_centre_gives_408() {
     w.advance(1_500);
     let r = w.next_to_trunk();
     assert_eq!(r.status(), Some(408));
-    assert_eq!(w.ended(), vec![EndCause::Timeout]);
+    assert_eq!(w.ended(), vec![EndCause::Timeout(Side::ContactCentre)]);
     assert!(w.pool.live.is_empty());
 }
 
@@ -541,7 +541,7 @@ fn missing_trunk_ack_retransmits_2xx_then_hangs_up() {
             .iter()
             .any(|m| m.method().map(|m| m.as_str()) == Some("BYE"))
     );
-    assert_eq!(w.ended(), vec![EndCause::Timeout]);
+    assert_eq!(w.ended(), vec![EndCause::Timeout(Side::Trunk)]);
     assert!(w.pool.live.is_empty());
 }
 

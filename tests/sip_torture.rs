@@ -21,7 +21,7 @@ fn load(name: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-fn parse(name: &str) -> Result<Message, tonewall::sip::error::Rejected> {
+fn parse(name: &str) -> Result<Message, tonewall::sip::message::Rejected> {
     Message::parse(
         Bytes::from(load(name)),
         Framing::Datagram,

@@ -53,7 +53,7 @@ impl CallCoreConfig {
             })
             .collect();
         Ok(CallCoreConfig {
-            sip: B2buaConfig::from_config(cfg, id_seed)?,
+            sip: cfg.b2bua(id_seed)?,
             routes,
             locator_len: cfg.payment.locator_len,
             locator_inter_key_ms: cfg.payment.locator_inter_key_ms,
@@ -265,11 +265,11 @@ pub fn end_label(cause: EndCause) -> &'static str {
         EndCause::ByeFromB => "bye_agent",
         EndCause::Cancelled => "cancelled",
         EndCause::Rejected(_) => "rejected",
-        EndCause::Timeout => "timeout",
+        EndCause::Timeout(_) => "timeout",
         EndCause::MediaTimeout => "media_timeout",
         EndCause::Hangup => "hangup",
         EndCause::NotLocated => "not_located",
-        EndCause::Failed => "failed",
+        EndCause::Failed(_) => "failed",
     }
 }
 

@@ -263,11 +263,7 @@ impl SourcePolicy {
     /// Routes the core cannot use are left out (`run` refuses such a config before this).
     pub fn sip_from_config(cfg: &Config) -> SourcePolicy {
         SourcePolicy {
-            routes: cfg
-                .routes
-                .iter()
-                .filter_map(|r| Route::from_config(r).ok())
-                .collect(),
+            routes: cfg.routes.iter().filter_map(|r| r.route().ok()).collect(),
         }
     }
 

@@ -35,8 +35,9 @@ pub struct Metrics {
     pub calls_started: Counter,
     /// Calls in progress.
     pub calls_active: Gauge,
-    /// Calls that ended, by cause (`bye_caller`, `bye_agent`, `cancelled`, `rejected`, …).
-    pub calls_ended: Family<Label, Counter>,
+    /// Calls that ended, by cause (`bye_caller`, `bye_agent`, `cancelled`, `rejected`, …) and
+    /// by the side it came from or failed on (`trunk`, `contact_centre`, `internal`).
+    pub calls_ended: Family<[(&'static str, &'static str); 2], Counter>,
     /// RTP packets relayed, by `direction` (`caller_to_agent`, `agent_to_caller`).
     pub rtp_packets: Family<Label, Counter>,
     /// RTP/RTCP packets dropped, by `reason` (`stranger`, `scrubber`, `no_peer`, `send_error`).
@@ -184,8 +185,10 @@ impl Metrics {
         self.unlocks.get_or_create(&[("outcome", outcome)]).inc();
     }
 
-    pub fn call_ended(&self, cause: &'static str) {
-        self.calls_ended.get_or_create(&[("cause", cause)]).inc();
+    pub fn call_ended(&self, cause: &'static str, side: &'static str) {
+        self.calls_ended
+            .get_or_create(&[("cause", cause), ("side", side)])
+            .inc();
     }
 
     pub fn packets(&self, direction: &'static str, n: u64) {

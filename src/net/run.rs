@@ -14,7 +14,7 @@ use crate::net::limits::{self, FileLimitError};
 use crate::net::media::MediaWorkers;
 use crate::net::ports::{PortError, PortPool};
 use crate::net::sip;
-use crate::sip::b2bua::{B2buaConfig, B2buaError};
+use crate::sip::b2bua::B2buaError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -43,7 +43,7 @@ pub enum RunError {
 /// Runs tonewall until `shutdown` resolves: hangs up calls in progress, stops the API, returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     // Fail on a bad route, or a config the open-file limit cannot hold, before binding anything.
-    B2buaConfig::from_config(&config, [0; 32])?;
+    config.b2bua([0; 32])?;
     let nofile = limits::ensure_nofile(&config)?;
     let pool = PortPool::from_config(&config.media)?;
     let workers =

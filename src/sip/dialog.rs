@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use crate::config::Transport;
+use crate::sip::Transport;
 use crate::sip::error::EditError;
 use crate::sip::message::{Message, RequestBuilder};
 

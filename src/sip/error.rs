@@ -1,12 +1,9 @@
-//! Typed errors of the SIP message layer, and the SIP answer each rejection calls for.
+//! Typed errors of the SIP message layer and the status each parse error is answered with
+//! (400, 413, 505; RFC 3261 §8.2, §21.4).
 //!
-//! A [`Rejected`] message knows its status code (400, 413, 505; RFC 3261 §8.2, §21.4) and
-//! whether an answer can be built at all: only requests other than ACK, and only when Via,
-//! From, To, Call-ID and CSeq are present to copy (RFC 3261 §8.2.6.2). Error texts name the
-//! header that failed, never its value, so nothing from the wire (which may carry digits in
-//! secure mode) reaches logs through them.
-
-use super::message::{Message, ResponseBuilder};
+//! A leaf of the message layer: it knows no message, so the parser and the builders can both
+//! use it. Error texts name the header that failed, never its value, so nothing from the wire
+//! (which may carry digits in secure mode) reaches logs through them.
 
 /// What was wrong with a received message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -75,55 +72,6 @@ impl ParseError {
                 }
             }
         }
-    }
-}
-
-/// A message the parser refused, with what is needed to answer it.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("SIP message rejected ({}): {error}", error.status())]
-pub struct Rejected {
-    error: ParseError,
-    /// The indexed request, kept only when an answer can be built from it.
-    request: Option<Box<Message>>,
-}
-
-impl Rejected {
-    pub(crate) fn new(error: ParseError, indexed: Option<Message>) -> Rejected {
-        let request = indexed.filter(Message::can_be_answered).map(Box::new);
-        Rejected { error, request }
-    }
-
-    pub fn error(&self) -> &ParseError {
-        &self.error
-    }
-
-    /// The status this rejection is answered with (when [`Rejected::can_respond`]).
-    pub fn status(&self) -> u16 {
-        self.error.status()
-    }
-
-    pub fn reason_phrase(&self) -> String {
-        self.error.reason_phrase()
-    }
-
-    /// False for responses, ACKs and requests lacking a header a response must copy: those
-    /// are dropped (and counted) instead.
-    pub fn can_respond(&self) -> bool {
-        self.request.is_some()
-    }
-
-    /// The rejected request as indexed, for logging its Call-ID or answering it.
-    pub fn request(&self) -> Option<&Message> {
-        self.request.as_deref()
-    }
-
-    /// Builds the error response (RFC 3261 §8.2.6), adding `to_tag` unless To has one.
-    pub fn response(&self, to_tag: &str) -> Option<Message> {
-        let req = self.request.as_deref()?;
-        ResponseBuilder::new(req, self.status(), &self.reason_phrase())
-            .to_tag(to_tag)
-            .build()
-            .ok()
     }
 }
 

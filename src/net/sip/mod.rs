@@ -311,11 +311,12 @@ impl Shell {
                 }
                 Action::Answered { call } => tracing::info!(call = call.0, "call answered"),
                 Action::Ended { call, cause, known } => {
-                    tracing::info!(call = call.0, ?cause, "call ended");
+                    let side = cause.side().label();
+                    tracing::info!(call = call.0, ?cause, side, "call ended");
                     if known {
                         let m = self.api.metrics();
                         m.calls_active.dec();
-                        m.call_ended(end_label(cause));
+                        m.call_ended(end_label(cause), side);
                     }
                     self.api.call_ended(call);
                 }

@@ -1,0 +1,316 @@
+//! Ending calls: BYE and CANCEL from either side, hang-ups we decide, failed INVITEs, and the
+//! timers (transaction timers, our 2xx until its ACK, ended calls forgotten after 64·T1).
+
+#![warn(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use super::B2bua;
+use super::context::{Cx, Reply};
+use super::state::{ClientEntry, Incoming, Phase, Purpose, SKey};
+use super::transactions::lossy;
+use super::types::{CallEvent, CallId, EndCause, Leg, Output};
+use crate::sip::dialog::Local;
+use crate::sip::transaction::{ClientState, ClientTx, ServerState, TxAction, TxKind};
+use crate::sip::{Side, Transport};
+
+impl B2bua {
+    pub(super) fn end_call(&mut self, call: CallId, cause: EndCause, cx: &mut Cx<'_>) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if c.ended() {
+            return;
+        }
+        c.phase = Phase::Ended { at: cx.now };
+        c.retrans = None;
+        c.ack_wait = None;
+        cx.ports.release(c.ports_a);
+        cx.ports.release(c.ports_b);
+        self.active = self.active.saturating_sub(1);
+        cx.out.push(Output::MediaStopped { call });
+        cx.out.push(Output::Event {
+            call,
+            event: CallEvent::Ended(cause),
+        });
+    }
+
+    /// Ends a call from our side: BYE both confirmed legs, or stop a set-up in progress.
+    pub(super) fn hangup(
+        &mut self,
+        call: CallId,
+        cause: EndCause,
+        reason: Option<&str>,
+        cx: &mut Cx<'_>,
+    ) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        let extra: Vec<(&str, String)> = reason
+            .map(|r| vec![("Reason", r.to_owned())])
+            .unwrap_or_default();
+        let a_answered = c.a_answered();
+        match c.phase {
+            Phase::Confirmed => {
+                for leg in [Leg::A, Leg::B] {
+                    self.bye(call, leg, &extra, cx);
+                }
+            }
+            Phase::Calling | Phase::Locating | Phase::Announcing { .. } if a_answered => {
+                // Loop call answered by us: the A dialog is up, the return leg is not.
+                self.bye(call, Leg::A, &extra, cx);
+                self.cancel_b(call, cx);
+            }
+            Phase::Locating | Phase::Announcing { .. } => {
+                // Loop call still locating: the A-leg INVITE is open; no B-leg exists yet.
+                let server = c.lp.as_ref().map(|l| l.server.clone());
+                let tag = c.a.local_tag.clone();
+                if let Some(key) = server {
+                    let answer = Reply::new(480, "Temporarily Unavailable")
+                        .tag(&tag)
+                        .extra(&extra);
+                    self.fail_invite(call, &key, answer, None, cx);
+                }
+            }
+            Phase::Calling => {
+                // The trunk's INVITE is still open: refuse it, and CANCEL the B-leg (§9.1).
+                let server = self.initial_server(call);
+                if let Some(key) = server {
+                    let tag = c.a.local_tag.clone();
+                    self.reply(
+                        &key,
+                        Reply::new(480, "Temporarily Unavailable")
+                            .tag(&tag)
+                            .extra(&extra),
+                        cx,
+                    );
+                }
+                self.cancel_b(call, cx);
+            }
+            Phase::Cancelling | Phase::Ended { .. } => {}
+        }
+        self.end_call(call, cause, cx);
+    }
+
+    /// CANCELs the outstanding B-leg INVITE (§9.1): at once if it has had a provisional
+    /// response, otherwise as soon as one arrives.
+    pub(super) fn cancel_b(&mut self, call: CallId, cx: &mut Cx<'_>) {
+        let ua = self.cfg.user_agent.clone();
+        let host = self.cfg.sip_host.clone();
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if !c.ended() {
+            c.phase = Phase::Cancelling;
+        }
+        let Some(branch) = c.b_invite.clone() else {
+            return;
+        };
+        let Some(e) = self.clients.get(&branch) else {
+            return;
+        };
+        if e.tx.state() != ClientState::Proceeding {
+            c.cancel_pending = true;
+            return;
+        }
+        c.cancel_pending = false;
+        let inv = &e.request;
+        let seq = inv.cseq().map_or(1, |s| s.seq);
+        let local = Local {
+            via_host: &host,
+            contact: "",
+            user_agent: &ua,
+        };
+        let Ok(cancel) = c.b.request("CANCEL", &branch, &local, Some(seq), &[], None) else {
+            return;
+        };
+        // The CANCEL's To has no tag and its Request-URI is the INVITE's (§9.1).
+        let mut cancel = cancel;
+        if let (Some(uri), Some(to)) = (inv.request_uri_str(), inv.get("To")) {
+            let to = lossy(to);
+            let _ = cancel.set_request_uri(uri);
+            let _ = cancel.set_header("To", &to);
+        }
+        let (transport, peer) = (c.b.transport, c.b.peer);
+        let (tx, actions) = ClientTx::start(
+            TxKind::NonInvite,
+            cancel.as_bytes().clone(),
+            transport == Transport::Tcp,
+            self.cfg.timers,
+            cx.now,
+        );
+        for a in actions {
+            if let TxAction::Send(b) = a {
+                cx.send(transport, peer, b);
+            }
+        }
+        // CANCEL shares the INVITE's branch; key it apart so responses find it.
+        self.clients.insert(
+            format!("{branch}/CANCEL"),
+            ClientEntry {
+                tx,
+                call,
+                leg: Leg::B,
+                transport,
+                peer,
+                purpose: Purpose::Own,
+                request: cancel,
+            },
+        );
+    }
+
+    /// A CANCEL from the trunk: answered, and the INVITE it matches ended (§9.2).
+    pub(super) fn on_cancel(&mut self, inc: Incoming, cx: &mut Cx<'_>) {
+        let Incoming {
+            transport,
+            from,
+            msg,
+            key,
+            ..
+        } = inc;
+        // §9.2: the CANCEL matches the INVITE transaction with the same branch.
+        let inv_key: SKey = (from, key.1.clone(), "INVITE".to_owned());
+        let Some(inv) = self.servers.get(&inv_key) else {
+            let r = "Call/Transaction Does Not Exist";
+            self.reply_stateless(&msg, transport, from, 481, r, cx);
+            return;
+        };
+        let call = inv.call;
+        let open = inv.tx.state() == ServerState::Proceeding;
+        self.new_server(key.clone(), call, TxKind::NonInvite, transport, from, msg);
+        let tag = call
+            .and_then(|c| self.calls.get(&c))
+            .map(|c| c.a.local_tag.clone());
+        self.reply(&key, Reply::new(200, "OK").maybe_tag(tag.as_deref()), cx);
+        let Some(call) = call else { return };
+        if !open {
+            return; // already answered: the CANCEL has no effect (§9.2)
+        }
+        self.reply(
+            &inv_key,
+            Reply::new(487, "Request Terminated").maybe_tag(tag.as_deref()),
+            cx,
+        );
+        let was_calling = self
+            .calls
+            .get(&call)
+            .is_some_and(|c| c.phase == Phase::Calling);
+        if was_calling {
+            self.cancel_b(call, cx);
+        }
+        self.end_call(call, EndCause::Cancelled, cx);
+    }
+
+    pub(super) fn on_tick(&mut self, cx: &mut Cx<'_>) {
+        self.poll_servers(cx);
+        self.poll_clients(cx);
+        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        for id in ids {
+            self.tick_call(id, cx);
+        }
+        let live: std::collections::HashSet<CallId> = self.calls.keys().copied().collect();
+        self.servers.retain(|_, e| {
+            e.call.is_none_or(|c| live.contains(&c)) || e.tx.next_deadline().is_some()
+        });
+        self.servers
+            .retain(|_, e| !(e.tx.state() == ServerState::Terminated && e.call.is_none()));
+    }
+
+    /// One call's timers: it is forgotten 64·T1 after it ended; until then the loop timers
+    /// run and our 2xx is resent until its ACK.
+    fn tick_call(&mut self, id: CallId, cx: &mut Cx<'_>) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        if let Phase::Ended { at } = c.phase {
+            if cx.now >= at + 64 * self.cfg.timers.t1 {
+                self.forget_call(id);
+            }
+            return;
+        }
+        self.loop_tick(id, cx);
+        self.tick_retrans(id, cx);
+    }
+
+    /// Drops an ended call, its dialogs, and its server transactions without timers
+    /// (terminated 2xx INVITE server transactions have none).
+    fn forget_call(&mut self, id: CallId) {
+        let Some(c) = self.calls.remove(&id) else {
+            return;
+        };
+        self.dialogs.remove(&c.a.call_id);
+        self.dialogs.remove(&c.b.call_id);
+        self.servers
+            .retain(|_, e| e.call != Some(id) || e.tx.next_deadline().is_some());
+    }
+
+    /// Resends our 2xx (T1 doubling up to T2), or ends the call when no ACK came (§13.3.1.4).
+    fn tick_retrans(&mut self, id: CallId, cx: &mut Cx<'_>) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(r) = &mut c.retrans else { return };
+        if cx.now >= r.deadline {
+            // §13.3.1.4: no ACK within 64·T1: the dialog is over; BYE both legs (the
+            // other leg's 2xx is ACKed first, which we held for the end-to-end ACK).
+            let silent = Side::from(r.leg);
+            c.retrans = None;
+            let wait = c.ack_wait.take();
+            if !wait.is_some_and(|w| w.own) {
+                c.phase = Phase::Confirmed;
+            }
+            if let Some(w) = wait.filter(|w| !w.own) {
+                self.send_ack(id, w.from.other(), w.to_cseq, None, cx);
+            }
+            self.hangup(id, EndCause::Timeout(silent), None, cx);
+            return;
+        }
+        if cx.now >= r.next {
+            let d = match r.leg {
+                Leg::A => &c.a,
+                Leg::B => &c.b,
+            };
+            cx.send(d.transport, d.peer, r.bytes.clone());
+            r.interval = (r.interval * 2).min(self.cfg.timers.t2);
+            r.next = cx.now + r.interval;
+        }
+    }
+
+    pub(super) fn client_timeout(&mut self, call: CallId, purpose: Purpose, cx: &mut Cx<'_>) {
+        let (server, from, initial) = match purpose {
+            Purpose::Own => return,
+            Purpose::Return => {
+                let cause = EndCause::Timeout(Side::ContactCentre);
+                self.return_failed(call, 408, cause, cx);
+                return;
+            }
+            Purpose::Invite(r) => (r.server, r.from, r.initial),
+            Purpose::Relay { server, from } => (server, from, false),
+        };
+        let tag = self.calls.get(&call).map(|c| c.local_tag(from).to_owned());
+        // §8.1.3.1: a timeout is a 408 from the far side.
+        if initial && from == Leg::A && self.try_fallback(call, cx) {
+            return;
+        }
+        let end = initial.then_some(EndCause::Timeout(Side::from(from.other())));
+        let answer = Reply::new(408, "Request Timeout").maybe_tag(tag.as_deref());
+        self.fail_invite(call, &server, answer, end, cx);
+    }
+
+    /// Answers the INVITE transaction `server` with a failure, frees the call for the next
+    /// INVITE, and ends the call when it was the initial INVITE (`end`).
+    pub(super) fn fail_invite(
+        &mut self,
+        call: CallId,
+        server: &SKey,
+        answer: Reply<'_>,
+        end: Option<EndCause>,
+        cx: &mut Cx<'_>,
+    ) {
+        self.reply(server, answer, cx);
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.invite_busy = false;
+        }
+        if let Some(cause) = end {
+            self.end_call(call, cause, cx);
+        }
+    }
+}
