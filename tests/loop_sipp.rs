@@ -773,7 +773,7 @@ async fn an_unknown_locator_is_announced_and_hung_up_without_calling_the_contact
     assert_eq!(v["state"], "pending", "the session is not bound: {text}");
     let (_, metrics) = tw.http_as(OPS, "GET", "/metrics", None).await;
     assert!(
-        metrics.contains("cause=\"not_located\"} 1"),
+        metrics.contains("cause=\"not_located\",side=\"trunk\"} 1"),
         "the call ended as not located: {metrics}"
     );
     tw.shut_down().await;
