@@ -27,7 +27,7 @@ pub use workers::MediaWorkers;
 use crate::net::ports::PortPair;
 use crate::net::recording::Recorder;
 use crate::rtp::scrubber::{ScrubbedDigit, ScrubberConfig};
-use relay::{Leg, Relay, Wires};
+use relay::{LegSockets, Relay, Wires};
 use workers::Bell;
 
 /// Digits waiting for the capture side; a full channel means capture has stalled.
@@ -204,7 +204,7 @@ impl MediaRelay {
             .map(|dir| Box::new(Recorder::create(dir, &opts.call_label, opts.max_record_s)));
         let mut cfg = scrubber;
         cfg.enabled = scrub_on;
-        let legs = Leg::take(a).and_then(|a| Ok((a, Leg::take(b)?)));
+        let legs = LegSockets::take(a).and_then(|a| Ok((a, LegSockets::take(b)?)));
         let workers = match opts.workers {
             Some(w) => Ok(w),
             None => MediaWorkers::shared(),

@@ -233,18 +233,18 @@ pub struct RelayOutcome {
 }
 
 /// One leg's sockets, owned by the media thread's loop, and the lease on their ports.
-pub(super) struct Leg {
+pub(super) struct LegSockets {
     rtp: mio::net::UdpSocket,
     rtcp: mio::net::UdpSocket,
     lease: PortLease,
 }
 
-impl Leg {
+impl LegSockets {
     /// Takes the sockets out of the runtime that bound them, for a media thread's loop.
-    pub(super) fn take(p: PortPair) -> Result<Leg, MediaError> {
+    pub(super) fn take(p: PortPair) -> Result<LegSockets, MediaError> {
         let err = |e: std::io::Error| MediaError::Register(e.to_string());
         let own = |s: tokio::net::UdpSocket| s.into_std().map(mio::net::UdpSocket::from_std);
-        Ok(Leg {
+        Ok(LegSockets {
             rtp: own(p.rtp).map_err(err)?,
             rtcp: own(p.rtcp).map_err(err)?,
             lease: p.lease,
@@ -268,8 +268,8 @@ pub(super) enum After {
 }
 
 pub(super) struct Relay {
-    a: Leg,
-    b: Leg,
+    a: LegSockets,
+    b: LegSockets,
     /// Each leg's peer, RTP and RTCP.
     a_peer: Latch,
     b_peer: Latch,
@@ -331,7 +331,7 @@ impl Relay {
     /// `scrubber` is taken as it is (its `enabled` included); `agent_digits` listens for the
     /// agent's keys from the start.
     pub(super) fn new(
-        (a, b): (Leg, Leg),
+        (a, b): (LegSockets, LegSockets),
         (a_peer, b_peer): (Option<SocketAddr>, Option<SocketAddr>),
         scrubber: ScrubberConfig,
         agent_digits: bool,

@@ -6,7 +6,7 @@
 use super::B2bua;
 use super::context::{Cx, Outgoing, Reply};
 use super::media::{anchor, is_sdp, sdp_failure_reason, set_origin};
-use super::state::{Call, Incoming, InviteRelay, Phase, Purpose, SKey};
+use super::state::{CallLegs, Incoming, InviteRelay, Phase, Purpose, SKey};
 use super::transactions::{ALLOW, lossy, map_failure};
 use super::types::{CallEvent, CallId, EndCause, Leg, LegMedia, Output, Refusal};
 use crate::digit::Digit;
@@ -67,7 +67,7 @@ impl B2bua {
             self.refuse_request(&msg, &method, transport, from, refusal, cx);
             return;
         }
-        let ended = self.calls.get(&call).is_none_or(Call::ended);
+        let ended = self.calls.get(&call).is_none_or(CallLegs::ended);
         if method == "ACK" {
             self.on_dialog_ack(call, leg, &msg, cx);
             return;

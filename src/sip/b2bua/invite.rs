@@ -9,7 +9,7 @@ use super::B2bua;
 use super::context::{Cx, Outgoing, Reply};
 use super::media::{Origin, anchor, answer_offer, is_sdp, local_offer, sdp_failure_reason};
 use super::route::{LocatorSource, LoopRoute, Route, header_locator, match_user};
-use super::state::{AckWait, Call, Incoming, InviteRelay, LoopCall, Phase, Purpose, SKey};
+use super::state::{AckWait, CallLegs, Incoming, InviteRelay, LoopCall, Phase, Purpose, SKey};
 use super::transactions::{ALLOW, lossy, map_failure};
 use super::types::{CallEvent, CallId, EndCause, Leg, Output, Refusal, RelayPorts};
 use crate::sip::dialog::Dialog;
@@ -482,7 +482,7 @@ impl B2bua {
             .is_some_and(|r| r.loop_route.is_some());
         self.calls.insert(
             call,
-            Call {
+            CallLegs {
                 route: adm.route,
                 phase: if looped {
                     Phase::Locating
@@ -679,7 +679,7 @@ impl B2bua {
 /// What a response to our INVITE on `leg` tells about that dialog: the contact centre's tag
 /// of an early dialog (later CANCEL/UPDATE need it), and on a 2xx the confirmed dialog's tag,
 /// route set and remote target (§12.1.2).
-fn learn_dialog(c: &mut Call, leg: Leg, initial: bool, msg: &Message, status: u16) {
+fn learn_dialog(c: &mut CallLegs, leg: Leg, initial: bool, msg: &Message, status: u16) {
     if initial
         && status > 100
         && status < 200

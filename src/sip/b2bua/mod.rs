@@ -46,7 +46,7 @@ pub use types::{
 
 use crate::sip::transaction::TimerConfig;
 use context::Cx;
-use state::{Call, ClientEntry, Phase, SKey, ServerEntry};
+use state::{CallLegs, ClientEntry, Phase, SKey, ServerEntry};
 
 /// Settings of the core.
 #[derive(Clone, Debug)]
@@ -99,7 +99,7 @@ impl B2buaError {
 #[derive(Debug)]
 pub struct B2bua {
     cfg: B2buaConfig,
-    calls: HashMap<CallId, Call>,
+    calls: HashMap<CallId, CallLegs>,
     /// Call-ID of either leg → call and leg.
     dialogs: HashMap<String, (CallId, Leg)>,
     servers: HashMap<SKey, ServerEntry>,

@@ -96,8 +96,10 @@ pub(super) struct AckWait {
     pub own: bool,
 }
 
+/// The SIP side of one call: its two dialogs and what is in flight between them (the call's
+/// policy is the call core's, `crate::call`).
 #[derive(Debug)]
-pub(super) struct Call {
+pub(super) struct CallLegs {
     pub route: usize,
     pub phase: Phase,
     pub a: Dialog,
@@ -118,7 +120,7 @@ pub(super) struct Call {
     pub lp: Option<LoopCall>,
 }
 
-impl Call {
+impl CallLegs {
     pub(super) fn dialog(&mut self, leg: Leg) -> &mut Dialog {
         match leg {
             Leg::A => &mut self.a,
@@ -151,7 +153,7 @@ impl Call {
     }
 }
 
-/// A loop call's state beside the common [`Call`] fields.
+/// A loop call's state beside the common [`CallLegs`] fields.
 #[derive(Debug)]
 pub(super) struct LoopCall {
     /// The A-leg's initial INVITE server transaction.
