@@ -475,18 +475,14 @@ impl<'a> Sdp<'a> {
         let session_dir = self.session_direction();
         let ours = c_value(target.address);
         let mut out: Vec<u8> = Vec::new();
-        let push = |out: &mut Vec<u8>, content: &[u8], term: &[u8]| {
-            out.extend_from_slice(content);
-            out.extend_from_slice(term);
-        };
 
         for l in self.session() {
             match l.kind {
                 b'c' if !session_c.is_some_and(is_hold_addr) => {
-                    push(&mut out, format!("c={ours}").as_bytes(), l.term);
+                    push_line(&mut out, format!("c={ours}").as_bytes(), l.term);
                 }
                 b'a' if is_dropped_attr(attr(l.value).0) => {}
-                _ => push(&mut out, l.content, l.term),
+                _ => push_line(&mut out, l.content, l.term),
             }
         }
 
@@ -502,138 +498,190 @@ impl<'a> Sdp<'a> {
 
             if m.port == 0 {
                 for l in section {
-                    push(&mut out, l.content, l.term);
+                    push_line(&mut out, l.content, l.term);
                 }
                 media.push(original);
-                continue;
-            }
-            if !m.kind.eq_ignore_ascii_case("audio") {
-                let rest = m_line.value.get(m.kind.len() + 1..).unwrap_or(&[]);
-                let after_port = rest
-                    .iter()
-                    .position(|&b| b == b' ')
-                    .and_then(|p| rest.get(p..))
-                    .unwrap_or(&[]);
-                let mut line = format!("m={} 0", m.kind).into_bytes();
-                line.extend_from_slice(after_port);
-                push(&mut out, &line, m_line.term);
-                for l in section.iter().skip(1) {
-                    if !(l.kind == b'a' && is_dropped_attr(attr(l.value).0)) {
-                        push(&mut out, l.content, l.term);
-                    }
-                }
+            } else if !m.kind.eq_ignore_ascii_case("audio") {
+                disable_section(&mut out, section, &m, m_line);
                 media.push(MediaInfo {
                     port: 0,
                     ..original
                 });
-                continue;
+            } else {
+                let audio = AudioSection {
+                    index,
+                    section,
+                    m: &m,
+                    m_line,
+                    ours: &ours,
+                };
+                media.push(audio.rewrite(&mut out, target, original)?);
             }
-
-            let proto = m.proto.to_ascii_uppercase();
-            if proto.contains("SAVP") {
-                return Err(SdpError::Srtp { index });
-            }
-            if proto != "RTP/AVP" && proto != "RTP/AVPF" {
-                return Err(SdpError::UnsupportedTransport { index });
-            }
-            let ports = target
-                .media
-                .get(index)
-                .copied()
-                .flatten()
-                .ok_or(SdpError::NoPorts { index })?;
-            let rtcp = ports.rtcp.unwrap_or(ports.rtp.wrapping_add(1));
-            if original.connection.is_none() {
-                return Err(SdpError::MissingConnection { index });
-            }
-            let media_hold = original.connection.is_some_and(is_hold_addr);
-
-            let rtpmap: Vec<(u8, &str, u32)> = section
-                .iter()
-                .filter(|l| l.kind == b'a')
-                .filter_map(|l| match attr(l.value) {
-                    (b"rtpmap", Some(v)) => parse_rtpmap(v),
-                    _ => None,
-                })
-                .collect();
-            let mut kept = Vec::new();
-            for f in &m.formats {
-                let pt: u8 = f.parse().map_err(|_| SdpError::BadMedia { index })?;
-                if pt <= 127 && role(pt, &rtpmap).is_some() && !kept.contains(&pt) {
-                    kept.push(pt);
-                }
-            }
-            let codecs = codecs_of(&kept, &rtpmap);
-            if codecs.pcmu.is_none() && codecs.pcma.is_none() {
-                return Err(SdpError::NoG711 { index });
-            }
-
-            let mut line = format!("m={} {} {}", m.kind, ports.rtp, m.proto);
-            for pt in &kept {
-                line.push_str(&format!(" {pt}"));
-            }
-            push(&mut out, line.as_bytes(), m_line.term);
-            let mut saw_rtcp = false;
-            for l in section.iter().skip(1) {
-                match l.kind {
-                    b'c' if !media_hold => push(&mut out, format!("c={ours}").as_bytes(), l.term),
-                    b'a' => {
-                        let (name, value) = attr(l.value);
-                        if is_dropped_attr(name) {
-                            continue;
-                        }
-                        match name {
-                            b"rtpmap" | b"fmtp" | b"rtcp-fb" => {
-                                if value
-                                    .and_then(leading_pt)
-                                    .is_some_and(|pt| !kept.contains(&pt))
-                                {
-                                    continue;
-                                }
-                                push(&mut out, l.content, l.term);
-                            }
-                            b"rtcp" => {
-                                saw_rtcp = true;
-                                // RFC 3605: port, optionally followed by a connection address.
-                                let has_addr =
-                                    value.and_then(utf8).is_some_and(|v| v.trim().contains(' '));
-                                let v = if has_addr {
-                                    format!("a=rtcp:{rtcp} {ours}")
-                                } else {
-                                    format!("a=rtcp:{rtcp}")
-                                };
-                                push(&mut out, v.as_bytes(), l.term);
-                            }
-                            _ => push(&mut out, l.content, l.term),
-                        }
-                    }
-                    _ => push(&mut out, l.content, l.term),
-                }
-            }
-            if !saw_rtcp && ports.rtcp.is_some_and(|p| p != ports.rtp.wrapping_add(1)) {
-                if !out.is_empty() && !out.ends_with(b"\n") {
-                    out.extend_from_slice(b"\r\n");
-                }
-                out.extend_from_slice(format!("a=rtcp:{rtcp}\r\n").as_bytes());
-            }
-            media.push(MediaInfo {
-                port: ports.rtp,
-                payload_types: kept,
-                connection: Some(if media_hold {
-                    original.connection.unwrap_or(target.address)
-                } else {
-                    target.address
-                }),
-                rtcp_port: if saw_rtcp || ports.rtcp.is_some() {
-                    Some(rtcp)
-                } else {
-                    None
-                },
-                codecs,
-                ..original
-            });
         }
         Ok(Rewritten { body: out, media })
+    }
+}
+
+fn push_line(out: &mut Vec<u8>, content: &[u8], term: &[u8]) {
+    out.extend_from_slice(content);
+    out.extend_from_slice(term);
+}
+
+/// Writes a non-audio section with port 0 (RFC 3264 §5.1/§6: declined), its lines kept.
+fn disable_section(out: &mut Vec<u8>, section: &[Line<'_>], m: &MLine<'_>, m_line: &Line<'_>) {
+    let rest = m_line.value.get(m.kind.len() + 1..).unwrap_or(&[]);
+    let after_port = rest
+        .iter()
+        .position(|&b| b == b' ')
+        .and_then(|p| rest.get(p..))
+        .unwrap_or(&[]);
+    let mut line = format!("m={} 0", m.kind).into_bytes();
+    line.extend_from_slice(after_port);
+    push_line(out, &line, m_line.term);
+    for l in section.iter().skip(1) {
+        if !(l.kind == b'a' && is_dropped_attr(attr(l.value).0)) {
+            push_line(out, l.content, l.term);
+        }
+    }
+}
+
+/// One active audio section being anchored on the relay's ports.
+struct AudioSection<'s, 'a> {
+    index: usize,
+    section: &'s [Line<'a>],
+    m: &'s MLine<'a>,
+    m_line: &'s Line<'a>,
+    /// Our connection address as SDP writes it.
+    ours: &'s str,
+}
+
+impl AudioSection<'_, '_> {
+    /// Payload types the relay keeps (G.711, telephone-event, CN), in the offer's order.
+    fn kept(&self, rtpmap: &[(u8, &str, u32)]) -> Result<Vec<u8>, SdpError> {
+        let index = self.index;
+        let mut kept = Vec::new();
+        for f in &self.m.formats {
+            let pt: u8 = f.parse().map_err(|_| SdpError::BadMedia { index })?;
+            if pt <= 127 && role(pt, rtpmap).is_some() && !kept.contains(&pt) {
+                kept.push(pt);
+            }
+        }
+        Ok(kept)
+    }
+
+    fn rewrite(
+        &self,
+        out: &mut Vec<u8>,
+        target: &RewriteTarget,
+        original: MediaInfo,
+    ) -> Result<MediaInfo, SdpError> {
+        let index = self.index;
+        let proto = self.m.proto.to_ascii_uppercase();
+        if proto.contains("SAVP") {
+            return Err(SdpError::Srtp { index });
+        }
+        if proto != "RTP/AVP" && proto != "RTP/AVPF" {
+            return Err(SdpError::UnsupportedTransport { index });
+        }
+        let ports = target
+            .media
+            .get(index)
+            .copied()
+            .flatten()
+            .ok_or(SdpError::NoPorts { index })?;
+        let rtcp = ports.rtcp.unwrap_or(ports.rtp.wrapping_add(1));
+        if original.connection.is_none() {
+            return Err(SdpError::MissingConnection { index });
+        }
+        let media_hold = original.connection.is_some_and(is_hold_addr);
+
+        let rtpmap: Vec<(u8, &str, u32)> = self
+            .section
+            .iter()
+            .filter(|l| l.kind == b'a')
+            .filter_map(|l| match attr(l.value) {
+                (b"rtpmap", Some(v)) => parse_rtpmap(v),
+                _ => None,
+            })
+            .collect();
+        let kept = self.kept(&rtpmap)?;
+        let codecs = codecs_of(&kept, &rtpmap);
+        if codecs.pcmu.is_none() && codecs.pcma.is_none() {
+            return Err(SdpError::NoG711 { index });
+        }
+
+        let mut line = format!("m={} {} {}", self.m.kind, ports.rtp, self.m.proto);
+        for pt in &kept {
+            line.push_str(&format!(" {pt}"));
+        }
+        push_line(out, line.as_bytes(), self.m_line.term);
+        let saw_rtcp = self.write_lines(out, &kept, media_hold, rtcp);
+        if !saw_rtcp && ports.rtcp.is_some_and(|p| p != ports.rtp.wrapping_add(1)) {
+            if !out.is_empty() && !out.ends_with(b"\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(format!("a=rtcp:{rtcp}\r\n").as_bytes());
+        }
+        Ok(MediaInfo {
+            port: ports.rtp,
+            payload_types: kept,
+            connection: Some(if media_hold {
+                original.connection.unwrap_or(target.address)
+            } else {
+                target.address
+            }),
+            rtcp_port: if saw_rtcp || ports.rtcp.is_some() {
+                Some(rtcp)
+            } else {
+                None
+            },
+            codecs,
+            ..original
+        })
+    }
+
+    /// The section's lines after the m= line: our address, the kept payload types' attributes,
+    /// our RTCP port. Returns whether the section had an a=rtcp line.
+    fn write_lines(&self, out: &mut Vec<u8>, kept: &[u8], media_hold: bool, rtcp: u16) -> bool {
+        let ours = self.ours;
+        let mut saw_rtcp = false;
+        for l in self.section.iter().skip(1) {
+            match l.kind {
+                b'c' if !media_hold => push_line(out, format!("c={ours}").as_bytes(), l.term),
+                b'a' => {
+                    let (name, value) = attr(l.value);
+                    if is_dropped_attr(name) {
+                        continue;
+                    }
+                    match name {
+                        b"rtpmap" | b"fmtp" | b"rtcp-fb" => {
+                            if value
+                                .and_then(leading_pt)
+                                .is_some_and(|pt| !kept.contains(&pt))
+                            {
+                                continue;
+                            }
+                            push_line(out, l.content, l.term);
+                        }
+                        b"rtcp" => {
+                            saw_rtcp = true;
+                            // RFC 3605: port, optionally followed by a connection address.
+                            let has_addr =
+                                value.and_then(utf8).is_some_and(|v| v.trim().contains(' '));
+                            let v = if has_addr {
+                                format!("a=rtcp:{rtcp} {ours}")
+                            } else {
+                                format!("a=rtcp:{rtcp}")
+                            };
+                            push_line(out, v.as_bytes(), l.term);
+                        }
+                        _ => push_line(out, l.content, l.term),
+                    }
+                }
+                _ => push_line(out, l.content, l.term),
+            }
+        }
+        saw_rtcp
     }
 }
 

@@ -133,34 +133,7 @@ pub async fn serve(
             guard,
         )));
     }
-    let mut shell = Shell {
-        udp,
-        tcp: HashMap::new(),
-        ports: ShellPorts {
-            pool,
-            pending: HashMap::new(),
-        },
-        relays: HashMap::new(),
-        scrubber: ScrubberConfig {
-            mask: config.media.mask.into(),
-            presence: crate::dsp::dtmf::PresenceConfig {
-                delay: config.delay_samples(),
-                ..Default::default()
-            },
-            ..ScrubberConfig::default()
-        },
-        relay_opts: RelayOptions {
-            inactivity: Duration::from_secs(config.media.inactivity_timeout_s),
-            record_dir: config.media.record_dir.clone(),
-            workers: Some(workers),
-            ..RelayOptions::default()
-        },
-        api,
-        core_tx,
-        limits,
-        started: Instant::now(),
-        refusals_logged: LogGate::default(),
-    };
+    let mut shell = Shell::new(config, udp, pool, workers, api, core_tx, limits);
 
     let mut out = Vec::new();
     let mut grace: Option<Instant> = None;
@@ -213,6 +186,47 @@ pub async fn serve(
         let _ = control.try_send(MediaControl::Stop);
     }
     Ok(())
+}
+
+impl Shell {
+    fn new(
+        config: &Config,
+        udp: Option<Arc<UdpSocket>>,
+        pool: PortPool,
+        workers: MediaWorkers,
+        api: ApiState,
+        core_tx: mpsc::Sender<CoreMsg>,
+        limits: Limits,
+    ) -> Shell {
+        Shell {
+            udp,
+            tcp: HashMap::new(),
+            ports: ShellPorts {
+                pool,
+                pending: HashMap::new(),
+            },
+            relays: HashMap::new(),
+            scrubber: ScrubberConfig {
+                mask: config.media.mask.into(),
+                presence: crate::dsp::dtmf::PresenceConfig {
+                    delay: config.delay_samples(),
+                    ..Default::default()
+                },
+                ..ScrubberConfig::default()
+            },
+            relay_opts: RelayOptions {
+                inactivity: Duration::from_secs(config.media.inactivity_timeout_s),
+                record_dir: config.media.record_dir.clone(),
+                workers: Some(workers),
+                ..RelayOptions::default()
+            },
+            api,
+            core_tx,
+            limits,
+            started: Instant::now(),
+            refusals_logged: LogGate::default(),
+        }
+    }
 }
 
 async fn sleep_opt(at: Option<Instant>) {
