@@ -407,6 +407,82 @@ impl RedisStore {
     }
 }
 
+/// A vault record as Redis holds it, its MAC, try counter and expiry checked and its token
+/// matched: what an unlock may believe.
+struct CheckedRecord {
+    rec: String,
+    th: String,
+    tries: u32,
+    exp_ms: u64,
+    mac: String,
+}
+
+impl RedisStore {
+    /// Reads the record and checks it before anything in it is believed: a tampered one is
+    /// refused (and counted), an expired one deleted, a wrong token refused (costing no try).
+    async fn read_checked(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        id: &SessionId,
+        token: &RetrievalToken,
+        now_ms: u64,
+    ) -> Result<CheckedRecord, UnlockError> {
+        type Row = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (rec, th, tries, exp, mac, gone): Row = conn
+            .hmget(key, &["rec", "th", "tries", "exp", "mac", "gone"])
+            .await
+            .map_err(unlock_backend)?;
+        let Some(rec) = rec else {
+            return Err(match gone {
+                Some(why) => Gone::parse(&why).map_or(UnlockError::NotFound, Gone::error),
+                None => UnlockError::NotFound,
+            });
+        };
+        let (Some(th), Some(tries), Some(exp), Some(mac)) = (th, tries, exp, mac) else {
+            return Err(self.refuse_tampered(key, id, "fields", now_ms).await);
+        };
+        let (Ok(tries), Ok(exp_ms)) = (tries.parse::<u32>(), exp.parse::<u64>()) else {
+            return Err(self.refuse_tampered(key, id, "fields", now_ms).await);
+        };
+        let fields = Authenticated {
+            rec: &rec,
+            th: &th,
+            tries,
+            exp_ms,
+        };
+        if !self.mac.verify(id, &fields, &mac) {
+            return Err(self.refuse_tampered(key, id, "mac", now_ms).await);
+        }
+        if self.went_back(id, tries, now_ms) {
+            return Err(self.refuse_tampered(key, id, "rollback", now_ms).await);
+        }
+        if now_ms >= exp_ms {
+            let _ = redis::cmd("DEL").arg(key).query_async::<i64>(conn).await;
+            return Err(UnlockError::Expired);
+        }
+        // Compared in constant time.
+        let hash = TokenHash::from_hex(&th).ok_or(UnlockError::Corrupt)?;
+        if !hash.matches(token) {
+            return Err(UnlockError::BadToken);
+        }
+        Ok(CheckedRecord {
+            rec,
+            th,
+            tries,
+            exp_ms,
+            mac,
+        })
+    }
+}
+
 impl VaultStore for RedisStore {
     async fn put(&self, record: SealedRecord, ttl_ms: u64, now_ms: u64) -> Result<(), StoreError> {
         let json = serde_json::to_string(&record)
@@ -455,76 +531,33 @@ impl VaultStore for RedisStore {
         let mut counted = None;
         for _ in 0..RACE_RETRIES {
             // 1. The record as Redis holds it, checked before anything is believed.
-            type Row = (
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-            );
-            let (rec, th, tries, exp, mac, gone): Row = conn
-                .hmget(&key, &["rec", "th", "tries", "exp", "mac", "gone"])
-                .await
-                .map_err(unlock_backend)?;
-            let Some(rec) = rec else {
-                return Err(match gone {
-                    Some(why) => Gone::parse(&why).map_or(UnlockError::NotFound, Gone::error),
-                    None => UnlockError::NotFound,
-                });
-            };
-            let (Some(th), Some(tries), Some(exp), Some(mac)) = (th, tries, exp, mac) else {
-                return Err(self.refuse_tampered(&key, id, "fields", now_ms).await);
-            };
-            let (Ok(tries), Ok(exp_ms)) = (tries.parse::<u32>(), exp.parse::<u64>()) else {
-                return Err(self.refuse_tampered(&key, id, "fields", now_ms).await);
-            };
-            let fields = Authenticated {
-                rec: &rec,
-                th: &th,
-                tries,
-                exp_ms,
-            };
-            if !self.mac.verify(id, &fields, &mac) {
-                return Err(self.refuse_tampered(&key, id, "mac", now_ms).await);
-            }
-            if self.went_back(id, tries, now_ms) {
-                return Err(self.refuse_tampered(&key, id, "rollback", now_ms).await);
-            }
-            if now_ms >= exp_ms {
-                let _ = redis::cmd("DEL")
-                    .arg(&key)
-                    .query_async::<i64>(&mut conn)
-                    .await;
-                return Err(UnlockError::Expired);
-            }
-            // The token costs no try; compared in constant time.
-            let th = TokenHash::from_hex(&th).ok_or(UnlockError::Corrupt)?;
-            if !th.matches(token) {
-                return Err(UnlockError::BadToken);
-            }
-            if tries >= self.max_tries {
+            let r = self
+                .read_checked(&mut conn, &key, id, token, now_ms)
+                .await?;
+            if r.tries >= self.max_tries {
                 self.bury(&key, Gone::TriesExhausted).await?;
                 return Err(UnlockError::TriesExhausted);
             }
             // 2. Count the try before opening, if nobody counted one since step 1.
             let next = Authenticated {
-                tries: tries + 1,
-                ..fields
+                rec: &r.rec,
+                th: &r.th,
+                tries: r.tries + 1,
+                exp_ms: r.exp_ms,
             };
             let next_mac = self.mac.tag(id, &next).ok_or(UnlockError::Corrupt)?;
             let done: i64 = self
                 .begin
                 .key(&key)
-                .arg(&mac)
+                .arg(&r.mac)
                 .arg(next.tries)
                 .arg(next_mac)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unlock_backend)?;
             if done == 1 {
-                self.remember(id, Some(next.tries), false, exp_ms);
-                counted = Some((next.tries, exp_ms, rec));
+                self.remember(id, Some(next.tries), false, r.exp_ms);
+                counted = Some((next.tries, r.exp_ms, r.rec));
                 break;
             }
         }
