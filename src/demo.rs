@@ -27,6 +27,7 @@ use crate::dsp::spectrum;
 use crate::rtp::packet::RtpView;
 use crate::rtp::scrubber::{ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 use crate::rtp::trunk::{KeySpan, TrunkConfig, depacketize, packetize};
+use crate::spectrogram::Panel;
 
 /// Visa test number (Luhn-valid, never issued), expiry MMYY, CVV.
 /// The loop number's user part.
@@ -314,7 +315,18 @@ pub fn run_offline(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, Dem
     let agent_hi = hi.min(inband.agent.len());
     crate::spectrogram::write_png(
         &picture,
-        &[&caller[lo..hi], &inband.agent[lo.min(agent_hi)..agent_hi]],
+        &[
+            Panel {
+                title: "caller (what the trunk sends)",
+                audio: &caller[lo..hi],
+                start_s: lo as f64 / 8000.0,
+            },
+            Panel {
+                title: "agent, keys in-band (what the scrubber lets through)",
+                audio: &inband.agent[lo.min(agent_hi)..agent_hi],
+                start_s: lo as f64 / 8000.0,
+            },
+        ],
     )?;
     say(
         w,
@@ -325,7 +337,7 @@ pub fn run_offline(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, Dem
     )?;
     say(
         w,
-        "     and spectrogram.png (top: caller, bottom: agent; DTMF rows marked at the left edge)."
+        "     and spectrogram.png (top: caller, bottom: agent; DTMF frequencies marked at the right)."
             .into(),
     )?;
     let ok = decoded == 0 && residue == 0 && sum.events_reaching_agent == 0;
@@ -904,11 +916,20 @@ fn analyse(
     let hi = (last + 4000).min(caller.len());
     let agent_lo = (lo + d).min(agent.len());
     let agent_hi = (hi + d).min(agent.len());
+    // The agent's panel is shifted by the relay's delay so the two share one clock.
     crate::spectrogram::write_png(
         &picture,
         &[
-            caller.get(lo..hi).unwrap_or_default(),
-            agent.get(agent_lo..agent_hi).unwrap_or_default(),
+            Panel {
+                title: "caller (what the trunk sends)",
+                audio: caller.get(lo..hi).unwrap_or_default(),
+                start_s: lo as f64 / 8000.0,
+            },
+            Panel {
+                title: "agent (what tonewall lets through)",
+                audio: agent.get(agent_lo..agent_hi).unwrap_or_default(),
+                start_s: lo as f64 / 8000.0,
+            },
         ],
     )?;
     writeln!(
@@ -919,7 +940,7 @@ fn analyse(
     .map_err(io)?;
     writeln!(
         w,
-        "     and {}/spectrogram.png (top: caller, bottom: agent; DTMF rows marked at the left edge).",
+        "     and {}/spectrogram.png (top: caller, bottom: agent; DTMF frequencies marked at the right).",
         out_dir.display()
     )
     .map_err(io)?;

@@ -4,6 +4,7 @@
 //! input and the current time and return outputs. The tokio shells live in `net`.
 
 pub mod config;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod digit;
 pub mod dsp;
@@ -14,6 +15,8 @@ pub mod payment;
 pub mod process;
 pub mod rtp;
 pub mod sip;
+#[cfg(feature = "tools")]
 pub mod spectrogram;
+#[cfg(feature = "tools")]
 pub mod tools;
 pub mod wav;
