@@ -3,12 +3,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{DemoError, DemoSummary, write_wav};
+use super::{DemoError, DemoSummary, write_picture, write_wav};
 use crate::digit::Digit;
 use crate::dsp::g711::Codec;
 use crate::dsp::spectrum;
 use crate::rtp::trunk::KeySpan;
-use crate::spectrogram::Panel;
 
 /// What the call produced, for the analysis.
 pub(super) struct CallOutcome {
@@ -57,21 +56,9 @@ pub(super) fn analyse(
 
     // Speech away from the keys must reach the agent unchanged, D samples later (same codec).
     let d = (sum.delay_ms * 8.0).round() as usize;
-    let margin = 800;
     let first = inband.first().map_or(0, |s| s.start as usize);
     let last = events.last().map_or(0, |s| s.end as usize);
-    let (mut same, mut total) = (0usize, 0usize);
-    for i in (0..first.saturating_sub(margin)).chain(last + margin..caller.len()) {
-        if let (Some(&c), Some(&a)) = (caller.get(i), agent.get(i + d)) {
-            total += 1;
-            same += usize::from(Codec::Pcmu.decode(Codec::Pcmu.encode(c)) == a);
-        }
-    }
-    sum.speech_identical_pct = if total == 0 {
-        0.0
-    } else {
-        100.0 * same as f64 / total as f64
-    };
+    sum.speech_identical_pct = speech_identical_pct(caller, agent, d, (first, last));
     writeln!(
         w,
         "     Speech before and after the keys reaches the agent {:.1} ms later, {:.2} % of its samples bit-exact.",
@@ -81,27 +68,9 @@ pub(super) fn analyse(
 
     write_wav(&out_dir.join("caller.wav"), caller)?;
     write_wav(&out_dir.join("agent.wav"), agent)?;
-    let picture = out_dir.join("spectrogram.png");
-    let lo = first.saturating_sub(4000);
-    let hi = (last + 4000).min(caller.len());
-    let agent_lo = (lo + d).min(agent.len());
-    let agent_hi = (hi + d).min(agent.len());
-    // The agent's panel is shifted by the relay's delay so the two share one clock.
-    crate::spectrogram::write_png(
-        &picture,
-        &[
-            Panel {
-                title: "caller (what the trunk sends)",
-                audio: caller.get(lo..hi).unwrap_or_default(),
-                start_s: lo as f64 / 8000.0,
-            },
-            Panel {
-                title: "agent (what tonewall lets through)",
-                audio: agent.get(agent_lo..agent_hi).unwrap_or_default(),
-                start_s: lo as f64 / 8000.0,
-            },
-        ],
-    )?;
+    let span = (first.saturating_sub(4000), (last + 4000).min(caller.len()));
+    let agent_panel = ("agent (what tonewall lets through)", &agent[..]);
+    write_picture(out_dir, caller, agent_panel, span, d)?;
     writeln!(
         w,
         "  9. Listen and look: {0}/caller.wav (what the caller keyed), {0}/agent.wav (what the agent heard),",
@@ -132,4 +101,28 @@ pub(super) fn analyse(
     )
     .map_err(io)?;
     Ok(())
+}
+
+/// Of the caller's samples away from the keys (`keys` is the keyed stretch, with a 100 ms
+/// margin each side), the share that reached the agent bit-exact `delay` samples later,
+/// through the same G.711 round trip, in percent.
+fn speech_identical_pct(
+    caller: &[i16],
+    agent: &[i16],
+    delay: usize,
+    (first, last): (usize, usize),
+) -> f64 {
+    let margin = 800;
+    let (mut same, mut total) = (0usize, 0usize);
+    for i in (0..first.saturating_sub(margin)).chain(last + margin..caller.len()) {
+        if let (Some(&c), Some(&a)) = (caller.get(i), agent.get(i + delay)) {
+            total += 1;
+            same += usize::from(Codec::Pcmu.decode(Codec::Pcmu.encode(c)) == a);
+        }
+    }
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * same as f64 / total as f64
+    }
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use crate::digit::Digit;
 use crate::net::ua::UaError;
 use crate::rtp::trunk::KeySpan;
+use crate::spectrogram::Panel;
 
 /// The loop number's user part.
 const LOOP_USER: &str = "pay";
@@ -167,4 +168,33 @@ fn chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+/// Writes `spectrogram.png`: the caller's audio over `[lo, hi)` above the agent's, the agent's
+/// taken `delay` samples later so both panels show the same moments on one clock.
+fn write_picture(
+    out_dir: &Path,
+    caller: &[i16],
+    (agent_title, agent): (&str, &[i16]),
+    (lo, hi): (usize, usize),
+    delay: usize,
+) -> Result<(), DemoError> {
+    let agent_lo = (lo + delay).min(agent.len());
+    let agent_hi = (hi + delay).min(agent.len());
+    crate::spectrogram::write_png(
+        &out_dir.join("spectrogram.png"),
+        &[
+            Panel {
+                title: "caller (what the trunk sends)",
+                audio: caller.get(lo..hi).unwrap_or_default(),
+                start_s: lo as f64 / 8000.0,
+            },
+            Panel {
+                title: agent_title,
+                audio: agent.get(agent_lo..agent_hi).unwrap_or_default(),
+                start_s: lo as f64 / 8000.0,
+            },
+        ],
+    )?;
+    Ok(())
 }

@@ -3,14 +3,15 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{DEMO_PAN, DemoError, DemoSummary, caller_audio, caller_speech, write_wav};
+use super::{
+    DEMO_PAN, DemoError, DemoSummary, caller_audio, caller_speech, write_picture, write_wav,
+};
 use crate::dsp::g711::Codec;
 use crate::dsp::mask::MaskKind;
 use crate::dsp::spectrum;
 use crate::rtp::packet::RtpView;
 use crate::rtp::scrubber::{ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
 use crate::rtp::trunk::{KeySpan, TrunkConfig, depacketize, packetize};
-use crate::spectrogram::Panel;
 
 struct Leg {
     agent: Vec<i16>,
@@ -103,45 +104,7 @@ pub fn run_offline(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, Dem
         ),
     )?;
 
-    let inband = run_leg(&caller, None);
-    sum.delay_ms = inband.delay as f64 / 8.0;
-    sum.digits_captured_inband = inband.digits.len();
-    say(
-        w,
-        format!(
-            "  3. In-band: the trunk sends {} PCMU packets; the scrubber sends {} to the agent,",
-            inband.packets_in, inband.packets_out
-        ),
-    )?;
-    say(
-        w,
-        format!(
-            "     masks {} spans, hands {} digits to capture, adds {:.1} ms of delay.",
-            inband.masked_spans,
-            inband.digits.len(),
-            sum.delay_ms
-        ),
-    )?;
-
-    let events = run_leg(&caller, Some(&spans));
-    sum.digits_captured_events = events.digits.len();
-    sum.events_reaching_agent = events.events_out;
-    say(
-        w,
-        format!(
-            "  4. RFC 4733: the trunk sends the keys as {} telephone-event packets; {} reach the agent,",
-            events.events_in, events.events_out
-        ),
-    )?;
-    say(
-        w,
-        format!(
-            "     each replaced by masking audio in sequence ({} packets in, {} out); {} digits captured.",
-            events.packets_in,
-            events.packets_out,
-            events.digits.len()
-        ),
-    )?;
+    let (inband, events) = scrub_both_ways(out_dir, w, &caller, &spans, &mut sum)?;
 
     let mut decoded = 0;
     let mut residue = 0;
@@ -161,7 +124,6 @@ pub fn run_offline(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, Dem
     write_wav(&out_dir.join("caller.wav"), &caller)?;
     write_wav(&out_dir.join("agent_inband.wav"), &inband.agent)?;
     write_wav(&out_dir.join("agent_events.wav"), &events.agent)?;
-    let picture = out_dir.join("spectrogram.png");
     // Show the keying stretch, where the difference is.
     let lo = spans
         .first()
@@ -171,22 +133,11 @@ pub fn run_offline(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, Dem
         .last()
         .map_or(caller.len(), |s| s.end as usize + 4000)
         .min(caller.len());
-    let agent_hi = hi.min(inband.agent.len());
-    crate::spectrogram::write_png(
-        &picture,
-        &[
-            Panel {
-                title: "caller (what the trunk sends)",
-                audio: &caller[lo..hi],
-                start_s: lo as f64 / 8000.0,
-            },
-            Panel {
-                title: "agent, keys in-band (what the scrubber lets through)",
-                audio: &inband.agent[lo.min(agent_hi)..agent_hi],
-                start_s: lo as f64 / 8000.0,
-            },
-        ],
-    )?;
+    let agent = (
+        "agent, keys in-band (what the scrubber lets through)",
+        &inband.agent[..],
+    );
+    write_picture(out_dir, &caller, agent, (lo, hi), 0)?;
     say(
         w,
         format!(
@@ -209,4 +160,57 @@ pub fn run_offline(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, Dem
         },
     )?;
     Ok(sum)
+}
+
+/// Steps 3 and 4: the caller's audio through the scrubber with the keys in-band, then with the
+/// keys as RFC 4733 events.
+fn scrub_both_ways(
+    out_dir: &Path,
+    w: &mut dyn Write,
+    caller: &[i16],
+    spans: &[KeySpan],
+    sum: &mut DemoSummary,
+) -> Result<(Leg, Leg), DemoError> {
+    let io = |e| DemoError::Output(out_dir.to_path_buf(), e);
+    let say = |w: &mut dyn Write, s: String| writeln!(w, "{s}").map_err(io);
+    let inband = run_leg(caller, None);
+    sum.delay_ms = inband.delay as f64 / 8.0;
+    sum.digits_captured_inband = inband.digits.len();
+    say(
+        w,
+        format!(
+            "  3. In-band: the trunk sends {} PCMU packets; the scrubber sends {} to the agent,",
+            inband.packets_in, inband.packets_out
+        ),
+    )?;
+    say(
+        w,
+        format!(
+            "     masks {} spans, hands {} digits to capture, adds {:.1} ms of delay.",
+            inband.masked_spans,
+            inband.digits.len(),
+            sum.delay_ms
+        ),
+    )?;
+
+    let events = run_leg(caller, Some(spans));
+    sum.digits_captured_events = events.digits.len();
+    sum.events_reaching_agent = events.events_out;
+    say(
+        w,
+        format!(
+            "  4. RFC 4733: the trunk sends the keys as {} telephone-event packets; {} reach the agent,",
+            events.events_in, events.events_out
+        ),
+    )?;
+    say(
+        w,
+        format!(
+            "     each replaced by masking audio in sequence ({} packets in, {} out); {} digits captured.",
+            events.packets_in,
+            events.packets_out,
+            events.digits.len()
+        ),
+    )?;
+    Ok((inband, events))
 }

@@ -20,9 +20,9 @@ use crate::config::{Config, RouteConfig, RouteMode, ScrubMode, Transport};
 use crate::digit::Digit;
 use crate::dsp::g711::Codec;
 use crate::net::run::{self, RunError};
-use crate::net::ua::{Ending, SipUa, UaConfig, UaError};
+use crate::net::ua::{Call, Ending, SipUa, UaConfig, UaError};
 use crate::rtp::packet::RtpView;
-use crate::rtp::trunk::{TrunkConfig, depacketize, packetize};
+use crate::rtp::trunk::{KeySpan, TrunkConfig, depacketize, packetize};
 
 /// Environment variables the in-process relay reads its API token and master key from
 /// (`ApiState::from_config` reads both through the config's variable names).
@@ -177,6 +177,24 @@ pub fn run(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, DemoError> 
     rt.block_on(sip_demo(out_dir, w, &token))
 }
 
+/// Seconds of 8 kHz audio.
+fn secs(samples: u64) -> f64 {
+    samples as f64 / 8000.0
+}
+
+/// Whether an RTP packet carries payload type `pt` (the call's telephone-event type).
+fn is_event(p: &[u8], pt: Option<u8>) -> bool {
+    RtpView::parse(p).is_ok_and(|v| Some(v.payload_type()) == pt)
+}
+
+/// The caller's side of the call as the demo scripted it.
+struct Script<'a> {
+    caller: &'a [i16],
+    inband: &'a [KeySpan],
+    events: &'a [KeySpan],
+    source: &'a str,
+}
+
 async fn sip_demo(
     out_dir: &Path,
     w: &mut dyn Write,
@@ -218,8 +236,37 @@ async fn sip_demo(
     )
     .map_err(io)?;
 
-    // The payment integration opens a session for the agent.
     let api = Api::new(cfg.api.listen, token)?;
+    let created = open_session(out_dir, w, &api).await?;
+    let (mut a, mut b) = loop_call(out_dir, w, (&trunk, &mut cc), &cfg, &created).await?;
+    let script = Script {
+        caller: &caller,
+        inband: &inband,
+        events: &events,
+        source,
+    };
+    let follow_api = Api::new(cfg.api.listen, token)?;
+    let legs = (&a, &b);
+    let outcome = stream_media(
+        out_dir,
+        w,
+        (follow_api, &created.id),
+        legs,
+        &script,
+        &mut sum,
+    )
+    .await?;
+    teardown(out_dir, w, &mut a, &mut b).await?;
+    unlock_twice(out_dir, w, &api, &created, &mut sum).await?;
+    relay.stop().await?;
+
+    analyse(out_dir, w, &caller, &inband, &events, &outcome, &mut sum)?;
+    Ok(sum)
+}
+
+/// Step 2: the payment integration opens a session for the agent.
+async fn open_session(out_dir: &Path, w: &mut dyn Write, api: &Api) -> Result<Created, DemoError> {
+    let io = |e| DemoError::Output(out_dir.to_path_buf(), e);
     let created = api
         .expect(
             "/v1/sessions",
@@ -241,15 +288,26 @@ async fn sip_demo(
     )
     .map_err(io)?;
 
-    // The loop: the contact centre's PBX transfers the caller to tonewall's loop number and
-    // keys the locator once tonewall answers; tonewall calls the agent back.
+    Ok(created)
+}
+
+/// Steps 3 and 4: the contact centre's PBX transfers the caller to tonewall's loop number and
+/// keys the locator once tonewall answers; tonewall calls the agent back.
+async fn loop_call(
+    out_dir: &Path,
+    w: &mut dyn Write,
+    (trunk, cc): (&SipUa, &mut SipUa),
+    cfg: &Config,
+    created: &Created,
+) -> Result<(Call, Call), DemoError> {
+    let io = |e| DemoError::Output(out_dir.to_path_buf(), e);
     writeln!(
         w,
         "  3. The caller is talking with agent {AGENT} and agrees to pay. The contact centre transfers the caller"
     )
     .map_err(io)?;
     let target = format!("sip:{LOOP_USER}@{}", cfg.sip.listen);
-    let mut a = trunk.call(&target, cfg.sip.listen, &[]).await?;
+    let a = trunk.call(&target, cfg.sip.listen, &[]).await?;
     let seen: Vec<String> = a
         .responses()
         .iter()
@@ -279,7 +337,7 @@ async fn sip_demo(
     };
     let (keyed, b) = tokio::join!(a.send_keys(&locator, 70, 80), cc_side);
     keyed?;
-    let (mut b, (cc_uri, cc_agent, cc_locator)) = b?;
+    let (b, (cc_uri, cc_agent, cc_locator)) = b?;
     writeln!(
         w,
         "     The PBX keys the locator {} as RFC 4733 telephone-events.",
@@ -308,60 +366,45 @@ async fn sip_demo(
         "     The masked progress is followed live over SSE (GET /v1/sessions/{{id}}/events)."
     )
     .map_err(io)?;
-    let base = format!("/v1/sessions/{}", created.id);
+    Ok((a, b))
+}
 
-    // Media: the caller's speech and keys one way, the agent's voice the other.
+/// Step 5: the caller's speech and keys one way, the agent's voice the other, in real time,
+/// while the session's masked progress is followed over SSE and printed as it comes.
+async fn stream_media(
+    out_dir: &Path,
+    w: &mut dyn Write,
+    (follow_api, id): (Api, &str),
+    (a, b): (&Call, &Call),
+    script: &Script<'_>,
+    sum: &mut DemoSummary,
+) -> Result<CallOutcome, DemoError> {
+    let io = |e| DemoError::Output(out_dir.to_path_buf(), e);
     let trunk_cfg = TrunkConfig {
         codec: a.codec(),
         event_pt: a.event_pt().unwrap_or(101),
         ..TrunkConfig::default()
     };
-    let packets = packetize(&caller, &trunk_cfg, Some(&events));
-    let is_event =
-        |p: &Vec<u8>, pt: Option<u8>| RtpView::parse(p).is_ok_and(|v| Some(v.payload_type()) == pt);
+    let packets = packetize(script.caller, &trunk_cfg, Some(script.events));
     let events_sent = packets
         .iter()
         .filter(|p| is_event(p, Some(trunk_cfg.event_pt)))
         .count();
-    let agent_voice: Vec<i16> = synthetic_voice(caller.len())
+    let agent_voice: Vec<i16> = synthetic_voice(script.caller.len())
         .iter()
         .map(|s| s / 2)
         .collect();
     let (tx, rx) = mpsc::unbounded_channel::<String>();
-    let secs = |samples: u64| samples as f64 / 8000.0;
     let t0 = tokio::time::Instant::now();
     let mut progress = {
-        let tx = tx.clone();
-        let id = created.id.clone();
-        let api = Api::new(cfg.api.listen, token)?;
-        tokio::spawn(async move { follow(&api, &id, t0, tx).await })
+        let (tx, id) = (tx.clone(), id.to_owned());
+        tokio::spawn(async move { follow(&follow_api, &id, t0, tx).await })
     };
-    let milestones = {
-        let tx = tx.clone();
-        let first = inband.first().map_or(0, |s| s.start);
-        let second = events.first().map_or(0, |s| s.start);
-        let last = events.last().map_or(0, |s| s.end);
-        let (n_in, n_ev) = (inband.len(), events.len());
-        async move {
-            let at = |s: u64| t0 + Duration::from_millis(s / 8);
-            tokio::time::sleep_until(at(first)).await;
-            let _ = tx.send(format!(
-                "     {:>5.1} s  the caller keys the test card Visa •••• {} with expiry and CVV in-band: {n_in} keys, 70 ms tones at -12 dBm0 over quieter speech",
-                secs(first),
-                &DEMO_PAN[12..]
-            ));
-            tokio::time::sleep_until(at(second)).await;
-            let _ = tx.send(format!(
-                "     {:>5.1} s  the caller keys it again, this time the phone sends RFC 4733 telephone-events: {n_ev} keys",
-                secs(second)
-            ));
-            tokio::time::sleep_until(at(last)).await;
-            let _ = tx.send(format!("     {:>5.1} s  the caller talks on", secs(last)));
-        }
-    };
+    let milestones = milestones(tx.clone(), t0, script);
     let _ = tx.send(format!(
-        "  5. Media flows in real time ({:.1} s): the caller talks ({source}), 20 ms {} packets; the agent talks back.",
-        secs(caller.len() as u64),
+        "  5. Media flows in real time ({:.1} s): the caller talks ({}), 20 ms {} packets; the agent talks back.",
+        secs(script.caller.len() as u64),
+        script.source,
         match a.codec() {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
@@ -372,7 +415,7 @@ async fn sip_demo(
     // judge only the payment call's media.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before_media = b.received_packets().len();
-    let media = async {
+    let flows = async {
         let r = tokio::join!(
             a.send_packets(&packets),
             b.send_audio(&agent_voice, None),
@@ -389,7 +432,7 @@ async fn sip_demo(
         };
         (r, view)
     };
-    let (((sent_a, sent_b, ()), view), printed) = tokio::join!(media, printer(w, rx));
+    let (((sent_a, sent_b, ()), view), printed) = tokio::join!(flows, printer(w, rx));
     printed.map_err(io)?;
     let view = view?;
     sum.card_sealed = view["state"] == "sealed";
@@ -402,30 +445,73 @@ async fn sip_demo(
     let (sent_a, _) = (sent_a?, sent_b?);
     // The last packets are still on their way through the relay.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let all = b.received_packets();
-    let received = all.get(before_media..).unwrap_or_default();
-    let origin = received
-        .first()
-        .and_then(|p| RtpView::parse(p).ok())
-        .map_or(0, |v| v.timestamp());
-    let outcome = CallOutcome {
-        agent: depacketize(received.iter().map(Vec::as_slice), origin).audio,
-        packets_sent: sent_a,
-        events_sent,
-        packets_received: received.len(),
-        events_received: received
-            .iter()
-            .filter(|p| is_event(p, b.event_pt()))
-            .count(),
-    };
+    let outcome = outcome(b, before_media, sent_a, events_sent);
     writeln!(
         w,
         "     The trunk sent {} packets ({} telephone-events); the agent received {}, of which {} telephone-events.",
         outcome.packets_sent, outcome.events_sent, outcome.packets_received, outcome.events_received
     )
     .map_err(io)?;
+    Ok(outcome)
+}
 
-    // Teardown.
+/// Prints when the caller starts keying each pass and when the keys are done, as the audio
+/// reaches those points.
+fn milestones(
+    tx: mpsc::UnboundedSender<String>,
+    t0: tokio::time::Instant,
+    script: &Script<'_>,
+) -> impl Future<Output = ()> + use<> {
+    let first = script.inband.first().map_or(0, |s| s.start);
+    let second = script.events.first().map_or(0, |s| s.start);
+    let last = script.events.last().map_or(0, |s| s.end);
+    let (n_in, n_ev) = (script.inband.len(), script.events.len());
+    async move {
+        let at = |s: u64| t0 + Duration::from_millis(s / 8);
+        tokio::time::sleep_until(at(first)).await;
+        let _ = tx.send(format!(
+            "     {:>5.1} s  the caller keys the test card Visa •••• {} with expiry and CVV in-band: {n_in} keys, 70 ms tones at -12 dBm0 over quieter speech",
+            secs(first),
+            &DEMO_PAN[12..]
+        ));
+        tokio::time::sleep_until(at(second)).await;
+        let _ = tx.send(format!(
+            "     {:>5.1} s  the caller keys it again, this time the phone sends RFC 4733 telephone-events: {n_ev} keys",
+            secs(second)
+        ));
+        tokio::time::sleep_until(at(last)).await;
+        let _ = tx.send(format!("     {:>5.1} s  the caller talks on", secs(last)));
+    }
+}
+
+/// What the agent's side received of the payment call's media (after `before_media` packets).
+fn outcome(b: &Call, before_media: usize, sent: usize, events_sent: usize) -> CallOutcome {
+    let all = b.received_packets();
+    let received = all.get(before_media..).unwrap_or_default();
+    let origin = received
+        .first()
+        .and_then(|p| RtpView::parse(p).ok())
+        .map_or(0, |v| v.timestamp());
+    CallOutcome {
+        agent: depacketize(received.iter().map(Vec::as_slice), origin).audio,
+        packets_sent: sent,
+        events_sent,
+        packets_received: received.len(),
+        events_received: received
+            .iter()
+            .filter(|p| is_event(p, b.event_pt()))
+            .count(),
+    }
+}
+
+/// Step 6: the trunk hangs up; tonewall hangs up the contact centre.
+async fn teardown(
+    out_dir: &Path,
+    w: &mut dyn Write,
+    a: &mut Call,
+    b: &mut Call,
+) -> Result<(), DemoError> {
+    let io = |e| DemoError::Output(out_dir.to_path_buf(), e);
     let bye = a.hangup().await?;
     let cc_end = b.wait_ended(SIP_TIMEOUT).await?;
     let status = match bye {
@@ -442,7 +528,19 @@ async fn sip_demo(
     )
     .map_err(io)?;
 
-    // The integration unlocks the sealed card once; a second unlock is refused.
+    Ok(())
+}
+
+/// Step 7: the integration unlocks the sealed card once; a second unlock is refused.
+async fn unlock_twice(
+    out_dir: &Path,
+    w: &mut dyn Write,
+    api: &Api,
+    created: &Created,
+    sum: &mut DemoSummary,
+) -> Result<(), DemoError> {
+    let io = |e| DemoError::Output(out_dir.to_path_buf(), e);
+    let base = format!("/v1/sessions/{}", created.id);
     let unlock = serde_json::json!({
         "token": created.token.expose_secret(),
         "pin": created.pin.expose_secret(),
@@ -483,8 +581,5 @@ async fn sip_demo(
         "     A second unlock with the same token and PIN is refused: {status} {code}."
     )
     .map_err(io)?;
-    relay.stop().await?;
-
-    analyse(out_dir, w, &caller, &inband, &events, &outcome, &mut sum)?;
-    Ok(sum)
+    Ok(())
 }

@@ -295,24 +295,8 @@ impl SipUa {
     ) -> Result<Setup, UaError> {
         let sh = &self.shared;
         let cfg = &sh.cfg;
-        let rtp = UdpSocket::bind(SocketAddr::new(cfg.ip, 0)).await?;
-        let other = match cfg.codec {
-            Codec::Pcmu => Codec::Pcma,
-            Codec::Pcma => Codec::Pcmu,
-        };
-        let offer = sdp_body(
-            cfg.ip,
-            rtp.local_addr()?.port(),
-            &[cfg.codec, other],
-            Some(cfg.event_pt),
-        );
-        let mut dialog = self.new_dialog(target_uri, server, call_id);
-        let branch = new_branch();
-        let extra: Vec<(&str, String)> = std::iter::once(("Allow", ALLOW.to_owned()))
-            .chain(headers.iter().map(|&(n, v)| (n, v.to_owned())))
-            .collect();
-        let body = Some(("application/sdp", offer.as_bytes()));
-        let invite = dialog.request("INVITE", &branch, &sh.local(), None, &extra, body)?;
+        let (rtp, mut dialog, branch, invite) =
+            self.offer(target_uri, server, headers, call_id).await?;
 
         let deadline = Instant::now() + cfg.timeout;
         let (mut tx, first) = ClientTx::start(
@@ -394,6 +378,37 @@ impl SipUa {
                 replay: Replay::Ack(ack.into_bytes()),
             });
         }
+    }
+
+    /// A new dialog's INVITE (and its branch), offering a new RTP socket.
+    async fn offer(
+        &self,
+        target_uri: &str,
+        server: SocketAddr,
+        headers: &[(&str, &str)],
+        call_id: &str,
+    ) -> Result<(UdpSocket, Dialog, String, Message), UaError> {
+        let sh = &self.shared;
+        let cfg = &sh.cfg;
+        let rtp = UdpSocket::bind(SocketAddr::new(cfg.ip, 0)).await?;
+        let other = match cfg.codec {
+            Codec::Pcmu => Codec::Pcma,
+            Codec::Pcma => Codec::Pcmu,
+        };
+        let offer = sdp_body(
+            cfg.ip,
+            rtp.local_addr()?.port(),
+            &[cfg.codec, other],
+            Some(cfg.event_pt),
+        );
+        let mut dialog = self.new_dialog(target_uri, server, call_id);
+        let branch = new_branch();
+        let extra: Vec<(&str, String)> = std::iter::once(("Allow", ALLOW.to_owned()))
+            .chain(headers.iter().map(|&(n, v)| (n, v.to_owned())))
+            .collect();
+        let body = Some(("application/sdp", offer.as_bytes()));
+        let invite = dialog.request("INVITE", &branch, &sh.local(), None, &extra, body)?;
+        Ok((rtp, dialog, branch, invite))
     }
 
     /// The dialog of a call we place, before the peer answers (§12.1.2 fills in the rest).
