@@ -5,6 +5,7 @@
 
 pub mod call;
 pub mod config;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod digit;
 pub mod dsp;
@@ -15,6 +16,8 @@ pub mod payment;
 pub mod process;
 pub mod rtp;
 pub mod sip;
+#[cfg(feature = "tools")]
 pub mod spectrogram;
+#[cfg(feature = "tools")]
 pub mod tools;
 pub mod wav;

@@ -1,16 +1,24 @@
 //! The `tonewall` command line: parses arguments, loads input and starts the tools and shells.
 //! This is the binary edge, the only place `anyhow` is used.
 
+//!
+//! The offline subcommands (`demo`, `scrub`, `scan`) exist only with the `tools` feature; a
+//! relay built without it has `run` alone.
+
+#[cfg(feature = "tools")]
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use tonewall::dsp::g711::Codec;
-use tonewall::dsp::mask::MaskKind;
-use tonewall::dsp::spectrum;
-use tonewall::tools::{ScrubOptions, scrub_audio};
-use tonewall::wav;
+#[cfg(feature = "tools")]
+use clap::ValueEnum;
+use clap::{Parser, Subcommand};
+#[cfg(feature = "tools")]
+use tonewall::{
+    dsp::{g711::Codec, mask::MaskKind, spectrum},
+    tools::{ScrubOptions, scrub_audio},
+    wav,
+};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +39,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    #[cfg(feature = "tools")]
     /// Run a payment call through tonewall over SIP on loopback and show that no digit reaches the agent.
     Demo {
         /// Folder for the audio and the spectrogram.
@@ -40,6 +49,7 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    #[cfg(feature = "tools")]
     /// Run a recording through the relay's scrubber as a trunk would send it; write what the agent hears.
     Scrub {
         /// Caller audio: 8 kHz mono WAV, PCM16 or G.711.
@@ -60,6 +70,7 @@ enum Command {
         #[arg(long)]
         events: bool,
     },
+    #[cfg(feature = "tools")]
     /// Audit a recording for DTMF: digits with start and end times, or any dual-tone residue.
     Scan {
         file: PathBuf,
@@ -72,12 +83,14 @@ enum Command {
     },
 }
 
+#[cfg(feature = "tools")]
 #[derive(Clone, Copy, ValueEnum)]
 enum CodecArg {
     Pcmu,
     Pcma,
 }
 
+#[cfg(feature = "tools")]
 #[derive(Clone, Copy, ValueEnum)]
 enum MaskArg {
     Silence,
@@ -89,27 +102,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
-        Command::Demo { out, offline } => {
-            let mut stdout = std::io::stdout();
-            let summary = if offline {
-                tonewall::demo::run_offline(&out, &mut stdout)?
-            } else {
-                // Before any other thread: the SIP demo sets its relay's token and key in the
-                // environment.
-                tonewall::demo::run(&out, &mut stdout)?
-            };
-            let paid =
-                summary.card_sealed && summary.card_unlocked && summary.second_unlock_refused;
-            if summary.decoded_on_agent_side
-                + summary.residue_on_agent_side
-                + summary.events_reaching_agent
-                > 0
-                || (!offline && !paid)
-            {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
+        #[cfg(feature = "tools")]
+        Command::Demo { out, offline } => demo(out, offline),
+        #[cfg(feature = "tools")]
         Command::Scrub {
             input,
             output,
@@ -119,12 +114,33 @@ fn main() -> Result<()> {
             ptime,
             events,
         } => scrub(input, output, codec, mask, delay_ms, ptime, events),
+        #[cfg(feature = "tools")]
         Command::Scan {
             file,
             json,
             sensitive,
         } => scan(file, json, sensitive),
     }
+}
+
+#[cfg(feature = "tools")]
+fn demo(out: PathBuf, offline: bool) -> Result<()> {
+    let mut stdout = std::io::stdout();
+    let summary = if offline {
+        tonewall::demo::run_offline(&out, &mut stdout)?
+    } else {
+        // Before any other thread: the SIP demo sets its relay's token and key in the
+        // environment.
+        tonewall::demo::run(&out, &mut stdout)?
+    };
+    let paid = summary.card_sealed && summary.card_unlocked && summary.second_unlock_refused;
+    if summary.decoded_on_agent_side + summary.residue_on_agent_side + summary.events_reaching_agent
+        > 0
+        || (!offline && !paid)
+    {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn run(config: Option<PathBuf>) -> Result<()> {
@@ -157,6 +173,7 @@ fn run(config: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "tools")]
 fn scrub(
     input: PathBuf,
     output: PathBuf,
@@ -191,11 +208,7 @@ fn scrub(
     let report = scrub_audio(&audio, &opts)?;
     wav::write_wav_pcm16(&output, &report.agent_audio)
         .with_context(|| format!("writing {}", output.display()))?;
-    let masked_ms: f64 = report
-        .masked_spans
-        .iter()
-        .map(|(a, b)| (b - a) as f64 / 8.0)
-        .sum();
+    let masked_ms = report.masked_samples() as f64 / 8.0;
     println!("scrubbed {} -> {}", input.display(), output.display());
     println!(
         "  digits detected: {} ({} in-band, {} RFC 4733)",
@@ -217,6 +230,7 @@ fn scrub(
     Ok(())
 }
 
+#[cfg(feature = "tools")]
 fn scan(file: PathBuf, json: bool, sensitive: bool) -> Result<()> {
     let audio = wav::read_wav(&file).with_context(|| format!("reading {}", file.display()))?;
     // A progress bar only where a person watches and the file is long enough to wait for.

@@ -59,6 +59,14 @@ pub struct ScrubReport {
     pub stats: ScrubStats,
 }
 
+impl ScrubReport {
+    /// Samples masked in all. Summed as integers: a float sum of no spans is -0.0 (the
+    /// identity of float addition), which the report would print as "-0.0 ms".
+    pub fn masked_samples(&self) -> usize {
+        self.masked_spans.iter().map(|(a, b)| b - a).sum()
+    }
+}
+
 /// Finds the keys in `audio` the way a gateway that sends RFC 4733 would: with the strict detector.
 pub fn find_keys(audio: &[i16]) -> Vec<KeySpan> {
     let mut det = DtmfDetector::new(DetectorConfig::default());
@@ -152,4 +160,24 @@ pub fn scrub_audio(audio: &[i16], opts: &ScrubOptions) -> Result<ScrubReport, To
         stats: scrubber.stats().clone(),
         agent_audio: rx.audio,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audio_without_keys_has_nothing_masked() {
+        let hum: Vec<i16> = (0..8000)
+            .map(|i| {
+                (3000.0 * (2.0 * std::f64::consts::PI * 150.0 * f64::from(i) / 8000.0).sin()) as i16
+            })
+            .collect();
+        let report = scrub_audio(&hum, &ScrubOptions::default()).unwrap();
+        assert_eq!(report.digits_detected, 0);
+        assert!(report.masked_spans.is_empty());
+        assert_eq!(report.masked_samples(), 0);
+        let ms = report.masked_samples() as f64 / 8.0;
+        assert_eq!(format!("{ms:.1}"), "0.0");
+    }
 }

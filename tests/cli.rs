@@ -96,6 +96,22 @@ fn scrub_writes_agent_audio_that_scans_clean_and_prints_no_digit() {
 }
 
 #[test]
+fn scrub_of_audio_without_keys_reports_zeros_never_negative() {
+    let dir = tempfile::tempdir().unwrap();
+    let caller = dir.path().join("speech.wav");
+    let mut sig = vec![0.0; 8000];
+    mix_under(&mut sig, &fixture("speech_en_hello.wav"), -8.0);
+    tonewall::wav::write_wav_pcm16(&caller, &to_i16(&sig)).unwrap();
+    let agent = dir.path().join("agent.wav");
+    let o = tonewall(&["scrub", caller.to_str().unwrap(), agent.to_str().unwrap()]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("digits detected: 0"), "{out}");
+    assert!(out.contains("masked spans:    0 (0.0 ms in all)"), "{out}");
+    assert!(!out.contains("-0"), "a negative zero in the report: {out}");
+}
+
+#[test]
 fn sensitive_scan_reports_a_short_fragment_that_the_decoder_ignores() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fragment.wav");

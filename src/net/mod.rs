@@ -15,4 +15,5 @@ pub mod ports;
 mod recording;
 pub mod run;
 pub mod sip;
+#[cfg(feature = "tools")]
 pub mod ua;
