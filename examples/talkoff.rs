@@ -1,7 +1,7 @@
 //! Talk-off measurement: runs the strict detector and the presence (masking) detector over
 //! recordings that contain no DTMF and reports false digits and falsely masked time.
 //!
-//! cargo run --release --example talkoff -- ../shared/corpus/dev/**/*.wav
+//! cargo run --release --example talkoff -- fixtures/*.wav   (or any 8 kHz WAV files: speech, music)
 
 use tonewall::dsp::dtmf::{DetectorConfig, DtmfDetector, PresenceConfig, PresenceDetector};
 

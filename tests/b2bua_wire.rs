@@ -675,7 +675,7 @@ fn media_updates(w: &Wire) -> usize {
         .count()
 }
 
-/// DESIGN.md §3.6: a stranger holding the right Call-ID, tags and CSeq (sniffed, or guessed)
+/// ARCHITECTURE.md, invariant 6: a stranger holding the right Call-ID, tags and CSeq (sniffed, or guessed)
 /// can neither hang up nor re-route a call on either leg.
 #[test]
 fn a_stranger_with_the_dialog_identifiers_cannot_touch_the_call() {

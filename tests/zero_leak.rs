@@ -1,4 +1,4 @@
-//! Invariant 1 and 3 end to end (DESIGN.md §3): a card number keyed over speech, across the
+//! Invariant 1 and 3 end to end (ARCHITECTURE.md, "Invariants"): a card number keyed over speech, across the
 //! accept matrix, in-band and as RFC 4733 events, through the relay's own `Scrubber` with the
 //! default delay. Judged sample by sample against ground truth, and by the auditor's independent
 //! FFT decoder and residue scanner on the agent-side audio.

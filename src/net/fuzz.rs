@@ -1,4 +1,4 @@
-//! Fuzz harness body for the control API's JSON request bodies (DESIGN.md §6).
+//! Fuzz harness body for the control API's JSON request bodies (ARCHITECTURE.md, "Rules of the code").
 //!
 //! Owns what "must hold for any body" means for the API: every endpoint that reads a JSON body
 //! answers it without a panic and without an internal error (500), and its answer is JSON or

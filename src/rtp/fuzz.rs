@@ -1,4 +1,4 @@
-//! Fuzz harness bodies for the RTP path (DESIGN.md §6): stable `cargo test` runs them over a
+//! Fuzz harness bodies for the RTP path (ARCHITECTURE.md, "Rules of the code"): stable `cargo test` runs them over a
 //! checked-in corpus and proptest inputs; cargo-fuzz targets under nightly can call the same
 //! functions. A panic here is a bug on the network path.
 
@@ -68,7 +68,7 @@ pub fn fuzz_scrubber(data: &[u8]) {
 
 /// Feeds `data` as RFC 4733 payloads: every 4-byte block decodes and encodes back to itself
 /// (less the reserved R bit, RFC 4733 §2.3.3), and the same blocks sent as a telephone-event
-/// stream through a scrubber never reach its output as a DTMF key (DESIGN.md §3, invariant 1).
+/// stream through a scrubber never reach its output as a DTMF key (ARCHITECTURE.md, invariant 1).
 pub fn fuzz_event(data: &[u8]) {
     let _ = TelephoneEvent::parse(data);
     if let Ok(blocks) = TelephoneEvent::parse_all(data) {

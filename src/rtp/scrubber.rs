@@ -1,7 +1,7 @@
 //! The per-direction scrubber: one caller→agent RTP stream in, sanitized RTP out, plus the
 //! digits it heard (for capture).
 //!
-//! It owns the delay line that makes zero-leak masking possible (DESIGN.md §3.1, §3.3): output
+//! It owns the delay line that makes zero-leak masking possible (ARCHITECTURE.md, invariants 1 and 3): output
 //! packet N carries the audio D samples behind input packet N under the same RTP header, so the
 //! presence detector has D samples of look-ahead and can mask a tone from its first sample.
 //! RFC 4733 telephone-event packets never leave while scrubbing is on: each becomes a frame of

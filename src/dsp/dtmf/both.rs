@@ -6,7 +6,7 @@ use super::strict::{DigitEvent, DtmfDetector};
 use crate::dsp::goertzel::{STEP, Terms, step_terms};
 
 /// Feeds the same samples to the presence detector and the strict detector, computing each
-/// 16-sample step's DFT terms once for both (DESIGN.md §4: two signals from one Goertzel
+/// 16-sample step's DFT terms once for both (ARCHITECTURE.md, "The DTMF engine": two signals from one Goertzel
 /// bank). Each detector keeps its own phase reference, so the result is exactly that of
 /// `presence.process(input, mask)` followed by `strict.process(input, on_digit)`. The two can
 /// have heard different streams (the scrubber does not let the strict detector hear the frames

@@ -1,4 +1,4 @@
-//! DTMF detection. Two signals from one Goertzel front end (DESIGN.md §4):
+//! DTMF detection. Two signals from one Goertzel front end (ARCHITECTURE.md, "The DTMF engine"):
 //! a strict Q.24 digit decision for capture and scan, and a fast presence signal for masking.
 //!
 //! Both work on 16-sample steps from [`Bank`], phase-referenced to the absolute sample index.

@@ -94,7 +94,7 @@ pub fn any_route_allows(routes: &[Route], ip: IpAddr) -> bool {
 impl Route {
     /// Whether `ip` may send requests and responses on `leg` of a call on this route: the
     /// trunk's allow-list on the A-leg (empty: anyone), the contact centre's addresses on the
-    /// B-leg (DESIGN.md §3.6).
+    /// B-leg (ARCHITECTURE.md, invariant 6).
     pub fn may_speak(&self, leg: Leg, ip: IpAddr) -> bool {
         // A dual-stack socket shows an IPv4 peer as ::ffff:a.b.c.d.
         let ip = ip.to_canonical();

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use super::edit::{check_name, check_value, header_line};
-use super::parse::index;
+use super::parse::{Rejected, index};
 use super::view::{Framing, Limits, Message};
 use crate::sip::error::EditError;
 use crate::sip::headers::{HeaderName, NameAddr, is_token};
@@ -195,5 +195,18 @@ impl RequestBuilder {
         };
         Message::parse(Bytes::from(out), Framing::Stream, &limits)
             .map_err(|r| EditError::Invalid(r.error().clone()))
+    }
+}
+
+// The answer to a rejected request is built here, next to the builder, so that the parser
+// (which the builder uses to index what it built) does not depend on the builder.
+impl Rejected {
+    /// Builds the error response (RFC 3261 §8.2.6), adding `to_tag` unless To has one.
+    pub fn response(&self, to_tag: &str) -> Option<Message> {
+        let req = self.request()?;
+        ResponseBuilder::new(req, self.status(), &self.reason_phrase())
+            .to_tag(to_tag)
+            .build()
+            .ok()
     }
 }

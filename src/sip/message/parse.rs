@@ -7,7 +7,6 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::build::ResponseBuilder;
 use super::view::{Entry, Framing, Limits, Message, Method, StartLine};
 use crate::sip::error::ParseError;
 use crate::sip::headers::{HeaderName, is_token, parse_number};
@@ -347,14 +346,5 @@ impl Rejected {
     /// The rejected request as indexed, for logging its Call-ID or answering it.
     pub fn request(&self) -> Option<&Message> {
         self.request.as_deref()
-    }
-
-    /// Builds the error response (RFC 3261 §8.2.6), adding `to_tag` unless To has one.
-    pub fn response(&self, to_tag: &str) -> Option<Message> {
-        let req = self.request.as_deref()?;
-        ResponseBuilder::new(req, self.status(), &self.reason_phrase())
-            .to_tag(to_tag)
-            .build()
-            .ok()
     }
 }
