@@ -91,83 +91,102 @@ impl Metrics {
             sessions_refused: Family::default(),
         };
         m.conn.register(&mut registry);
+        m.register_calls(&mut registry);
+        m.register_media(&mut registry);
+        m.register_payment(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// SIP and call metrics.
+    fn register_calls(&self, registry: &mut Registry) {
         registry.register(
             "sip_refused",
             "SIP messages refused because of who sent them, by reason",
-            m.sip_refused.clone(),
-        );
-        registry.register(
-            "payment_sessions_created",
-            "Payment sessions created",
-            m.sessions_created.clone(),
-        );
-        registry.register(
-            "payment_sessions_ended",
-            "Payment sessions ended, by outcome",
-            m.sessions_ended.clone(),
-        );
-        registry.register(
-            "payment_sessions_live",
-            "Payment sessions holding a locator",
-            m.sessions_live.clone(),
-        );
-        registry.register(
-            "payment_digits_captured",
-            "Numeric keys counted into card captures (never which)",
-            m.digits_captured.clone(),
-        );
-        registry.register(
-            "payment_unlocks",
-            "Sealed-record unlock attempts, by outcome",
-            m.unlocks.clone(),
+            self.sip_refused.clone(),
         );
         registry.register(
             "calls_started",
             "Calls accepted by the B2BUA",
-            m.calls_started.clone(),
+            self.calls_started.clone(),
         );
-        registry.register("calls_active", "Calls in progress", m.calls_active.clone());
+        registry.register(
+            "calls_active",
+            "Calls in progress",
+            self.calls_active.clone(),
+        );
         registry.register(
             "calls_ended",
-            "Calls ended, by cause",
-            m.calls_ended.clone(),
+            "Calls ended, by cause and by the side that ended or failed them",
+            self.calls_ended.clone(),
         );
+    }
+
+    /// Media relay metrics (folded from the relays' own counters).
+    fn register_media(&self, registry: &mut Registry) {
         registry.register(
             "rtp_packets",
             "RTP packets relayed, by direction",
-            m.rtp_packets.clone(),
+            self.rtp_packets.clone(),
         );
         registry.register(
             "rtp_dropped",
             "RTP and RTCP packets dropped, by reason",
-            m.rtp_dropped.clone(),
+            self.rtp_dropped.clone(),
         );
         registry.register(
             "dtmf_keys_heard",
             "DTMF keys heard on the caller-to-agent direction (never which)",
-            m.dtmf_keys_heard.clone(),
+            self.dtmf_keys_heard.clone(),
         );
         registry.register(
             "samples_masked",
             "Audio samples replaced by masking on the agent leg",
-            m.samples_masked.clone(),
+            self.samples_masked.clone(),
         );
         registry.register(
             "rtp_events_stripped",
             "RFC 4733 telephone-event packets replaced by masking audio on the agent leg",
-            m.events_stripped.clone(),
+            self.events_stripped.clone(),
+        );
+    }
+
+    /// Payment session and locator metrics.
+    fn register_payment(&self, registry: &mut Registry) {
+        registry.register(
+            "payment_sessions_created",
+            "Payment sessions created",
+            self.sessions_created.clone(),
+        );
+        registry.register(
+            "payment_sessions_ended",
+            "Payment sessions ended, by outcome",
+            self.sessions_ended.clone(),
+        );
+        registry.register(
+            "payment_sessions_live",
+            "Payment sessions holding a locator",
+            self.sessions_live.clone(),
+        );
+        registry.register(
+            "payment_digits_captured",
+            "Numeric keys counted into card captures (never which)",
+            self.digits_captured.clone(),
+        );
+        registry.register(
+            "payment_unlocks",
+            "Sealed-record unlock attempts, by outcome",
+            self.unlocks.clone(),
         );
         registry.register(
             "locator_lookups_refused",
             "Locator look-ups refused while their source is locked out, by surface",
-            m.locator_lookups_refused.clone(),
+            self.locator_lookups_refused.clone(),
         );
         registry.register(
             "payment_sessions_refused",
             "Payment session creations refused, by reason",
-            m.sessions_refused.clone(),
+            self.sessions_refused.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     /// For the media and SIP shells to register their own metrics before the state is shared.
