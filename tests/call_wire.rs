@@ -204,18 +204,14 @@ fn policies(agent_locator: bool) -> HashMap<String, RoutePolicy> {
         "loop".to_string(),
         RoutePolicy {
             scrub_always: true,
-            looped: true,
             agent_locator: false,
-            announce_ms: ANNOUNCE_MS,
         },
     );
     m.insert(
         "inline".to_string(),
         RoutePolicy {
             scrub_always: false,
-            looped: false,
             agent_locator,
-            announce_ms: ANNOUNCE_MS,
         },
     );
     m

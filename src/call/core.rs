@@ -13,17 +13,24 @@ use crate::sip::b2bua::{
     PortAllocator, Refusal,
 };
 
-/// What a route decides for its calls besides their SIP routing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a route decides for its calls that the B2BUA's `Route` does not say. A route with no
+/// policy scrubs on demand and does not listen to the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RoutePolicy {
     /// Caller→agent scrubbing from the start, and it cannot be switched off.
     pub scrub_always: bool,
-    /// PCI Pal loop model: keys before the return call is bridged are locator material.
-    pub looped: bool,
-    /// Inline route where the agent keying a payment session's locator binds the call.
+    /// The agent keying a payment session's locator binds the call (inline routes only).
     pub agent_locator: bool,
-    /// Loop route: how long the failure tone plays before the BYE (the B2BUA's timer).
-    pub announce_ms: u64,
+}
+
+/// A route as the call core applies it: its policy, and what the B2BUA's route says of it.
+#[derive(Clone, Copy, Debug)]
+struct RouteRule {
+    policy: RoutePolicy,
+    /// PCI Pal loop model: keys before the return call is bridged are locator material.
+    looped: bool,
+    /// Loop route: how long the failure tone plays before the B2BUA's BYE.
+    announce_ms: u64,
 }
 
 /// Settings of the call core: the B2BUA's, and each route's policy by route name.
@@ -45,9 +52,7 @@ impl CallCoreConfig {
             .map(|r| {
                 let policy = RoutePolicy {
                     scrub_always: r.scrub == ScrubMode::Always,
-                    looped: r.mode == RouteMode::Loop,
-                    agent_locator: r.mode == RouteMode::Inline && r.agent_locator,
-                    announce_ms: r.announce_ms,
+                    agent_locator: r.agent_locator,
                 };
                 (r.name.clone(), policy)
             })
@@ -229,7 +234,7 @@ enum CallerKeys {
 /// What the core keeps per live call besides the B2BUA's state.
 #[derive(Debug)]
 struct CallState {
-    policy: RoutePolicy,
+    rule: RouteRule,
     caller: CallerKeys,
     /// Collecting a locator from the agent's keys (inline route, until bound).
     agent: Option<LocatorCollector>,
@@ -249,7 +254,7 @@ struct RelayState {
 #[derive(Debug)]
 pub struct CallCore {
     sip: B2bua,
-    routes: HashMap<String, RoutePolicy>,
+    routes: HashMap<String, RouteRule>,
     calls: HashMap<CallId, CallState>,
     relays: HashMap<CallId, RelayState>,
     locator_len: usize,
@@ -275,9 +280,28 @@ pub fn end_label(cause: EndCause) -> &'static str {
 
 impl CallCore {
     pub fn new(cfg: CallCoreConfig) -> CallCore {
+        // Whether a route loops and how long its tone plays are the B2BUA route's own settings.
+        let routes = cfg
+            .sip
+            .routes
+            .iter()
+            .map(|r| {
+                let policy = cfg.routes.get(&r.name).copied().unwrap_or_default();
+                let looped = r.mode == RouteMode::Loop;
+                let rule = RouteRule {
+                    policy: RoutePolicy {
+                        agent_locator: policy.agent_locator && !looped,
+                        ..policy
+                    },
+                    looped,
+                    announce_ms: r.loop_route.as_ref().map_or(0, |l| l.announce_ms),
+                };
+                (r.name.clone(), rule)
+            })
+            .collect();
         CallCore {
             sip: B2bua::new(cfg.sip),
-            routes: cfg.routes,
+            routes,
             calls: HashMap::new(),
             relays: HashMap::new(),
             locator_len: cfg.locator_len,
@@ -405,7 +429,7 @@ impl CallCore {
                 }
             }
             Output::Announce { call } => {
-                let for_ms = self.calls.get(&call).map_or(0, |c| c.policy.announce_ms);
+                let for_ms = self.calls.get(&call).map_or(0, |c| c.rule.announce_ms);
                 out.push(Action::Note {
                     call,
                     note: Note::Announcing { for_ms },
@@ -419,14 +443,13 @@ impl CallCore {
     fn call_event(&mut self, call: CallId, event: CallEvent, out: &mut Vec<Action>) {
         match event {
             CallEvent::Started { route, from, to } => {
-                let policy = self.routes.get(&route).copied().unwrap_or(RoutePolicy {
-                    scrub_always: false,
+                let rule = self.routes.get(&route).copied().unwrap_or(RouteRule {
+                    policy: RoutePolicy::default(),
                     looped: false,
-                    agent_locator: false,
                     announce_ms: 0,
                 });
                 let (len, gap) = (self.locator_len, self.locator_inter_key_ms);
-                let caller = if policy.looped {
+                let caller = if rule.looped {
                     CallerKeys::PreBridge {
                         collector: None,
                         source: IpAddr::from([0, 0, 0, 0]),
@@ -437,9 +460,10 @@ impl CallCore {
                 self.calls.insert(
                     call,
                     CallState {
-                        policy,
+                        rule,
                         caller,
-                        agent: policy
+                        agent: rule
+                            .policy
                             .agent_locator
                             .then(|| LocatorCollector::new(len, gap)),
                         agent_locating: false,
@@ -448,10 +472,10 @@ impl CallCore {
                 out.push(Action::Started {
                     call,
                     route,
-                    looped: policy.looped,
+                    looped: rule.looped,
                     from,
                     to,
-                    scrub: policy.scrub_always,
+                    scrub: rule.policy.scrub_always,
                 });
             }
             CallEvent::Answered => {
@@ -578,7 +602,7 @@ impl CallCore {
         let state = self.calls.get(&call);
         // Scrubbing is on unless the route leaves it to the API; a call the core knows
         // nothing of is scrubbed.
-        let scrub = state.is_none_or(|c| c.policy.scrub_always);
+        let scrub = state.is_none_or(|c| c.rule.policy.scrub_always);
         let plan = RelayPlan {
             codec: if a.codecs.pcmu.is_some() || a.codecs.pcma.is_none() {
                 Codec::Pcmu
