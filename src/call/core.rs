@@ -134,10 +134,6 @@ pub enum Note {
     },
     LocateFailed,
     Fallback,
-    /// The locator led nowhere: the failure tone plays for `for_ms`.
-    Announcing {
-        for_ms: u64,
-    },
 }
 
 /// What the shell must do.
@@ -261,21 +257,6 @@ pub struct CallCore {
     locator_inter_key_ms: u64,
     /// The B2BUA's outputs of one event, kept to reuse its allocation.
     scratch: Vec<Output>,
-}
-
-/// Metric label of an end cause: fixed words, never a status text from the wire.
-pub fn end_label(cause: EndCause) -> &'static str {
-    match cause {
-        EndCause::ByeFromA => "bye_caller",
-        EndCause::ByeFromB => "bye_agent",
-        EndCause::Cancelled => "cancelled",
-        EndCause::Rejected(_) => "rejected",
-        EndCause::Timeout(_) => "timeout",
-        EndCause::MediaTimeout => "media_timeout",
-        EndCause::Hangup => "hangup",
-        EndCause::NotLocated => "not_located",
-        EndCause::Failed(_) => "failed",
-    }
 }
 
 impl CallCore {
@@ -430,10 +411,6 @@ impl CallCore {
             }
             Output::Announce { call } => {
                 let for_ms = self.calls.get(&call).map_or(0, |c| c.rule.announce_ms);
-                out.push(Action::Note {
-                    call,
-                    note: Note::Announcing { for_ms },
-                });
                 out.push(Action::Announce { call, for_ms });
             }
             Output::Refused { from, refusal } => out.push(Action::Refused { from, refusal }),

@@ -18,5 +18,4 @@ mod core;
 
 pub use core::{
     Action, CallCore, CallCoreConfig, Event, KeyFrom, LocateFor, Note, RelayPlan, RoutePolicy,
-    end_label,
 };

@@ -22,9 +22,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::call::{
-    Action, CallCore, CallCoreConfig, Event, KeyFrom, LocateFor, Note, RelayPlan, end_label,
-};
+use crate::call::{Action, CallCore, CallCoreConfig, Event, KeyFrom, LocateFor, Note, RelayPlan};
 use crate::config::{Config, Transport};
 use crate::digit::{Digit, DigitSource};
 use crate::ids::CallId;
@@ -282,6 +280,11 @@ impl Shell {
                     }
                 }
                 Action::Announce { call, for_ms } => {
+                    tracing::info!(
+                        call = call.0,
+                        for_ms,
+                        "loop route: locator not found, announcing"
+                    );
                     if let Some(control) = self.relays.get(&call) {
                         let tone = MediaControl::Announce(Duration::from_millis(for_ms));
                         let _ = control.try_send(tone);
@@ -330,7 +333,7 @@ impl Shell {
                     if known {
                         let m = self.api.metrics();
                         m.calls_active.dec();
-                        m.call_ended(end_label(cause), side);
+                        m.call_ended(cause.label(), side);
                     }
                     self.api.call_ended(call);
                 }
@@ -474,11 +477,6 @@ fn log_note(call: CallId, note: &Note) {
             "loop call: locator not found or not given in time"
         ),
         Note::Fallback => tracing::info!(call = call.0, "loop call: routed to fallback"),
-        Note::Announcing { for_ms } => tracing::info!(
-            call = call.0,
-            for_ms,
-            "loop route: locator not found, announcing"
-        ),
     }
 }
 

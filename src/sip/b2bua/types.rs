@@ -123,6 +123,21 @@ impl EndCause {
             EndCause::Timeout(side) | EndCause::Failed(side) => side,
         }
     }
+
+    /// Fixed metric label: words of our own, never a status text from the wire.
+    pub fn label(self) -> &'static str {
+        match self {
+            EndCause::ByeFromA => "bye_caller",
+            EndCause::ByeFromB => "bye_agent",
+            EndCause::Cancelled => "cancelled",
+            EndCause::Rejected(_) => "rejected",
+            EndCause::Timeout(_) => "timeout",
+            EndCause::MediaTimeout => "media_timeout",
+            EndCause::Hangup => "hangup",
+            EndCause::NotLocated => "not_located",
+            EndCause::Failed(_) => "failed",
+        }
+    }
 }
 
 /// Call life-cycle events for logs and metrics.
