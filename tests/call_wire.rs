@@ -12,7 +12,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use sipwire::*;
-use tonewall::call::{Action, CallCore, CallCoreConfig, Event, KeyFrom, LocateFor, RoutePolicy};
+use tonewall::call::{
+    Action, CallCore, CallCoreConfig, Event, KeyFrom, LocateFor, RelayPlan, RoutePolicy,
+};
 use tonewall::config::{LocatorSource, OnFailure, RouteMode};
 use tonewall::digit::{Digit, DigitSource};
 use tonewall::ids::CallId;
@@ -168,6 +170,14 @@ impl<D: DeskPort> CallWire<D> {
                 _ => None,
             })
             .expect("a call started")
+    }
+
+    /// How the call's first relay was set up.
+    fn relay_plan(&self) -> Option<RelayPlan> {
+        self.actions.iter().find_map(|a| match a {
+            Action::StartRelay { plan, .. } => Some(*plan),
+            _ => None,
+        })
     }
 
     fn captures(&self) -> usize {
@@ -395,12 +405,7 @@ fn loop_call_keyed_locator_binds_the_return_call_and_only_later_keys_are_capture
     let _trunk = loop_answered(&mut w);
     let call = w.call();
     let plan = w
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::StartRelay { plan, .. } => Some(*plan),
-            _ => None,
-        })
+        .relay_plan()
         .expect("the relay starts when tonewall answers");
     assert!(plan.scrub && plan.always, "a loop route scrubs always");
 
@@ -521,14 +526,7 @@ fn inline_call_bound_by_the_agents_keyed_locator_captures_the_callers_keys() {
     let mut w = CallWire::new(call_config(OnFailure::Announce, false, true), desk);
     let _peers = inline_answered(&mut w);
     let call = w.call();
-    let plan = w
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            Action::StartRelay { plan, .. } => Some(*plan),
-            _ => None,
-        })
-        .unwrap();
+    let plan = w.relay_plan().expect("the relay starts with the call");
     assert!(
         plan.agent_keys && !plan.scrub,
         "scrubbing waits for a session"
