@@ -72,14 +72,22 @@ enum Command {
     },
     #[cfg(feature = "tools")]
     /// Audit a recording for DTMF: digits with start and end times, or any dual-tone residue.
+    /// With --report: talk-off and over-masking of recordings that hold no keys.
     Scan {
-        file: PathBuf,
+        /// The recording (8 kHz mono WAV); with --report, any number of files and folders.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
         /// Look for any fragment of dual-tone energy, however short (FFT analysis).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "report")]
         sensitive: bool,
+        /// Run every file through the scrubber (as `tonewall scrub` does, default settings) and
+        /// the decoder, and report masked time, masked spans and false digits per file, per
+        /// folder and in total. Every digit found is a false one: the recordings hold no keys.
+        #[arg(long)]
+        report: bool,
     },
 }
 
@@ -116,10 +124,21 @@ fn main() -> Result<()> {
         } => scrub(input, output, codec, mask, delay_ms, ptime, events),
         #[cfg(feature = "tools")]
         Command::Scan {
-            file,
+            files,
             json,
             sensitive,
-        } => scan(file, json, sensitive),
+            report,
+        } => {
+            if report {
+                return scan_report(&files, json);
+            }
+            let [file] = <[PathBuf; 1]>::try_from(files).map_err(|_| {
+                anyhow::anyhow!(
+                    "scan takes one recording; use --report for several files or folders"
+                )
+            })?;
+            scan(file, json, sensitive)
+        }
     }
 }
 
@@ -227,6 +246,19 @@ fn scrub(
         "  packets:         {} in, {} out, {} telephone-events reached the agent",
         report.packets_in, report.packets_out, report.events_leaked
     );
+    Ok(())
+}
+
+#[cfg(feature = "tools")]
+fn scan_report(paths: &[PathBuf], json: bool) -> Result<()> {
+    let files = tonewall::tools::collect_wavs(paths)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let report = tonewall::tools::talkoff_report(&files, &ScrubOptions::default(), threads)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
     Ok(())
 }
 

@@ -1,5 +1,10 @@
-//! The offline tools behind `tonewall scrub`: run a recording through the relay's own scrubber
-//! exactly as a trunk would feed it, and report what happened without revealing any digit.
+//! The offline tools behind `tonewall scrub` and `tonewall scan --report`: run a recording
+//! through the relay's own scrubber exactly as a trunk would feed it, and report what happened
+//! without revealing any digit.
+
+mod report;
+
+pub use report::{FileFigures, ReportError, TalkoffReport, Totals, collect_wavs, talkoff_report};
 
 use crate::digit::DigitSource;
 use crate::dsp::dtmf::{DetectorConfig, DtmfDetector, PresenceConfig};
@@ -7,6 +12,9 @@ use crate::dsp::g711::Codec;
 use crate::dsp::mask::MaskKind;
 use crate::rtp::scrubber::{MAX_DELAY, ScrubStats, Scrubber, ScrubberConfig, Verdict};
 use crate::rtp::trunk::{KeySpan, TrunkConfig, depacketize, packetize};
+
+/// Altered samples this close (2 ms, the masker's ramp) belong to one masked span.
+const MERGE_GAP: usize = 16;
 
 /// Options of one offline scrub run.
 #[derive(Clone, Debug)]
@@ -123,11 +131,13 @@ pub fn scrub_audio(audio: &[i16], opts: &ScrubOptions) -> Result<ScrubReport, To
     scrubber.finish(&mut |d| digits.push(d));
     let rx = depacketize(out.iter().map(|p| p.as_slice()), trunk.first_ts);
 
-    // Masked spans: where the agent's audio differs from the caller's, delayed by D.
+    // Masked spans: where the agent's audio differs from the caller's, delayed by D. A noise
+    // mask lands on the caller's own G.711 code now and then; a gap shorter than the mask's
+    // ramp is such a coincidence, not two spans, and its samples count as masked.
     let d = scrubber.delay_samples();
     let sent = depacketize(packets.iter().map(|p| p.as_slice()), trunk.first_ts).audio;
     let mut masked_spans = Vec::new();
-    let mut open: Option<usize> = None;
+    let mut open: Option<(usize, usize)> = None;
     for (i, &s) in rx.audio.iter().enumerate() {
         let orig = if i >= d {
             sent.get(i - d).copied()
@@ -135,18 +145,19 @@ pub fn scrub_audio(audio: &[i16], opts: &ScrubOptions) -> Result<ScrubReport, To
             None
         };
         let differs = i >= d && orig != Some(s);
-        match (differs, open) {
-            (true, None) => open = Some(i),
-            (false, Some(st)) => {
-                masked_spans.push((st, i));
-                open = None;
+        if !differs {
+            continue;
+        }
+        match open {
+            Some((st, end)) if i - end < MERGE_GAP => open = Some((st, i + 1)),
+            Some(span) => {
+                masked_spans.push(span);
+                open = Some((i, i + 1));
             }
-            _ => {}
+            None => open = Some((i, i + 1)),
         }
     }
-    if let Some(st) = open {
-        masked_spans.push((st, rx.audio.len()));
-    }
+    masked_spans.extend(open);
     let count = |src| digits.iter().filter(|x| x.source == src).count();
     Ok(ScrubReport {
         delay_samples: d,
