@@ -267,10 +267,11 @@ fn accept_matrix_as_rfc4733_events_leaves_no_trace() {
 
 #[test]
 fn keys_over_speech_and_noise_are_masked_from_first_to_last_sample() {
-    // The presence detector masks every sample of keys 10 dB or more above the speech
-    // (measured: speech 7 dB under starts to open the onset of one key in ten).
+    // The presence detector masks every sample of keys 10 dB or more above the speech. Over
+    // five recordings and the whole accept matrix (4140 keys each), a key with any sample
+    // leaked: 26 at 10 dB, 6 at 12 dB, 0 at 20 dB (tools/README figures, issue 20's note).
     for (i, (speech_gain, snr)) in [
-        (Some(-12.0), None),
+        (Some(-10.0), None),
         (Some(-15.0), Some(15.0)),
         (None, Some(15.0)),
     ]

@@ -1,9 +1,12 @@
-//! The presence detector: a fast, generous signal that drives masking. It sums the last three
-//! 16-sample steps (48 samples) every 2 ms: coarse in frequency but quick, so with `delay`
-//! samples of look-ahead it can mask a tone from before its first sample.
+//! The presence detector: a fast signal that drives masking. It sums the last three 16-sample
+//! steps (48 samples) every 2 ms: coarse in frequency but quick, so with `delay` samples of
+//! look-ahead it can mask a tone from before its first sample. A window that passes that coarse
+//! test is looked at again on its raw samples before a span starts (pair on the grid, pure,
+//! and rising against what came before) and, once the span has lasted 16 ms, over 128 samples
+//! that resolve a voice's harmonics: that is what keeps vowels from being masked as keys.
 
-use super::simd::{argmax4, max4};
-use crate::dsp::goertzel::{Bank, STEP, Step, Terms, dbm0_power, step_terms};
+use super::simd::{argmax4, dot, max4};
+use crate::dsp::goertzel::{Bank, DTMF_HZ, RATE, STEP, Step, Terms, dbm0_power, step_terms};
 
 /// Presence detector configuration.
 #[derive(Clone, Debug)]
@@ -20,6 +23,18 @@ pub struct PresenceConfig {
     pub min_tone_share: f32,
     /// Samples masked after the last window that saw a tone.
     pub hang: usize,
+    /// Largest relative frequency error of either tone, measured over the last 48 samples,
+    /// for a window to start masking.
+    pub max_freq_dev: f32,
+    /// Share of the last 48 samples' energy the two tones, measured at the frequencies found,
+    /// must carry to start masking.
+    pub min_pure_ratio: f32,
+    /// How much louder (in amplitude) each tone must be than 16 samples before the window.
+    pub min_rise: f32,
+    /// For a span that has lasted 128 samples, the same two limits over its last 128, where a
+    /// voice's neighbouring harmonics are resolved.
+    pub long_freq_dev: f32,
+    pub long_pure_ratio: f32,
 }
 
 impl Default for PresenceConfig {
@@ -27,11 +42,137 @@ impl Default for PresenceConfig {
         PresenceConfig {
             delay: 80,
             min_level_dbm0: -50.0,
-            min_energy_ratio: 0.75,
+            min_energy_ratio: 0.65,
             min_tone_share: 0.08,
             hang: 24,
+            max_freq_dev: 0.08,
+            min_pure_ratio: 0.5,
+            min_rise: 2.0,
+            long_freq_dev: 0.03,
+            long_pure_ratio: 0.6,
         }
     }
+}
+
+/// Share of the onset thresholds a held pair needs to keep masking: speech over a sounding
+/// key must not open holes in the mask.
+const HELD_SHARE: f32 = 0.85;
+/// Steps after a span of a pair during which a window sharing a tone with it starts a span
+/// without the rise test: a key that speech broke up, or whose pair the fine window read
+/// differently for a moment, would fail against its own earlier part.
+const RESUME_STEPS: u32 = 8;
+/// Samples between the rise test's two windows: a key found one window late still rises
+/// against the audio before it.
+const RISE_GAP: usize = 16;
+
+/// Raw samples kept for the fine tests: the last eight steps.
+const RAW_STEPS: usize = 8;
+const RAW: usize = RAW_STEPS * STEP;
+/// The short fine window (the last 64 samples: what the look-ahead leaves at a key's onset)
+/// and the long one (128, once a span has lasted that long).
+const SHORT: usize = 48;
+const SHORT_PHASE: usize = 32;
+const LONG: usize = RAW;
+const LONG_PHASE: usize = 96;
+
+/// Hann-weighted e^{-jω_k n} at the grid frequencies over a window of `W` samples and over
+/// the two phase windows of `P` inside it; one copy per process.
+struct Kernels<const W: usize, const P: usize> {
+    phase_re: [[f32; P]; 8],
+    phase_im: [[f32; P]; 8],
+    full_re: [[f32; W]; 8],
+    full_im: [[f32; W]; 8],
+    full_sum: f32,
+}
+
+static SHORT_K: std::sync::LazyLock<Box<Kernels<SHORT, SHORT_PHASE>>> =
+    std::sync::LazyLock::new(Kernels::new);
+static LONG_K: std::sync::LazyLock<Box<Kernels<LONG, LONG_PHASE>>> =
+    std::sync::LazyLock::new(Kernels::new);
+
+fn hann<const N: usize>() -> [f32; N] {
+    let mut w = [0f32; N];
+    for (n, v) in w.iter_mut().enumerate() {
+        let x = 2.0 * std::f64::consts::PI * (n as f64 + 0.5) / N as f64;
+        *v = (0.5 - 0.5 * x.cos()) as f32;
+    }
+    w
+}
+
+impl<const W: usize, const P: usize> Kernels<W, P> {
+    #[allow(clippy::needless_range_loop)]
+    fn new() -> Box<Self> {
+        let hp: [f32; P] = hann();
+        let hf: [f32; W] = hann();
+        let mut k = Box::new(Kernels {
+            phase_re: [[0.0; P]; 8],
+            phase_im: [[0.0; P]; 8],
+            full_re: [[0.0; W]; 8],
+            full_im: [[0.0; W]; 8],
+            full_sum: hf.iter().sum(),
+        });
+        for (i, &f) in DTMF_HZ.iter().enumerate() {
+            let w = 2.0 * std::f64::consts::PI * f64::from(f) / f64::from(RATE);
+            for n in 0..W {
+                let (s, c) = (w * n as f64).sin_cos();
+                if let Some(&g) = hp.get(n) {
+                    k.phase_re[i][n] = (f64::from(g) * c) as f32;
+                    k.phase_im[i][n] = (-f64::from(g) * s) as f32;
+                }
+                k.full_re[i][n] = (f64::from(hf[n]) * c) as f32;
+                k.full_im[i][n] = (-f64::from(hf[n]) * s) as f32;
+            }
+        }
+        k
+    }
+
+    /// Amplitude of grid tone `k` in `x` as measured at the grid frequency.
+    fn amplitude(&self, x: &[i16], k: usize) -> f32 {
+        let (fr, fi) = (dot(x, &self.full_re[k]), dot(x, &self.full_im[k]));
+        2.0 * (fr * fr + fi * fi).sqrt() / self.full_sum
+    }
+
+    /// Relative frequency error of the tone near grid frequency `k` in `x` (`W` samples), from
+    /// the phase step between the two phase windows, and its energy over the window, corrected
+    /// for the window's roll-off at that offset.
+    fn measure(&self, x: &[i16], k: usize) -> (f32, f32) {
+        let lag = W - P;
+        let (kr, ki) = (&self.phase_re[k], &self.phase_im[k]);
+        let (a, b) = (&x[..P.min(x.len())], &x[lag.min(x.len())..]);
+        let (ar, ai) = (dot(a, kr), dot(a, ki));
+        let (br, bi) = (dot(b, kr), dot(b, ki));
+        let f = DTMF_HZ[k];
+        let w = 2.0 * std::f32::consts::PI * f / RATE;
+        let dphi = (bi * ar - br * ai).atan2(br * ar + bi * ai) - w * lag as f32;
+        let dphi = (dphi + std::f32::consts::PI).rem_euclid(2.0 * std::f32::consts::PI)
+            - std::f32::consts::PI;
+        let df = dphi * RATE / (2.0 * std::f32::consts::PI * lag as f32);
+        // Hann's amplitude response δ bins off centre: sinc(δ) / (1 − δ²).
+        let d = df * W as f32 / RATE;
+        let xd = std::f32::consts::PI * d;
+        let sinc = if xd.abs() < 1e-4 { 1.0 } else { xd.sin() / xd };
+        let resp = (sinc / (1.0 - d * d).max(1e-3)).clamp(0.2, 1.0);
+        let amp = self.amplitude(x, k) / resp;
+        (df / f, amp * amp / 2.0 * W as f32)
+    }
+}
+
+/// Both tones within `max_dev` of the grid and carrying `min_ratio` of `x`'s energy.
+fn pure<const W: usize, const P: usize>(
+    k: &Kernels<W, P>,
+    x: &[i16],
+    l: usize,
+    h: usize,
+    max_dev: f32,
+    min_ratio: f32,
+) -> bool {
+    let e: f32 = x.iter().map(|&v| f32::from(v) * f32::from(v)).sum();
+    if e <= 0.0 {
+        return false;
+    }
+    let (dl, pl) = k.measure(x, l);
+    let (dh, ph) = k.measure(x, h);
+    dl.abs() <= max_dev && dh.abs() <= max_dev && pl + ph >= min_ratio * e
 }
 
 /// Window of the presence detector, in steps (48 samples), tested every step (2 ms). Testing
@@ -69,6 +210,15 @@ pub struct PresenceDetector {
     loud_q: f32,
     /// The grid pair last seen, and window tests since.
     held: Option<(usize, usize, u8)>,
+    /// The last `RAW_STEPS` steps' samples, a step per slot, for the fine tests.
+    raw: [[i16; STEP]; RAW_STEPS],
+    raw_slot: usize,
+    /// Steps since the current span's onset (saturating).
+    span_steps: u8,
+    /// The pair last masked and steps since: a key that speech broke up resumes without the
+    /// rise test, which its own earlier part would fail.
+    last_pair: Option<(usize, usize)>,
+    since_pair: u16,
 }
 
 impl PresenceDetector {
@@ -94,6 +244,11 @@ impl PresenceDetector {
             pos: 0,
             marks: [0; MARKS / 64],
             held: None,
+            raw: [[0; STEP]; RAW_STEPS],
+            raw_slot: 0,
+            span_steps: 0,
+            last_pair: None,
+            since_pair: u16::MAX,
         }
     }
 
@@ -125,8 +280,9 @@ impl PresenceDetector {
             let at = self.pos;
             self.pos += 1;
             if self.bank.stage(x) {
-                let t = step_terms(self.bank.pending());
-                self.finish_step(&t);
+                let step = *self.bank.pending();
+                let t = step_terms(&step);
+                self.finish_step(&step, &t);
             }
             if self.take_mark(at) {
                 mask[i / 64] |= 1 << (i % 64);
@@ -138,7 +294,11 @@ impl PresenceDetector {
     // as calls, a step's terms went through memory and its two energies were read back as one
     // 8-byte load of two 4-byte stores, a failed store forward that perf showed as the hot spot.
     #[inline(always)]
-    pub(super) fn finish_step(&mut self, t: &Terms) -> Step {
+    pub(super) fn finish_step(&mut self, x: &[i16; STEP], t: &Terms) -> Step {
+        if let Some(slot) = self.raw.get_mut(self.raw_slot) {
+            *slot = *x;
+        }
+        self.raw_slot = (self.raw_slot + 1) % RAW_STEPS;
         let st = self.bank.rotate(t);
         self.on_step(&st);
         st
@@ -147,6 +307,7 @@ impl PresenceDetector {
     #[inline(always)]
     fn on_step(&mut self, st: &Step) {
         self.steps += 1;
+        self.since_pair = self.since_pair.saturating_add(1);
         let slot = self.slot;
         self.slot = if slot + 1 == WIN_STEPS { 0 } else { slot + 1 };
         if let (Some(re), Some(im), Some(e)) = (
@@ -212,6 +373,7 @@ impl PresenceDetector {
             e += se;
         }
         if e <= 0.0 {
+            self.age_held();
             return false;
         }
         // A window too quiet for any term to reach the level floor cannot hold a tone: over N
@@ -249,28 +411,119 @@ impl PresenceDetector {
         // The weaker of the two tests below (the held one), which each of them implies: a window
         // failing it is no tone whatever pair was held, so the pair's indices and the hold are
         // never looked at. Most speech ends here; the decisions are those of the full test.
-        let (ratio_lo, share_lo) = (ratio.min(0.5 * ratio), share.min(0.5 * share));
+        let hf = HELD_SHARE;
+        let (ratio_lo, share_lo) = (ratio.min(hf * ratio), share.min(hf * share));
         if !(loud && ql + qh >= ratio_lo && ql >= share_lo && qh >= share_lo) {
             self.age_held();
             return false;
         }
-        let l = argmax4([q[0], q[1], q[2], q[3]]);
-        let h = 4 + argmax4([q[4], q[5], q[6], q[7]]);
+        // The pair from the fine window: a 48-sample rectangular term can favour the neighbour
+        // of a tone 1.5 % off the grid when the other group's tone leaks into it.
+        let (l, h) = self.fine_pair();
         // `loud` held, or the window was turned away above.
         let onset = ql + qh >= ratio && ql >= share && qh >= share;
         // Once a pair has been seen, the same pair keeps masking at half the energy share:
         // speech over a sounding key must not open holes in the mask.
         let held = matches!(self.held, Some((hl, hh, _)) if hl == l && hh == h)
-            && ql + qh >= 0.5 * ratio
-            && ql >= 0.5 * share
-            && qh >= 0.5 * share;
-        if onset || held {
+            && ql + qh >= hf * ratio
+            && ql >= hf * share
+            && qh >= hf * share;
+        let resumes = matches!(self.last_pair, Some((pl, ph)) if pl == l || ph == h)
+            && u32::from(self.since_pair) <= RESUME_STEPS;
+        let fine = if held {
+            self.span_steps = self.span_steps.saturating_add(1);
+            self.continues(l, h)
+        } else {
+            onset && self.starts(l, h, resumes)
+        };
+        if fine {
+            if !held {
+                self.span_steps = 0;
+            }
             self.held = Some((l, h, 0));
+            self.last_pair = Some((l, h));
+            self.since_pair = 0;
             true
         } else {
             self.age_held();
             false
         }
+    }
+
+    /// The strongest grid tone of each group over the short fine window.
+    #[inline(never)]
+    fn fine_pair(&self) -> (usize, usize) {
+        let x = self.recent();
+        let now = &x[RAW - SHORT..];
+        let k = &*SHORT_K;
+        let a: [f32; 8] = std::array::from_fn(|i| k.amplitude(now, i));
+        (
+            argmax4([a[0], a[1], a[2], a[3]]),
+            4 + argmax4([a[4], a[5], a[6], a[7]]),
+        )
+    }
+
+    /// The last `RAW` samples, oldest first.
+    fn recent(&self) -> [i16; RAW] {
+        let mut x = [0i16; RAW];
+        for (i, chunk) in x.chunks_exact_mut(STEP).enumerate() {
+            let slot = (self.raw_slot + i) % RAW_STEPS;
+            chunk.copy_from_slice(&self.raw[slot]);
+        }
+        x
+    }
+
+    /// Whether a window the coarse test passed starts a span: over the last 48 samples, both
+    /// tones within `max_freq_dev` of the grid (from the phase step between two Hann windows 16
+    /// apart) and carrying `min_pure_ratio` of the energy; and each tone `min_rise` times
+    /// louder than in the 48 samples ending 16 before them. A key starts from whatever was
+    /// there; a vowel's harmonics grow into place over tens of milliseconds, and this one test
+    /// turns away most of the windows of speech that look like a key for 6 ms (on 47 minutes of
+    /// speech: masked time 0.58 % → 0.03 % with the coarse test alone). A window sharing a tone
+    /// with a span just ended resumes without it. Run only when the coarse test passed.
+    #[inline(never)]
+    fn starts(&self, l: usize, h: usize, resumes: bool) -> bool {
+        let x = self.recent();
+        let gap = RISE_GAP;
+        let (before, now) = (
+            &x[RAW - 2 * SHORT - gap..RAW - SHORT - gap],
+            &x[RAW - SHORT..],
+        );
+        let k = &*SHORT_K;
+        if !pure(k, now, l, h, self.cfg.max_freq_dev, self.cfg.min_pure_ratio) {
+            return false;
+        }
+        if resumes {
+            return true;
+        }
+        let rise = self.cfg.min_rise;
+        k.amplitude(before, l) * rise <= k.amplitude(now, l)
+            && k.amplitude(before, h) * rise <= k.amplitude(now, h)
+    }
+
+    /// Whether a held pair keeps masking: always while the span is younger than the long
+    /// window (the coarse held test decided), then only if the last 128 samples, where a
+    /// voice's neighbouring harmonics are resolved, hold the pair on the grid and pure. A
+    /// vowel's two harmonics that happened to start like a key are cut there.
+    #[inline(never)]
+    fn continues(&mut self, l: usize, h: usize) -> bool {
+        if usize::from(self.span_steps) * STEP < LONG {
+            return true;
+        }
+        let ok = pure(
+            &LONG_K,
+            &self.recent(),
+            l,
+            h,
+            self.cfg.long_freq_dev,
+            self.cfg.long_pure_ratio,
+        );
+        if !ok {
+            // Heard long enough to be measured and found not to be a key: it does not resume
+            // without the rise test either.
+            self.last_pair = None;
+        }
+        ok
     }
 
     /// A window without a tone: the pair last seen stays eligible for a while.
