@@ -96,7 +96,7 @@ pub enum DropReason {
     /// the event has no slot of its own in the agent's timeline.
     #[error("telephone-event duplicated by concurrent audio")]
     EventWithAudio,
-    /// The same packet again (same sequence number and timestamp as the previous one).
+    /// The same packet again (the sequence number and timestamp of one of the last few).
     #[error("duplicate packet")]
     Duplicate,
 }
@@ -135,6 +135,34 @@ pub struct ScrubStats {
 
 /// Two reports of the same key from different paths this close (samples) are one key.
 const DEDUP_GAP: u64 = 1600;
+
+/// How many recent packets a duplicate is looked for among. A network duplicates a packet
+/// within a few packets of the original (a trunk with redundant paths, a retransmitting SBC);
+/// eight is one cache line of identities.
+const RECENT: usize = 8;
+
+/// Identities (sequence number, timestamp) of the last [`RECENT`] packets received: a packet
+/// that matches one is a duplicate, even with other packets between it and its original.
+#[derive(Clone, Copy, Debug, Default)]
+struct Recent {
+    ids: [(u16, u32); RECENT],
+    /// Slots filled so far (at most `RECENT`), and the next slot to overwrite.
+    filled: usize,
+    next: usize,
+}
+
+impl Recent {
+    /// True if `id` is among the recent identities; otherwise remembers it.
+    fn seen(&mut self, id: (u16, u32)) -> bool {
+        if self.ids[..self.filled].contains(&id) {
+            return true;
+        }
+        self.ids[self.next] = id;
+        self.next = (self.next + 1) % RECENT;
+        self.filled = (self.filled + 1).min(RECENT);
+        false
+    }
+}
 
 /// The RFC 4733 event currently sounding.
 #[derive(Clone, Copy, Debug)]
@@ -194,8 +222,8 @@ pub struct Scrubber {
     /// Timestamp just after the last packet sent: where a synthesized frame goes.
     next_ts: Option<u32>,
     last_frame_len: usize,
-    /// (sequence, timestamp) of the last packet received while scrubbing.
-    last_in: Option<(u16, u32)>,
+    /// Packets received lately while scrubbing, to drop duplicates.
+    recent: Recent,
     event: Option<ActiveEvent>,
     last_digit: Option<ScrubbedDigit>,
     was_masking: bool,
@@ -282,7 +310,7 @@ impl Scrubber {
             last_audio_pt: None,
             next_ts: None,
             last_frame_len: 160,
-            last_in: None,
+            recent: Recent::default(),
             event: None,
             last_digit: None,
             was_masking: false,
@@ -412,11 +440,9 @@ impl Scrubber {
             dst.copy_from_slice(input);
             return Verdict::Forward(input.len());
         }
-        let id = (view.sequence(), view.timestamp());
-        if self.last_in == Some(id) {
+        if self.recent.seen((view.sequence(), view.timestamp())) {
             return Verdict::Drop(DropReason::Duplicate);
         }
-        self.last_in = Some(id);
         self.tick(now_ms, on_digit);
         let pt = view.payload_type();
         if Some(pt) == self.cfg.event_pt {
@@ -792,7 +818,7 @@ pub struct DigitTap {
     detector: DtmfDetector,
     /// Audio samples heard: the timeline of reported digits.
     pos: u64,
-    last_in: Option<(u16, u32)>,
+    recent: Recent,
     event: Option<TapEvent>,
     last_digit: Option<ScrubbedDigit>,
     stats: ScrubStats,
@@ -806,7 +832,7 @@ impl DigitTap {
             event_timeout_ms: cfg.event_timeout_ms,
             detector: DtmfDetector::new(cfg.detector.clone()),
             pos: 0,
-            last_in: None,
+            recent: Recent::default(),
             event: None,
             last_digit: None,
             stats: ScrubStats::default(),
@@ -840,12 +866,10 @@ impl DigitTap {
                 return;
             }
         };
-        let id = (view.sequence(), view.timestamp());
-        if self.last_in == Some(id) {
+        if self.recent.seen((view.sequence(), view.timestamp())) {
             self.stats.dropped_duplicate += 1;
             return;
         }
-        self.last_in = Some(id);
         self.tick(now_ms, on_digit);
         let pt = view.payload_type();
         if Some(pt) == self.event_pt {
@@ -1266,6 +1290,30 @@ mod tests {
         }
         assert_eq!(dropped, 1);
         assert_eq!(digits.len(), 1);
+    }
+
+    #[test]
+    fn a_duplicate_arriving_after_other_packets_is_still_dropped() {
+        // Speech with a key in-band: a copy of a tone packet three packets later would put the
+        // same audio through the delay line twice and out under one sequence number twice.
+        let mut audio = voice(6400, 8);
+        audio[1600..2400].copy_from_slice(&tone(key('2'), 800));
+        let packets = packetize(&audio, &TrunkConfig::default(), None);
+        let mut late = packets.clone();
+        late.insert(14, packets[11].clone());
+        late.insert(24, packets[20].clone());
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &late);
+        assert_eq!(s.stats().dropped_duplicate, 2);
+        assert_eq!(out.len(), packets.len());
+        assert_continuous(&out);
+        assert_eq!(digits.len(), 1);
+
+        let mut tap = DigitTap::new(&ScrubberConfig::default());
+        for (i, p) in late.iter().enumerate() {
+            tap.observe(i as u64 * 20, p, &mut |_| {});
+        }
+        assert_eq!(tap.stats().dropped_duplicate, 2);
     }
 
     #[test]
