@@ -99,6 +99,10 @@ pub enum DropReason {
     /// The same packet again (the sequence number and timestamp of one of the last few).
     #[error("duplicate packet")]
     Duplicate,
+    /// A telephone-event packet for time the agent's stream already has: a late update, a
+    /// late copy of the end, a repeat.
+    #[error("telephone-event packet for time already sent")]
+    LateEvent,
 }
 
 /// A digit the scrubber heard, placed on its own sample timeline (samples fed since start).
@@ -121,6 +125,7 @@ pub struct ScrubStats {
     pub dropped_oversize: u64,
     pub dropped_event_with_audio: u64,
     pub dropped_duplicate: u64,
+    pub dropped_late_event: u64,
     /// Telephone-event packets turned into masking audio.
     pub events_converted: u64,
     pub digits_inband: u64,
@@ -168,9 +173,14 @@ impl Recent {
 #[derive(Clone, Copy, Debug)]
 struct ActiveEvent {
     digit: Option<Digit>,
+    /// An event is its SSRC and timestamp (RFC 4733 §2.5.1.2).
+    ssrc: u32,
     rtp_ts: u32,
     /// Largest duration seen so far.
     duration: u32,
+    /// How much of the event's time, from its timestamp, the agent's stream already has:
+    /// synthesized frames, or audio the sender sent before it dated the event back.
+    covered: u32,
     ended: bool,
     /// Audio packets are arriving inside the event's span: the sender sends both.
     with_audio: bool,
@@ -178,6 +188,19 @@ struct ActiveEvent {
     last_seen_ms: u64,
     reported: bool,
 }
+
+/// The last packet sent: where the agent's stream stands.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    ssrc: u32,
+    seq: u16,
+    /// Timestamp just after its audio (its own, for comfort noise).
+    end_ts: u32,
+}
+
+/// A repeated end packet's frame lies at most this many frames past its event's duration
+/// (RFC 4733 §2.5.1.4 sends the final packet three times).
+const END_SLOTS: u32 = 3;
 
 /// An RFC 4733 event's key, the first time it is asked for (None after, or for a non-DTMF
 /// event code).
@@ -217,10 +240,8 @@ pub struct Scrubber {
     /// Stream samples the current strict detector did not hear (before it was created, and
     /// synthesized event frames), added to its offsets.
     detector_skew: u64,
-    last_ssrc: Option<u32>,
     last_audio_pt: Option<u8>,
-    /// Timestamp just after the last packet sent: where a synthesized frame goes.
-    next_ts: Option<u32>,
+    last_sent: Option<Sent>,
     last_frame_len: usize,
     /// Packets received lately while scrubbing, to drop duplicates.
     recent: Recent,
@@ -306,9 +327,8 @@ impl Scrubber {
             codec: None,
             pos: 0,
             detector_skew: 0,
-            last_ssrc: None,
             last_audio_pt: None,
-            next_ts: None,
+            last_sent: None,
             last_frame_len: 160,
             recent: Recent::default(),
             event: None,
@@ -401,6 +421,7 @@ impl Scrubber {
                 }
                 DropReason::EventWithAudio => self.stats.dropped_event_with_audio += 1,
                 DropReason::Duplicate => self.stats.dropped_duplicate += 1,
+                DropReason::LateEvent => self.stats.dropped_late_event += 1,
             },
         }
         verdict
@@ -457,7 +478,7 @@ impl Scrubber {
                 return Verdict::Drop(DropReason::OutputTooSmall);
             };
             dst.copy_from_slice(input);
-            self.note_sent(view.ssrc(), view.timestamp(), 0);
+            self.note_sent(&view, view.timestamp(), 0);
             return Verdict::Forward(input.len());
         }
         Verdict::Drop(DropReason::UnsupportedPayload(pt))
@@ -507,7 +528,7 @@ impl Scrubber {
         );
         self.last_audio_pt = Some(view.payload_type());
         self.last_frame_len = n.max(1);
-        self.note_sent(view.ssrc(), view.timestamp(), n);
+        self.note_sent(view, view.timestamp(), n);
         Verdict::Forward(input.len())
     }
 
@@ -522,15 +543,23 @@ impl Scrubber {
             Ok(ev) => ev,
             Err(e) => return Verdict::Drop(e.into()),
         };
-        let ts = view.timestamp();
-        let same = matches!(self.event, Some(a) if a.rtp_ts == ts);
+        let (ts, seq, ssrc) = (view.timestamp(), view.sequence(), view.ssrc());
+        let same = matches!(self.event, Some(a) if a.rtp_ts == ts && a.ssrc == ssrc);
+        let older = matches!(self.event, Some(a) if a.ssrc == ssrc && (ts.wrapping_sub(a.rtp_ts) as i32) < 0);
+        if older {
+            // A late packet of an event the next one superseded: its time and its key went
+            // with that event; taken for a new one it would bring the key back a second time.
+            return Verdict::Drop(DropReason::LateEvent);
+        }
         if !same {
             // A new event (RFC 4733 §2.5.1.2: a new timestamp starts a new event).
             self.finish_event(on_digit);
             self.event = Some(ActiveEvent {
                 digit: Digit::from_event_code(ev.event),
+                ssrc,
                 rtp_ts: ts,
                 duration: 0,
+                covered: self.already_sent(ssrc, seq, ts),
                 ended: false,
                 with_audio: false,
                 start_pos: self.pos,
@@ -538,15 +567,17 @@ impl Scrubber {
                 reported: false,
             });
         }
+        let frame = self.last_frame_len as u32;
+        let lockstep = self.lockstep_end(ssrc, seq, ts, frame);
         let Some(active) = self.event.as_mut() else {
             return Verdict::Drop(DropReason::BadEvent(EventError::BadLength));
         };
         active.last_seen_ms = now_ms;
         let dur = u32::from(ev.duration);
-        let grew = dur > active.duration;
-        let prev_dur = active.duration;
-        if grew {
+        if dur > active.duration {
             active.duration = dur;
+        } else if !same && dur == 0 {
+            active.duration = frame;
         }
         let with_audio = active.with_audio;
         if ev.end {
@@ -559,37 +590,39 @@ impl Scrubber {
             return Verdict::Drop(DropReason::EventWithAudio);
         }
 
-        // The slot this packet fills on the agent's timeline: the newly covered part of the
-        // event, or (for duplicates and redundant end packets) the next frame after what was sent.
-        // A growing duration covers new time: its slot is the newly covered part. Repeated end
-        // packets (RFC 4733 §2.5.1.4 sends the final packet three times) take the slots after
-        // what was sent, where the sender has no audio. A reordered or repeated update goes back
-        // to its own slot, as a late audio packet would, so the timeline does not drift.
-        let frame = self.last_frame_len;
-        let (out_ts, n) = if !same && !grew {
-            // Some senders open an event with duration 0 (sipp's dtmf_2833 captures do): the
-            // first packet still stands for the event's first frame.
-            if let Some(a) = self.event.as_mut() {
-                a.duration = frame as u32;
-            }
-            (ts, frame)
-        } else if grew {
-            let n = (dur - prev_dur) as usize;
-            let n = if n > MAX_FRAME { frame } else { n };
-            (ts.wrapping_add(prev_dur), n)
-        } else if ev.end {
-            (self.next_ts.unwrap_or(ts.wrapping_add(dur)), frame)
-        } else {
-            (ts.wrapping_add(dur.saturating_sub(frame as u32)), frame)
+        // The packet stands for the event's time up to its duration, or up to where its
+        // sequence number puts its frame when that is later and plausible. Some senders open
+        // an event with duration 0 (sipp's dtmf_2833 captures do): that packet still stands for
+        // the event's first frame. What the agent's stream does not have yet of that time goes
+        // out now, as one frame: lost predecessors' time with it, so the stream stays
+        // continuous. A packet whose time went out already (a late or repeated update, a late
+        // copy of the end) adds nothing, and goes nowhere: sent in its own slot it would
+        // overlap the frames sent, or go back in time.
+        let own = if dur == 0 { frame } else { dur };
+        let until = match lockstep {
+            Some(l) if l > own && l - own <= END_SLOTS * frame => l,
+            _ => own,
         };
+        if until <= active.covered {
+            if ev.end {
+                self.report_event(on_digit);
+            }
+            return Verdict::Drop(DropReason::LateEvent);
+        }
+        let mut from = active.covered;
+        if until - from > MAX_FRAME as u32 {
+            from = until - frame;
+        }
+        active.covered = until;
+        let (out_ts, n) = (ts.wrapping_add(from), (until - from) as usize);
         let codec = self.codec.unwrap_or(self.cfg.default_codec);
         let pt = self.last_audio_pt.unwrap_or(codec.payload_type());
-        let ssrc = self.last_ssrc.unwrap_or(view.ssrc());
         if out.len() < 12 + n {
             return Verdict::Drop(DropReason::OutputTooSmall);
         }
 
-        let hl = write_header(out, false, pt, view.sequence(), out_ts, ssrc);
+        // Under the event packet's own SSRC and number: its timestamp is of that stream.
+        let hl = write_header(out, false, pt, seq, out_ts, ssrc);
         self.delay_frame(
             codec,
             Samples::Silence,
@@ -598,7 +631,7 @@ impl Scrubber {
             on_digit,
         );
         self.stats.events_converted += 1;
-        self.note_sent(ssrc, out_ts, n);
+        self.note_sent(view, out_ts, n);
         if ev.end {
             self.report_event(on_digit);
         }
@@ -757,9 +790,41 @@ impl Scrubber {
         self.codec = Some(codec);
     }
 
-    fn note_sent(&mut self, ssrc: u32, ts: u32, n: usize) {
-        self.last_ssrc = Some(ssrc);
-        self.next_ts = Some(ts.wrapping_add(n as u32));
+    /// Notes that the packet for input `view` went out at `ts` with `n` samples.
+    fn note_sent(&mut self, view: &RtpView<'_>, ts: u32, n: usize) {
+        self.last_sent = Some(Sent {
+            ssrc: view.ssrc(),
+            seq: view.sequence(),
+            end_ts: ts.wrapping_add(n as u32),
+        });
+    }
+
+    /// How much time from `ts` the stream of `ssrc` already sent before the packet numbered
+    /// `seq`: a carrier that turns a key into events only once it has heard it sends the
+    /// onset in-band, and may date the event from the onset (RFC 4733 §2.5.1.1).
+    fn already_sent(&self, ssrc: u32, seq: u16, ts: u32) -> u32 {
+        match self.last_sent {
+            Some(l) if l.ssrc == ssrc && (seq.wrapping_sub(l.seq) as i16) > 0 => {
+                u32::try_from(l.end_ts.wrapping_sub(ts) as i32)
+                    .ok()
+                    .filter(|&t| t <= u32::from(u16::MAX))
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Where, counted from `ts`, the frame of the packet numbered `seq` ends if the sender
+    /// sent one packet per frame since the last packet sent, as senders of RFC 4733 events do
+    /// at the audio's packet interval. It places what a duration cannot: a repeated end
+    /// packet (after the event), a packet whose predecessors were lost (its frame, and theirs,
+    /// not only the time it adds), one whose predecessor arrives after it (not that one's
+    /// frame). None when the packets are of different streams or it lands before `ts`.
+    fn lockstep_end(&self, ssrc: u32, seq: u16, ts: u32, frame: u32) -> Option<u32> {
+        let last = self.last_sent.filter(|l| l.ssrc == ssrc)?;
+        let packets = i64::from(seq.wrapping_sub(last.seq) as i16);
+        let end = i64::from(last.end_ts.wrapping_sub(ts) as i32) + packets * i64::from(frame);
+        u32::try_from(end).ok().filter(|&e| e > 0)
     }
 
     fn report_event(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
@@ -1092,6 +1157,128 @@ mod tests {
             assert_eq!(w[1].ssrc(), w[0].ssrc(), "SSRC change");
             assert!(Codec::from_payload_type(w[1].payload_type()).is_some());
         }
+    }
+
+    /// Per SSRC, in sequence order: timestamps never go back and frames never overlap, and
+    /// consecutive sequence numbers are consecutive frames.
+    fn assert_in_order(out: &[Vec<u8>], label: &str) {
+        let mut views: Vec<RtpView<'_>> = out.iter().map(|p| RtpView::parse(p).unwrap()).collect();
+        let base = views[0].sequence();
+        views.sort_by_key(|v| (v.ssrc(), v.sequence().wrapping_sub(base) as i16));
+        for w in views.windows(2) {
+            if w[0].ssrc() != w[1].ssrc() {
+                continue;
+            }
+            let gap = w[1].timestamp().wrapping_sub(w[0].timestamp()) as i32;
+            let len = w[0].payload().len() as i32;
+            let what = format!(
+                "{label}: {} at {} ({len}), then {} at {}",
+                w[0].sequence(),
+                w[0].timestamp(),
+                w[1].sequence(),
+                w[1].timestamp()
+            );
+            assert!(gap >= len, "{what}: back or overlapping");
+            if w[1].sequence() == w[0].sequence().wrapping_add(1) {
+                assert_eq!(gap, len, "{what}: not consecutive");
+            }
+            assert!(Codec::from_payload_type(w[1].payload_type()).is_some());
+        }
+    }
+
+    #[test]
+    fn event_packets_lost_or_out_of_order_keep_the_frames_in_order() {
+        // The key's frames 5 to 9 go as updates (packets 5 to 8) and the end (9), repeated in
+        // the next two frame slots (10, 11); audio resumes at packet 12.
+        let spans = [KeySpan {
+            digit: key('3'),
+            start: 800,
+            end: 1600,
+        }];
+        let packets = packetize(&voice(4800, 9), &TrunkConfig::default(), Some(&spans));
+        let swap = |i: usize| {
+            let mut p = packets.clone();
+            p.swap(i, i + 1);
+            p
+        };
+        let lose = |r: std::ops::Range<usize>| {
+            let mut p = packets.clone();
+            p.drain(r);
+            p
+        };
+        let cases = [
+            ("first update after the second", swap(5), 1),
+            ("last update after the end", swap(8), 1),
+            ("end after its first repeat", swap(9), 1),
+            ("last repeat after the audio", swap(11), 0),
+            ("first three packets lost", lose(5..8), 0),
+            ("end lost", lose(9..10), 0),
+        ];
+        for (label, stream, late) in cases {
+            let mut s = Scrubber::new(ScrubberConfig::default());
+            let (out, digits) = run(&mut s, &stream);
+            assert_in_order(&out, label);
+            assert_eq!(digits.len(), 1, "{label}");
+            assert_eq!(s.stats().dropped_late_event, late, "{label}");
+            let rx = depacketize(out.iter().map(|p| p.as_slice()), 80_000);
+            assert_eq!(rx.non_audio_packets, 0, "{label}");
+        }
+    }
+
+    #[test]
+    fn a_late_packet_of_the_previous_key_does_not_bring_it_back() {
+        // Two keys back to back, no audio between: the first key's last repeated end packet
+        // (11) arrives after the second key's first update (12).
+        let spans = [
+            KeySpan {
+                digit: key('1'),
+                start: 800,
+                end: 1600,
+            },
+            KeySpan {
+                digit: key('1'),
+                start: 1920,
+                end: 2720,
+            },
+        ];
+        let mut packets = packetize(&voice(4800, 11), &TrunkConfig::default(), Some(&spans));
+        packets.swap(11, 12);
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &packets);
+        assert_eq!(digits.len(), 2, "two keys, each once");
+        assert_eq!(s.stats().dropped_late_event, 1);
+        assert_in_order(&out, "late packet of the previous key");
+    }
+
+    #[test]
+    fn an_event_dated_back_to_an_onset_sent_in_band_follows_that_audio() {
+        // The carrier sent the key's first 20 ms in-band, then events timestamped at the
+        // onset: their first duration covers audio the agent's stream already has.
+        let mut audio = voice(6400, 10);
+        audio[1000..1800].copy_from_slice(&tone(key('8'), 800));
+        let spans = [KeySpan {
+            digit: key('8'),
+            start: 1000,
+            end: 1800,
+        }];
+        let imp = crate::rtp::trunk::Impairments {
+            late_events: Some(crate::rtp::trunk::LateEvents {
+                fragment: 160,
+                backdated: true,
+            }),
+            ..Default::default()
+        };
+        let packets: Vec<Vec<u8>> =
+            crate::rtp::trunk::deliver(&audio, &TrunkConfig::default(), Some(&spans), &imp)
+                .into_iter()
+                .map(|p| p.bytes)
+                .collect();
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &packets);
+        assert_eq!(out.len(), packets.len());
+        assert_in_order(&out, "backdated");
+        assert_eq!(digits.len(), 1);
+        assert_eq!(digits[0].source, DigitSource::Rfc4733);
     }
 
     #[test]
