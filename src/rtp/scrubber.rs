@@ -176,6 +176,8 @@ struct ActiveEvent {
     /// An event is its SSRC and timestamp (RFC 4733 §2.5.1.2).
     ssrc: u32,
     rtp_ts: u32,
+    /// Sequence number of its first packet received.
+    first_seq: u16,
     /// Largest duration seen so far.
     duration: u32,
     /// How much of the event's time, from its timestamp, the agent's stream already has:
@@ -503,18 +505,27 @@ impl Scrubber {
         }
         self.switch_codec(codec);
 
-        // Audio inside a live event's span: the sender sends both, so this audio is the key.
         let mut force = false;
         if let Some(ev) = self.event.as_mut()
             && !ev.ended
         {
-            let offset = view.timestamp().wrapping_sub(ev.rtp_ts);
-            if offset < ev.duration.saturating_add(n as u32) {
-                ev.with_audio = true;
-                force = true;
-            } else {
+            let offset = i64::from(view.timestamp().wrapping_sub(ev.rtp_ts) as i32);
+            let sent_before = (view.sequence().wrapping_sub(ev.first_seq) as i16) < 0;
+            let n = n as i64;
+            if ev.ssrc != view.ssrc() {
+                // Another stream (a re-INVITE, a media server switch): the old one's end
+                // packets will not come, and its timestamps say nothing of this one's.
+                self.finish_event(on_digit);
+            } else if sent_before {
+                // A late packet from before the event: neither part of it nor past it.
+            } else if offset >= i64::from(ev.duration) + n {
                 // Audio resumed past the event: its end packets were lost.
                 self.finish_event(on_digit);
+            } else if offset > -n {
+                // Audio inside a live event's span: the sender sends both, so this audio is
+                // the key.
+                ev.with_audio = true;
+                force = true;
             }
         }
 
@@ -558,6 +569,7 @@ impl Scrubber {
                 digit: Digit::from_event_code(ev.event),
                 ssrc,
                 rtp_ts: ts,
+                first_seq: seq,
                 duration: 0,
                 covered: self.already_sent(ssrc, seq, ts),
                 ended: false,
@@ -1248,6 +1260,86 @@ mod tests {
         assert_eq!(digits.len(), 2, "two keys, each once");
         assert_eq!(s.stats().dropped_late_event, 1);
         assert_in_order(&out, "late packet of the previous key");
+    }
+
+    #[test]
+    fn audio_of_a_new_ssrc_ends_a_live_event_and_passes_untouched() {
+        // A key as events whose end packets were lost; then the media server switches and the
+        // new stream's timestamps happen to fall inside the old event's span. Its speech is
+        // not the key: it must pass, not be masked as the key's in-band copy.
+        let spans = [KeySpan {
+            digit: key('6'),
+            start: 800,
+            end: 1600,
+        }];
+        let old = packetize(&voice(1600, 12), &TrunkConfig::default(), Some(&spans));
+        let mut packets: Vec<Vec<u8>> = old
+            .into_iter()
+            .filter(|p| {
+                let v = RtpView::parse(p).unwrap();
+                v.payload_type() != 101 || !TelephoneEvent::parse(v.payload()).unwrap().end
+            })
+            .collect();
+        let switched = TrunkConfig {
+            ssrc: 0x0bad_5eed,
+            first_seq: 40_000,
+            first_ts: 80_000 + 960,
+            ..TrunkConfig::default()
+        };
+        let fresh = packetize(&voice(3200, 13), &switched, None);
+        packets.extend(fresh.iter().cloned());
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let mut digits = Vec::new();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        for (i, p) in packets.iter().enumerate() {
+            if let Verdict::Forward(len) =
+                s.process(i as u64 * 20, p, &mut buf, &mut |d| digits.push(d))
+            {
+                out.push(buf[..len].to_vec());
+            }
+            if *p == fresh[0] {
+                assert!(!s.event_pending(), "the new stream ends the old event");
+                assert_eq!(digits.len(), 1, "and its key is reported");
+            }
+        }
+        let d = s.delay_samples();
+        let sent: Vec<u8> = fresh.iter().flat_map(|p| p[12..].to_vec()).collect();
+        let got: Vec<u8> = out[out.len() - fresh.len()..]
+            .iter()
+            .flat_map(|p| p[12..].to_vec())
+            .collect();
+        // Past the masker's ramp out of the event's frames.
+        let ramp = 240;
+        assert_eq!(
+            got[d + ramp..],
+            sent[ramp..sent.len() - d],
+            "the new stream's speech passes bit-exact behind the delay line"
+        );
+    }
+
+    #[test]
+    fn a_late_audio_packet_from_before_an_event_leaves_it_sounding() {
+        let spans = [KeySpan {
+            digit: key('0'),
+            start: 800,
+            end: 1600,
+        }];
+        let mut packets = packetize(&voice(4800, 14), &TrunkConfig::default(), Some(&spans));
+        // The last audio packet before the key arrives after the key's first update.
+        packets.swap(4, 5);
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let mut buf = [0u8; 2048];
+        let mut digits = Vec::new();
+        for (i, p) in packets.iter().take(6).enumerate() {
+            s.process(i as u64 * 20, p, &mut buf, &mut |d| digits.push(d));
+        }
+        assert!(s.event_pending(), "the key is still sounding");
+        assert!(digits.is_empty(), "and not reported before its end");
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &packets);
+        assert_eq!(digits.len(), 1);
+        assert_in_order(&out, "late audio before an event");
     }
 
     #[test]
