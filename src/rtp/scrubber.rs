@@ -475,11 +475,14 @@ impl Scrubber {
             return self.process_audio(codec, &view, out, on_digit);
         }
         if pt == PT_CN {
-            // Comfort noise carries a level, never a tone.
+            // Comfort noise carries a level, never a tone; it says the sender fell silent.
             let Some(dst) = out.get_mut(..input.len()) else {
                 return Verdict::Drop(DropReason::OutputTooSmall);
             };
             dst.copy_from_slice(input);
+            if self.after_gap(&view, 0) {
+                self.end_tone(on_digit);
+            }
             self.note_sent(&view, view.timestamp(), 0);
             return Verdict::Forward(input.len());
         }
@@ -529,6 +532,10 @@ impl Scrubber {
             }
         }
 
+        // RFC 3551 §4.1: the marker opens a talkspurt; after a gap, silence was suppressed.
+        if view.marker() && self.after_gap(&view, 1) {
+            self.end_tone(on_digit);
+        }
         out[..input.len()].copy_from_slice(input);
         self.delay_frame(
             codec,
@@ -809,6 +816,28 @@ impl Scrubber {
             seq: view.sequence(),
             end_ts: ts.wrapping_add(n as u32),
         });
+    }
+
+    /// Whether `view` lies at least `gap` samples past the end of the last packet sent, on the
+    /// same stream: not a late packet.
+    fn after_gap(&self, view: &RtpView<'_>, gap: i32) -> bool {
+        self.last_sent.is_some_and(|l| {
+            l.ssrc == view.ssrc() && view.timestamp().wrapping_sub(l.end_ts) as i32 >= gap
+        })
+    }
+
+    /// The sender fell silent (comfort noise, RFC 3389, or a talkspurt after a gap): a tone the
+    /// strict detector is hearing has ended, whatever comes next. The scrubber hears packets
+    /// in arrival order, where suppressed silence takes no time: without this, two presses
+    /// of one key with the pause between suppressed would be one long press.
+    fn end_tone(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        let mut report = in_band(
+            &mut self.last_digit,
+            &mut self.stats,
+            self.detector_skew,
+            on_digit,
+        );
+        self.detector.finish(&mut report);
     }
 
     /// How much time from `ts` the stream of `ssrc` already sent before the packet numbered
@@ -1340,6 +1369,42 @@ mod tests {
         let (out, digits) = run(&mut s, &packets);
         assert_eq!(digits.len(), 1);
         assert_in_order(&out, "late audio before an event");
+    }
+
+    #[test]
+    fn a_pause_suppressed_between_two_presses_of_one_key_still_parts_them() {
+        // "1", 60 ms of digital silence, "1": a sender without hang-over suppresses the pause,
+        // so in arrival order the two tones touch.
+        let mut audio = vec![0i16; 800];
+        for _ in 0..2 {
+            audio.extend(tone(key('1'), 480));
+            audio.extend(vec![0; 480]);
+        }
+        audio.extend(vec![0; 1120]);
+        let imp = crate::rtp::trunk::Impairments {
+            silence_suppression: Some(crate::rtp::trunk::SilenceSuppression {
+                threshold: 0,
+                hangover: 0,
+                cn_every: 4,
+            }),
+            ..Default::default()
+        };
+        let packets: Vec<Vec<u8>> =
+            crate::rtp::trunk::deliver(&audio, &TrunkConfig::default(), None, &imp)
+                .into_iter()
+                .map(|p| p.bytes)
+                .collect();
+        let without_cn: Vec<Vec<u8>> = packets
+            .iter()
+            .filter(|p| RtpView::parse(p).unwrap().payload_type() != PT_CN)
+            .cloned()
+            .collect();
+        for (label, stream) in [("comfort noise", packets), ("marker alone", without_cn)] {
+            let mut s = Scrubber::new(ScrubberConfig::default());
+            let (_, digits) = run(&mut s, &stream);
+            let keys: String = digits.iter().map(|d| d.digit.reveal()).collect();
+            assert_eq!(keys, "11", "{label}");
+        }
     }
 
     #[test]
