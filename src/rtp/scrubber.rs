@@ -191,7 +191,7 @@ struct ActiveEvent {
     reported: bool,
 }
 
-/// The last packet sent: where the agent's stream stands.
+/// A packet sent, by where its frame ends on its stream.
 #[derive(Clone, Copy, Debug)]
 struct Sent {
     ssrc: u32,
@@ -243,7 +243,9 @@ pub struct Scrubber {
     /// synthesized event frames), added to its offsets.
     detector_skew: u64,
     last_audio_pt: Option<u8>,
-    last_sent: Option<Sent>,
+    /// Of the packets sent on the current stream, the one whose frame ends latest: where the
+    /// agent's stream stands. A late packet goes out behind it and leaves it.
+    front: Option<Sent>,
     last_frame_len: usize,
     /// Packets received lately while scrubbing, to drop duplicates.
     recent: Recent,
@@ -330,7 +332,7 @@ impl Scrubber {
             pos: 0,
             detector_skew: 0,
             last_audio_pt: None,
-            last_sent: None,
+            front: None,
             last_frame_len: 160,
             recent: Recent::default(),
             event: None,
@@ -811,17 +813,23 @@ impl Scrubber {
 
     /// Notes that the packet for input `view` went out at `ts` with `n` samples.
     fn note_sent(&mut self, view: &RtpView<'_>, ts: u32, n: usize) {
-        self.last_sent = Some(Sent {
+        let sent = Sent {
             ssrc: view.ssrc(),
             seq: view.sequence(),
             end_ts: ts.wrapping_add(n as u32),
-        });
+        };
+        let ahead = self
+            .front
+            .is_none_or(|f| f.ssrc != sent.ssrc || sent.end_ts.wrapping_sub(f.end_ts) as i32 >= 0);
+        if ahead {
+            self.front = Some(sent);
+        }
     }
 
-    /// Whether `view` lies at least `gap` samples past the end of the last packet sent, on the
+    /// Whether `view` lies at least `gap` samples past the front of the stream sent, on the
     /// same stream: not a late packet.
     fn after_gap(&self, view: &RtpView<'_>, gap: i32) -> bool {
-        self.last_sent.is_some_and(|l| {
+        self.front.is_some_and(|l| {
             l.ssrc == view.ssrc() && view.timestamp().wrapping_sub(l.end_ts) as i32 >= gap
         })
     }
@@ -844,7 +852,7 @@ impl Scrubber {
     /// `seq`: a carrier that turns a key into events only once it has heard it sends the
     /// onset in-band, and may date the event from the onset (RFC 4733 §2.5.1.1).
     fn already_sent(&self, ssrc: u32, seq: u16, ts: u32) -> u32 {
-        match self.last_sent {
+        match self.front {
             Some(l) if l.ssrc == ssrc && (seq.wrapping_sub(l.seq) as i16) > 0 => {
                 u32::try_from(l.end_ts.wrapping_sub(ts) as i32)
                     .ok()
@@ -856,13 +864,13 @@ impl Scrubber {
     }
 
     /// Where, counted from `ts`, the frame of the packet numbered `seq` ends if the sender
-    /// sent one packet per frame since the last packet sent, as senders of RFC 4733 events do
+    /// sent one packet per frame since the front of the stream, as senders of RFC 4733 events do
     /// at the audio's packet interval. It places what a duration cannot: a repeated end
     /// packet (after the event), a packet whose predecessors were lost (its frame, and theirs,
     /// not only the time it adds), one whose predecessor arrives after it (not that one's
     /// frame). None when the packets are of different streams or it lands before `ts`.
     fn lockstep_end(&self, ssrc: u32, seq: u16, ts: u32, frame: u32) -> Option<u32> {
-        let last = self.last_sent.filter(|l| l.ssrc == ssrc)?;
+        let last = self.front.filter(|l| l.ssrc == ssrc)?;
         let packets = i64::from(seq.wrapping_sub(last.seq) as i16);
         let end = i64::from(last.end_ts.wrapping_sub(ts) as i32) + packets * i64::from(frame);
         u32::try_from(end).ok().filter(|&e| e > 0)
@@ -1369,6 +1377,39 @@ mod tests {
         let (out, digits) = run(&mut s, &packets);
         assert_eq!(digits.len(), 1);
         assert_in_order(&out, "late audio before an event");
+    }
+
+    #[test]
+    fn an_event_dated_back_to_its_onset_starts_after_the_onset_sent_even_out_of_order() {
+        // The frame carrying the key's onset in-band arrives before the frame preceding it,
+        // and the event's first packet is lost: the next one, dated from the onset, must not
+        // go over the onset's frame, which went out before the late one.
+        let mut audio = voice(6400, 15);
+        audio[1120..1920].copy_from_slice(&tone(key('9'), 800));
+        let spans = [KeySpan {
+            digit: key('9'),
+            start: 1120,
+            end: 1920,
+        }];
+        let imp = crate::rtp::trunk::Impairments {
+            late_events: Some(crate::rtp::trunk::LateEvents {
+                fragment: 120,
+                backdated: true,
+            }),
+            ..Default::default()
+        };
+        let mut packets: Vec<Vec<u8>> =
+            crate::rtp::trunk::deliver(&audio, &TrunkConfig::default(), Some(&spans), &imp)
+                .into_iter()
+                .map(|p| p.bytes)
+                .collect();
+        // Frame 7 (1120..1280) is the onset in-band; packet 8 the event's first.
+        packets.swap(6, 7);
+        packets.remove(8);
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &packets);
+        assert_in_order(&out, "onset out of order");
+        assert_eq!(digits.len(), 1);
     }
 
     #[test]
