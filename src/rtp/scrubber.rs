@@ -96,9 +96,13 @@ pub enum DropReason {
     /// the event has no slot of its own in the agent's timeline.
     #[error("telephone-event duplicated by concurrent audio")]
     EventWithAudio,
-    /// The same packet again (same sequence number and timestamp as the previous one).
+    /// The same packet again (the sequence number and timestamp of one of the last few).
     #[error("duplicate packet")]
     Duplicate,
+    /// A telephone-event packet for time the agent's stream already has: a late update, a
+    /// late copy of the end, a repeat.
+    #[error("telephone-event packet for time already sent")]
+    LateEvent,
 }
 
 /// A digit the scrubber heard, placed on its own sample timeline (samples fed since start).
@@ -121,6 +125,7 @@ pub struct ScrubStats {
     pub dropped_oversize: u64,
     pub dropped_event_with_audio: u64,
     pub dropped_duplicate: u64,
+    pub dropped_late_event: u64,
     /// Telephone-event packets turned into masking audio.
     pub events_converted: u64,
     pub digits_inband: u64,
@@ -136,13 +141,48 @@ pub struct ScrubStats {
 /// Two reports of the same key from different paths this close (samples) are one key.
 const DEDUP_GAP: u64 = 1600;
 
+/// How many recent packets a duplicate is looked for among. A network duplicates a packet
+/// within a few packets of the original (a trunk with redundant paths, a retransmitting SBC);
+/// eight is one cache line of identities.
+const RECENT: usize = 8;
+
+/// Identities (sequence number, timestamp) of the last [`RECENT`] packets received: a packet
+/// that matches one is a duplicate, even with other packets between it and its original.
+#[derive(Clone, Copy, Debug, Default)]
+struct Recent {
+    ids: [(u16, u32); RECENT],
+    /// Slots filled so far (at most `RECENT`), and the next slot to overwrite.
+    filled: usize,
+    next: usize,
+}
+
+impl Recent {
+    /// True if `id` is among the recent identities; otherwise remembers it.
+    fn seen(&mut self, id: (u16, u32)) -> bool {
+        if self.ids[..self.filled].contains(&id) {
+            return true;
+        }
+        self.ids[self.next] = id;
+        self.next = (self.next + 1) % RECENT;
+        self.filled = (self.filled + 1).min(RECENT);
+        false
+    }
+}
+
 /// The RFC 4733 event currently sounding.
 #[derive(Clone, Copy, Debug)]
 struct ActiveEvent {
     digit: Option<Digit>,
+    /// An event is its SSRC and timestamp (RFC 4733 §2.5.1.2).
+    ssrc: u32,
     rtp_ts: u32,
+    /// Sequence number of its first packet received.
+    first_seq: u16,
     /// Largest duration seen so far.
     duration: u32,
+    /// How much of the event's time, from its timestamp, the agent's stream already has:
+    /// synthesized frames, or audio the sender sent before it dated the event back.
+    covered: u32,
     ended: bool,
     /// Audio packets are arriving inside the event's span: the sender sends both.
     with_audio: bool,
@@ -150,6 +190,19 @@ struct ActiveEvent {
     last_seen_ms: u64,
     reported: bool,
 }
+
+/// A packet sent, by where its frame ends on its stream.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    ssrc: u32,
+    seq: u16,
+    /// Timestamp just after its audio (its own, for comfort noise).
+    end_ts: u32,
+}
+
+/// A repeated end packet's frame lies at most this many frames past its event's duration
+/// (RFC 4733 §2.5.1.4 sends the final packet three times).
+const END_SLOTS: u32 = 3;
 
 /// An RFC 4733 event's key, the first time it is asked for (None after, or for a non-DTMF
 /// event code).
@@ -189,13 +242,13 @@ pub struct Scrubber {
     /// Stream samples the current strict detector did not hear (before it was created, and
     /// synthesized event frames), added to its offsets.
     detector_skew: u64,
-    last_ssrc: Option<u32>,
     last_audio_pt: Option<u8>,
-    /// Timestamp just after the last packet sent: where a synthesized frame goes.
-    next_ts: Option<u32>,
+    /// Of the packets sent on the current stream, the one whose frame ends latest: where the
+    /// agent's stream stands. A late packet goes out behind it and leaves it.
+    front: Option<Sent>,
     last_frame_len: usize,
-    /// (sequence, timestamp) of the last packet received while scrubbing.
-    last_in: Option<(u16, u32)>,
+    /// Packets received lately while scrubbing, to drop duplicates.
+    recent: Recent,
     event: Option<ActiveEvent>,
     last_digit: Option<ScrubbedDigit>,
     was_masking: bool,
@@ -278,11 +331,10 @@ impl Scrubber {
             codec: None,
             pos: 0,
             detector_skew: 0,
-            last_ssrc: None,
             last_audio_pt: None,
-            next_ts: None,
+            front: None,
             last_frame_len: 160,
-            last_in: None,
+            recent: Recent::default(),
             event: None,
             last_digit: None,
             was_masking: false,
@@ -373,6 +425,7 @@ impl Scrubber {
                 }
                 DropReason::EventWithAudio => self.stats.dropped_event_with_audio += 1,
                 DropReason::Duplicate => self.stats.dropped_duplicate += 1,
+                DropReason::LateEvent => self.stats.dropped_late_event += 1,
             },
         }
         verdict
@@ -412,11 +465,9 @@ impl Scrubber {
             dst.copy_from_slice(input);
             return Verdict::Forward(input.len());
         }
-        let id = (view.sequence(), view.timestamp());
-        if self.last_in == Some(id) {
+        if self.recent.seen((view.sequence(), view.timestamp())) {
             return Verdict::Drop(DropReason::Duplicate);
         }
-        self.last_in = Some(id);
         self.tick(now_ms, on_digit);
         let pt = view.payload_type();
         if Some(pt) == self.cfg.event_pt {
@@ -426,12 +477,15 @@ impl Scrubber {
             return self.process_audio(codec, &view, out, on_digit);
         }
         if pt == PT_CN {
-            // Comfort noise carries a level, never a tone.
+            // Comfort noise carries a level, never a tone; it says the sender fell silent.
             let Some(dst) = out.get_mut(..input.len()) else {
                 return Verdict::Drop(DropReason::OutputTooSmall);
             };
             dst.copy_from_slice(input);
-            self.note_sent(view.ssrc(), view.timestamp(), 0);
+            if self.after_gap(&view, 0) {
+                self.end_tone(on_digit);
+            }
+            self.note_sent(&view, view.timestamp(), 0);
             return Verdict::Forward(input.len());
         }
         Verdict::Drop(DropReason::UnsupportedPayload(pt))
@@ -456,21 +510,34 @@ impl Scrubber {
         }
         self.switch_codec(codec);
 
-        // Audio inside a live event's span: the sender sends both, so this audio is the key.
         let mut force = false;
         if let Some(ev) = self.event.as_mut()
             && !ev.ended
         {
-            let offset = view.timestamp().wrapping_sub(ev.rtp_ts);
-            if offset < ev.duration.saturating_add(n as u32) {
-                ev.with_audio = true;
-                force = true;
-            } else {
+            let offset = i64::from(view.timestamp().wrapping_sub(ev.rtp_ts) as i32);
+            let sent_before = (view.sequence().wrapping_sub(ev.first_seq) as i16) < 0;
+            let n = n as i64;
+            if ev.ssrc != view.ssrc() {
+                // Another stream (a re-INVITE, a media server switch): the old one's end
+                // packets will not come, and its timestamps say nothing of this one's.
+                self.finish_event(on_digit);
+            } else if sent_before {
+                // A late packet from before the event: neither part of it nor past it.
+            } else if offset >= i64::from(ev.duration) + n {
                 // Audio resumed past the event: its end packets were lost.
                 self.finish_event(on_digit);
+            } else if offset > -n {
+                // Audio inside a live event's span: the sender sends both, so this audio is
+                // the key.
+                ev.with_audio = true;
+                force = true;
             }
         }
 
+        // RFC 3551 §4.1: the marker opens a talkspurt; after a gap, silence was suppressed.
+        if view.marker() && self.after_gap(&view, 1) {
+            self.end_tone(on_digit);
+        }
         out[..input.len()].copy_from_slice(input);
         self.delay_frame(
             codec,
@@ -481,7 +548,7 @@ impl Scrubber {
         );
         self.last_audio_pt = Some(view.payload_type());
         self.last_frame_len = n.max(1);
-        self.note_sent(view.ssrc(), view.timestamp(), n);
+        self.note_sent(view, view.timestamp(), n);
         Verdict::Forward(input.len())
     }
 
@@ -496,15 +563,24 @@ impl Scrubber {
             Ok(ev) => ev,
             Err(e) => return Verdict::Drop(e.into()),
         };
-        let ts = view.timestamp();
-        let same = matches!(self.event, Some(a) if a.rtp_ts == ts);
+        let (ts, seq, ssrc) = (view.timestamp(), view.sequence(), view.ssrc());
+        let same = matches!(self.event, Some(a) if a.rtp_ts == ts && a.ssrc == ssrc);
+        let older = matches!(self.event, Some(a) if a.ssrc == ssrc && (ts.wrapping_sub(a.rtp_ts) as i32) < 0);
+        if older {
+            // A late packet of an event the next one superseded: its time and its key went
+            // with that event; taken for a new one it would bring the key back a second time.
+            return Verdict::Drop(DropReason::LateEvent);
+        }
         if !same {
             // A new event (RFC 4733 §2.5.1.2: a new timestamp starts a new event).
             self.finish_event(on_digit);
             self.event = Some(ActiveEvent {
                 digit: Digit::from_event_code(ev.event),
+                ssrc,
                 rtp_ts: ts,
+                first_seq: seq,
                 duration: 0,
+                covered: self.already_sent(ssrc, seq, ts),
                 ended: false,
                 with_audio: false,
                 start_pos: self.pos,
@@ -512,15 +588,17 @@ impl Scrubber {
                 reported: false,
             });
         }
+        let frame = self.last_frame_len as u32;
+        let lockstep = self.lockstep_end(ssrc, seq, ts, frame);
         let Some(active) = self.event.as_mut() else {
             return Verdict::Drop(DropReason::BadEvent(EventError::BadLength));
         };
         active.last_seen_ms = now_ms;
         let dur = u32::from(ev.duration);
-        let grew = dur > active.duration;
-        let prev_dur = active.duration;
-        if grew {
+        if dur > active.duration {
             active.duration = dur;
+        } else if !same && dur == 0 {
+            active.duration = frame;
         }
         let with_audio = active.with_audio;
         if ev.end {
@@ -533,37 +611,39 @@ impl Scrubber {
             return Verdict::Drop(DropReason::EventWithAudio);
         }
 
-        // The slot this packet fills on the agent's timeline: the newly covered part of the
-        // event, or (for duplicates and redundant end packets) the next frame after what was sent.
-        // A growing duration covers new time: its slot is the newly covered part. Repeated end
-        // packets (RFC 4733 §2.5.1.4 sends the final packet three times) take the slots after
-        // what was sent, where the sender has no audio. A reordered or repeated update goes back
-        // to its own slot, as a late audio packet would, so the timeline does not drift.
-        let frame = self.last_frame_len;
-        let (out_ts, n) = if !same && !grew {
-            // Some senders open an event with duration 0 (sipp's dtmf_2833 captures do): the
-            // first packet still stands for the event's first frame.
-            if let Some(a) = self.event.as_mut() {
-                a.duration = frame as u32;
-            }
-            (ts, frame)
-        } else if grew {
-            let n = (dur - prev_dur) as usize;
-            let n = if n > MAX_FRAME { frame } else { n };
-            (ts.wrapping_add(prev_dur), n)
-        } else if ev.end {
-            (self.next_ts.unwrap_or(ts.wrapping_add(dur)), frame)
-        } else {
-            (ts.wrapping_add(dur.saturating_sub(frame as u32)), frame)
+        // The packet stands for the event's time up to its duration, or up to where its
+        // sequence number puts its frame when that is later and plausible. Some senders open
+        // an event with duration 0 (sipp's dtmf_2833 captures do): that packet still stands for
+        // the event's first frame. What the agent's stream does not have yet of that time goes
+        // out now, as one frame: lost predecessors' time with it, so the stream stays
+        // continuous. A packet whose time went out already (a late or repeated update, a late
+        // copy of the end) adds nothing, and goes nowhere: sent in its own slot it would
+        // overlap the frames sent, or go back in time.
+        let own = if dur == 0 { frame } else { dur };
+        let until = match lockstep {
+            Some(l) if l > own && l - own <= END_SLOTS * frame => l,
+            _ => own,
         };
+        if until <= active.covered {
+            if ev.end {
+                self.report_event(on_digit);
+            }
+            return Verdict::Drop(DropReason::LateEvent);
+        }
+        let mut from = active.covered;
+        if until - from > MAX_FRAME as u32 {
+            from = until - frame;
+        }
+        active.covered = until;
+        let (out_ts, n) = (ts.wrapping_add(from), (until - from) as usize);
         let codec = self.codec.unwrap_or(self.cfg.default_codec);
         let pt = self.last_audio_pt.unwrap_or(codec.payload_type());
-        let ssrc = self.last_ssrc.unwrap_or(view.ssrc());
         if out.len() < 12 + n {
             return Verdict::Drop(DropReason::OutputTooSmall);
         }
 
-        let hl = write_header(out, false, pt, view.sequence(), out_ts, ssrc);
+        // Under the event packet's own SSRC and number: its timestamp is of that stream.
+        let hl = write_header(out, false, pt, seq, out_ts, ssrc);
         self.delay_frame(
             codec,
             Samples::Silence,
@@ -572,7 +652,7 @@ impl Scrubber {
             on_digit,
         );
         self.stats.events_converted += 1;
-        self.note_sent(ssrc, out_ts, n);
+        self.note_sent(view, out_ts, n);
         if ev.end {
             self.report_event(on_digit);
         }
@@ -731,9 +811,69 @@ impl Scrubber {
         self.codec = Some(codec);
     }
 
-    fn note_sent(&mut self, ssrc: u32, ts: u32, n: usize) {
-        self.last_ssrc = Some(ssrc);
-        self.next_ts = Some(ts.wrapping_add(n as u32));
+    /// Notes that the packet for input `view` went out at `ts` with `n` samples.
+    fn note_sent(&mut self, view: &RtpView<'_>, ts: u32, n: usize) {
+        let sent = Sent {
+            ssrc: view.ssrc(),
+            seq: view.sequence(),
+            end_ts: ts.wrapping_add(n as u32),
+        };
+        let ahead = self
+            .front
+            .is_none_or(|f| f.ssrc != sent.ssrc || sent.end_ts.wrapping_sub(f.end_ts) as i32 >= 0);
+        if ahead {
+            self.front = Some(sent);
+        }
+    }
+
+    /// Whether `view` lies at least `gap` samples past the front of the stream sent, on the
+    /// same stream: not a late packet.
+    fn after_gap(&self, view: &RtpView<'_>, gap: i32) -> bool {
+        self.front.is_some_and(|l| {
+            l.ssrc == view.ssrc() && view.timestamp().wrapping_sub(l.end_ts) as i32 >= gap
+        })
+    }
+
+    /// The sender fell silent (comfort noise, RFC 3389, or a talkspurt after a gap): a tone the
+    /// strict detector is hearing has ended, whatever comes next. The scrubber hears packets
+    /// in arrival order, where suppressed silence takes no time: without this, two presses
+    /// of one key with the pause between suppressed would be one long press.
+    fn end_tone(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
+        let mut report = in_band(
+            &mut self.last_digit,
+            &mut self.stats,
+            self.detector_skew,
+            on_digit,
+        );
+        self.detector.finish(&mut report);
+    }
+
+    /// How much time from `ts` the stream of `ssrc` already sent before the packet numbered
+    /// `seq`: a carrier that turns a key into events only once it has heard it sends the
+    /// onset in-band, and may date the event from the onset (RFC 4733 §2.5.1.1).
+    fn already_sent(&self, ssrc: u32, seq: u16, ts: u32) -> u32 {
+        match self.front {
+            Some(l) if l.ssrc == ssrc && (seq.wrapping_sub(l.seq) as i16) > 0 => {
+                u32::try_from(l.end_ts.wrapping_sub(ts) as i32)
+                    .ok()
+                    .filter(|&t| t <= u32::from(u16::MAX))
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Where, counted from `ts`, the frame of the packet numbered `seq` ends if the sender
+    /// sent one packet per frame since the front of the stream, as senders of RFC 4733 events do
+    /// at the audio's packet interval. It places what a duration cannot: a repeated end
+    /// packet (after the event), a packet whose predecessors were lost (its frame, and theirs,
+    /// not only the time it adds), one whose predecessor arrives after it (not that one's
+    /// frame). None when the packets are of different streams or it lands before `ts`.
+    fn lockstep_end(&self, ssrc: u32, seq: u16, ts: u32, frame: u32) -> Option<u32> {
+        let last = self.front.filter(|l| l.ssrc == ssrc)?;
+        let packets = i64::from(seq.wrapping_sub(last.seq) as i16);
+        let end = i64::from(last.end_ts.wrapping_sub(ts) as i32) + packets * i64::from(frame);
+        u32::try_from(end).ok().filter(|&e| e > 0)
     }
 
     fn report_event(&mut self, on_digit: &mut dyn FnMut(ScrubbedDigit)) {
@@ -792,7 +932,7 @@ pub struct DigitTap {
     detector: DtmfDetector,
     /// Audio samples heard: the timeline of reported digits.
     pos: u64,
-    last_in: Option<(u16, u32)>,
+    recent: Recent,
     event: Option<TapEvent>,
     last_digit: Option<ScrubbedDigit>,
     stats: ScrubStats,
@@ -806,7 +946,7 @@ impl DigitTap {
             event_timeout_ms: cfg.event_timeout_ms,
             detector: DtmfDetector::new(cfg.detector.clone()),
             pos: 0,
-            last_in: None,
+            recent: Recent::default(),
             event: None,
             last_digit: None,
             stats: ScrubStats::default(),
@@ -840,12 +980,10 @@ impl DigitTap {
                 return;
             }
         };
-        let id = (view.sequence(), view.timestamp());
-        if self.last_in == Some(id) {
+        if self.recent.seen((view.sequence(), view.timestamp())) {
             self.stats.dropped_duplicate += 1;
             return;
         }
-        self.last_in = Some(id);
         self.tick(now_ms, on_digit);
         let pt = view.payload_type();
         if Some(pt) == self.event_pt {
@@ -1070,6 +1208,277 @@ mod tests {
         }
     }
 
+    /// Per SSRC, in sequence order: timestamps never go back and frames never overlap, and
+    /// consecutive sequence numbers are consecutive frames.
+    fn assert_in_order(out: &[Vec<u8>], label: &str) {
+        let mut views: Vec<RtpView<'_>> = out.iter().map(|p| RtpView::parse(p).unwrap()).collect();
+        let base = views[0].sequence();
+        views.sort_by_key(|v| (v.ssrc(), v.sequence().wrapping_sub(base) as i16));
+        for w in views.windows(2) {
+            if w[0].ssrc() != w[1].ssrc() {
+                continue;
+            }
+            let gap = w[1].timestamp().wrapping_sub(w[0].timestamp()) as i32;
+            let len = w[0].payload().len() as i32;
+            let what = format!(
+                "{label}: {} at {} ({len}), then {} at {}",
+                w[0].sequence(),
+                w[0].timestamp(),
+                w[1].sequence(),
+                w[1].timestamp()
+            );
+            assert!(gap >= len, "{what}: back or overlapping");
+            if w[1].sequence() == w[0].sequence().wrapping_add(1) {
+                assert_eq!(gap, len, "{what}: not consecutive");
+            }
+            assert!(Codec::from_payload_type(w[1].payload_type()).is_some());
+        }
+    }
+
+    #[test]
+    fn event_packets_lost_or_out_of_order_keep_the_frames_in_order() {
+        // The key's frames 5 to 9 go as updates (packets 5 to 8) and the end (9), repeated in
+        // the next two frame slots (10, 11); audio resumes at packet 12.
+        let spans = [KeySpan {
+            digit: key('3'),
+            start: 800,
+            end: 1600,
+        }];
+        let packets = packetize(&voice(4800, 9), &TrunkConfig::default(), Some(&spans));
+        let swap = |i: usize| {
+            let mut p = packets.clone();
+            p.swap(i, i + 1);
+            p
+        };
+        let lose = |r: std::ops::Range<usize>| {
+            let mut p = packets.clone();
+            p.drain(r);
+            p
+        };
+        let cases = [
+            ("first update after the second", swap(5), 1),
+            ("last update after the end", swap(8), 1),
+            ("end after its first repeat", swap(9), 1),
+            ("last repeat after the audio", swap(11), 0),
+            ("first three packets lost", lose(5..8), 0),
+            ("end lost", lose(9..10), 0),
+        ];
+        for (label, stream, late) in cases {
+            let mut s = Scrubber::new(ScrubberConfig::default());
+            let (out, digits) = run(&mut s, &stream);
+            assert_in_order(&out, label);
+            assert_eq!(digits.len(), 1, "{label}");
+            assert_eq!(s.stats().dropped_late_event, late, "{label}");
+            let rx = depacketize(out.iter().map(|p| p.as_slice()), 80_000);
+            assert_eq!(rx.non_audio_packets, 0, "{label}");
+        }
+    }
+
+    #[test]
+    fn a_late_packet_of_the_previous_key_does_not_bring_it_back() {
+        // Two keys back to back, no audio between: the first key's last repeated end packet
+        // (11) arrives after the second key's first update (12).
+        let spans = [
+            KeySpan {
+                digit: key('1'),
+                start: 800,
+                end: 1600,
+            },
+            KeySpan {
+                digit: key('1'),
+                start: 1920,
+                end: 2720,
+            },
+        ];
+        let mut packets = packetize(&voice(4800, 11), &TrunkConfig::default(), Some(&spans));
+        packets.swap(11, 12);
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &packets);
+        assert_eq!(digits.len(), 2, "two keys, each once");
+        assert_eq!(s.stats().dropped_late_event, 1);
+        assert_in_order(&out, "late packet of the previous key");
+    }
+
+    #[test]
+    fn audio_of_a_new_ssrc_ends_a_live_event_and_passes_untouched() {
+        // A key as events whose end packets were lost; then the media server switches and the
+        // new stream's timestamps happen to fall inside the old event's span. Its speech is
+        // not the key: it must pass, not be masked as the key's in-band copy.
+        let spans = [KeySpan {
+            digit: key('6'),
+            start: 800,
+            end: 1600,
+        }];
+        let old = packetize(&voice(1600, 12), &TrunkConfig::default(), Some(&spans));
+        let mut packets: Vec<Vec<u8>> = old
+            .into_iter()
+            .filter(|p| {
+                let v = RtpView::parse(p).unwrap();
+                v.payload_type() != 101 || !TelephoneEvent::parse(v.payload()).unwrap().end
+            })
+            .collect();
+        let switched = TrunkConfig {
+            ssrc: 0x0bad_5eed,
+            first_seq: 40_000,
+            first_ts: 80_000 + 960,
+            ..TrunkConfig::default()
+        };
+        let fresh = packetize(&voice(3200, 13), &switched, None);
+        packets.extend(fresh.iter().cloned());
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let mut digits = Vec::new();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        for (i, p) in packets.iter().enumerate() {
+            if let Verdict::Forward(len) =
+                s.process(i as u64 * 20, p, &mut buf, &mut |d| digits.push(d))
+            {
+                out.push(buf[..len].to_vec());
+            }
+            if *p == fresh[0] {
+                assert!(!s.event_pending(), "the new stream ends the old event");
+                assert_eq!(digits.len(), 1, "and its key is reported");
+            }
+        }
+        let d = s.delay_samples();
+        let sent: Vec<u8> = fresh.iter().flat_map(|p| p[12..].to_vec()).collect();
+        let got: Vec<u8> = out[out.len() - fresh.len()..]
+            .iter()
+            .flat_map(|p| p[12..].to_vec())
+            .collect();
+        // Past the masker's ramp out of the event's frames.
+        let ramp = 240;
+        assert_eq!(
+            got[d + ramp..],
+            sent[ramp..sent.len() - d],
+            "the new stream's speech passes bit-exact behind the delay line"
+        );
+    }
+
+    #[test]
+    fn a_late_audio_packet_from_before_an_event_leaves_it_sounding() {
+        let spans = [KeySpan {
+            digit: key('0'),
+            start: 800,
+            end: 1600,
+        }];
+        let mut packets = packetize(&voice(4800, 14), &TrunkConfig::default(), Some(&spans));
+        // The last audio packet before the key arrives after the key's first update.
+        packets.swap(4, 5);
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let mut buf = [0u8; 2048];
+        let mut digits = Vec::new();
+        for (i, p) in packets.iter().take(6).enumerate() {
+            s.process(i as u64 * 20, p, &mut buf, &mut |d| digits.push(d));
+        }
+        assert!(s.event_pending(), "the key is still sounding");
+        assert!(digits.is_empty(), "and not reported before its end");
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &packets);
+        assert_eq!(digits.len(), 1);
+        assert_in_order(&out, "late audio before an event");
+    }
+
+    #[test]
+    fn an_event_dated_back_to_its_onset_starts_after_the_onset_sent_even_out_of_order() {
+        // The frame carrying the key's onset in-band arrives before the frame preceding it,
+        // and the event's first packet is lost: the next one, dated from the onset, must not
+        // go over the onset's frame, which went out before the late one.
+        let mut audio = voice(6400, 15);
+        audio[1120..1920].copy_from_slice(&tone(key('9'), 800));
+        let spans = [KeySpan {
+            digit: key('9'),
+            start: 1120,
+            end: 1920,
+        }];
+        let imp = crate::rtp::trunk::Impairments {
+            late_events: Some(crate::rtp::trunk::LateEvents {
+                fragment: 120,
+                backdated: true,
+            }),
+            ..Default::default()
+        };
+        let mut packets: Vec<Vec<u8>> =
+            crate::rtp::trunk::deliver(&audio, &TrunkConfig::default(), Some(&spans), &imp)
+                .into_iter()
+                .map(|p| p.bytes)
+                .collect();
+        // Frame 7 (1120..1280) is the onset in-band; packet 8 the event's first.
+        packets.swap(6, 7);
+        packets.remove(8);
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &packets);
+        assert_in_order(&out, "onset out of order");
+        assert_eq!(digits.len(), 1);
+    }
+
+    #[test]
+    fn a_pause_suppressed_between_two_presses_of_one_key_still_parts_them() {
+        // "1", 60 ms of digital silence, "1": a sender without hang-over suppresses the pause,
+        // so in arrival order the two tones touch.
+        let mut audio = vec![0i16; 800];
+        for _ in 0..2 {
+            audio.extend(tone(key('1'), 480));
+            audio.extend(vec![0; 480]);
+        }
+        audio.extend(vec![0; 1120]);
+        let imp = crate::rtp::trunk::Impairments {
+            silence_suppression: Some(crate::rtp::trunk::SilenceSuppression {
+                threshold: 0,
+                hangover: 0,
+                cn_every: 4,
+            }),
+            ..Default::default()
+        };
+        let packets: Vec<Vec<u8>> =
+            crate::rtp::trunk::deliver(&audio, &TrunkConfig::default(), None, &imp)
+                .into_iter()
+                .map(|p| p.bytes)
+                .collect();
+        let without_cn: Vec<Vec<u8>> = packets
+            .iter()
+            .filter(|p| RtpView::parse(p).unwrap().payload_type() != PT_CN)
+            .cloned()
+            .collect();
+        for (label, stream) in [("comfort noise", packets), ("marker alone", without_cn)] {
+            let mut s = Scrubber::new(ScrubberConfig::default());
+            let (_, digits) = run(&mut s, &stream);
+            let keys: String = digits.iter().map(|d| d.digit.reveal()).collect();
+            assert_eq!(keys, "11", "{label}");
+        }
+    }
+
+    #[test]
+    fn an_event_dated_back_to_an_onset_sent_in_band_follows_that_audio() {
+        // The carrier sent the key's first 20 ms in-band, then events timestamped at the
+        // onset: their first duration covers audio the agent's stream already has.
+        let mut audio = voice(6400, 10);
+        audio[1000..1800].copy_from_slice(&tone(key('8'), 800));
+        let spans = [KeySpan {
+            digit: key('8'),
+            start: 1000,
+            end: 1800,
+        }];
+        let imp = crate::rtp::trunk::Impairments {
+            late_events: Some(crate::rtp::trunk::LateEvents {
+                fragment: 160,
+                backdated: true,
+            }),
+            ..Default::default()
+        };
+        let packets: Vec<Vec<u8>> =
+            crate::rtp::trunk::deliver(&audio, &TrunkConfig::default(), Some(&spans), &imp)
+                .into_iter()
+                .map(|p| p.bytes)
+                .collect();
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &packets);
+        assert_eq!(out.len(), packets.len());
+        assert_in_order(&out, "backdated");
+        assert_eq!(digits.len(), 1);
+        assert_eq!(digits[0].source, DigitSource::Rfc4733);
+    }
+
     #[test]
     fn off_is_a_bit_exact_pass_through() {
         let mut s = Scrubber::new(ScrubberConfig {
@@ -1266,6 +1675,30 @@ mod tests {
         }
         assert_eq!(dropped, 1);
         assert_eq!(digits.len(), 1);
+    }
+
+    #[test]
+    fn a_duplicate_arriving_after_other_packets_is_still_dropped() {
+        // Speech with a key in-band: a copy of a tone packet three packets later would put the
+        // same audio through the delay line twice and out under one sequence number twice.
+        let mut audio = voice(6400, 8);
+        audio[1600..2400].copy_from_slice(&tone(key('2'), 800));
+        let packets = packetize(&audio, &TrunkConfig::default(), None);
+        let mut late = packets.clone();
+        late.insert(14, packets[11].clone());
+        late.insert(24, packets[20].clone());
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &late);
+        assert_eq!(s.stats().dropped_duplicate, 2);
+        assert_eq!(out.len(), packets.len());
+        assert_continuous(&out);
+        assert_eq!(digits.len(), 1);
+
+        let mut tap = DigitTap::new(&ScrubberConfig::default());
+        for (i, p) in late.iter().enumerate() {
+            tap.observe(i as u64 * 20, p, &mut |_| {});
+        }
+        assert_eq!(tap.stats().dropped_duplicate, 2);
     }
 
     #[test]
