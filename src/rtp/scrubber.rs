@@ -535,7 +535,7 @@ impl Scrubber {
         }
 
         // RFC 3551 §4.1: the marker opens a talkspurt; after a gap, silence was suppressed.
-        if view.marker() && self.after_gap(&view, 1) {
+        if view.marker() && self.after_gap(view, 1) {
             self.end_tone(on_digit);
         }
         out[..input.len()].copy_from_slice(input);
