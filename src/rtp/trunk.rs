@@ -77,6 +77,9 @@ pub struct Impairments {
     /// The first this many packets of every event are lost.
     pub lost_first_event_packets: usize,
     pub late_events: Option<LateEvents>,
+    /// Share of audio packets, in percent, sent with the marker bit set though no talkspurt
+    /// starts there: gateways that mark the first packet after every internal switch.
+    pub spurious_marker_pct: f64,
 }
 
 /// Silence suppression by the sender's voice activity detector (RFC 3389): silent frames stop
@@ -136,6 +139,18 @@ pub fn deliver(
     }
     if imp.lost_first_event_packets > 0 {
         lose_first_event_packets(&mut packets, cfg.event_pt, imp.lost_first_event_packets);
+    }
+    if imp.spurious_marker_pct > 0.0 {
+        for p in &mut packets {
+            let audio = RtpView::parse(&p.bytes)
+                .is_ok_and(|v| Codec::from_payload_type(v.payload_type()).is_some());
+            if audio
+                && rng.chance(imp.spurious_marker_pct)
+                && let Ok(mut v) = RtpViewMut::parse(&mut p.bytes)
+            {
+                v.set_marker(true);
+            }
+        }
     }
     packets.retain(|_| !rng.chance(imp.loss_pct));
     duplicate(&mut packets, imp.duplicate_pct, &mut rng);
@@ -720,6 +735,36 @@ mod tests {
         );
         assert_eq!(durations(&lossy), [480, 640, 800, 800, 800].repeat(2));
         assert_eq!(clean.len() - lossy.len(), 4);
+    }
+
+    #[test]
+    fn spurious_markers_touch_only_the_marker_of_audio_packets() {
+        let audio = busy(16_000);
+        let spans = [key('4', 4000, 4800)];
+        let cfg = TrunkConfig::default();
+        let clean = deliver(&audio, &cfg, Some(&spans), &Impairments::default());
+        let imp = Impairments {
+            seed: 7,
+            spurious_marker_pct: 30.0,
+            ..Impairments::default()
+        };
+        let marked = deliver(&audio, &cfg, Some(&spans), &imp);
+        assert_eq!(clean.len(), marked.len());
+        let mut extra = 0;
+        for (c, m) in clean.iter().zip(&marked) {
+            let (cv, mv) = (view(c), view(m));
+            assert_eq!(cv.payload(), mv.payload());
+            assert_eq!(
+                (cv.sequence(), cv.timestamp(), cv.payload_type()),
+                (mv.sequence(), mv.timestamp(), mv.payload_type())
+            );
+            if mv.marker() && !cv.marker() {
+                assert_ne!(mv.payload_type(), 101, "event markers are the sender's");
+                extra += 1;
+            }
+        }
+        // 93 audio packets at 30 %: well away from none and from all.
+        assert!((10..60).contains(&extra), "{extra} markers added");
     }
 
     #[test]
