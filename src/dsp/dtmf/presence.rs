@@ -219,6 +219,10 @@ pub struct PresenceDetector {
     /// rise test, which its own earlier part would fail.
     last_pair: Option<(usize, usize)>,
     since_pair: u16,
+    /// Where the audio was last joined from pieces that were not contiguous in time (a lost,
+    /// late or reordered packet, a new stream): a long window over the join measures the jump
+    /// in phase, not the audio.
+    splice_at: Option<u64>,
 }
 
 impl PresenceDetector {
@@ -249,6 +253,7 @@ impl PresenceDetector {
             span_steps: 0,
             last_pair: None,
             since_pair: u16::MAX,
+            splice_at: None,
         }
     }
 
@@ -368,6 +373,14 @@ impl PresenceDetector {
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     fn tone_in_window(&mut self) -> bool {
+        // A window over a join measures the jump: its pair can read as a neighbour's, which
+        // then neither holds nor resumes the key. A span sounding at the join holds across it.
+        if matches!(self.held, Some((_, _, 0)))
+            && self.splice_at.is_some_and(|at| self.pos < at + WIN as u64)
+        {
+            self.since_pair = 0;
+            return true;
+        }
         let mut e = 0.0;
         for &se in &self.win_energy {
             e += se;
@@ -493,7 +506,12 @@ impl PresenceDetector {
         if !pure(k, now, l, h, self.cfg.max_freq_dev, self.cfg.min_pure_ratio) {
             return false;
         }
-        if resumes {
+        // Audio before a join is not what came before this in time: rising against it means
+        // nothing (a key right after another key's last piece, its pause lost, would fail).
+        let joined = self
+            .splice_at
+            .is_some_and(|at| self.pos < at + (2 * SHORT + gap) as u64);
+        if resumes || joined {
             return true;
         }
         let rise = self.cfg.min_rise;
@@ -508,6 +526,13 @@ impl PresenceDetector {
     #[inline(never)]
     fn continues(&mut self, l: usize, h: usize) -> bool {
         if usize::from(self.span_steps) * STEP < LONG {
+            return true;
+        }
+        // A step of margin: a join inside a step leaves part of that step before it.
+        if self
+            .splice_at
+            .is_some_and(|at| self.pos < at + (LONG + STEP) as u64)
+        {
             return true;
         }
         let ok = pure(
@@ -544,6 +569,14 @@ impl PresenceDetector {
             let i = (s % MARKS as u64) as usize;
             self.marks[i / 64] |= 1u64 << (i % 64);
         }
+    }
+
+    /// Says that the next sample does not follow the last one in time. A key spliced from
+    /// pieces fails every test while the join is inside its window: a span sounding at the
+    /// join holds until the short windows have passed it, then on the coarse test alone until
+    /// the long one has.
+    pub fn splice(&mut self) {
+        self.splice_at = Some(self.pos);
     }
 
     /// Forgets all history (used when scrubbing is switched on mid-stream).
@@ -584,6 +617,70 @@ mod tests {
                 "{lead}/{len}: mask ends at {last}"
             );
             assert!(mask[first..=last].iter().all(|&m| m), "{lead}/{len}: gap");
+        }
+    }
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use super::*;
+    use crate::digit::Digit;
+    use crate::dsp::dtmf::testkit::key;
+
+    /// Mask over `parts` joined in order, the detector told of each join; mask[i] is for
+    /// sample i.
+    fn joined_mask(parts: &[&[i16]]) -> Vec<bool> {
+        let mut p = PresenceDetector::new(PresenceConfig::default());
+        let audio: Vec<i16> = parts.concat();
+        let mut mask = vec![false; audio.len()];
+        let mut at = 0;
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                p.splice();
+            }
+            p.process(part, &mut mask[at..at + part.len()]);
+            at += part.len();
+        }
+        mask.split_off(p.delay())
+    }
+
+    #[test]
+    fn a_key_joined_from_pieces_is_masked_whole() {
+        // A key of 800 samples from 400 on, packets of `skip` samples lost at `cut`: the
+        // pieces' phases jump at the join, which every window over it measures.
+        let d = Digit::from_char('0').unwrap();
+        let whole = key(d, -15.0, 400, 800, 600);
+        let mut cases = 0;
+        for cut in [320, 480, 560] {
+            for skip in (3..200).step_by(7) {
+                for piece in [64, 80, 160] {
+                    let resume = 400 + cut + skip;
+                    if resume + piece > 1200 {
+                        continue;
+                    }
+                    let tail = vec![0i16; 600];
+                    let mask =
+                        joined_mask(&[&whole[..400 + cut], &whole[resume..resume + piece], &tail]);
+                    let end = 400 + cut + piece;
+                    let holes = (400..end).filter(|&i| !mask[i]).count();
+                    assert_eq!(holes, 0, "cut {cut} skip {skip} piece {piece}");
+                    cases += 1;
+                }
+            }
+        }
+        assert!(cases > 150);
+    }
+
+    #[test]
+    fn a_key_joined_straight_after_another_key_is_masked_whole() {
+        // Another key's last piece, its pause lost, then a key: the rise test would compare
+        // the new key with the old one, whose tones leak into the short window's bins.
+        let second = key(Digit::from_char('1').unwrap(), -15.0, 0, 800, 600);
+        for len in (400..600).step_by(16) {
+            let first = key(Digit::from_char('0').unwrap(), -15.0, 400, len, 0);
+            let mask = joined_mask(&[&first, &second]);
+            let holes = (400..400 + len + 800).filter(|&i| !mask[i]).count();
+            assert_eq!(holes, 0, "first key {len} samples");
         }
     }
 }

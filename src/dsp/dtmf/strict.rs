@@ -115,6 +115,8 @@ pub struct DtmfDetector {
     pos: u64,
     state: State,
     min_power: f32,
+    /// Where the audio was last joined out of time (see [`DtmfDetector::splice`]).
+    splice_at: Option<u64>,
 }
 
 /// Kernels of the strict detector's block measurements at each grid frequency k: Hann-weighted
@@ -204,7 +206,16 @@ impl DtmfDetector {
             pos: 0,
             state: State::Idle,
             min_power,
+            splice_at: None,
         }
+    }
+
+    /// Says that the next sample does not follow the last one in time (a lost, late or
+    /// reordered packet). The block over the join measures the jump, not a key or its absence,
+    /// and could read as a neighbouring key: it neither confirms, continues nor ends one, so a
+    /// key spliced from pieces is still one key.
+    pub fn splice(&mut self) {
+        self.splice_at = Some(self.pos);
     }
 
     /// Feeds linear samples (8 kHz); calls `on_digit` for every digit that has ended.
@@ -285,6 +296,12 @@ impl DtmfDetector {
         self.half_im = [[0.0; 8]; 2];
         self.energy = 0.0;
         self.steps_in_block = 0;
+        if self
+            .splice_at
+            .is_some_and(|at| block_start < at && at < self.pos)
+        {
+            return;
+        }
         self.step(block_start, hit, on_digit);
     }
 
@@ -620,6 +637,32 @@ mod tests {
             assert_eq!(e.digit, d);
             assert!(e.start.abs_diff(s) <= 8, "{d:?}: start {} vs {s}", e.start);
             assert!(e.end.abs_diff(t) <= 8, "{d:?}: end {} vs {t}", e.end);
+        }
+    }
+
+    #[test]
+    fn a_key_joined_from_pieces_is_one_key() {
+        // Reordered packets at a 10 ms ptime: a key's audio arrives in pieces of 80 samples,
+        // two of them swapped, so three joins lie within 160 samples and the blocks over
+        // them read neither this key nor silence.
+        let d = Digit::from_char('7').unwrap();
+        let whole = key(d, -15.0, 400, 800, 800);
+        for swap_at in (480..1040).step_by(80) {
+            let mut order: Vec<usize> = (0..whole.len() / 80).collect();
+            order.swap(swap_at / 80, swap_at / 80 + 1);
+            let mut det = DtmfDetector::new(DetectorConfig::default());
+            let mut got = Vec::new();
+            let mut last = None;
+            for &p in &order {
+                if last.is_some_and(|l| l + 1 != p) {
+                    det.splice();
+                }
+                last = Some(p);
+                det.process(&whole[p * 80..p * 80 + 80], &mut |e| got.push(e));
+            }
+            det.finish(&mut |e| got.push(e));
+            assert_eq!(got.len(), 1, "packets {swap_at} swapped");
+            assert_eq!(got[0].digit, d);
         }
     }
 }
