@@ -103,6 +103,10 @@ pub enum DropReason {
     /// late copy of the end, a repeat.
     #[error("telephone-event packet for time already sent")]
     LateEvent,
+    /// An audio packet for time an event's frames already filled: a key's onset sent in-band
+    /// that arrived after the event dated from it.
+    #[error("audio packet for time an event already filled")]
+    LateAudio,
 }
 
 /// A digit the scrubber heard, placed on its own sample timeline (samples fed since start).
@@ -126,6 +130,7 @@ pub struct ScrubStats {
     pub dropped_event_with_audio: u64,
     pub dropped_duplicate: u64,
     pub dropped_late_event: u64,
+    pub dropped_late_audio: u64,
     /// Telephone-event packets turned into masking audio.
     pub events_converted: u64,
     pub digits_inband: u64,
@@ -183,6 +188,8 @@ struct ActiveEvent {
     /// How much of the event's time, from its timestamp, the agent's stream already has:
     /// synthesized frames, or audio the sender sent before it dated the event back.
     covered: u32,
+    /// Where, from its timestamp, the frames synthesized for it begin.
+    synth_from: u32,
     ended: bool,
     /// Audio packets are arriving inside the event's span: the sender sends both.
     with_audio: bool,
@@ -247,6 +254,9 @@ pub struct Scrubber {
     /// agent's stream stands. A late packet goes out behind it and leaves it.
     front: Option<Sent>,
     last_frame_len: usize,
+    /// Stream and timestamp just after the last audio pushed through the pipeline: audio that
+    /// does not start there is joined to it out of time.
+    fed_end: Option<(u32, u32)>,
     /// Packets received lately while scrubbing, to drop duplicates.
     recent: Recent,
     event: Option<ActiveEvent>,
@@ -334,6 +344,7 @@ impl Scrubber {
             last_audio_pt: None,
             front: None,
             last_frame_len: 160,
+            fed_end: None,
             recent: Recent::default(),
             event: None,
             last_digit: None,
@@ -426,6 +437,7 @@ impl Scrubber {
                 DropReason::EventWithAudio => self.stats.dropped_event_with_audio += 1,
                 DropReason::Duplicate => self.stats.dropped_duplicate += 1,
                 DropReason::LateEvent => self.stats.dropped_late_event += 1,
+                DropReason::LateAudio => self.stats.dropped_late_audio += 1,
             },
         }
         verdict
@@ -508,6 +520,16 @@ impl Scrubber {
         if out.len() < input.len() {
             return Verdict::Drop(DropReason::OutputTooSmall);
         }
+        if let Some(ev) = self.event
+            && ev.ssrc == view.ssrc()
+            && ev.covered > ev.synth_from
+        {
+            let at = i64::from(view.timestamp().wrapping_sub(ev.rtp_ts) as i32);
+            if at < i64::from(ev.covered) && at + n as i64 > i64::from(ev.synth_from) {
+                // Sent, it would overlap those frames in the agent's stream.
+                return Verdict::Drop(DropReason::LateAudio);
+            }
+        }
         self.switch_codec(codec);
 
         let mut force = false;
@@ -534,10 +556,25 @@ impl Scrubber {
             }
         }
 
-        // RFC 3551 §4.1: the marker opens a talkspurt; after a gap, silence was suppressed.
-        if view.marker() && self.after_gap(view, 1) {
+        // RFC 3551 §4.1: the marker opens a talkspurt; after a gap in time but none in
+        // sequence, silence was suppressed. A gap in sequence too is loss, and a marker there
+        // (gateways set it after internal switches) says nothing of the caller's keys.
+        if view.marker()
+            && self.after_gap(view, 1)
+            && self
+                .front
+                .is_some_and(|f| view.sequence() == f.seq.wrapping_add(1))
+        {
             self.end_tone(on_digit);
         }
+        if self
+            .fed_end
+            .is_some_and(|end| end != (view.ssrc(), view.timestamp()))
+        {
+            self.presence.splice();
+            self.detector.splice();
+        }
+        self.fed_end = Some((view.ssrc(), view.timestamp().wrapping_add(n as u32)));
         out[..input.len()].copy_from_slice(input);
         self.delay_frame(
             codec,
@@ -581,6 +618,7 @@ impl Scrubber {
                 first_seq: seq,
                 duration: 0,
                 covered: self.already_sent(ssrc, seq, ts),
+                synth_from: self.already_sent(ssrc, seq, ts),
                 ended: false,
                 with_audio: false,
                 start_pos: self.pos,
@@ -644,6 +682,7 @@ impl Scrubber {
 
         // Under the event packet's own SSRC and number: its timestamp is of that stream.
         let hl = write_header(out, false, pt, seq, out_ts, ssrc);
+        self.fed_end = Some((ssrc, out_ts.wrapping_add(n as u32)));
         self.delay_frame(
             codec,
             Samples::Silence,
@@ -1435,11 +1474,16 @@ mod tests {
                 .into_iter()
                 .map(|p| p.bytes)
                 .collect();
-        let without_cn: Vec<Vec<u8>> = packets
+        // A sender that sends no comfort noise numbers its packets without gaps.
+        let mut without_cn: Vec<Vec<u8>> = packets
             .iter()
             .filter(|p| RtpView::parse(p).unwrap().payload_type() != PT_CN)
             .cloned()
             .collect();
+        for (i, p) in without_cn.iter_mut().enumerate() {
+            let mut v = crate::rtp::packet::RtpViewMut::parse(p).unwrap();
+            v.set_sequence(1000 + i as u16);
+        }
         for (label, stream) in [("comfort noise", packets), ("marker alone", without_cn)] {
             let mut s = Scrubber::new(ScrubberConfig::default());
             let (_, digits) = run(&mut s, &stream);
@@ -1477,6 +1521,42 @@ mod tests {
         assert_in_order(&out, "backdated");
         assert_eq!(digits.len(), 1);
         assert_eq!(digits[0].source, DigitSource::Rfc4733);
+    }
+
+    #[test]
+    fn an_onset_sent_in_band_that_arrives_after_its_event_is_dropped() {
+        // The carrier sent the key's first 20 ms in-band, then events dated from the onset;
+        // the event's first packet overtook the onset's frame. Its frame already filled that
+        // time: sent, the onset would overlap it in the agent's stream.
+        let mut audio = voice(6400, 11);
+        audio[1120..1920].copy_from_slice(&tone(key('6'), 800));
+        let spans = [KeySpan {
+            digit: key('6'),
+            start: 1120,
+            end: 1920,
+        }];
+        let imp = crate::rtp::trunk::Impairments {
+            late_events: Some(crate::rtp::trunk::LateEvents {
+                fragment: 120,
+                backdated: true,
+            }),
+            ..Default::default()
+        };
+        let mut packets: Vec<Vec<u8>> =
+            crate::rtp::trunk::deliver(&audio, &TrunkConfig::default(), Some(&spans), &imp)
+                .into_iter()
+                .map(|p| p.bytes)
+                .collect();
+        // Packet 7 carries the onset in-band (1120..1280), packet 8 the event's first.
+        assert_eq!(RtpView::parse(&packets[7]).unwrap().payload_type(), 0);
+        assert_eq!(RtpView::parse(&packets[8]).unwrap().payload_type(), 101);
+        packets.swap(7, 8);
+        let mut s = Scrubber::new(ScrubberConfig::default());
+        let (out, digits) = run(&mut s, &packets);
+        assert_eq!(out.len(), packets.len() - 1);
+        assert_eq!(s.stats().dropped_late_audio, 1);
+        assert_in_order(&out, "onset after its event");
+        assert_eq!(digits.len(), 1);
     }
 
     #[test]
