@@ -129,6 +129,9 @@ pub struct MediaConfig {
     pub record_dir: Option<PathBuf>,
     /// Media threads; each call's relay runs on one of them for its whole life. 0: one per CPU.
     pub threads: usize,
+    /// How long a media thread rests after a wake-up that brought packets, in µs, so that the
+    /// next wake-up brings more at once. 0: none. Adds at most this much delay and jitter.
+    pub batch_us: u64,
 }
 
 impl MediaConfig {
@@ -138,6 +141,10 @@ impl MediaConfig {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
+    }
+
+    pub fn batch(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.batch_us)
     }
 }
 
@@ -152,6 +159,7 @@ impl Default for MediaConfig {
             mask: MaskName::Noise,
             record_dir: None,
             threads: 0,
+            batch_us: 1000,
         }
     }
 }
@@ -615,6 +623,12 @@ impl Config {
                 "must be at most 256 (0: one per CPU)",
             ));
         }
+        if m.batch_us > 5_000 {
+            return Err(invalid(
+                "media.batch_us",
+                "must be at most 5000 (5 ms of added delay; 0: no rest)",
+            ));
+        }
         if !m.port_min.is_multiple_of(2) {
             return Err(invalid(
                 "media.port_min",
@@ -883,6 +897,7 @@ mod tests {
             ),
             ("[media]\naddress = \"0.0.0.0\"\n", "media.address"),
             ("[media]\ndelay_ms = 50\n", "media.delay_ms"),
+            ("[media]\nbatch_us = 20000\n", "media.batch_us"),
             ("[[route]]\ntarget = \"http://x\"\n", "target"),
             ("[sip]\ntransports = []\n", "sip.transports"),
             ("[vault]\nttl_s = 0\n", "vault.ttl_s"),

@@ -46,8 +46,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     config.b2bua([0; 32])?;
     let nofile = limits::ensure_nofile(&config)?;
     let pool = PortPool::from_config(&config.media)?;
-    let workers =
-        MediaWorkers::start(config.media.worker_threads()).map_err(RunError::MediaThreads)?;
+    let workers = MediaWorkers::start_batched(config.media.worker_threads(), config.media.batch())
+        .map_err(RunError::MediaThreads)?;
     let api_state = ApiState::from_config(&config).await?;
     let api_tls = match config.api.tls_files() {
         Some((cert, key)) => Some(http::tls_acceptor(cert, key)?),

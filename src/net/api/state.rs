@@ -525,6 +525,27 @@ impl ApiState {
         Ok(events)
     }
 
+    /// [`ApiState::feed_digit`] without waiting, for the SIP shell's core task: the desk takes
+    /// the key at once, in the order keys come, and a card it completes is sealed into the
+    /// store by a task of its own. A task per key cost a spawn and a wake-up each, and let two
+    /// keys of one call race.
+    pub fn feed_digit_now(
+        &self,
+        call: CallId,
+        digit: Digit,
+        source: DigitSource,
+        at_ms: u64,
+    ) -> Result<(), DeskError> {
+        let now = self.now();
+        let (_, job) = self.book(now).desk.feed(call, digit, source, at_ms, now)?;
+        tracing::trace!(%call, ?source, "key fed to capture");
+        if let Some(job) = job {
+            let api = self.clone();
+            tokio::spawn(async move { api.file(job).await });
+        }
+        Ok(())
+    }
+
     /// The media path says a call ended: a session still capturing on it fails.
     pub fn call_ended(&self, call: CallId) {
         self.inner.calls.ended(call);

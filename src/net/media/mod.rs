@@ -20,7 +20,7 @@ mod relay;
 mod stats;
 mod workers;
 
-pub use relay::{MediaControl, MediaError, MediaEvent, RelayOutcome};
+pub use relay::{KeyTap, MediaControl, MediaError, MediaEvent, RelayOutcome};
 pub use stats::{RelayStats, RelayStatsSnapshot};
 pub use workers::MediaWorkers;
 
@@ -51,6 +51,8 @@ pub struct RelayOptions {
     /// Media threads to run the relay on (one picked per call); one thread shared by all relays
     /// started without their own when unset.
     pub workers: Option<MediaWorkers>,
+    /// Where keys go; the handle's `digits` and `agent_digits` channels when unset.
+    pub key_tap: Option<KeyTap>,
 }
 
 impl Default for RelayOptions {
@@ -62,6 +64,7 @@ impl Default for RelayOptions {
             agent_digits: false,
             max_record_s: 3600,
             workers: None,
+            key_tap: None,
         }
     }
 }
@@ -85,6 +88,11 @@ pub struct MediaHandle {
 impl MediaHandle {
     pub fn stats(&self) -> RelayStatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// The relay's counters themselves, for whoever folds them while the handle is busy.
+    pub fn shared_stats(&self) -> Arc<RelayStats> {
+        self.stats.clone()
     }
 
     /// A sender for control commands, for callers that want to keep one apart from the handle.
@@ -217,6 +225,7 @@ impl MediaRelay {
                     agent_digits: agent_tx,
                     events: event_tx,
                     control: control_rx,
+                    key_tap: opts.key_tap.clone(),
                 };
                 let relay = Relay::new(
                     legs,

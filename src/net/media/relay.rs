@@ -279,6 +279,7 @@ pub(super) struct Relay {
     stats: Arc<RelayStats>,
     digits: mpsc::Sender<ScrubbedDigit>,
     agent_digits: mpsc::Sender<ScrubbedDigit>,
+    key_tap: Option<KeyTap>,
     events: mpsc::Sender<MediaEvent>,
     control: mpsc::Receiver<MediaControl>,
     /// Boxed: most calls record nothing, and inline it was two more cache lines of the
@@ -288,30 +289,60 @@ pub(super) struct Relay {
     announcing: Option<Box<Announcing>>,
 }
 
+/// A consumer the media thread hands each key to itself, instead of the handle's channels:
+/// called with whether the key came from the agent's direction, and the key; false when it had
+/// no room (the key is counted lost). The SIP shell puts keys straight on its core's queue, so
+/// a key wakes one task, not a per-call one first.
+#[derive(Clone)]
+pub struct KeyTap(pub Arc<dyn Fn(bool, ScrubbedDigit) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for KeyTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyTap")
+    }
+}
+
 /// Hands a digit to capture without waiting: the packet path cannot block on a slow consumer.
 fn digit_sink<'a>(
     tx: &'a mpsc::Sender<ScrubbedDigit>,
+    tap: Option<&'a KeyTap>,
     stats: &'a RelayStats,
 ) -> impl FnMut(ScrubbedDigit) + 'a {
-    counted_sink(tx, &stats.digits, &stats.digits_lost)
+    counted_sink(
+        tx,
+        tap.map(|t| (t, false)),
+        &stats.digits,
+        &stats.digits_lost,
+    )
 }
 
 /// The same for keys heard on the agent→caller direction.
 fn agent_sink<'a>(
     tx: &'a mpsc::Sender<ScrubbedDigit>,
+    tap: Option<&'a KeyTap>,
     stats: &'a RelayStats,
 ) -> impl FnMut(ScrubbedDigit) + 'a {
-    counted_sink(tx, &stats.agent_digits, &stats.agent_digits_lost)
+    counted_sink(
+        tx,
+        tap.map(|t| (t, true)),
+        &stats.agent_digits,
+        &stats.agent_digits_lost,
+    )
 }
 
 fn counted_sink<'a>(
     tx: &'a mpsc::Sender<ScrubbedDigit>,
+    tap: Option<(&'a KeyTap, bool)>,
     heard: &'a AtomicU64,
     lost: &'a AtomicU64,
 ) -> impl FnMut(ScrubbedDigit) + 'a {
     move |d| {
         bump(heard);
-        if tx.try_send(d).is_err() {
+        let taken = match tap {
+            Some((t, agent)) => (t.0)(agent, d),
+            None => tx.try_send(d).is_ok(),
+        };
+        if !taken {
             bump(lost);
         }
     }
@@ -324,6 +355,7 @@ pub(super) struct Wires {
     pub(super) agent_digits: mpsc::Sender<ScrubbedDigit>,
     pub(super) events: mpsc::Sender<MediaEvent>,
     pub(super) control: mpsc::Receiver<MediaControl>,
+    pub(super) key_tap: Option<KeyTap>,
 }
 
 impl Relay {
@@ -351,6 +383,7 @@ impl Relay {
             stats: wires.stats,
             digits: wires.digits,
             agent_digits: wires.agent_digits,
+            key_tap: wires.key_tap,
             events: wires.events,
             control: wires.control,
             recorder,
@@ -448,7 +481,7 @@ impl Relay {
         self.clock.heard(now);
         let input = rx.get(..n).unwrap_or_default();
         let verdict = {
-            let mut sink = digit_sink(&self.digits, &self.stats);
+            let mut sink = digit_sink(&self.digits, self.key_tap.as_ref(), &self.stats);
             self.scrubber.process(ms, input, out, &mut sink)
         };
         let sc = self.scrubber.stats();
@@ -508,7 +541,7 @@ impl Relay {
         }
         // Listened to after it has gone out as it came: the tap only reads.
         if let Some(tap) = self.agent_tap.as_mut() {
-            let mut sink = agent_sink(&self.agent_digits, &self.stats);
+            let mut sink = agent_sink(&self.agent_digits, self.key_tap.as_ref(), &self.stats);
             tap.observe(ms, pkt, &mut sink);
         }
         if let Some(rec) = self.recorder.as_mut() {
@@ -552,11 +585,11 @@ impl Relay {
         }
         let ms = self.clock.ms(at);
         {
-            let mut sink = digit_sink(&self.digits, &self.stats);
+            let mut sink = digit_sink(&self.digits, self.key_tap.as_ref(), &self.stats);
             self.scrubber.tick(ms, &mut sink);
         }
         if let Some(tap) = self.agent_tap.as_mut() {
-            let mut sink = agent_sink(&self.agent_digits, &self.stats);
+            let mut sink = agent_sink(&self.agent_digits, self.key_tap.as_ref(), &self.stats);
             tap.tick(ms, &mut sink);
         }
         if let Some(flow) = self.clock.check(at) {
@@ -584,7 +617,7 @@ impl Relay {
         }
         match c {
             MediaControl::Scrub(on) => {
-                let mut sink = digit_sink(&self.digits, &self.stats);
+                let mut sink = digit_sink(&self.digits, self.key_tap.as_ref(), &self.stats);
                 self.scrubber.set_enabled(on, &mut sink);
             }
             MediaControl::Peers { a, b } => {
@@ -601,7 +634,8 @@ impl Relay {
                 if on && self.agent_tap.is_none() {
                     self.agent_tap = Some(Box::new(DigitTap::new(self.scrubber.config())));
                 } else if !on && let Some(mut tap) = self.agent_tap.take() {
-                    let mut sink = agent_sink(&self.agent_digits, &self.stats);
+                    let mut sink =
+                        agent_sink(&self.agent_digits, self.key_tap.as_ref(), &self.stats);
                     tap.finish(&mut sink);
                 }
             }
@@ -631,11 +665,11 @@ impl Relay {
     /// ports back. The recording, if any, is left to be written off the media thread.
     pub(super) fn finish(mut self) -> Finished {
         {
-            let mut sink = digit_sink(&self.digits, &self.stats);
+            let mut sink = digit_sink(&self.digits, self.key_tap.as_ref(), &self.stats);
             self.scrubber.finish(&mut sink);
         }
         if let Some(tap) = self.agent_tap.as_mut() {
-            let mut sink = agent_sink(&self.agent_digits, &self.stats);
+            let mut sink = agent_sink(&self.agent_digits, self.key_tap.as_ref(), &self.stats);
             tap.finish(&mut sink);
         }
         set(

@@ -80,19 +80,26 @@ impl MediaWorkers {
         MediaWorkers::start_with(threads, || {})
     }
 
+    /// [`MediaWorkers::start`], each thread resting `batch` after every wake-up that brought
+    /// packets, so that the next one brings those that came meanwhile (see [`Loop::run`]).
+    pub fn start_batched(threads: usize, batch: Duration) -> std::io::Result<MediaWorkers> {
+        MediaWorkers::spawn_named(threads, "tw-media-", Arc::new(|| {}), batch)
+    }
+
     /// [`MediaWorkers::start`], running `on_start` first on each new thread (to pin it to a
     /// CPU, or note its id for accounting).
     pub fn start_with(
         threads: usize,
         on_start: impl Fn() + Send + Sync + 'static,
     ) -> std::io::Result<MediaWorkers> {
-        MediaWorkers::spawn_named(threads, "tw-media-", Arc::new(on_start))
+        MediaWorkers::spawn_named(threads, "tw-media-", Arc::new(on_start), Duration::ZERO)
     }
 
     fn spawn_named(
         threads: usize,
         prefix: &str,
         on_start: Arc<dyn Fn() + Send + Sync>,
+        batch: Duration,
     ) -> std::io::Result<MediaWorkers> {
         let mut workers = Workers {
             threads: Vec::new(),
@@ -107,7 +114,7 @@ impl MediaWorkers {
                 waker,
             });
             let on_start = on_start.clone();
-            let lp = Loop::new(poll, inbox.clone());
+            let lp = Loop::new(poll, inbox.clone(), batch);
             let join = std::thread::Builder::new()
                 .name(format!("{prefix}{i}"))
                 .spawn(move || {
@@ -133,7 +140,7 @@ impl MediaWorkers {
             return Ok(w.clone());
         }
         // Named apart from `tw-media-N`, which are a `tonewall run`'s own threads.
-        let w = MediaWorkers::spawn_named(1, "tw-relay-shared", Arc::new(|| {}))
+        let w = MediaWorkers::spawn_named(1, "tw-relay-shared", Arc::new(|| {}), Duration::ZERO)
             .map_err(|e| MediaError::Register(e.to_string()))?;
         Ok(SHARED.get_or_init(|| w).clone())
     }
@@ -277,11 +284,14 @@ struct Loop {
     /// Sockets that used up their budget and may hold more.
     again: Vec<Token>,
     scratch: Box<Scratch>,
+    /// Rest after a wake-up that brought packets (zero: none).
+    batch: Duration,
 }
 
 impl Loop {
-    fn new(poll: Poll, inbox: Arc<Inbox>) -> Loop {
+    fn new(poll: Poll, inbox: Arc<Inbox>, batch: Duration) -> Loop {
         Loop {
+            batch,
             poll,
             inbox,
             calls: Vec::new(),
@@ -344,6 +354,14 @@ impl Loop {
                 return;
             }
             self.expire(now);
+            // At hundreds of calls packets come every few µs, and without a rest each wake-up
+            // brings one or two: the thread sleeps and is woken (two context switches) per
+            // packet, which cost more than relaying it. Resting a little after a wake-up that
+            // brought packets lets the next bring all that came meanwhile, at the price of that
+            // much delay and jitter. Idle, the thread still waits in `poll` for the first one.
+            if !self.batch.is_zero() && !events.is_empty() {
+                std::thread::sleep(self.batch);
+            }
         }
     }
 
