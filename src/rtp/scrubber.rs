@@ -1418,15 +1418,13 @@ mod tests {
         assert_in_order(&out, "late audio before an event");
     }
 
-    #[test]
-    fn an_event_dated_back_to_its_onset_starts_after_the_onset_sent_even_out_of_order() {
-        // The frame carrying the key's onset in-band arrives before the frame preceding it,
-        // and the event's first packet is lost: the next one, dated from the onset, must not
-        // go over the onset's frame, which went out before the late one.
-        let mut audio = voice(6400, 15);
-        audio[1120..1920].copy_from_slice(&tone(key('9'), 800));
+    /// Voice with key `c` at 1120..1920, from a carrier that sends the key's first 15 ms
+    /// in-band (frame 7, 1120..1280) and then events dated from the onset (from packet 8).
+    fn onset_then_backdated_event(seed: u32, c: char) -> Vec<Vec<u8>> {
+        let mut audio = voice(6400, seed);
+        audio[1120..1920].copy_from_slice(&tone(key(c), 800));
         let spans = [KeySpan {
-            digit: key('9'),
+            digit: key(c),
             start: 1120,
             end: 1920,
         }];
@@ -1437,11 +1435,18 @@ mod tests {
             }),
             ..Default::default()
         };
-        let mut packets: Vec<Vec<u8>> =
-            crate::rtp::trunk::deliver(&audio, &TrunkConfig::default(), Some(&spans), &imp)
-                .into_iter()
-                .map(|p| p.bytes)
-                .collect();
+        crate::rtp::trunk::deliver(&audio, &TrunkConfig::default(), Some(&spans), &imp)
+            .into_iter()
+            .map(|p| p.bytes)
+            .collect()
+    }
+
+    #[test]
+    fn an_event_dated_back_to_its_onset_starts_after_the_onset_sent_even_out_of_order() {
+        // The frame carrying the key's onset in-band arrives before the frame preceding it,
+        // and the event's first packet is lost: the next one, dated from the onset, must not
+        // go over the onset's frame, which went out before the late one.
+        let mut packets = onset_then_backdated_event(15, '9');
         // Frame 7 (1120..1280) is the onset in-band; packet 8 the event's first.
         packets.swap(6, 7);
         packets.remove(8);
@@ -1528,25 +1533,7 @@ mod tests {
         // The carrier sent the key's first 20 ms in-band, then events dated from the onset;
         // the event's first packet overtook the onset's frame. Its frame already filled that
         // time: sent, the onset would overlap it in the agent's stream.
-        let mut audio = voice(6400, 11);
-        audio[1120..1920].copy_from_slice(&tone(key('6'), 800));
-        let spans = [KeySpan {
-            digit: key('6'),
-            start: 1120,
-            end: 1920,
-        }];
-        let imp = crate::rtp::trunk::Impairments {
-            late_events: Some(crate::rtp::trunk::LateEvents {
-                fragment: 120,
-                backdated: true,
-            }),
-            ..Default::default()
-        };
-        let mut packets: Vec<Vec<u8>> =
-            crate::rtp::trunk::deliver(&audio, &TrunkConfig::default(), Some(&spans), &imp)
-                .into_iter()
-                .map(|p| p.bytes)
-                .collect();
+        let mut packets = onset_then_backdated_event(11, '6');
         // Packet 7 carries the onset in-band (1120..1280), packet 8 the event's first.
         assert_eq!(RtpView::parse(&packets[7]).unwrap().payload_type(), 0);
         assert_eq!(RtpView::parse(&packets[8]).unwrap().payload_type(), 101);
