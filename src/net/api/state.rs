@@ -516,9 +516,7 @@ impl ApiState {
         source: DigitSource,
         at_ms: u64,
     ) -> Result<Vec<CaptureEvent>, DeskError> {
-        let now = self.now();
-        let (events, job) = self.book(now).desk.feed(call, digit, source, at_ms, now)?;
-        tracing::trace!(%call, ?source, "key fed to capture");
+        let (events, job) = self.take_key(call, digit, source, at_ms)?;
         if let Some(job) = job {
             self.file(job).await;
         }
@@ -536,14 +534,27 @@ impl ApiState {
         source: DigitSource,
         at_ms: u64,
     ) -> Result<(), DeskError> {
-        let now = self.now();
-        let (_, job) = self.book(now).desk.feed(call, digit, source, at_ms, now)?;
-        tracing::trace!(%call, ?source, "key fed to capture");
+        let (_, job) = self.take_key(call, digit, source, at_ms)?;
         if let Some(job) = job {
             let api = self.clone();
             tokio::spawn(async move { api.file(job).await });
         }
         Ok(())
+    }
+
+    /// The desk's part of feeding a key: its capture events, and the card to seal once
+    /// complete.
+    fn take_key(
+        &self,
+        call: CallId,
+        digit: Digit,
+        source: DigitSource,
+        at_ms: u64,
+    ) -> Result<(Vec<CaptureEvent>, Option<SealJob>), DeskError> {
+        let now = self.now();
+        let taken = self.book(now).desk.feed(call, digit, source, at_ms, now)?;
+        tracing::trace!(%call, ?source, "key fed to capture");
+        Ok(taken)
     }
 
     /// The media path says a call ended: a session still capturing on it fails.

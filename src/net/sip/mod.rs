@@ -444,19 +444,12 @@ impl Shell {
         // thousands of inputs behind) loses the key, counted, rather than stall the media thread.
         let core_tx = self.core_tx.clone();
         let key_tap = KeyTap(Arc::new(move |agent: bool, d: ScrubbedDigit| {
-            let key = Event::Key {
-                call,
-                from: if agent {
-                    KeyFrom::Agent
-                } else {
-                    KeyFrom::Caller
-                },
-                digit: d.digit,
-                source: d.source,
-                // The scrubber's timeline is samples at 8 kHz.
-                media_ms: d.start / 8,
+            let from = if agent {
+                KeyFrom::Agent
+            } else {
+                KeyFrom::Caller
             };
-            core_tx.try_send(CoreMsg::Call(key)).is_ok()
+            core_tx.try_send(key_event(call, from, d)).is_ok()
         }));
         let opts = RelayOptions {
             call_label: call.to_string(),
@@ -636,6 +629,18 @@ fn fold_stats(api: &ApiState, last: &mut RelayStatsSnapshot, now: RelayStatsSnap
     *last = now;
 }
 
+/// A key a relay heard, as the call core's input.
+fn key_event(call: CallId, from: KeyFrom, d: ScrubbedDigit) -> CoreMsg {
+    CoreMsg::Call(Event::Key {
+        call,
+        from,
+        digit: d.digit,
+        source: d.source,
+        // The scrubber's timeline is samples at 8 kHz.
+        media_ms: d.start / 8,
+    })
+}
+
 /// Follows one relay: inactivity (and keys, for a relay started without a key tap) to the core,
 /// its last counters to the metrics, the outcome to the log.
 async fn supervise(
@@ -650,14 +655,11 @@ async fn supervise(
 ) {
     loop {
         tokio::select! {
-            // The scrubber's timeline is samples at 8 kHz.
             Some(d) = handle.digits.recv() => {
-                let key = Event::Key { call, from: KeyFrom::Caller, digit: d.digit, source: d.source, media_ms: d.start / 8 };
-                let _ = core_tx.send(CoreMsg::Call(key)).await;
+                let _ = core_tx.send(key_event(call, KeyFrom::Caller, d)).await;
             }
             Some(d) = handle.agent_digits.recv() => {
-                let key = Event::Key { call, from: KeyFrom::Agent, digit: d.digit, source: d.source, media_ms: d.start / 8 };
-                let _ = core_tx.send(CoreMsg::Call(key)).await;
+                let _ = core_tx.send(key_event(call, KeyFrom::Agent, d)).await;
             }
             Some(ev) = handle.events.recv() => {
                 if ev == MediaEvent::Inactive {
