@@ -480,6 +480,21 @@ fn threads_named(prefix: &str) -> Vec<u64> {
     out
 }
 
+/// The card keyed over speech, from the caller through `c`: every packet comes out at the
+/// agent, where the auditor's decoder hears no digit. Returns the caller's audio, the packets
+/// sent and those the agent got.
+async fn card_through(c: &Call) -> (Vec<i16>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (audio, _) = card_over_speech();
+    let trunk = TrunkConfig::default();
+    let packets = packetize(&audio, &trunk, None);
+    send_all(&c.caller.rtp, c.handle.a_addr, &packets).await;
+    let got = recv_n(&c.agent.rtp, packets.len()).await;
+    assert_eq!(got.len(), packets.len(), "one packet out per packet in");
+    let heard = depacketize(got.iter().map(|p| p.as_slice()), trunk.first_ts);
+    assert!(spectrum::fft_decode(&heard.audio, &mut |_| {}).is_empty());
+    (audio, packets, got)
+}
+
 #[tokio::test]
 async fn a_relay_on_a_media_thread_scrubs_relays_and_the_threads_end_with_their_owner() {
     let workers = tonewall::net::media::MediaWorkers::start(2).unwrap();
@@ -500,14 +515,7 @@ async fn a_relay_on_a_media_thread_scrubs_relays_and_the_threads_end_with_their_
     };
     // The ports are allocated here, on the test's runtime, and must move to the media thread.
     let c = call(43_000, true, opts).await;
-    let (audio, _) = card_over_speech();
-    let trunk = TrunkConfig::default();
-    let packets = packetize(&audio, &trunk, None);
-    send_all(&c.caller.rtp, c.handle.a_addr, &packets).await;
-    let got = recv_n(&c.agent.rtp, packets.len()).await;
-    assert_eq!(got.len(), packets.len(), "one packet out per packet in");
-    let heard = depacketize(got.iter().map(|p| p.as_slice()), trunk.first_ts);
-    assert!(spectrum::fft_decode(&heard.audio, &mut |_| {}).is_empty());
+    let (audio, packets, _) = card_through(&c).await;
     let back = packetize(
         &audio[..8000],
         &TrunkConfig {
@@ -550,12 +558,7 @@ async fn a_media_thread_that_rests_between_wake_ups_still_relays_every_packet_sc
         ..RelayOptions::default()
     };
     let c = call(43_100, true, opts).await;
-    let (audio, _) = card_over_speech();
-    let trunk = TrunkConfig::default();
-    let packets = packetize(&audio, &trunk, None);
-    send_all(&c.caller.rtp, c.handle.a_addr, &packets).await;
-    let got = recv_n(&c.agent.rtp, packets.len()).await;
-    assert_eq!(got.len(), packets.len(), "one packet out per packet in");
+    let (_, packets, got) = card_through(&c).await;
     let seqs: Vec<u16> = got
         .iter()
         .map(|p| RtpView::parse(p).unwrap().sequence())
@@ -564,8 +567,6 @@ async fn a_media_thread_that_rests_between_wake_ups_still_relays_every_packet_sc
         seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
         "in order"
     );
-    let heard = depacketize(got.iter().map(|p| p.as_slice()), trunk.first_ts);
-    assert!(spectrum::fft_decode(&heard.audio, &mut |_| {}).is_empty());
     let (out, keys) = stop(c).await;
     assert_eq!(keys, card_keys());
     assert_eq!(out.stats.b_out, packets.len() as u64);
