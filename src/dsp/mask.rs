@@ -70,7 +70,9 @@ impl Masker {
             let s = self.next_sample();
             let g = f32::from(self.gain) / f32::from(RAMP);
             let v = f32::from(*a) * (1.0 - g) + s * g;
-            *a = v.round().clamp(-32768.0, 32767.0) as i16;
+            // Half away from zero, as `round` does, without its call into libm per sample (the
+            // baseline x86-64 build has no rounding instruction); `as` saturates.
+            *a = (v + 0.5f32.copysign(v)) as i16;
             changed = true;
         }
         changed

@@ -221,6 +221,9 @@ mod tests {
         }
         let run = |avx2: bool| {
             let mut p = PresenceDetector::new(PresenceConfig::default());
+            if !avx2 {
+                p = p.without_avx2();
+            }
             let mut d = DtmfDetector::new(DetectorConfig::default());
             let mut mask = Vec::new();
             let mut found = Vec::new();

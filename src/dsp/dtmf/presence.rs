@@ -5,7 +5,7 @@
 //! and rising against what came before) and, once the span has lasted 16 ms, over 128 samples
 //! that resolve a voice's harmonics: that is what keeps vowels from being masked as keys.
 
-use super::simd::{argmax4, dot, max4};
+use super::simd::{argmax4, dot2, max4};
 use crate::dsp::goertzel::{Bank, DTMF_HZ, RATE, STEP, Step, Terms, dbm0_power, step_terms};
 
 /// Presence detector configuration.
@@ -127,20 +127,29 @@ impl<const W: usize, const P: usize> Kernels<W, P> {
     }
 
     /// Amplitude of grid tone `k` in `x` as measured at the grid frequency.
-    fn amplitude(&self, x: &[i16], k: usize) -> f32 {
-        let (fr, fi) = (dot(x, &self.full_re[k]), dot(x, &self.full_im[k]));
+    #[inline(always)]
+    fn amplitude(&self, x: &[f32], k: usize) -> f32 {
+        let (fr, fi) = dot2(x, &self.full_re[k], &self.full_im[k]);
         2.0 * (fr * fr + fi * fi).sqrt() / self.full_sum
+    }
+
+    /// |X_k|² of `x` at grid frequency `k`, through the full window.
+    #[inline(always)]
+    fn power(&self, x: &[f32], k: usize) -> f32 {
+        let (fr, fi) = dot2(x, &self.full_re[k], &self.full_im[k]);
+        fr * fr + fi * fi
     }
 
     /// Relative frequency error of the tone near grid frequency `k` in `x` (`W` samples), from
     /// the phase step between the two phase windows, and its energy over the window, corrected
     /// for the window's roll-off at that offset.
-    fn measure(&self, x: &[i16], k: usize) -> (f32, f32) {
+    #[inline(always)]
+    fn measure(&self, x: &[f32], k: usize) -> (f32, f32) {
         let lag = W - P;
         let (kr, ki) = (&self.phase_re[k], &self.phase_im[k]);
         let (a, b) = (&x[..P.min(x.len())], &x[lag.min(x.len())..]);
-        let (ar, ai) = (dot(a, kr), dot(a, ki));
-        let (br, bi) = (dot(b, kr), dot(b, ki));
+        let (ar, ai) = dot2(a, kr, ki);
+        let (br, bi) = dot2(b, kr, ki);
         let f = DTMF_HZ[k];
         let w = 2.0 * std::f32::consts::PI * f / RATE;
         let dphi = (bi * ar - br * ai).atan2(br * ar + bi * ai) - w * lag as f32;
@@ -158,21 +167,66 @@ impl<const W: usize, const P: usize> Kernels<W, P> {
 }
 
 /// Both tones within `max_dev` of the grid and carrying `min_ratio` of `x`'s energy.
+#[inline(always)]
 fn pure<const W: usize, const P: usize>(
     k: &Kernels<W, P>,
-    x: &[i16],
+    x: &[f32],
     l: usize,
     h: usize,
     max_dev: f32,
     min_ratio: f32,
 ) -> bool {
-    let e: f32 = x.iter().map(|&v| f32::from(v) * f32::from(v)).sum();
+    let e = energy(x);
     if e <= 0.0 {
         return false;
     }
     let (dl, pl) = k.measure(x, l);
     let (dh, ph) = k.measure(x, h);
     dl.abs() <= max_dev && dh.abs() <= max_dev && pl + ph >= min_ratio * e
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Σ x², in eight interleaved partial sums like [`dot2`]'s: summed in order, the 128 dependent
+/// additions of a long window were the fine tests' longest chain.
+#[inline(always)]
+fn energy(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let xc = x.chunks_exact(8);
+    let tail: f32 = xc.remainder().iter().map(|v| v * v).sum();
+    for a in xc {
+        for (s, v) in acc.iter_mut().zip(a) {
+            *s += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The strongest grid tone of each group over the last `SHORT` samples of `x`.
+#[inline(always)]
+fn fine_pair(x: &[f32; RAW]) -> (usize, usize) {
+    let now = &x[RAW - SHORT..];
+    let k = &*SHORT_K;
+    // Compared as |X|²: the amplitude is a rising function of it, so the same tone wins
+    // without eight square roots per step. A plain loop: `array::from_fn` stays an outlined
+    // call, which the AVX2 copy cannot inline.
+    let mut a = [0f32; 8];
+    for (i, v) in a.iter_mut().enumerate() {
+        *v = k.power(now, i);
+    }
+    (
+        argmax4([a[0], a[1], a[2], a[3]]),
+        4 + argmax4([a[4], a[5], a[6], a[7]]),
+    )
 }
 
 /// Window of the presence detector, in steps (48 samples), tested every step (2 ms). Testing
@@ -223,6 +277,8 @@ pub struct PresenceDetector {
     /// late or reordered packet, a new stream): a long window over the join measures the jump
     /// in phase, not the audio.
     splice_at: Option<u64>,
+    /// The CPU has AVX2, which the fine tests use.
+    avx2: bool,
 }
 
 impl PresenceDetector {
@@ -254,6 +310,7 @@ impl PresenceDetector {
             last_pair: None,
             since_pair: u16::MAX,
             splice_at: None,
+            avx2: has_avx2(),
         }
     }
 
@@ -430,24 +487,47 @@ impl PresenceDetector {
             self.age_held();
             return false;
         }
+        let onset = ql + qh >= ratio && ql >= share && qh >= share;
+        let held_gate = ql + qh >= hf * ratio && ql >= hf * share && qh >= hf * share;
+        self.fine_tests(onset, held_gate)
+    }
+
+    /// The tests on the raw samples, for a window the coarse test let through: rare in speech,
+    /// but every step while a key sounds, where they were over half the detector's time. They
+    /// run on one conversion of the recent samples to floats, compiled for AVX2 where the CPU
+    /// has it (the same IEEE operations in the same order per lane, so both builds decide alike).
+    #[inline(never)]
+    fn fine_tests(&mut self, onset: bool, held_gate: bool) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` is set only when the CPU was found to support AVX2.
+            return unsafe { self.fine_tests_avx2(onset, held_gate) };
+        }
+        self.fine_tests_with(onset, held_gate)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn fine_tests_avx2(&mut self, onset: bool, held_gate: bool) -> bool {
+        self.fine_tests_with(onset, held_gate)
+    }
+
+    #[inline(always)]
+    fn fine_tests_with(&mut self, onset: bool, held_gate: bool) -> bool {
+        let x = self.recent();
         // The pair from the fine window: a 48-sample rectangular term can favour the neighbour
         // of a tone 1.5 % off the grid when the other group's tone leaks into it.
-        let (l, h) = self.fine_pair();
-        // `loud` held, or the window was turned away above.
-        let onset = ql + qh >= ratio && ql >= share && qh >= share;
-        // Once a pair has been seen, the same pair keeps masking at half the energy share:
+        let (l, h) = fine_pair(&x);
+        // Once a pair has been seen, the same pair keeps masking at a lower energy share:
         // speech over a sounding key must not open holes in the mask.
-        let held = matches!(self.held, Some((hl, hh, _)) if hl == l && hh == h)
-            && ql + qh >= hf * ratio
-            && ql >= hf * share
-            && qh >= hf * share;
+        let held = matches!(self.held, Some((hl, hh, _)) if hl == l && hh == h) && held_gate;
         let resumes = matches!(self.last_pair, Some((pl, ph)) if pl == l || ph == h)
             && u32::from(self.since_pair) <= RESUME_STEPS;
         let fine = if held {
             self.span_steps = self.span_steps.saturating_add(1);
-            self.continues(l, h)
+            self.continues(&x, l, h)
         } else {
-            onset && self.starts(l, h, resumes)
+            onset && self.starts(&x, l, h, resumes)
         };
         if fine {
             if !held {
@@ -463,25 +543,15 @@ impl PresenceDetector {
         }
     }
 
-    /// The strongest grid tone of each group over the short fine window.
-    #[inline(never)]
-    fn fine_pair(&self) -> (usize, usize) {
-        let x = self.recent();
-        let now = &x[RAW - SHORT..];
-        let k = &*SHORT_K;
-        let a: [f32; 8] = std::array::from_fn(|i| k.amplitude(now, i));
-        (
-            argmax4([a[0], a[1], a[2], a[3]]),
-            4 + argmax4([a[4], a[5], a[6], a[7]]),
-        )
-    }
-
     /// The last `RAW` samples, oldest first.
-    fn recent(&self) -> [i16; RAW] {
-        let mut x = [0i16; RAW];
+    #[inline(always)]
+    fn recent(&self) -> [f32; RAW] {
+        let mut x = [0f32; RAW];
         for (i, chunk) in x.chunks_exact_mut(STEP).enumerate() {
             let slot = (self.raw_slot + i) % RAW_STEPS;
-            chunk.copy_from_slice(&self.raw[slot]);
+            for (d, &v) in chunk.iter_mut().zip(&self.raw[slot]) {
+                *d = f32::from(v);
+            }
         }
         x
     }
@@ -494,9 +564,8 @@ impl PresenceDetector {
     /// turns away most of the windows of speech that look like a key for 6 ms (on 47 minutes of
     /// speech: masked time 0.58 % → 0.03 % with the coarse test alone). A window sharing a tone
     /// with a span just ended resumes without it. Run only when the coarse test passed.
-    #[inline(never)]
-    fn starts(&self, l: usize, h: usize, resumes: bool) -> bool {
-        let x = self.recent();
+    #[inline(always)]
+    fn starts(&self, x: &[f32; RAW], l: usize, h: usize, resumes: bool) -> bool {
         let gap = RISE_GAP;
         let (before, now) = (
             &x[RAW - 2 * SHORT - gap..RAW - SHORT - gap],
@@ -523,8 +592,8 @@ impl PresenceDetector {
     /// window (the coarse held test decided), then only if the last 128 samples, where a
     /// voice's neighbouring harmonics are resolved, hold the pair on the grid and pure. A
     /// vowel's two harmonics that happened to start like a key are cut there.
-    #[inline(never)]
-    fn continues(&mut self, l: usize, h: usize) -> bool {
+    #[inline(always)]
+    fn continues(&mut self, x: &[f32; RAW], l: usize, h: usize) -> bool {
         if usize::from(self.span_steps) * STEP < LONG {
             return true;
         }
@@ -537,7 +606,7 @@ impl PresenceDetector {
         }
         let ok = pure(
             &LONG_K,
-            &self.recent(),
+            x,
             l,
             h,
             self.cfg.long_freq_dev,
@@ -577,6 +646,13 @@ impl PresenceDetector {
     /// the long one has.
     pub fn splice(&mut self) {
         self.splice_at = Some(self.pos);
+    }
+
+    /// Runs the fine tests with the baseline build, for the test that holds both builds alike.
+    #[cfg(test)]
+    pub(super) fn without_avx2(mut self) -> Self {
+        self.avx2 = false;
+        self
     }
 
     /// Forgets all history (used when scrubbing is switched on mid-stream).

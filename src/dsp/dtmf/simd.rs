@@ -21,7 +21,38 @@ pub(super) fn dot(x: &[i16], w: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// compiler to turn into stores and reloads.
+/// (Σ x[n]·a[n], Σ x[n]·b[n]) over the shortest of the three, on samples already converted
+/// to floats: each sum is formed exactly as [`dot`] forms it (the same partial sums, added in
+/// the same order), so results are bit-identical; one pass reads the samples once for both.
+#[inline(always)]
+pub(super) fn dot2(x: &[f32], a: &[f32], b: &[f32]) -> (f32, f32) {
+    let n = x.len().min(a.len()).min(b.len());
+    let (x, a, b) = (&x[..n], &a[..n], &b[..n]);
+    let (mut sa, mut sb) = ([0f32; 8], [0f32; 8]);
+    let (xc, ac, bc) = (x.chunks_exact(8), a.chunks_exact(8), b.chunks_exact(8));
+    let ta: f32 = xc
+        .remainder()
+        .iter()
+        .zip(ac.remainder())
+        .map(|(v, w)| v * w)
+        .sum();
+    let tb: f32 = xc
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(v, w)| v * w)
+        .sum();
+    for ((x, a), b) in xc.zip(ac).zip(bc) {
+        for i in 0..8 {
+            sa[i] += x[i] * a[i];
+            sb[i] += x[i] * b[i];
+        }
+    }
+    (sa.iter().sum::<f32>() + ta, sb.iter().sum::<f32>() + tb)
+}
+
+/// Index of the largest of four, as compares and selects: written as a loop over the array it
+/// was left to the compiler to turn into stores and reloads.
 #[inline]
 pub(super) fn argmax4(v: [f32; 4]) -> usize {
     let (a, va) = if v[1] > v[0] { (1, v[1]) } else { (0, v[0]) };
