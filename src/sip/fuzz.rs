@@ -139,6 +139,7 @@ pub fn fuzz_sdp(data: &[u8]) {
                 })
             })
             .collect(),
+        secure: None,
     };
     if let Ok(r) = sdp.rewrite(&target) {
         // What we emit must itself parse and agree on what it offers.

@@ -21,10 +21,10 @@ pub enum SdpError {
     BadMedia { index: usize },
     #[error("line {line}: malformed c= line")]
     BadConnection { line: usize },
-    /// No SRTP yet: the scrubber must see clear RTP.
-    #[error("media {index}: secure RTP is not supported")]
+    /// SRTP offered where the route's policy refuses it, or refused where it requires it.
+    #[error("media {index}: secure RTP is not acceptable on this route")]
     Srtp { index: usize },
-    #[error("media {index}: transport is not RTP/AVP")]
+    #[error("media {index}: transport is not RTP/AVP or RTP/SAVP")]
     UnsupportedTransport { index: usize },
     /// Only G.711 can be scrubbed in the sample domain.
     #[error("media {index}: audio offers neither PCMU nor PCMA")]
@@ -135,6 +135,43 @@ pub struct RewriteTarget {
     pub address: IpAddr,
     /// Indexed like the `m=` lines; needed for every active audio section.
     pub media: Vec<Option<MediaPorts>>,
+    /// SRTP toward the peer that reads the rewritten description, for the anchored audio
+    /// sections; `None`: plain RTP/AVP. The original's own `a=crypto` lines never cross: each
+    /// leg has its own keys (RFC 4568 §6.1).
+    pub secure: Option<SecureAudio>,
+}
+
+/// How an anchored audio section offers or answers SRTP (RFC 4568 SDES).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecureAudio {
+    /// `RTP/SAVP(F)` when set; otherwise `RTP/AVP(F)` carrying `a=crypto`, the "best effort"
+    /// SRTP that many user agents offer and that a peer without SRTP simply ignores.
+    pub savp: bool,
+    /// Our `a=crypto` values, each holding one of our keys.
+    pub crypto: Vec<CryptoLine>,
+}
+
+/// The value of one `a=crypto` attribute (after `crypto:`): it carries a master key inline,
+/// so it is redacted in `Debug` and wiped when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CryptoLine(zeroize::Zeroizing<String>);
+
+impl CryptoLine {
+    pub fn new(value: String) -> CryptoLine {
+        CryptoLine(zeroize::Zeroizing::new(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CryptoLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The tag and suite are not secret and say which line this is.
+        let public: String = self.0.split(" inline:").next().unwrap_or("").to_owned();
+        write!(f, "CryptoLine({public} inline:<redacted>)")
+    }
 }
 
 /// The rewritten body and what it now offers per media section.
@@ -392,6 +429,19 @@ impl<'a> Sdp<'a> {
         }
     }
 
+    /// The values of the `a=crypto` attributes of `m=` section `index`, in order (RFC 4568
+    /// §9.1: the offerer's preference). They hold the peer's keys: parse them and let go.
+    pub fn crypto_attrs(&self, index: usize) -> Vec<&'a [u8]> {
+        self.section(index)
+            .iter()
+            .filter(|l| l.kind == b'a')
+            .filter_map(|l| match attr(l.value) {
+                (b"crypto", Some(v)) => Some(v),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn session_direction(&self) -> Direction {
         self.session()
             .iter()
@@ -497,8 +547,11 @@ impl<'a> Sdp<'a> {
             let m_line = section.first().ok_or(SdpError::BadMedia { index })?;
 
             if m.port == 0 {
+                // Kept as it is, but for a key it may still carry: keys never cross legs.
                 for l in section {
-                    push_line(&mut out, l.content, l.term);
+                    if !(l.kind == b'a' && attr(l.value).0 == b"crypto") {
+                        push_line(&mut out, l.content, l.term);
+                    }
                 }
                 media.push(original);
             } else if !m.kind.eq_ignore_ascii_case("audio") {
@@ -576,13 +629,20 @@ impl AudioSection<'_, '_> {
         original: MediaInfo,
     ) -> Result<MediaInfo, SdpError> {
         let index = self.index;
-        let proto = self.m.proto.to_ascii_uppercase();
-        if proto.contains("SAVP") {
-            return Err(SdpError::Srtp { index });
-        }
-        if proto != "RTP/AVP" && proto != "RTP/AVPF" {
-            return Err(SdpError::UnsupportedTransport { index });
-        }
+        // Whether to carry SRTP is the caller's decision (`target.secure`): here the profile is
+        // only read for its feedback flavour. DTLS-SRTP (UDP/TLS/RTP/SAVP) is not supported.
+        let feedback = match self.m.proto.to_ascii_uppercase().as_str() {
+            "RTP/AVP" | "RTP/SAVP" => false,
+            "RTP/AVPF" | "RTP/SAVPF" => true,
+            _ => return Err(SdpError::UnsupportedTransport { index }),
+        };
+        let savp = target.secure.as_ref().is_some_and(|s| s.savp);
+        let proto = match (savp, feedback) {
+            (false, false) => "RTP/AVP",
+            (false, true) => "RTP/AVPF",
+            (true, false) => "RTP/SAVP",
+            (true, true) => "RTP/SAVPF",
+        };
         let ports = target
             .media
             .get(index)
@@ -610,12 +670,23 @@ impl AudioSection<'_, '_> {
             return Err(SdpError::NoG711 { index });
         }
 
-        let mut line = format!("m={} {} {}", self.m.kind, ports.rtp, self.m.proto);
+        let mut line = format!("m={} {} {proto}", self.m.kind, ports.rtp);
         for pt in &kept {
             line.push_str(&format!(" {pt}"));
         }
         push_line(out, line.as_bytes(), self.m_line.term);
         let saw_rtcp = self.write_lines(out, &kept, media_hold, rtcp);
+        if let Some(secure) = &target.secure {
+            for c in &secure.crypto {
+                if !out.is_empty() && !out.ends_with(b"\n") {
+                    out.extend_from_slice(b"\r\n");
+                }
+                let mut l = zeroize::Zeroizing::new(Vec::with_capacity(c.as_str().len() + 9));
+                l.extend_from_slice(b"a=crypto:");
+                l.extend_from_slice(c.as_str().as_bytes());
+                push_line(out, &l, b"\r\n");
+            }
+        }
         if !saw_rtcp && ports.rtcp.is_some_and(|p| p != ports.rtp.wrapping_add(1)) {
             if !out.is_empty() && !out.ends_with(b"\n") {
                 out.extend_from_slice(b"\r\n");
@@ -624,6 +695,7 @@ impl AudioSection<'_, '_> {
         }
         Ok(MediaInfo {
             port: ports.rtp,
+            proto: proto.to_owned(),
             payload_types: kept,
             connection: Some(if media_hold {
                 original.connection.unwrap_or(target.address)
@@ -725,6 +797,7 @@ a=rtpmap:31 H261/90000\r\n";
                 }),
                 None,
             ],
+            secure: None,
         }
     }
 
@@ -798,6 +871,7 @@ a=rtpmap:97 CN/8000\na=rtpmap:98 telephone-event/8000\na=recvonly";
                 rtp: 40000,
                 rtcp: Some(40011),
             })],
+            secure: None,
         };
         let r = sdp.rewrite(&t).unwrap();
         assert_eq!(
@@ -823,13 +897,114 @@ m=audio 49170 RTP/AVP 0\r\nm=audio 0 RTP/SAVP 0\r\na=crypto:1 x\r\n";
                 rtp: 30000,
                 rtcp: None,
             })],
+            secure: None,
         };
         let r = sdp.rewrite(&t).unwrap();
         let text = String::from_utf8(r.body).unwrap();
         assert!(text.contains("c=IN IP4 0.0.0.0\r\n"), "{text}");
         assert!(text.contains("m=audio 30000 RTP/AVP 0\r\n"));
-        assert!(text.ends_with("m=audio 0 RTP/SAVP 0\r\na=crypto:1 x\r\n"));
+        assert!(text.ends_with("m=audio 0 RTP/SAVP 0\r\n"), "{text}");
         assert_eq!(r.media[0].direction, Direction::SendOnly);
+    }
+
+    const KEY_A: &str = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+    const KEY_OURS: &str = "d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj";
+
+    fn secure_offer(proto: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+m=audio 4000 {proto} 0 101\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}\r\n\
+a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{KEY_A}|2^20\r\na=sendrecv\r\n"
+        )
+    }
+
+    fn one_audio(secure: Option<SecureAudio>) -> RewriteTarget {
+        RewriteTarget {
+            address: "203.0.113.5".parse().unwrap(),
+            media: vec![Some(MediaPorts {
+                rtp: 30000,
+                rtcp: None,
+            })],
+            secure,
+        }
+    }
+
+    #[test]
+    fn a_peers_keys_never_cross_to_the_other_leg() {
+        let body = secure_offer("RTP/SAVP");
+        let sdp = Sdp::parse(body.as_bytes()).unwrap();
+        let attrs: Vec<&[u8]> = sdp.crypto_attrs(0);
+        assert_eq!(attrs.len(), 2);
+        assert!(attrs[0].starts_with(b"1 AES_CM_128_HMAC_SHA1_80 inline:"));
+        assert!(attrs[1].ends_with(b"|2^20"));
+        // Toward a plain peer: RTP/AVP, and neither of the trunk's keys.
+        let plain = sdp.rewrite(&one_audio(None)).unwrap();
+        let text = String::from_utf8(plain.body).unwrap();
+        assert!(text.contains("m=audio 30000 RTP/AVP 0 101\r\n"), "{text}");
+        assert!(!text.contains("crypto") && !text.contains(KEY_A), "{text}");
+        assert_eq!(plain.media[0].proto, "RTP/AVP");
+        // Toward an SRTP peer: our own key only, once, in the section it belongs to.
+        let ours = SecureAudio {
+            savp: true,
+            crypto: vec![CryptoLine::new(format!(
+                "1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_OURS}"
+            ))],
+        };
+        let sec = sdp.rewrite(&one_audio(Some(ours))).unwrap();
+        let text = String::from_utf8(sec.body).unwrap();
+        assert!(text.contains("m=audio 30000 RTP/SAVP 0 101\r\n"), "{text}");
+        assert!(!text.contains(KEY_A), "{text}");
+        assert_eq!(text.matches("a=crypto:").count(), 1, "{text}");
+        assert!(text.ends_with(&format!(
+            "a=sendrecv\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_OURS}\r\n"
+        )));
+        let back = Sdp::parse(text.as_bytes()).unwrap();
+        assert_eq!(back.crypto_attrs(0).len(), 1);
+        assert_eq!(back.media().unwrap()[0].proto, "RTP/SAVP");
+    }
+
+    #[test]
+    fn profile_follows_the_choice_and_keeps_feedback() {
+        for (offered, savp, want) in [
+            ("RTP/AVP", true, "RTP/SAVP"),
+            ("RTP/AVPF", true, "RTP/SAVPF"),
+            ("RTP/SAVPF", false, "RTP/AVPF"),
+            ("RTP/AVP", false, "RTP/AVP"),
+        ] {
+            let body = secure_offer(offered);
+            let secure = SecureAudio {
+                savp,
+                crypto: vec![CryptoLine::new(format!(
+                    "7 AEAD_AES_128_GCM inline:{KEY_OURS}"
+                ))],
+            };
+            let r = Sdp::parse(body.as_bytes())
+                .unwrap()
+                .rewrite(&one_audio(Some(secure)))
+                .unwrap();
+            let text = String::from_utf8(r.body).unwrap();
+            assert!(
+                text.contains(&format!("m=audio 30000 {want} 0 101\r\n")),
+                "{text}"
+            );
+            // Best-effort SRTP: RTP/AVP that carries our key for a peer that wants it.
+            assert!(text.contains("a=crypto:7 AEAD_AES_128_GCM"), "{text}");
+        }
+    }
+
+    #[test]
+    fn crypto_lines_are_redacted_in_debug() {
+        let secure = SecureAudio {
+            savp: true,
+            crypto: vec![CryptoLine::new(format!(
+                "1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_OURS}"
+            ))],
+        };
+        let shown = format!("{:?}", one_audio(Some(secure)));
+        assert!(shown.contains("AES_CM_128_HMAC_SHA1_80"), "{shown}");
+        assert!(!shown.contains(KEY_OURS), "{shown}");
+        assert!(!shown.contains(&KEY_OURS[..8]), "{shown}");
     }
 
     #[test]
@@ -841,16 +1016,16 @@ m=audio 49170 RTP/AVP 0\r\nm=audio 0 RTP/SAVP 0\r\na=crypto:1 x\r\n";
                 rtp: 30000,
                 rtcp: None,
             })],
+            secure: None,
         };
         for (m, err) in [
             (
                 "m=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n",
                 SdpError::NoG711 { index: 0 },
             ),
-            ("m=audio 4000 RTP/SAVP 0\r\n", SdpError::Srtp { index: 0 }),
             (
                 "m=audio 4000 UDP/TLS/RTP/SAVPF 0\r\n",
-                SdpError::Srtp { index: 0 },
+                SdpError::UnsupportedTransport { index: 0 },
             ),
             (
                 "m=audio 4000 udptl t38\r\n",

@@ -49,6 +49,7 @@ pub(super) fn anchor(body: &[u8], addr: IpAddr, ports: RelayPorts) -> Result<Anc
                 })
             })
             .collect(),
+        secure: None,
     };
     let rw = sdp.rewrite(&target)?;
     let remote = idx.and_then(|i| {
