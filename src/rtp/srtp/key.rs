@@ -116,6 +116,8 @@ mod tests {
         assert!(SrtpMasterKey::from_key_salt(SrtpSuite::AeadAes128Gcm, &bytes).is_none());
         let gcm = SrtpMasterKey::from_key_salt(SrtpSuite::AeadAes128Gcm, &bytes[..28]).unwrap();
         assert_eq!(gcm.salt(), &bytes[16..28]);
-        assert!(SrtpMasterKey::from_key_salt(SrtpSuite::AesCm128HmacSha1_32, &bytes[..29]).is_none());
+        assert!(
+            SrtpMasterKey::from_key_salt(SrtpSuite::AesCm128HmacSha1_32, &bytes[..29]).is_none()
+        );
     }
 }

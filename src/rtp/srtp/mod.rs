@@ -162,8 +162,14 @@ mod tests {
             let p = s.profile();
             assert_eq!(p.key_len(), s.key_len());
             assert_eq!(p.salt_len(), s.salt_len());
-            assert_eq!(p.rtp_auth_tag_len() + p.aead_auth_tag_len(), s.rtp_tag_len());
-            assert_eq!(p.rtcp_auth_tag_len() + p.aead_auth_tag_len(), s.rtcp_tag_len());
+            assert_eq!(
+                p.rtp_auth_tag_len() + p.aead_auth_tag_len(),
+                s.rtp_tag_len()
+            );
+            assert_eq!(
+                p.rtcp_auth_tag_len() + p.aead_auth_tag_len(),
+                s.rtcp_tag_len()
+            );
         }
         assert_eq!(SrtpSuite::from_sdp_name("aes_cm_128_hmac_sha1_80"), None);
         assert_eq!(SrtpSuite::from_sdp_name("AES_256_CM_HMAC_SHA1_80"), None);

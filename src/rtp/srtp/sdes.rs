@@ -231,8 +231,11 @@ fn parse_key_param(
         .decode_slice(b64, &mut raw[..])
         .map_err(|_| SdesError::BadBase64)?;
     let key_salt = raw.get(..got).unwrap_or(&[]);
-    let key = SrtpMasterKey::from_key_salt(suite, key_salt)
-        .ok_or(SdesError::BadKeyLength { suite, got, want })?;
+    let key = SrtpMasterKey::from_key_salt(suite, key_salt).ok_or(SdesError::BadKeyLength {
+        suite,
+        got,
+        want,
+    })?;
     Ok((key, lifetime, mki))
 }
 
@@ -360,7 +363,11 @@ impl ItoaBuf {
 
 impl fmt::Debug for CryptoLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CryptoLine(a=crypto:{} {} inline:•••)", self.tag, self.suite)
+        write!(
+            f,
+            "CryptoLine(a=crypto:{} {} inline:•••)",
+            self.tag, self.suite
+        )
     }
 }
 
