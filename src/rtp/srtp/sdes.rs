@@ -471,3 +471,370 @@ impl SdesOffer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 4568 §4's example offer line.
+    const RFC_LINE: &str = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:4";
+
+    fn b64_of(key: &SrtpMasterKey) -> String {
+        STANDARD.encode(key.key_salt())
+    }
+
+    #[test]
+    fn reads_the_rfc_example() {
+        let a = CryptoAttribute::parse(RFC_LINE).unwrap().unwrap();
+        assert_eq!(a.tag, 1);
+        assert_eq!(a.suite(), SrtpSuite::AesCm128HmacSha1_80);
+        assert_eq!(a.lifetime, Some(1 << 20));
+        assert_eq!(a.mki, Some(Mki::new(1, 4).unwrap()));
+        assert_eq!(b64_of(&a.key), "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR");
+        assert!(a.check_usable().is_ok());
+        // Without "a=", with CRLF, tabs between fields.
+        let b = CryptoAttribute::parse("crypto:1\tAES_CM_128_HMAC_SHA1_80  inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.key.key_salt(), a.key.key_salt());
+        assert_eq!((b.lifetime, b.mki), (None, None));
+        // A decimal lifetime and an MKI alone.
+        let c = CryptoAttribute::parse("a=crypto:7 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|1000").unwrap().unwrap();
+        assert_eq!((c.tag, c.lifetime), (7, Some(1000)));
+        let d = CryptoAttribute::parse("a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|258:2").unwrap().unwrap();
+        assert!(d.mki.unwrap().matches(&[1, 2]));
+        assert!(!d.mki.unwrap().matches(&[0, 1, 2]));
+    }
+
+    #[test]
+    fn our_line_reads_back_as_the_same_key_for_every_suite() {
+        for suite in SrtpSuite::ALL {
+            let key = SrtpMasterKey::generate(suite).unwrap();
+            let line = CryptoLine::new(42, &key);
+            let text = line.expose_line();
+            assert!(
+                text.starts_with(&format!("a=crypto:42 {} inline:", suite.sdp_name())),
+                "{text}"
+            );
+            assert!(!text.contains('|') && !text.ends_with('\n'));
+            let back = CryptoAttribute::parse(text).unwrap().unwrap();
+            assert_eq!(back.tag, 42);
+            assert_eq!(back.suite(), suite);
+            assert_eq!(back.key.key_salt(), key.key_salt());
+        }
+        // Padding is written, and a peer that leaves it off is read all the same.
+        let gcm = SrtpMasterKey::generate(SrtpSuite::AeadAes128Gcm).unwrap();
+        let line = CryptoLine::new(1, &gcm);
+        assert!(line.expose_line().ends_with("=="), "28 bytes need padding");
+        let unpadded = line.expose_line().trim_end_matches('=');
+        let back = CryptoAttribute::parse(unpadded).unwrap().unwrap();
+        assert_eq!(back.key.key_salt(), gcm.key_salt());
+        assert_eq!(CryptoLine::new(999_999_999, &gcm).tag(), 999_999_999);
+        assert!(
+            CryptoLine::new(0, &gcm)
+                .expose_line()
+                .starts_with("a=crypto:0 ")
+        );
+    }
+
+    #[test]
+    fn the_line_and_the_attribute_print_without_key() {
+        for suite in SrtpSuite::ALL {
+            let key = SrtpMasterKey::generate(suite).unwrap();
+            let b64 = b64_of(&key);
+            let line = CryptoLine::new(3, &key);
+            let attr = CryptoAttribute::parse(line.expose_line()).unwrap().unwrap();
+            let offer = SdesOffer::new(&[suite]).unwrap();
+            let negotiated = NegotiatedSrtp::answer(std::slice::from_ref(&attr)).unwrap();
+            let texts = [
+                format!("{line:?}"),
+                line.to_string(),
+                format!("{attr:?}"),
+                format!("{offer:?}"),
+                format!("{negotiated:?}"),
+                format!("{:?}", negotiated.local_line()),
+            ];
+            assert_eq!(
+                texts[0],
+                format!("CryptoLine(a=crypto:3 {suite} inline:•••)")
+            );
+            assert_eq!(texts[1], format!("a=crypto:3 {suite} inline:•••"));
+            let ours = b64_of(&negotiated.local);
+            for text in &texts {
+                // Not the whole key, nor any 8-character run of its base64.
+                for secret in [&b64, &ours] {
+                    for w in 0..secret.len() - 8 {
+                        assert!(!text.contains(&secret[w..w + 8]), "{text}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn suites_we_do_not_speak_are_skipped() {
+        let sdp = [
+            "m=audio 4000 RTP/SAVP 0",
+            "a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:whatever-the-format-of-an-unknown-suite-is",
+            "a=crypto:2 F8_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5QUJDREUwMTIzNDU2Nzg5QUJjZGVm",
+            "a=rtpmap:0 PCMU/8000",
+            "a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR",
+            "a=crypto:4 AEAD_AES_128_GCM inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaQ==",
+        ];
+        let attrs = CryptoAttribute::parse_all(sdp).unwrap();
+        let got: Vec<(u32, SrtpSuite)> = attrs.iter().map(|a| (a.tag, a.suite())).collect();
+        assert_eq!(
+            got,
+            [
+                (3, SrtpSuite::AesCm128HmacSha1_32),
+                (4, SrtpSuite::AeadAes128Gcm)
+            ]
+        );
+        assert!(CryptoAttribute::parse(sdp[1]).unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_attributes_are_typed_errors() {
+        let key = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+        let cases: &[(&str, SdesError)] = &[
+            ("a=rtpmap:0 PCMU/8000", SdesError::NotCrypto),
+            (
+                "a=crypto: AES_CM_128_HMAC_SHA1_80 inline:x",
+                SdesError::BadTag,
+            ),
+            (
+                "a=crypto:x1 AES_CM_128_HMAC_SHA1_80 inline:x",
+                SdesError::BadTag,
+            ),
+            (
+                "a=crypto:1234567890 AES_CM_128_HMAC_SHA1_80 inline:x",
+                SdesError::BadTag,
+            ),
+            ("a=crypto:1 AES_CM_128_HMAC_SHA1_80", SdesError::Truncated),
+            ("a=crypto:1", SdesError::Truncated),
+            (
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 uri:{key}"),
+                SdesError::BadKeyMethod,
+            ),
+            (
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:!!!!notbase64!!!!",
+                SdesError::BadBase64,
+            ),
+            (
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^x"),
+                SdesError::BadLifetime,
+            ),
+            (
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^64"),
+                SdesError::BadLifetime,
+            ),
+            (
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|0"),
+                SdesError::BadLifetime,
+            ),
+            (
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1:4|2^20"),
+                SdesError::BadLifetime,
+            ),
+            (
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1:0"),
+                SdesError::BadMki,
+            ),
+            (
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|256:1"),
+                SdesError::BadMki,
+            ),
+            (
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1:129"),
+                SdesError::BadMki,
+            ),
+            (
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|x:4"),
+                SdesError::BadMki,
+            ),
+            // 30 bytes where GCM needs 28; 29 where AES-CM needs 30.
+            (
+                &format!("a=crypto:1 AEAD_AES_128_GCM inline:{key}"),
+                SdesError::BadKeyLength {
+                    suite: SrtpSuite::AeadAes128Gcm,
+                    got: 30,
+                    want: 28,
+                },
+            ),
+            (
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVA",
+                SdesError::BadKeyLength {
+                    suite: SrtpSuite::AesCm128HmacSha1_80,
+                    got: 29,
+                    want: 30,
+                },
+            ),
+            (
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}{key}"),
+                SdesError::BadKeyLength {
+                    suite: SrtpSuite::AesCm128HmacSha1_80,
+                    got: 60,
+                    want: 30,
+                },
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(CryptoAttribute::parse(line).unwrap_err(), *want, "{line}");
+            // Errors never quote the line (and so never the key).
+            assert!(!want.to_string().contains("PS1u"));
+        }
+        // One malformed attribute fails the whole offer.
+        let lines = [
+            RFC_LINE,
+            "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:c2hvcnQ=",
+        ];
+        assert_eq!(
+            CryptoAttribute::parse_all(lines).unwrap_err(),
+            SdesError::BadKeyLength {
+                suite: SrtpSuite::AesCm128HmacSha1_32,
+                got: 5,
+                want: 30
+            }
+        );
+    }
+
+    #[test]
+    fn the_answer_takes_the_first_usable_offer_with_a_key_of_our_own() {
+        let key = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+        let offer = CryptoAttribute::parse_all([
+            format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key} UNENCRYPTED_SRTP").as_str(),
+            format!("a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{key};inline:{key}").as_str(),
+            format!("a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{key} KDR=5").as_str(),
+            format!("a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:{key} FOO=1").as_str(),
+            format!("a=crypto:5 AES_CM_128_HMAC_SHA1_32 inline:{key} WSH=64 KDR=0").as_str(),
+            format!("a=crypto:6 AES_CM_128_HMAC_SHA1_80 inline:{key}").as_str(),
+        ])
+        .unwrap();
+        assert_eq!(
+            offer[0].check_usable(),
+            Err(SdesError::Unsupported("unencrypted media"))
+        );
+        assert_eq!(
+            offer[1].check_usable(),
+            Err(SdesError::Unsupported("more than one master key"))
+        );
+        assert!(offer[2].check_usable().is_err() && offer[3].check_usable().is_err());
+        let n = NegotiatedSrtp::answer(&offer).unwrap();
+        assert_eq!((n.tag(), n.suite()), (5, SrtpSuite::AesCm128HmacSha1_32));
+        // RFC 4568 §6.1: our own key, never the peer's echoed back.
+        let line = n.local_line();
+        assert!(!line.expose_line().contains(key));
+        let ours = CryptoAttribute::parse(line.expose_line()).unwrap().unwrap();
+        assert_eq!(
+            (ours.tag, ours.suite()),
+            (5, SrtpSuite::AesCm128HmacSha1_32)
+        );
+        assert_ne!(ours.key.key_salt(), offer[4].key.key_salt());
+        // Each answer draws a new key.
+        let again = NegotiatedSrtp::answer(&offer).unwrap();
+        assert_ne!(again.local.key_salt(), n.local.key_salt());
+
+        let nothing =
+            CryptoAttribute::parse_all([offer_line(1, "UNENCRYPTED_SRTCP").as_str()]).unwrap();
+        assert_eq!(
+            NegotiatedSrtp::answer(&nothing).unwrap_err(),
+            SdesError::NoAcceptableOffer
+        );
+        assert_eq!(
+            NegotiatedSrtp::answer(&[]).unwrap_err(),
+            SdesError::NoAcceptableOffer
+        );
+    }
+
+    fn offer_line(tag: u32, param: &str) -> String {
+        format!(
+            "a=crypto:{tag} AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR {param}"
+        )
+    }
+
+    /// Both sides of a leg built from SDP text alone: media protected by one side's outbound
+    /// context opens with the other's inbound one, in both directions.
+    fn assert_media_flows(a_out: &mut OutboundSrtp, b_in: &mut InboundSrtp) {
+        let mut buf = [0u8; 200];
+        buf[0] = 0x80;
+        buf[3] = 9;
+        buf[11] = 1;
+        buf[12..172].fill(0xd5);
+        let plain = buf;
+        let n = a_out.protect_rtp(&mut buf, 172).unwrap();
+        assert_ne!(buf[12..172], plain[12..172]);
+        assert_eq!(b_in.unprotect_rtp(&mut buf, n).unwrap(), 172);
+        assert_eq!(buf[..172], plain[..172]);
+    }
+
+    #[test]
+    fn offer_and_answer_key_both_directions() {
+        // We offer (toward the contact centre); the peer answers with its own key.
+        let ours = SdesOffer::new(&SrtpSuite::ALL).unwrap();
+        let lines = ours.lines();
+        let tags: Vec<u32> = lines.iter().map(CryptoLine::tag).collect();
+        assert_eq!(tags, [1, 2, 3]);
+        assert_eq!(lines[1].suite(), SrtpSuite::AeadAes128Gcm);
+        // The peer reads our offer and answers it.
+        let offered =
+            CryptoAttribute::parse_all(lines.iter().map(CryptoLine::expose_line)).unwrap();
+        let peer = NegotiatedSrtp::answer(&offered).unwrap();
+        let answer = CryptoAttribute::parse(peer.local_line().expose_line())
+            .unwrap()
+            .unwrap();
+        let us = ours.accept(&answer).unwrap();
+        assert_eq!((us.tag(), us.suite()), (1, SrtpSuite::AesCm128HmacSha1_80));
+
+        assert_media_flows(&mut us.outbound().unwrap(), &mut peer.inbound().unwrap());
+        assert_media_flows(&mut peer.outbound().unwrap(), &mut us.inbound().unwrap());
+
+        // An answer under a tag we never offered, or with another suite, is refused.
+        let mut stray = answer.clone();
+        stray.tag = 9;
+        assert_eq!(
+            ours.accept(&stray).unwrap_err(),
+            SdesError::TagNotOffered(9)
+        );
+        let gcm_key = SrtpMasterKey::generate(SrtpSuite::AeadAes128Gcm).unwrap();
+        let switched = CryptoAttribute::parse(CryptoLine::new(1, &gcm_key).expose_line())
+            .unwrap()
+            .unwrap();
+        assert_eq!(ours.accept(&switched).unwrap_err(), SdesError::SuiteChanged);
+        let unusable = CryptoAttribute::parse(&offer_line(1, "UNAUTHENTICATED_SRTP"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ours.accept(&unusable).unwrap_err(),
+            SdesError::Unsupported("unauthenticated media")
+        );
+    }
+
+    #[test]
+    fn the_peers_mki_and_lifetime_reach_its_inbound_context() {
+        let peer_key = SrtpMasterKey::generate(SrtpSuite::AesCm128HmacSha1_80).unwrap();
+        let b64 = STANDARD.encode(peer_key.key_salt());
+        let attr = CryptoAttribute::parse(&format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64}|2^1|7:1"
+        ))
+        .unwrap()
+        .unwrap();
+        let n = NegotiatedSrtp::answer(&[attr]).unwrap();
+        let mut inb = n.inbound().unwrap();
+        let mut peer_out = OutboundSrtp::new(&peer_key).unwrap();
+        for seq in 1..=3u16 {
+            let mut buf = [0u8; 200];
+            buf[0] = 0x80;
+            buf[2..4].copy_from_slice(&seq.to_be_bytes());
+            let n = peer_out.protect_rtp(&mut buf, 172).unwrap();
+            // The peer's MKI (7, one byte) goes in before the 10-byte tag.
+            buf.copy_within(n - 10..n, n - 9);
+            buf[n - 10] = 7;
+            let got = inb.unprotect_rtp(&mut buf, n + 1);
+            if seq <= 2 {
+                assert_eq!(got, Ok(172));
+            } else {
+                assert_eq!(got, Err(SrtpError::KeyExhausted), "lifetime 2^1");
+            }
+        }
+    }
+}
