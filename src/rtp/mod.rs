@@ -9,4 +9,5 @@ pub mod latch;
 pub mod packet;
 pub mod record;
 pub mod scrubber;
+pub mod srtp;
 pub mod trunk;
