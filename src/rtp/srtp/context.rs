@@ -129,7 +129,10 @@ impl ReplayWindow {
             }
             Some(highest) => {
                 let ahead = index - highest;
-                self.seen = self.seen.checked_shl(ahead as u32).unwrap_or(0) | 1;
+                let shifted = u32::try_from(ahead)
+                    .ok()
+                    .and_then(|a| self.seen.checked_shl(a));
+                self.seen = shifted.unwrap_or(0) | 1;
                 self.highest = Some(index);
             }
             None => {
@@ -294,7 +297,8 @@ impl InboundSrtp {
         }
         let seq = pkt
             .get(2..4)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map(u16::from_be_bytes)
             .ok_or(SrtpError::TooShort)?;
         let window = self.rtp_streams.window(stream)?;
         let index = window.estimate_rtp_index(seq);
@@ -367,7 +371,7 @@ fn strip_mki(
     let Some(mki) = mki else {
         return Ok(len);
     };
-    let mki_len = usize::from(mki.len());
+    let mki_len = usize::from(mki.wire_len());
     let start = len
         .checked_sub(trailer + mki_len)
         .filter(|&s| s >= header)
@@ -634,8 +638,8 @@ mod tests {
             for s in (0..=260).filter(|s| !(150..160).contains(s)) {
                 unprotect(&mut inb, &wires[s]).unwrap();
             }
-            for s in 250..=260 {
-                assert_eq!(unprotect(&mut inb, &wires[s]), Err(SrtpError::Replayed));
+            for wire in &wires[250..=260] {
+                assert_eq!(unprotect(&mut inb, wire), Err(SrtpError::Replayed));
             }
             for s in (150..160).rev() {
                 assert_eq!(unprotect(&mut inb, &wires[s]).unwrap(), rtp(s as u16, SSRC));

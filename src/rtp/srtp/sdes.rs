@@ -69,7 +69,7 @@ impl Mki {
     /// `value` in `len` bytes; `None` when `len` is not 1-128 or `value` does not fit.
     pub fn new(value: u64, len: u8) -> Option<Mki> {
         let fits = len >= 8 || value >> (8 * u32::from(len)) == 0;
-        (len >= 1 && len <= MAX_MKI_LEN && fits).then_some(Mki { value, len })
+        ((1..=MAX_MKI_LEN).contains(&len) && fits).then_some(Mki { value, len })
     }
 
     /// The MKI's value.
@@ -77,8 +77,8 @@ impl Mki {
         self.value
     }
 
-    /// Its length on the wire, in bytes.
-    pub fn len(&self) -> u8 {
+    /// Its length on the wire, in bytes (1-128, never empty).
+    pub fn wire_len(&self) -> u8 {
         self.len
     }
 
