@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::dsp::mask::MaskKind;
+use crate::rtp::srtp::SrtpPolicy;
 use crate::sip::b2bua::{B2buaConfig, B2buaError, LoopRoute, Route};
 use crate::sip::transaction::TimerConfig;
 
@@ -224,6 +225,12 @@ pub struct RouteConfig {
     pub fallback: Option<String>,
     /// How long the failure tone plays before the BYE.
     pub announce_ms: u64,
+    /// SRTP (SDES, RFC 4568) toward the trunk: "off" (RTP/SAVP offers get 488), "optional"
+    /// (SRTP when the trunk offers it) or "required" (plain offers get 488). Inline routes.
+    pub srtp_trunk: SrtpPolicy,
+    /// SRTP toward the contact centre: "off", "optional" (best-effort: RTP/AVP offered with
+    /// our keys, plain if it ignores them) or "required" (RTP/SAVP, or the call fails).
+    pub srtp_target: SrtpPolicy,
 }
 
 impl Default for RouteConfig {
@@ -249,6 +256,8 @@ impl Default for RouteConfig {
             on_failure: OnFailure::Announce,
             fallback: None,
             announce_ms: 3000,
+            srtp_trunk: SrtpPolicy::Optional,
+            srtp_target: SrtpPolicy::Off,
         }
     }
 }
@@ -264,6 +273,13 @@ impl RouteConfig {
         })?;
         let loop_route = match rc.mode {
             RouteMode::Inline => None,
+            RouteMode::Loop
+                if rc.srtp_trunk == SrtpPolicy::Required || rc.srtp_target != SrtpPolicy::Off =>
+            {
+                return Err(B2buaError::LoopSrtp {
+                    route: rc.name.clone(),
+                });
+            }
             RouteMode::Loop => {
                 let fallback = match &rc.fallback {
                     None => None,
@@ -301,6 +317,8 @@ impl RouteConfig {
             peer_sources: rc.peer_sources.clone(),
             mode: rc.mode,
             loop_route,
+            srtp_trunk: rc.srtp_trunk,
+            srtp_target: rc.srtp_target,
         })
     }
 }

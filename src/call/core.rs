@@ -10,7 +10,7 @@ use crate::ids::CallId;
 use crate::payment::locator::LocatorCollector;
 use crate::sip::b2bua::{
     B2bua, B2buaConfig, B2buaError, CallEvent, EndCause, Input, LegMedia, LocateOutcome, Output,
-    PortAllocator, Refusal,
+    PortAllocator, Refusal, RelaySrtp,
 };
 
 /// What a route decides for its calls that the B2BUA's `Route` does not say. A route with no
@@ -150,6 +150,8 @@ pub enum Action {
         a: LegMedia,
         b: LegMedia,
         plan: RelayPlan,
+        /// SRTP transforms for either leg or both.
+        srtp: Option<Box<RelaySrtp>>,
     },
     /// A re-INVITE on the running relay's ports: new peers, and a new telephone-event payload
     /// type when `event_pt` is set.
@@ -158,6 +160,8 @@ pub enum Action {
         a: Option<SocketAddr>,
         b: Option<SocketAddr>,
         event_pt: Option<Option<u8>>,
+        /// New SRTP transforms, when a re-INVITE keyed the legs anew.
+        srtp: Option<Box<RelaySrtp>>,
     },
     StopRelay {
         call: CallId,
@@ -373,7 +377,7 @@ impl CallCore {
                 to,
                 bytes,
             }),
-            Output::Media { call, a, b } => self.media(call, a, b, out),
+            Output::Media { call, a, b, srtp } => self.media(call, (a, b), srtp, out),
             Output::MediaStopped { call } => {
                 self.relays.remove(&call);
                 out.push(Action::StopRelay { call });
@@ -559,7 +563,13 @@ impl CallCore {
 
     /// The B2BUA's media after an offer/answer: a new relay, or the running one updated when
     /// the ports are its own (a re-INVITE).
-    fn media(&mut self, call: CallId, a: LegMedia, b: LegMedia, out: &mut Vec<Action>) {
+    fn media(
+        &mut self,
+        call: CallId,
+        (a, b): (LegMedia, LegMedia),
+        srtp: Option<Box<RelaySrtp>>,
+        out: &mut Vec<Action>,
+    ) {
         let event_pt = a.codecs.telephone_event;
         if let Some(r) = self.relays.get_mut(&call) {
             if r.a_local == a.local.rtp && r.b_local == b.local.rtp {
@@ -570,6 +580,7 @@ impl CallCore {
                     a: a.remote,
                     b: b.remote,
                     event_pt: changed,
+                    srtp,
                 });
                 return;
             }
@@ -599,6 +610,12 @@ impl CallCore {
                 event_pt,
             },
         );
-        out.push(Action::StartRelay { call, a, b, plan });
+        out.push(Action::StartRelay {
+            call,
+            a,
+            b,
+            plan,
+            srtp,
+        });
     }
 }

@@ -90,6 +90,8 @@ pub fn config(max_calls: usize) -> B2buaConfig {
             peer_sources: Vec::new(),
             mode: RouteMode::Inline,
             loop_route: None,
+            srtp_trunk: tonewall::rtp::srtp::SrtpPolicy::Optional,
+            srtp_target: tonewall::rtp::srtp::SrtpPolicy::Off,
         }],
         max_calls,
         retry_after_s: 7,

@@ -27,6 +27,7 @@ pub use workers::MediaWorkers;
 use crate::net::ports::PortPair;
 use crate::net::recording::Recorder;
 use crate::rtp::scrubber::{ScrubbedDigit, ScrubberConfig};
+use crate::sip::b2bua::RelaySrtp;
 use relay::{LegSockets, Relay, Wires};
 use workers::Bell;
 
@@ -198,6 +199,21 @@ impl MediaRelay {
         scrub_on: bool,
         opts: RelayOptions,
     ) -> (MediaHandle, JoinHandle<Result<RelayOutcome, MediaError>>) {
+        Self::start_secure(a, b, (a_peer, b_peer), scrubber, scrub_on, opts, None)
+    }
+
+    /// [`MediaRelay::start_with`] with SRTP on either leg or both from the first packet:
+    /// each SRTP leg's packets are decrypted before the latch and the scrubber see them, and
+    /// what goes out to it is encrypted with our key for that leg.
+    pub fn start_secure(
+        a: PortPair,
+        b: PortPair,
+        (a_peer, b_peer): (Option<SocketAddr>, Option<SocketAddr>),
+        scrubber: ScrubberConfig,
+        scrub_on: bool,
+        opts: RelayOptions,
+        srtp: Option<Box<RelaySrtp>>,
+    ) -> (MediaHandle, JoinHandle<Result<RelayOutcome, MediaError>>) {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let (control_tx, control_rx) = mpsc::channel(16);
         let (digit_tx, digit_rx) = mpsc::channel(DIGIT_QUEUE);
@@ -234,7 +250,7 @@ impl MediaRelay {
                     opts.agent_digits,
                     wires,
                     opts.inactivity,
-                    recorder,
+                    (recorder, srtp),
                 );
                 let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
                 Some(Arc::new(workers.add(id, Box::new(relay), done_tx)))

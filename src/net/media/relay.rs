@@ -36,6 +36,8 @@ use crate::rtp::clock::{Flow, RelayClock, next_frame};
 use crate::rtp::latch::{Admit, Latch};
 use crate::rtp::record::Channel;
 use crate::rtp::scrubber::{DigitTap, ScrubbedDigit, Scrubber, ScrubberConfig, Verdict};
+use crate::rtp::srtp::{InboundSrtp, OutboundSrtp, SrtpError};
+use crate::sip::b2bua::{Leg, LegCrypto, RelaySrtp};
 
 /// Largest datagram accepted; RTP over UDP on Ethernet never comes close.
 const MAX_DATAGRAM: usize = 2048;
@@ -63,7 +65,7 @@ impl Scratch {
 pub(super) const SOCKETS: usize = 4;
 
 /// Commands applied between packets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum MediaControl {
     /// Scrubbing on or off on the caller→agent direction.
     Scrub(bool),
@@ -82,6 +84,8 @@ pub enum MediaControl {
     /// The call failed before reaching an agent (a loop call's locator led nowhere): stop
     /// relaying and play the intercept tone towards the caller for this long, or until `Stop`.
     Announce(Duration),
+    /// New SRTP contexts for the legs (a re-INVITE keyed them anew).
+    Srtp(Box<RelaySrtp>),
     Stop,
 }
 
@@ -169,11 +173,13 @@ pub(super) fn prefetch<T>(v: &T) {
     let _ = v;
 }
 
-/// Relays one received RTCP packet (RTCP is passed through untouched in both directions).
+/// Relays one received RTCP packet (RTCP is passed through in both directions, decrypted from
+/// an SRTP leg and encrypted for one).
 fn relay_rtcp(
     received: std::io::Result<(usize, SocketAddr)>,
-    buf: &[u8],
+    buf: &mut [u8],
     leg: RtcpLeg<'_>,
+    (inbound, outbound): (Option<&mut InboundSrtp>, Option<&mut OutboundSrtp>),
     stats: &RelayStats,
 ) {
     let Ok((n, src)) = received else {
@@ -183,7 +189,20 @@ fn relay_rtcp(
     if counted(leg.from.accept_rtcp(src), stats).is_none() {
         return;
     }
+    let mut n = n;
+    if let Some(c) = inbound {
+        match c.unprotect_rtcp(buf, n) {
+            Ok(len) => n = len,
+            Err(e) => return srtp_dropped(e, stats),
+        }
+    }
     bump(leg.counted_in);
+    if let Some(c) = outbound {
+        match c.protect_rtcp(buf, n) {
+            Ok(len) => n = len,
+            Err(e) => return srtp_dropped(e, stats),
+        }
+    }
     forward(
         leg.out,
         buf.get(..n).unwrap_or_default(),
@@ -191,6 +210,22 @@ fn relay_rtcp(
         leg.counted_out,
         stats,
     );
+}
+
+/// Each leg's SRTP transforms, where it has them.
+fn srtp_legs(s: &mut Option<Box<RelaySrtp>>) -> (Option<&mut LegCrypto>, Option<&mut LegCrypto>) {
+    match s.as_deref_mut() {
+        Some(s) => (s.a.as_mut(), s.b.as_mut()),
+        None => (None, None),
+    }
+}
+
+/// Counts a packet SRTP would not take.
+fn srtp_dropped(e: SrtpError, stats: &RelayStats) {
+    match e {
+        SrtpError::Replayed => bump(&stats.dropped_srtp_replay),
+        _ => bump(&stats.dropped_srtp_auth),
+    }
 }
 
 /// Sends a packet to the other leg's peer, counted out. Never waits: a socket whose send buffer
@@ -287,6 +322,8 @@ pub(super) struct Relay {
     recorder: Option<Box<Recorder>>,
     clock: RelayClock,
     announcing: Option<Box<Announcing>>,
+    /// Each SRTP leg's transforms; boxed and off the plain path, like the recorder.
+    srtp: Option<Box<RelaySrtp>>,
 }
 
 /// A consumer the media thread hands each key to itself, instead of the handle's channels:
@@ -369,7 +406,7 @@ impl Relay {
         agent_digits: bool,
         wires: Wires,
         inactivity: Duration,
-        recorder: Option<Box<Recorder>>,
+        (recorder, srtp): (Option<Box<Recorder>>, Option<Box<RelaySrtp>>),
     ) -> Relay {
         let agent_tap = agent_digits.then(|| Box::new(DigitTap::new(&scrubber)));
         let now = Instant::now();
@@ -389,6 +426,7 @@ impl Relay {
             recorder,
             clock: RelayClock::new(inactivity, now),
             announcing: None,
+            srtp: srtp.filter(|s| s.a.is_some() || s.b.is_some()),
         }
     }
 
@@ -433,7 +471,7 @@ impl Relay {
             }
             match i {
                 0 => self.caller_rtp(r, rx, out, now),
-                1 => self.agent_rtp(r, rx, now),
+                1 => self.agent_rtp(r, rx, out, now),
                 2 => {
                     let leg = RtcpLeg {
                         from: &mut self.a_peer,
@@ -442,7 +480,9 @@ impl Relay {
                         counted_in: &self.stats.rtcp_a_in,
                         counted_out: &self.stats.rtcp_b_out,
                     };
-                    relay_rtcp(r, rx, leg, &self.stats);
+                    let (sa, sb) = srtp_legs(&mut self.srtp);
+                    let keys = (sa.map(|c| &mut c.inbound), sb.map(|c| &mut c.outbound));
+                    relay_rtcp(r, rx, leg, keys, &self.stats);
                 }
                 _ => {
                     let leg = RtcpLeg {
@@ -452,7 +492,9 @@ impl Relay {
                         counted_in: &self.stats.rtcp_b_in,
                         counted_out: &self.stats.rtcp_a_out,
                     };
-                    relay_rtcp(r, rx, leg, &self.stats);
+                    let (sa, sb) = srtp_legs(&mut self.srtp);
+                    let keys = (sb.map(|c| &mut c.inbound), sa.map(|c| &mut c.outbound));
+                    relay_rtcp(r, rx, leg, keys, &self.stats);
                 }
             }
         }
@@ -463,11 +505,15 @@ impl Relay {
     fn caller_rtp(
         &mut self,
         received: std::io::Result<(usize, SocketAddr)>,
-        rx: &[u8],
+        rx: &mut [u8],
         out: &mut [u8],
         now: Instant,
     ) {
         let ms = self.clock.ms(now);
+        // Authenticated before the latch sees it: a forged packet must not move the peer.
+        let Some(received) = self.unprotect(Leg::A, received, rx) else {
+            return;
+        };
         let Some(n) = admit(
             received,
             rx,
@@ -494,6 +540,31 @@ impl Relay {
                 return;
             }
         };
+        if let Some(c) = self.srtp.as_deref_mut().and_then(|s| s.b.as_mut()) {
+            // Recorded in the clear (as the agent hears it), then encrypted in place.
+            if self.b_peer.dest().is_some()
+                && let Some(rec) = self.recorder.as_mut()
+            {
+                rec.put(
+                    Channel::Agent,
+                    out.get(..len).unwrap_or_default(),
+                    ms as usize * 8,
+                );
+            }
+            let len = match c.outbound.protect_rtp(out, len) {
+                Ok(len) => len,
+                Err(e) => return srtp_dropped(e, &self.stats),
+            };
+            let pkt = out.get(..len).unwrap_or_default();
+            forward(
+                &self.b.rtp,
+                pkt,
+                self.b_peer.dest(),
+                &self.stats.b_out,
+                &self.stats,
+            );
+            return;
+        }
         let pkt = out.get(..len).unwrap_or_default();
         if !forward(
             &self.b.rtp,
@@ -509,15 +580,46 @@ impl Relay {
         }
     }
 
+    /// Decrypts, in `rx`, what `leg`'s SRTP peer sent; `None` (counted) when it does not
+    /// authenticate. Plain legs pass through.
+    fn unprotect(
+        &mut self,
+        leg: Leg,
+        received: std::io::Result<(usize, SocketAddr)>,
+        rx: &mut [u8],
+    ) -> Option<std::io::Result<(usize, SocketAddr)>> {
+        let Some(s) = self.srtp.as_deref_mut() else {
+            return Some(received);
+        };
+        let c = match leg {
+            Leg::A => s.a.as_mut(),
+            Leg::B => s.b.as_mut(),
+        };
+        match (c, received) {
+            (Some(c), Ok((n, src))) => match c.inbound.unprotect_rtp(rx, n) {
+                Ok(len) => Some(Ok((len, src))),
+                Err(e) => {
+                    srtp_dropped(e, &self.stats);
+                    None
+                }
+            },
+            (_, received) => Some(received),
+        }
+    }
+
     /// Agent→caller RTP: latched and sent on as it came, then listened to for the agent's
     /// keys when that is on.
     fn agent_rtp(
         &mut self,
         received: std::io::Result<(usize, SocketAddr)>,
-        rx: &[u8],
+        rx: &mut [u8],
+        out: &mut [u8],
         now: Instant,
     ) {
         let ms = self.clock.ms(now);
+        let Some(received) = self.unprotect(Leg::B, received, rx) else {
+            return;
+        };
         let Some(n) = admit(
             received,
             rx,
@@ -530,13 +632,34 @@ impl Relay {
         };
         self.clock.heard(now);
         let pkt = rx.get(..n).unwrap_or_default();
-        if !forward(
-            &self.a.rtp,
-            pkt,
-            self.a_peer.dest(),
-            &self.stats.a_out,
-            &self.stats,
-        ) {
+        let sent = match self.srtp.as_deref_mut().and_then(|s| s.a.as_mut()) {
+            // Encrypted from a copy: the tap and the recorder below read the clear packet.
+            Some(c) => {
+                let Some(o) = out.get_mut(..n) else { return };
+                o.copy_from_slice(pkt);
+                match c.outbound.protect_rtp(out, n) {
+                    Ok(len) => forward(
+                        &self.a.rtp,
+                        out.get(..len).unwrap_or_default(),
+                        self.a_peer.dest(),
+                        &self.stats.a_out,
+                        &self.stats,
+                    ),
+                    Err(e) => {
+                        srtp_dropped(e, &self.stats);
+                        return;
+                    }
+                }
+            }
+            None => forward(
+                &self.a.rtp,
+                pkt,
+                self.a_peer.dest(),
+                &self.stats.a_out,
+                &self.stats,
+            ),
+        };
+        if !sent {
             return;
         }
         // Listened to after it has gone out as it came: the tap only reads.
@@ -571,7 +694,10 @@ impl Relay {
             if now < ann.end {
                 if let Some(dest) = self.a_peer.dest() {
                     let mut buf = [0u8; 256];
-                    let n = ann.announcer.next_packet(&mut buf);
+                    let mut n = ann.announcer.next_packet(&mut buf);
+                    if let Some(c) = self.srtp.as_deref_mut().and_then(|s| s.a.as_mut()) {
+                        n = c.outbound.protect_rtp(&mut buf, n).unwrap_or(0);
+                    }
                     match self.a.rtp.send_to(buf.get(..n).unwrap_or_default(), dest) {
                         Ok(_) => bump(&self.stats.a_out),
                         Err(_) => bump(&self.stats.send_errors),
@@ -655,6 +781,9 @@ impl Relay {
                     }));
                     return After::Rearm(now);
                 }
+            }
+            MediaControl::Srtp(s) => {
+                self.srtp = Some(s).filter(|s| s.a.is_some() || s.b.is_some());
             }
             MediaControl::Stop => return After::Stop,
         }

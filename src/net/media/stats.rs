@@ -25,6 +25,10 @@ pub struct RelayStats {
     pub dropped_scrubber: AtomicU64,
     /// Packets with nowhere to go yet (the other leg has no peer).
     pub dropped_no_peer: AtomicU64,
+    /// SRTP/SRTCP that failed authentication (or could not be read or protected), both legs.
+    pub dropped_srtp_auth: AtomicU64,
+    /// SRTP/SRTCP replayed or too old for the replay window, both legs.
+    pub dropped_srtp_replay: AtomicU64,
     pub send_errors: AtomicU64,
     pub recv_errors: AtomicU64,
     /// Samples changed by masking on the agent leg.
@@ -56,6 +60,8 @@ pub struct RelayStatsSnapshot {
     pub relatched: u64,
     pub dropped_scrubber: u64,
     pub dropped_no_peer: u64,
+    pub dropped_srtp_auth: u64,
+    pub dropped_srtp_replay: u64,
     pub send_errors: u64,
     pub recv_errors: u64,
     pub samples_masked: u64,
@@ -82,6 +88,8 @@ impl RelayStats {
             relatched: g(&self.relatched),
             dropped_scrubber: g(&self.dropped_scrubber),
             dropped_no_peer: g(&self.dropped_no_peer),
+            dropped_srtp_auth: g(&self.dropped_srtp_auth),
+            dropped_srtp_replay: g(&self.dropped_srtp_replay),
             send_errors: g(&self.send_errors),
             recv_errors: g(&self.recv_errors),
             samples_masked: g(&self.samples_masked),

@@ -36,7 +36,9 @@ use crate::net::ports::{PortPair, PortPool};
 use crate::payment::desk::DeskError;
 use crate::rtp::scrubber::{ScrubbedDigit, ScrubberConfig};
 use crate::sip::b2bua::Refusal as MessageRefusal;
-use crate::sip::b2bua::{B2buaError, Input, LegMedia, LocateOutcome, PortAllocator, RelayPorts};
+use crate::sip::b2bua::{
+    B2buaError, Input, LegMedia, LocateOutcome, PortAllocator, RelayPorts, RelaySrtp,
+};
 use crate::sip::message::Limits;
 use transport::{CoreMsg, TCP_QUEUE, TcpGuard};
 pub use transport::{SipSockets, bind, wait_true};
@@ -262,17 +264,27 @@ impl Shell {
                     to,
                     bytes,
                 } => self.send_tcp(to, bytes),
-                Action::StartRelay { call, a, b, plan } => self.start_relay(call, a, b, plan),
+                Action::StartRelay {
+                    call,
+                    a,
+                    b,
+                    plan,
+                    srtp,
+                } => self.start_relay(call, (a, b), plan, srtp),
                 Action::UpdateRelay {
                     call,
                     a,
                     b,
                     event_pt,
+                    srtp,
                 } => {
                     if let Some(control) = self.relays.get(&call) {
                         let _ = control.try_send(MediaControl::Peers { a, b });
                         if let Some(pt) = event_pt {
                             let _ = control.try_send(MediaControl::EventPayloadType(pt));
+                        }
+                        if let Some(s) = srtp {
+                            let _ = control.try_send(MediaControl::Srtp(s));
                         }
                     }
                 }
@@ -426,7 +438,13 @@ impl Shell {
         });
     }
 
-    fn start_relay(&mut self, call: CallId, a: LegMedia, b: LegMedia, plan: RelayPlan) {
+    fn start_relay(
+        &mut self,
+        call: CallId,
+        (a, b): (LegMedia, LegMedia),
+        plan: RelayPlan,
+        srtp: Option<Box<RelaySrtp>>,
+    ) {
         let (Some(pa), Some(pb)) = (
             self.ports.pending.remove(&a.local.rtp),
             self.ports.pending.remove(&b.local.rtp),
@@ -457,13 +475,18 @@ impl Shell {
             key_tap: Some(key_tap),
             ..self.relay_opts.clone()
         };
+        let srtp_legs = srtp
+            .as_deref()
+            .map_or((false, false), |s| (s.a.is_some(), s.b.is_some()));
         let (handle, task) =
-            MediaRelay::start_with(pa, pb, a.remote, b.remote, cfg, plan.scrub, opts);
+            MediaRelay::start_secure(pa, pb, (a.remote, b.remote), cfg, plan.scrub, opts, srtp);
         tracing::info!(
             call = call.0,
             a = %handle.a_addr,
             b = %handle.b_addr,
             scrub = plan.scrub,
+            srtp_trunk = srtp_legs.0,
+            srtp_contact_centre = srtp_legs.1,
             "media relay started"
         );
         self.api.calls().media(call, handle.control(), plan.scrub);

@@ -222,7 +222,7 @@ impl B2bua {
         let other = leg.other();
         let mut body: Option<(String, Vec<u8>)> = None;
         if is_sdp(req) {
-            match self.anchor_from(call, leg, req.body()) {
+            match self.anchor_from(call, leg, req.body(), false) {
                 Ok(b) => body = Some(("application/sdp".to_owned(), b)),
                 Err(e) => {
                     let s = e.sip_status();
@@ -290,17 +290,30 @@ impl B2bua {
 
     /// Anchors SDP that `from` sent, for the other leg: rewritten onto the other side's ports,
     /// and `from`'s media address noted.
+    ///
+    /// `in_reply`: the body came in a response or an ACK, so it answers our offer when one
+    /// went to `from` (else, as in a request, it is an offer).
     pub(super) fn anchor_from(
         &mut self,
         call: CallId,
         from: Leg,
         body: &[u8],
+        in_reply: bool,
     ) -> Result<Vec<u8>, SdpError> {
         let addr = self.cfg.media_address;
         let Some(c) = self.calls.get_mut(&call) else {
             return Err(SdpError::NoPorts { index: 0 });
         };
-        let a = anchor(body, addr, c.ports(from.other()))?;
+        let answer = in_reply && c.srtp.awaits_answer(from);
+        let ports = c.ports(from.other());
+        let srtp = &mut c.srtp;
+        let a = anchor(body, addr, ports, |o| {
+            if answer {
+                srtp.on_answer(from, o)
+            } else {
+                srtp.on_offer(from, o)
+            }
+        })?;
         match from {
             Leg::A => c.a_remote = a.remote.or(c.a_remote),
             Leg::B => c.b_remote = a.remote.or(c.b_remote),
@@ -338,9 +351,24 @@ impl B2bua {
             remote: Some(br.0),
             codecs: br.1,
         };
-        if c.last_media != Some((a, b)) {
+        let rekeyed = c.srtp.epoch != c.last_srtp;
+        if c.last_media != Some((a, b)) || rekeyed {
             c.last_media = Some((a, b));
-            cx.out.push(Output::Media { call, a, b });
+            c.last_srtp = c.srtp.epoch;
+            let srtp = if c.srtp.any() {
+                match c.srtp.relay() {
+                    Ok(s) => Some(Box::new(s)),
+                    Err(_) => {
+                        // Keys we agreed but cannot use: no call rather than media nobody
+                        // can read (or worse, sent in the clear).
+                        self.hangup(call, EndCause::Failed(Side::Internal), None, cx);
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            cx.out.push(Output::Media { call, a, b, srtp });
         }
     }
 
@@ -367,7 +395,7 @@ impl B2bua {
         // Late offer: the answer comes in this ACK (RFC 3261 §13.2.1).
         let mut body = None;
         if is_sdp(msg) {
-            match self.anchor_from(call, leg, msg.body()) {
+            match self.anchor_from(call, leg, msg.body(), true) {
                 Ok(b) => body = Some(b),
                 Err(_) => {
                     // An answer we cannot relay: the call cannot have media; end it.
@@ -404,7 +432,7 @@ impl B2bua {
         let tag = self.calls.get(&call).map(|c| c.local_tag(from).to_owned());
         let mut body = None;
         if is_sdp(msg) {
-            if let Ok(b) = self.anchor_from(call, from.other(), msg.body()) {
+            if let Ok(b) = self.anchor_from(call, from.other(), msg.body(), true) {
                 body = Some(("application/sdp", b));
             }
             self.media_update(call, cx);

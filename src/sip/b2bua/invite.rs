@@ -9,9 +9,11 @@ use super::B2bua;
 use super::context::{Cx, Outgoing, Reply};
 use super::media::{Origin, anchor, answer_offer, is_sdp, local_offer, sdp_failure_reason};
 use super::route::{LocatorSource, LoopRoute, Route, header_locator, match_user};
+use super::srtp::CallSrtp;
 use super::state::{AckWait, CallLegs, Incoming, InviteRelay, LoopCall, Phase, Purpose, SKey};
 use super::transactions::{ALLOW, lossy, map_failure};
 use super::types::{CallEvent, CallId, EndCause, Leg, Output, Refusal, RelayPorts};
+use crate::rtp::srtp::SrtpPolicy;
 use crate::sip::dialog::Dialog;
 use crate::sip::headers::Contacts;
 use crate::sip::message::Message;
@@ -272,7 +274,12 @@ impl B2bua {
             return refuse(self, SetupRefusal::new(503, "Service Unavailable"), cx);
         };
         let origin_a = self.new_origin();
-        let media = match self.setup_media(&msg, adm.dtmf_mode, (pa, pb), origin_a) {
+        let mut srtp = match self.cfg.routes.get(adm.route) {
+            Some(r) if r.loop_route.is_none() => CallSrtp::new(r.srtp_trunk, r.srtp_target),
+            _ => CallSrtp::new(SrtpPolicy::Off, SrtpPolicy::Off),
+        };
+        let setup = self.setup_media(&msg, adm.dtmf_mode, (pa, pb), origin_a, &mut srtp);
+        let media = match setup {
             Ok(m) => m,
             Err(e) => {
                 cx.ports.release(pa);
@@ -291,7 +298,7 @@ impl B2bua {
         let a = a_dialog(&msg, from, transport, &tag);
         let (from_user, to_user) = b_users(&msg, &adm, r.loop_route.is_some());
         let b = self.b_dialog(&r, &from_user, to_user.as_deref());
-        let call = self.register_call(&key, &adm, a, b, (pa, pb), media.a_remote);
+        let call = self.register_call(&key, &adm, (a, b), (pa, pb), media.a_remote, srtp);
         cx.out.push(Output::Event {
             call,
             event: CallEvent::Started {
@@ -401,6 +408,7 @@ impl B2bua {
         dtmf_mode: bool,
         (pa, pb): (RelayPorts, RelayPorts),
         origin_a: Origin,
+        srtp: &mut CallSrtp,
     ) -> Result<SetupMedia, SdpError> {
         let addr = self.cfg.media_address;
         let mut media = SetupMedia::default();
@@ -419,7 +427,7 @@ impl B2bua {
             media.own_answer = Some(a.body);
             media.a_remote = Some((a.remote, a.codecs));
         } else {
-            let a = anchor(msg.body(), addr, pb)?;
+            let a = anchor(msg.body(), addr, pb, |o| srtp.on_offer(Leg::A, o))?;
             media.a_remote = a.remote;
             media.offer = Some(a.body);
         }
@@ -463,10 +471,10 @@ impl B2bua {
         &mut self,
         key: &SKey,
         adm: &Admission,
-        a: Dialog,
-        b: Dialog,
+        (a, b): (Dialog, Dialog),
         (ports_a, ports_b): (RelayPorts, RelayPorts),
         a_remote: Option<(SocketAddr, Codecs)>,
+        srtp: CallSrtp,
     ) -> CallId {
         let call = self.new_call_id();
         self.active += 1;
@@ -502,6 +510,8 @@ impl B2bua {
                 retrans: None,
                 ack_wait: None,
                 lp: None,
+                srtp,
+                last_srtp: 0,
             },
         );
         call
@@ -604,7 +614,7 @@ impl B2bua {
         let tag = c.local_tag(relay.from).to_owned();
         let mut body = None;
         if is_sdp(msg) && status < 300 {
-            match self.anchor_from(call, leg, msg.body()) {
+            match self.anchor_from(call, leg, msg.body(), true) {
                 Ok(b) => body = Some(("application/sdp", b)),
                 Err(_) if status >= 200 => {
                     // An answer without a codec we can relay: take the call down on both sides.

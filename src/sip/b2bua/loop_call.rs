@@ -146,7 +146,12 @@ impl B2bua {
         };
         if c.last_media != Some((a, b)) {
             c.last_media = Some((a, b));
-            cx.out.push(Output::Media { call, a, b });
+            cx.out.push(Output::Media {
+                call,
+                a,
+                b,
+                srtp: None,
+            });
         }
     }
 

@@ -7,9 +7,12 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
+use super::srtp::Offered;
 use super::types::RelayPorts;
 use crate::sip::message::Message;
-use crate::sip::sdp::{Codecs, Direction, MediaInfo, MediaPorts, RewriteTarget, Sdp, SdpError};
+use crate::sip::sdp::{
+    Codecs, Direction, MediaInfo, MediaPorts, RewriteTarget, Sdp, SdpError, SecureAudio,
+};
 
 pub(super) fn is_sdp(msg: &Message) -> bool {
     !msg.body().is_empty() && matches!(msg.content_type(), Ok(Some(ct)) if ct.is_sdp())
@@ -33,12 +36,27 @@ pub(super) struct Anchored {
 
 /// Rewrites `body` so media goes to `ports` on `addr` (RFC 3264 via [`Sdp::rewrite`]). Only
 /// the first active audio section is anchored; a second one makes the rewrite fail.
-pub(super) fn anchor(body: &[u8], addr: IpAddr, ports: RelayPorts) -> Result<Anchored, SdpError> {
+///
+/// `secure` reads what the sender said about SRTP in that section and says what the rewritten
+/// description offers or answers (see `srtp::CallSrtp`).
+pub(super) fn anchor(
+    body: &[u8],
+    addr: IpAddr,
+    ports: RelayPorts,
+    secure: impl FnOnce(&Offered<'_>) -> Result<Option<SecureAudio>, SdpError>,
+) -> Result<Anchored, SdpError> {
     let sdp = Sdp::parse(body)?;
     let media = sdp.media()?;
     let idx = media
         .iter()
         .position(|m| m.kind == "audio" && !m.is_disabled());
+    let offered = Offered {
+        savp: idx
+            .and_then(|i| media.get(i))
+            .is_some_and(|m| m.proto.to_ascii_uppercase().contains("SAVP")),
+        crypto: idx.map(|i| sdp.crypto_attrs(i)).unwrap_or_default(),
+    };
+    let secure = secure(&offered)?;
     let target = RewriteTarget {
         address: addr,
         media: (0..media.len())
@@ -49,7 +67,7 @@ pub(super) fn anchor(body: &[u8], addr: IpAddr, ports: RelayPorts) -> Result<Anc
                 })
             })
             .collect(),
-        secure: None,
+        secure,
     };
     let rw = sdp.rewrite(&target)?;
     let remote = idx.and_then(|i| {

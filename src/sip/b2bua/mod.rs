@@ -25,6 +25,7 @@ mod invite;
 mod loop_call;
 mod media;
 mod route;
+mod srtp;
 mod state;
 mod teardown;
 mod transactions;
@@ -39,6 +40,7 @@ use rand::{Rng, SeedableRng};
 pub use crate::ids::CallId;
 pub use crate::sip::Side;
 pub use route::{LocatorSource, LoopRoute, OnFailure, Route, RouteMode, any_route_allows};
+pub use srtp::{LegCrypto, RelaySrtp};
 pub use types::{
     CallEvent, EndCause, Input, Leg, LegMedia, LocateOutcome, Output, PortAllocator, Refusal,
     RelayPorts,
@@ -81,6 +83,10 @@ pub enum B2buaError {
     RouteFallback { route: String, fallback: String },
     #[error("route {route}: on_failure = \"fallback\" needs a fallback URI")]
     MissingFallback { route: String },
+    #[error(
+        "route {route}: a loop route's legs are plain RTP for now: srtp_trunk may not be \"required\" nor srtp_target other than \"off\""
+    )]
+    LoopSrtp { route: String },
 }
 
 impl B2buaError {
@@ -90,7 +96,8 @@ impl B2buaError {
         match self {
             B2buaError::RouteTarget { .. }
             | B2buaError::RouteFallback { .. }
-            | B2buaError::MissingFallback { .. } => Side::ContactCentre,
+            | B2buaError::MissingFallback { .. }
+            | B2buaError::LoopSrtp { .. } => Side::ContactCentre,
         }
     }
 }

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::types::Leg;
+use crate::rtp::srtp::SrtpPolicy;
 use crate::sip::Transport;
 use crate::sip::message::Message;
 
@@ -63,6 +64,10 @@ pub struct Route {
     pub mode: RouteMode,
     /// Set for `RouteMode::Loop` routes.
     pub loop_route: Option<LoopRoute>,
+    /// SRTP toward the trunk and toward the contact centre (inline routes; a loop route's
+    /// legs stay plain RTP).
+    pub srtp_trunk: SrtpPolicy,
+    pub srtp_target: SrtpPolicy,
 }
 
 /// How a loop route learns its locator and what it does when that fails.
@@ -171,6 +176,8 @@ mod tests {
             target: "127.0.0.1:5080".parse().unwrap(),
             transport: Transport::Udp,
             peer_sources: Vec::new(),
+            srtp_trunk: SrtpPolicy::Optional,
+            srtp_target: SrtpPolicy::Off,
             mode: if looped {
                 RouteMode::Loop
             } else {

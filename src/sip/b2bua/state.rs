@@ -118,6 +118,9 @@ pub(super) struct CallLegs {
     pub ack_wait: Option<AckWait>,
     /// Loop route state (None for inline calls).
     pub lp: Option<LoopCall>,
+    /// Each leg's SRTP keys, and the keying epoch last handed to the relay.
+    pub srtp: super::srtp::CallSrtp,
+    pub last_srtp: u32,
 }
 
 impl CallLegs {

@@ -175,6 +175,8 @@ pub enum Output {
         call: CallId,
         a: LegMedia,
         b: LegMedia,
+        /// The legs' SRTP transforms when either leg is keyed; new whenever the keys change.
+        srtp: Option<Box<super::srtp::RelaySrtp>>,
     },
     /// The call's media ports were released: stop its relay tasks.
     MediaStopped {
