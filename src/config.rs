@@ -70,9 +70,19 @@ impl Default for Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SipConfig {
-    /// Address SIP listens on, for every transport in `transports`.
+    /// Address SIP listens on over UDP and TCP.
     pub listen: SocketAddr,
+    /// "udp", "tcp", "tls": the transports SIP listens on.
     pub transports: Vec<Transport>,
+    /// Where SIP over TLS listens; default: `listen` with its port + 1 (5061 beside 5060).
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) that SIP over TLS presents; needed with "tls".
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, a TLS client must present a certificate signed by one of
+    /// these CAs (mutual TLS), or the handshake fails.
+    pub tls_client_ca: Option<PathBuf>,
     /// Host put in Via, Contact and Record-Route; defaults to the listen address.
     pub advertised_host: Option<String>,
     /// Calls in progress beyond which new INVITEs get 503 with Retry-After.
@@ -94,11 +104,35 @@ pub struct SipConfig {
     pub max_connections_per_source: usize,
 }
 
+impl SipConfig {
+    /// Where SIP over TLS listens (validation has made sure the default port exists).
+    pub fn tls_listen_addr(&self) -> SocketAddr {
+        self.tls_listen.unwrap_or_else(|| {
+            let mut a = self.listen;
+            a.set_port(a.port().saturating_add(1));
+            a
+        })
+    }
+
+    /// The TLS certificate and key files when SIP listens over TLS (validation has made sure
+    /// they are set together).
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        if !self.transports.contains(&Transport::Tls) {
+            return None;
+        }
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+}
+
 impl Default for SipConfig {
     fn default() -> Self {
         SipConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
             transports: vec![Transport::Udp, Transport::Tcp],
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             advertised_host: None,
             max_calls: 1000,
             retry_after_s: 5,
@@ -203,7 +237,18 @@ pub struct RouteConfig {
     pub user: Option<String>,
     /// Contact-centre URI the B-leg is sent to.
     pub target: String,
-    pub target_transport: Transport,
+    /// "udp", "tcp" or "tls"; default "tls" for a sips: target, "udp" otherwise.
+    pub target_transport: Option<Transport>,
+    /// PEM CA bundle the contact centre's TLS certificate must chain to; default: the
+    /// system's trusted roots.
+    pub target_tls_ca: Option<PathBuf>,
+    /// Name the contact centre's certificate must carry (DNS name or IP address); default:
+    /// the target URI's host.
+    pub target_tls_name: Option<String>,
+    /// PEM certificate chain tonewall presents to the contact centre (mutual TLS), with
+    /// `target_tls_key`; none by default.
+    pub target_tls_cert: Option<PathBuf>,
+    pub target_tls_key: Option<PathBuf>,
     /// Addresses the contact centre may send in-dialog requests and responses from, besides
     /// the target's (and the fallback's) host: for contact centres that answer from several.
     pub peer_sources: Vec<IpNet>,
@@ -241,7 +286,11 @@ impl Default for RouteConfig {
             sources: vec!["127.0.0.0/8".parse().unwrap_or_else(|_| IpNet::default())],
             user: None,
             target: "sip:agents@127.0.0.1:5080".into(),
-            target_transport: Transport::Udp,
+            target_transport: None,
+            target_tls_ca: None,
+            target_tls_name: None,
+            target_tls_cert: None,
+            target_tls_key: None,
             peer_sources: Vec::new(),
             scrub: ScrubMode::Always,
             agent_locator: true,
@@ -263,11 +312,37 @@ impl Default for RouteConfig {
 }
 
 impl RouteConfig {
+    /// How the B-leg reaches the contact centre: `target_transport`, or TLS for a sips:
+    /// target (RFC 3261 §26.2.2: a SIPS URI is reached over TLS), UDP otherwise.
+    pub fn transport(&self) -> Transport {
+        self.target_transport.unwrap_or(if is_sips(&self.target) {
+            Transport::Tls
+        } else {
+            Transport::Udp
+        })
+    }
+
+    /// The name the contact centre's TLS certificate must carry: `target_tls_name`, or the
+    /// target URI's host (an IP literal without brackets).
+    pub fn tls_name(&self) -> String {
+        if let Some(n) = &self.target_tls_name {
+            return n.clone();
+        }
+        crate::sip::uri::Uri::parse(&self.target)
+            .ok()
+            .and_then(|u| u.as_sip().map(|s| s.host.to_string()))
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    }
+
     /// The route the B2BUA core takes calls on: target and fallback resolved to addresses,
     /// the locator timeout in milliseconds.
     pub fn route(&self) -> Result<Route, B2buaError> {
         let rc = self;
-        let target = ip_sip_uri(&rc.target).ok_or_else(|| B2buaError::RouteTarget {
+        let port = default_port(rc.transport());
+        let target = ip_sip_uri(&rc.target, port).ok_or_else(|| B2buaError::RouteTarget {
             route: rc.name.clone(),
             target: rc.target.clone(),
         })?;
@@ -284,10 +359,11 @@ impl RouteConfig {
                 let fallback = match &rc.fallback {
                     None => None,
                     Some(f) => {
-                        let addr = ip_sip_uri(f).ok_or_else(|| B2buaError::RouteFallback {
-                            route: rc.name.clone(),
-                            fallback: f.clone(),
-                        })?;
+                        let addr =
+                            ip_sip_uri(f, port).ok_or_else(|| B2buaError::RouteFallback {
+                                route: rc.name.clone(),
+                                fallback: f.clone(),
+                            })?;
                         Some((f.clone(), addr))
                     }
                 };
@@ -313,7 +389,7 @@ impl RouteConfig {
             user: rc.user.clone(),
             target_uri: rc.target.clone(),
             target,
-            transport: rc.target_transport,
+            transport: rc.transport(),
             peer_sources: rc.peer_sources.clone(),
             mode: rc.mode,
             loop_route,
@@ -466,9 +542,21 @@ fn is_header_name(h: &str) -> bool {
     !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// Where signalling for a sip: URI with an IP host goes (5060 unless the URI says
+/// The port a URI without one means (RFC 3261 §19.1.2): 5061 over TLS, 5060 otherwise.
+fn default_port(transport: Transport) -> u16 {
+    match transport {
+        Transport::Tls => 5061,
+        Transport::Udp | Transport::Tcp => 5060,
+    }
+}
+
+fn is_sips(uri: &str) -> bool {
+    crate::sip::dialog::is_sips(uri)
+}
+
+/// Where signalling for a sip: URI with an IP host goes (`default_port` unless the URI says
 /// otherwise); `None` for any other URI (the B2BUA core does no DNS).
-fn ip_sip_uri(s: &str) -> Option<SocketAddr> {
+fn ip_sip_uri(s: &str, default_port: u16) -> Option<SocketAddr> {
     let uri = crate::sip::uri::Uri::parse(s).ok()?;
     let sip = uri.as_sip()?;
     let ip: IpAddr = sip
@@ -478,12 +566,12 @@ fn ip_sip_uri(s: &str) -> Option<SocketAddr> {
         .trim_end_matches(']')
         .parse()
         .ok()?;
-    Some(SocketAddr::new(ip, sip.port.unwrap_or(5060)))
+    Some(SocketAddr::new(ip, sip.port.unwrap_or(default_port)))
 }
 
 /// A sip:/sips: URI whose host is an IP literal.
 fn is_ip_sip_uri(s: &str) -> bool {
-    ip_sip_uri(s).is_some()
+    ip_sip_uri(s, 5060).is_some()
 }
 
 /// The loop-model keys of one route (`key` names the route in messages).
@@ -595,6 +683,7 @@ impl Config {
         };
         Ok(B2buaConfig {
             sip_host: format!("{host}:{}", self.sip.listen.port()),
+            tls_host: format!("{host}:{}", self.sip.tls_listen_addr().port()),
             media_address: self.media.address,
             routes: self
                 .routes
@@ -614,9 +703,10 @@ impl Config {
         if self.sip.transports.is_empty() {
             return Err(invalid(
                 "sip.transports",
-                "needs at least one of \"udp\", \"tcp\"",
+                "needs at least one of \"udp\", \"tcp\", \"tls\"",
             ));
         }
+        self.validate_sip_tls()?;
         if self.sip.max_calls == 0 {
             return Err(invalid("sip.max_calls", "must be at least 1"));
         }
@@ -704,6 +794,92 @@ impl Config {
         Ok(())
     }
 
+    /// The `[sip]` TLS keys: certificate and key with "tls", none of them without it, and a
+    /// TLS port apart from the TCP one. The files themselves are read at start-up by the shell.
+    fn validate_sip_tls(&self) -> Result<(), ConfigError> {
+        let s = &self.sip;
+        if !s.transports.contains(&Transport::Tls) {
+            let set = [
+                ("sip.tls_listen", s.tls_listen.is_some()),
+                ("sip.tls_cert", s.tls_cert.is_some()),
+                ("sip.tls_key", s.tls_key.is_some()),
+                ("sip.tls_client_ca", s.tls_client_ca.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(invalid(
+                    *key,
+                    "only meaningful when sip.transports has \"tls\"",
+                ));
+            }
+            return Ok(());
+        }
+        for (key, set) in [
+            ("sip.tls_cert", s.tls_cert.is_some()),
+            ("sip.tls_key", s.tls_key.is_some()),
+        ] {
+            if !set {
+                return Err(invalid(
+                    key,
+                    "missing: sip.transports has \"tls\", which needs tls_cert and tls_key (PEM files)",
+                ));
+            }
+        }
+        if s.tls_listen.is_none() && s.listen.port() == u16::MAX {
+            return Err(invalid(
+                "sip.tls_listen",
+                "must be set: sip.listen's port + 1 does not exist",
+            ));
+        }
+        if s.tls_listen_addr() == s.listen && s.transports.contains(&Transport::Tcp) {
+            return Err(invalid(
+                "sip.tls_listen",
+                "must differ from sip.listen, where SIP over TCP listens",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A route's TLS keys: only with TLS towards the contact centre, a client certificate
+    /// with its key, a sips: target only over TLS.
+    fn validate_route_tls(r: &RouteConfig, key: &str) -> Result<(), ConfigError> {
+        if is_sips(&r.target) && r.transport() != Transport::Tls {
+            return Err(invalid(
+                format!("{key}.target_transport"),
+                "a sips: target is reached over TLS only (RFC 3261 §26.2.2): use \"tls\" or a sip: target",
+            ));
+        }
+        if r.transport() != Transport::Tls {
+            let set = [
+                ("target_tls_ca", r.target_tls_ca.is_some()),
+                ("target_tls_name", r.target_tls_name.is_some()),
+                ("target_tls_cert", r.target_tls_cert.is_some()),
+                ("target_tls_key", r.target_tls_key.is_some()),
+            ];
+            if let Some((name, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(invalid(
+                    format!("{key}.{name}"),
+                    "only meaningful with target_transport = \"tls\"",
+                ));
+            }
+            return Ok(());
+        }
+        match (&r.target_tls_cert, &r.target_tls_key) {
+            (Some(_), None) => Err(invalid(
+                format!("{key}.target_tls_key"),
+                "missing: target_tls_cert is set, and a client certificate needs its key",
+            )),
+            (None, Some(_)) => Err(invalid(
+                format!("{key}.target_tls_cert"),
+                "missing: target_tls_key is set, and a client certificate needs its key",
+            )),
+            _ if r.tls_name().is_empty() => Err(invalid(
+                format!("{key}.target_tls_name"),
+                "must not be empty",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Every route's target, user and loop keys.
     fn validate_routes(&self) -> Result<(), ConfigError> {
         if self.routes.is_empty() {
@@ -723,6 +899,7 @@ impl Config {
                 return Err(invalid(format!("{key}.user"), "must not be empty"));
             }
             validate_loop(r, &key)?;
+            Config::validate_route_tls(r, &key)?;
         }
         Ok(())
     }
@@ -897,6 +1074,95 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("api.tls_key is set"), "{e}");
+    }
+
+    /// The key a config text's validation error names.
+    fn bad_key(text: &str) -> (String, String) {
+        match Config::parse(text) {
+            Err(ConfigError::Invalid { key, message }) => (key, message),
+            other => panic!("expected an invalid key, got {other:?}\n{text}"),
+        }
+    }
+
+    #[test]
+    fn sip_tls_defaults_and_its_keys() {
+        let plain = Config::default();
+        assert_eq!(plain.sip.transports, [Transport::Udp, Transport::Tcp]);
+        assert_eq!(plain.sip.tls_files(), None);
+        assert_eq!(plain.routes[0].transport(), Transport::Udp);
+
+        let tls = Config::parse(
+            "[sip]\nlisten = \"127.0.0.1:5070\"\ntransports = [\"udp\", \"tcp\", \"tls\"]\n\
+             tls_cert = \"/etc/tw/sip.pem\"\ntls_key = \"/etc/tw/sip.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(tls.sip.tls_listen_addr(), "127.0.0.1:5071".parse().unwrap());
+        assert_eq!(
+            tls.sip.tls_files(),
+            Some((Path::new("/etc/tw/sip.pem"), Path::new("/etc/tw/sip.key")))
+        );
+        assert_eq!(tls.b2bua([0; 32]).unwrap().tls_host, "127.0.0.1:5071");
+
+        let (key, msg) = bad_key("[sip]\ntransports = [\"tls\"]\ntls_key = \"/k.pem\"\n");
+        assert_eq!(key, "sip.tls_cert");
+        assert!(msg.contains("needs tls_cert and tls_key"), "{msg}");
+        let (key, _) = bad_key("[sip]\ntransports = [\"tls\"]\ntls_cert = \"/c.pem\"\n");
+        assert_eq!(key, "sip.tls_key");
+        let (key, msg) = bad_key("[sip]\ntls_client_ca = \"/ca.pem\"\n");
+        assert_eq!(key, "sip.tls_client_ca");
+        assert!(msg.contains("only meaningful"), "{msg}");
+        let (key, _) = bad_key(
+            "[sip]\nlisten = \"127.0.0.1:5060\"\ntls_listen = \"127.0.0.1:5060\"\n\
+             transports = [\"tcp\", \"tls\"]\ntls_cert = \"/c\"\ntls_key = \"/k\"\n",
+        );
+        assert_eq!(key, "sip.tls_listen");
+        let (key, _) = bad_key(
+            "[sip]\nlisten = \"127.0.0.1:65535\"\ntransports = [\"tls\"]\n\
+             tls_cert = \"/c\"\ntls_key = \"/k\"\n",
+        );
+        assert_eq!(key, "sip.tls_listen");
+    }
+
+    #[test]
+    fn route_tls_keys() {
+        let route = |extra: &str| format!("[[route]]\nname = \"cc\"\n{extra}\n");
+        // A sips: target is reached over TLS on 5061 unless the URI says otherwise.
+        let c = Config::parse(&route("target = \"sips:agents@192.0.2.7\"")).unwrap();
+        assert_eq!(c.routes[0].transport(), Transport::Tls);
+        assert_eq!(c.routes[0].tls_name(), "192.0.2.7");
+        let r = c.routes[0].route().unwrap();
+        assert_eq!(r.target, "192.0.2.7:5061".parse().unwrap());
+        assert_eq!(r.transport, Transport::Tls);
+        let c = Config::parse(&route(
+            "target = \"sip:agents@[2001:db8::7]:5071\"\ntarget_transport = \"tls\"\n\
+             target_tls_ca = \"/ca.pem\"\ntarget_tls_cert = \"/me.pem\"\ntarget_tls_key = \"/me.key\"",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].tls_name(), "2001:db8::7");
+        let c = Config::parse(&route(
+            "target = \"sip:agents@192.0.2.7\"\ntarget_transport = \"tls\"\ntarget_tls_name = \"cc.example\"",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].tls_name(), "cc.example");
+
+        let (key, msg) = bad_key(&route(
+            "target = \"sips:agents@192.0.2.7\"\ntarget_transport = \"udp\"",
+        ));
+        assert_eq!(key, "route[0] (cc).target_transport");
+        assert!(msg.contains("sips:"), "{msg}");
+        let (key, msg) = bad_key(&route(
+            "target = \"sip:agents@192.0.2.7\"\ntarget_tls_ca = \"/ca.pem\"",
+        ));
+        assert_eq!(key, "route[0] (cc).target_tls_ca");
+        assert!(msg.contains("target_transport = \"tls\""), "{msg}");
+        let (key, _) = bad_key(&route(
+            "target = \"sips:agents@192.0.2.7\"\ntarget_tls_cert = \"/me.pem\"",
+        ));
+        assert_eq!(key, "route[0] (cc).target_tls_key");
+        let (key, _) = bad_key(&route(
+            "target = \"sips:agents@192.0.2.7\"\ntarget_tls_name = \"\"",
+        ));
+        assert_eq!(key, "route[0] (cc).target_tls_name");
     }
 
     #[test]

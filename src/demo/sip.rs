@@ -62,7 +62,7 @@ fn relay_config(cc: SocketAddr) -> Result<Config, DemoError> {
         sources: vec![IpNet::from(lo)],
         user: Some(LOOP_USER.into()),
         target: format!("sip:return@{cc}"),
-        target_transport: Transport::Udp,
+        target_transport: Some(Transport::Udp),
         scrub: ScrubMode::Always,
         ..RouteConfig::default()
     }];

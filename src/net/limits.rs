@@ -37,6 +37,10 @@ pub struct ConnMetrics {
     pub closed: Family<ConnLabels, Counter>,
     /// Accepted connections open now.
     pub open: Family<TransportLabel, Gauge>,
+    /// SIP over TLS handshakes that failed, by `direction` (`inbound`: a trunk or peer
+    /// connecting to us; `outbound`: us connecting to a contact centre) and `reason`
+    /// (`expired`, `unknown_ca`, `wrong_name`, `no_client_certificate`, `not_tls`, …).
+    pub tls_handshakes_failed: Family<ConnLabels, Counter>,
 }
 
 impl ConnMetrics {
@@ -56,6 +60,17 @@ impl ConnMetrics {
             "Accepted connections open, by transport",
             self.open.clone(),
         );
+        registry.register(
+            "sip_tls_handshakes_failed",
+            "SIP over TLS handshakes that failed, by direction and reason",
+            self.tls_handshakes_failed.clone(),
+        );
+    }
+
+    pub fn tls_handshake_failed(&self, direction: &'static str, reason: &'static str) {
+        self.tls_handshakes_failed
+            .get_or_create(&[("direction", direction), ("reason", reason)])
+            .inc();
     }
 
     pub fn refused(&self, transport: &'static str, reason: &'static str) {
@@ -308,11 +323,13 @@ impl FdBudget {
             } else {
                 0
             };
-        let sip_connections = if cfg.sip.transports.contains(&crate::config::Transport::Tcp) {
-            cfg.sip.max_connections as u64
-        } else {
-            0
-        };
+        // TCP and TLS each admit up to max_connections.
+        use crate::config::Transport;
+        let streams = [Transport::Tcp, Transport::Tls]
+            .iter()
+            .filter(|t| cfg.sip.transports.contains(t))
+            .count() as u64;
+        let sip_connections = (cfg.sip.max_connections as u64).saturating_mul(streams);
         FdBudget {
             max_calls: cfg.sip.max_calls as u64,
             per_call,

@@ -26,6 +26,8 @@ pub enum RunError {
     Api(#[from] ApiInitError),
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
+    #[error(transparent)]
+    SipTls(#[from] sip::SipTlsError),
     #[error("cannot listen for {what} on {addr}")]
     Bind {
         what: &'static str,
@@ -60,14 +62,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             addr: config.api.listen,
             source,
         })?;
-    let sockets = sip::bind(&config).await.map_err(|source| RunError::Bind {
-        what: "SIP",
-        addr: config.sip.listen,
-        source,
-    })?;
+    let sip_tls = sip::SipTls::from_config(&config)?;
+    let sockets = sip::bind(&config)
+        .await
+        .map_err(|(addr, source)| RunError::Bind {
+            what: "SIP",
+            addr,
+            source,
+        })?;
     tracing::info!(
         sip = %config.sip.listen,
         transports = ?config.sip.transports,
+        sip_tls = ?sip_tls.listens().then(|| config.sip.tls_listen_addr()),
         media = %format!("{}:{}-{}", config.media.address, config.media.port_min, config.media.port_max),
         media_threads = workers.threads(),
         api = %config.api.listen,
@@ -85,7 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         HttpLimits::from_config(&config.api),
         api_stop,
     ));
-    let sip_task = sip::serve(&config, sockets, pool, workers, api_state, stop_rx);
+    let sip_task = sip::serve(&config, sockets, sip_tls, pool, workers, api_state, stop_rx);
     tokio::pin!(sip_task);
     tokio::pin!(shutdown);
     let sip_result = tokio::select! {

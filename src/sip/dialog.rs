@@ -43,14 +43,26 @@ pub struct Local<'a> {
 }
 
 fn via_value(transport: Transport, host: &str, branch: &str) -> String {
-    let t = match transport {
-        Transport::Udp => "UDP",
-        Transport::Tcp => "TCP",
-    };
+    let t = transport.via_name();
     format!("SIP/2.0/{t} {host};branch={branch};rport")
 }
 
+/// Whether a URI (bare or in angle brackets, as a route set keeps it) is a SIPS URI.
+pub fn is_sips(uri: &str) -> bool {
+    let u = uri.trim_start().trim_start_matches('<');
+    u.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:"))
+}
+
 impl Dialog {
+    /// Whether the dialog is secure end to end: its remote target or first route is a SIPS
+    /// URI (RFC 3261 §12.1.1, §12.2.1.1), so our Contact must be one too.
+    pub fn secure(&self) -> bool {
+        match self.route_set.first() {
+            Some(r) => is_sips(r),
+            None => is_sips(&self.remote_target),
+        }
+    }
+
     /// Builds an in-dialog request (§12.2.1.1). `cseq` overrides the next local CSeq (ACK and
     /// CANCEL reuse the INVITE's number, §13.2.2.4, §9.1).
     pub fn request(

@@ -16,12 +16,40 @@ pub mod uri;
 
 use serde::Deserialize;
 
-/// How SIP reaches a peer (RFC 3261 §18). Named in the config file in lower case.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+/// How SIP reaches a peer (RFC 3261 §18; TLS §26.2). Named in the config file in lower case.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP: the TCP framing, a secure channel underneath.
+    Tls,
+}
+
+impl Transport {
+    /// Whether the transport retransmits for us: timers A, E and G stay off and the waits
+    /// of Timers D, I, J and K are zero (RFC 3261 §17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2).
+    pub fn reliable(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+
+    /// The transport token of a Via (RFC 3261 §20.42, §26.3.1: "TLS").
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// The value of a URI's `transport` parameter and of the config file (RFC 3261 §19.1.1).
+    pub fn param(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
 }
 
 /// Which side of a call something came from or failed on, for log lines and metric labels:
@@ -47,6 +75,14 @@ impl Side {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_names() {
+        let all = [Transport::Udp, Transport::Tcp, Transport::Tls];
+        assert_eq!(all.map(Transport::via_name), ["UDP", "TCP", "TLS"]);
+        assert_eq!(all.map(Transport::param), ["udp", "tcp", "tls"]);
+        assert_eq!(all.map(Transport::reliable), [false, true, true]);
+    }
 
     #[test]
     fn side_labels_are_fixed() {

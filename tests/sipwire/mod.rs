@@ -74,11 +74,16 @@ pub struct Wire {
     /// What we answered an address on no allow-list (echoes whatever it sent us).
     pub stranger: VecDeque<Message>,
     pub events: Vec<Output>,
+    /// The transport `deliver` hands messages over (UDP unless a test says otherwise).
+    pub transport: Transport,
+    /// The transport and destination of every message the core sent, in order.
+    pub sent: Vec<(Transport, SocketAddr)>,
 }
 
 pub fn config(max_calls: usize) -> B2buaConfig {
     B2buaConfig {
         sip_host: "10.0.0.1:5060".into(),
+        tls_host: "10.0.0.1:5061".into(),
         media_address: "10.0.0.1".parse().unwrap(),
         routes: vec![Route {
             name: "inline".into(),
@@ -115,13 +120,20 @@ impl Wire {
             cc: VecDeque::new(),
             stranger: VecDeque::new(),
             events: Vec::new(),
+            transport: Transport::Udp,
+            sent: Vec::new(),
         }
     }
 
     pub fn dispatch(&mut self, out: Vec<Output>) {
         for o in out {
             match o {
-                Output::Send { to, bytes, .. } => {
+                Output::Send {
+                    to,
+                    bytes,
+                    transport,
+                } => {
+                    self.sent.push((transport, to));
                     let m = parse(&bytes);
                     let t = text(&m);
                     if to == addr(STRANGER) {
@@ -146,7 +158,7 @@ impl Wire {
     pub fn deliver(&mut self, from: &str, msg: &str) {
         let mut out = Vec::new();
         let input = Input::Received {
-            transport: Transport::Udp,
+            transport: self.transport,
             from: addr(from),
             msg: parse(msg.as_bytes()),
         };

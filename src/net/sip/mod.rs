@@ -10,6 +10,7 @@
 //!
 //! It must never log per packet or log a digit; call events are logged with the call id.
 
+mod tls;
 mod transport;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsStream;
 
 use crate::call::{Action, CallCore, CallCoreConfig, Event, KeyFrom, LocateFor, Note, RelayPlan};
 use crate::config::{Config, Transport};
@@ -40,7 +42,8 @@ use crate::sip::b2bua::{
     B2buaError, Input, LegMedia, LocateOutcome, PortAllocator, RelayPorts, RelaySrtp,
 };
 use crate::sip::message::Limits;
-use transport::{CoreMsg, TCP_QUEUE, TcpGuard};
+pub use tls::{SipTls, SipTlsError};
+use transport::{CoreMsg, Stream, TCP_QUEUE, TLS_HANDSHAKE, TcpGuard};
 pub use transport::{SipSockets, bind, wait_true};
 
 /// Inputs waiting for the core; transports wait (backpressure) when it is full.
@@ -81,7 +84,10 @@ impl PortAllocator for ShellPorts {
 /// The core task's state besides the call core itself: sockets, relays, the desk.
 struct Shell {
     udp: Option<Arc<UdpSocket>>,
-    tcp: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    /// Open TCP and TLS connections by transport and peer: responses and in-dialog requests
+    /// to a peer go on the connection it has with us (RFC 3261 §18.2.2, RFC 5923's reuse).
+    conns: HashMap<(Transport, SocketAddr), mpsc::Sender<Bytes>>,
+    tls: SipTls,
     ports: ShellPorts,
     relays: HashMap<CallId, ControlSender>,
     scrubber: ScrubberConfig,
@@ -100,6 +106,7 @@ struct Shell {
 pub async fn serve(
     config: &Config,
     sockets: SipSockets,
+    tls: SipTls,
     pool: PortPool,
     workers: MediaWorkers,
     api: ApiState,
@@ -125,15 +132,26 @@ pub async fn serve(
         )));
     }
     if let Some(listener) = sockets.tcp {
-        let guard = TcpGuard::from_config(config, &api.metrics().conn);
-        tasks.push(tokio::spawn(transport::tcp_accept(
+        let guard = TcpGuard::from_config(config, &api.metrics().conn, Transport::Tcp);
+        tasks.push(tokio::spawn(transport::stream_accept(
             listener,
+            None,
             core_tx.clone(),
             limits,
             guard,
         )));
     }
-    let mut shell = Shell::new(config, udp, pool, workers, api, core_tx, limits);
+    if let (Some(listener), Some(acceptor)) = (sockets.tls, tls.acceptor.clone()) {
+        let guard = TcpGuard::from_config(config, &api.metrics().conn, Transport::Tls);
+        tasks.push(tokio::spawn(transport::stream_accept(
+            listener,
+            Some(acceptor),
+            core_tx.clone(),
+            limits,
+            guard,
+        )));
+    }
+    let mut shell = Shell::new(config, udp, tls, pool, workers, api, core_tx, limits);
     tasks.push(tokio::spawn(shell.folder.clone().run(shell.api.clone())));
 
     let mut out = Vec::new();
@@ -158,13 +176,14 @@ pub async fn serve(
             _ = sleep_opt(grace) => break,
             msg = core_rx.recv() => match msg {
                 Some(CoreMsg::Call(event)) => Some(event),
-                Some(CoreMsg::TcpUp { peer, tx }) => {
-                    shell.tcp.insert(peer, tx);
+                Some(CoreMsg::ConnUp { transport, peer, tx }) => {
+                    shell.conns.insert((transport, peer), tx);
                     None
                 }
-                Some(CoreMsg::TcpDown { peer, tx }) => {
-                    if shell.tcp.get(&peer).is_some_and(|t| t.same_channel(&tx)) {
-                        shell.tcp.remove(&peer);
+                Some(CoreMsg::ConnDown { transport, peer, tx }) => {
+                    let key = (transport, peer);
+                    if shell.conns.get(&key).is_some_and(|t| t.same_channel(&tx)) {
+                        shell.conns.remove(&key);
                     }
                     None
                 }
@@ -190,9 +209,11 @@ pub async fn serve(
 }
 
 impl Shell {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         config: &Config,
         udp: Option<Arc<UdpSocket>>,
+        tls: SipTls,
         pool: PortPool,
         workers: MediaWorkers,
         api: ApiState,
@@ -201,7 +222,8 @@ impl Shell {
     ) -> Shell {
         Shell {
             udp,
-            tcp: HashMap::new(),
+            conns: HashMap::new(),
+            tls,
             ports: ShellPorts {
                 pool,
                 pending: HashMap::new(),
@@ -260,10 +282,10 @@ impl Shell {
                     None => tracing::warn!(%to, "SIP over UDP is not enabled; message dropped"),
                 },
                 Action::Send {
-                    transport: Transport::Tcp,
+                    transport: transport @ (Transport::Tcp | Transport::Tls),
                     to,
                     bytes,
-                } => self.send_tcp(to, bytes),
+                } => self.send_stream(transport, to, bytes),
                 Action::StartRelay {
                     call,
                     a,
@@ -401,40 +423,86 @@ impl Shell {
         });
     }
 
-    fn send_tcp(&mut self, to: SocketAddr, bytes: Bytes) {
-        if let Some(tx) = self.tcp.get(&to) {
+    fn send_stream(&mut self, transport: Transport, to: SocketAddr, bytes: Bytes) {
+        if let Some(tx) = self.conns.get(&(transport, to)) {
             match tx.try_send(bytes) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(%to, "SIP TCP connection backed up; message dropped");
+                    tracing::warn!(%to, transport = transport.param(), "SIP connection backed up; message dropped");
                     return;
                 }
                 // The connection went away; open a new one below.
                 Err(mpsc::error::TrySendError::Closed(b)) => {
-                    self.tcp.remove(&to);
-                    return self.connect_tcp(to, b);
+                    self.conns.remove(&(transport, to));
+                    return self.connect(transport, to, b);
                 }
             }
         }
-        self.connect_tcp(to, bytes);
+        self.connect(transport, to, bytes);
     }
 
-    /// RFC 3261 §18.1.1: with no connection to the destination, open one. The message waits in
-    /// the new connection's queue until it is up.
-    fn connect_tcp(&mut self, to: SocketAddr, first: Bytes) {
+    /// RFC 3261 §18.1.1: with no connection to the destination, open one (over TLS, with the
+    /// settings of the route that leads there, §26.3.1). The message waits in the new
+    /// connection's queue until it is up. When it cannot be opened, the core hears of it, so
+    /// the requests waiting on that peer fail at once (§8.1.3.1) rather than at Timer B.
+    fn connect(&mut self, transport: Transport, to: SocketAddr, first: Bytes) {
+        let tls = match transport {
+            Transport::Tls => match self.tls.peer(to) {
+                Some(p) => Some(p.clone()),
+                None => {
+                    // A trunk's connection is its own to open: its source port is no listener.
+                    tracing::warn!(%to, "no SIP TLS connection to this peer, and no TLS route to open one; message dropped");
+                    let failed = Input::TransportFailed {
+                        transport,
+                        peer: to,
+                    };
+                    let _ = self.core_tx.try_send(CoreMsg::sip(failed));
+                    return;
+                }
+            },
+            Transport::Udp | Transport::Tcp => None,
+        };
         let (tx, rx) = mpsc::channel(TCP_QUEUE);
         let _ = tx.try_send(first);
-        self.tcp.insert(to, tx.clone());
+        self.conns.insert((transport, to), tx.clone());
         let core_tx = self.core_tx.clone();
         let limits = self.limits;
+        let metrics = self.api.metrics().conn.clone();
         tokio::spawn(async move {
-            match TcpStream::connect(to).await {
-                Ok(stream) => transport::tcp_conn(stream, to, core_tx, limits, tx, rx).await,
-                Err(e) => {
-                    tracing::warn!(%to, error = %e, "SIP TCP connect failed");
-                    let _ = core_tx.send(CoreMsg::TcpDown { peer: to, tx }).await;
+            let opened = match open_stream(to, tls).await {
+                Ok(stream) => stream,
+                Err(failure) => {
+                    match failure {
+                        OpenFailure::Connect(e) => {
+                            tracing::warn!(%to, transport = transport.param(), error = %e, "SIP connect failed");
+                        }
+                        OpenFailure::Handshake { name, error } => {
+                            let reason = tls::failure_label(&error);
+                            metrics.tls_handshake_failed("outbound", reason);
+                            tracing::warn!(
+                                peer = %to,
+                                name = %name,
+                                reason,
+                                error = %error,
+                                "SIP TLS handshake with the contact centre failed"
+                            );
+                        }
+                    }
+                    let down = CoreMsg::ConnDown {
+                        transport,
+                        peer: to,
+                        tx,
+                    };
+                    let _ = core_tx.send(down).await;
+                    let failed = Input::TransportFailed {
+                        transport,
+                        peer: to,
+                    };
+                    let _ = core_tx.send(CoreMsg::sip(failed)).await;
+                    return;
                 }
-            }
+            };
+            transport::opened_conn(opened, to, core_tx, limits, tx, rx).await;
         });
     }
 
@@ -500,6 +568,32 @@ impl Shell {
             self.core_tx.clone(),
             self.folder.clone(),
         ));
+    }
+}
+
+/// Why a connection tonewall opens did not come up.
+enum OpenFailure {
+    Connect(std::io::Error),
+    Handshake { name: String, error: std::io::Error },
+}
+
+/// Opens a TCP connection to `to`, and TLS over it with `tls`'s settings: the server's
+/// certificate verified against the route's CAs for the route's name (RFC 5922 §7.2).
+async fn open_stream(to: SocketAddr, tls: Option<tls::TlsPeer>) -> Result<Stream, OpenFailure> {
+    let tcp = TcpStream::connect(to).await.map_err(OpenFailure::Connect)?;
+    let Some(peer) = tls else {
+        return Ok(Stream::Tcp(tcp));
+    };
+    let _ = tcp.set_nodelay(true);
+    let name = peer.name.to_str().into_owned();
+    let handshake = peer.connector.connect(peer.name, tcp);
+    match tokio::time::timeout(TLS_HANDSHAKE, handshake).await {
+        Ok(Ok(s)) => Ok(Stream::Tls(Box::new(TlsStream::Client(s)))),
+        Ok(Err(error)) => Err(OpenFailure::Handshake { name, error }),
+        Err(_) => Err(OpenFailure::Handshake {
+            name,
+            error: std::io::ErrorKind::TimedOut.into(),
+        }),
     }
 }
 

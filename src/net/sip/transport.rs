@@ -1,16 +1,19 @@
-//! SIP transports: UDP and TCP (RFC 3261 §18), framing and parsing what arrives, answering what
-//! cannot be parsed, and handing messages to the core task. TCP connections are admitted by the
-//! allow-list and connection limits, and closed when they stay silent too long.
+//! SIP transports: UDP, TCP (RFC 3261 §18) and TLS over TCP (§26.2), framing and parsing what
+//! arrives, answering what cannot be parsed, and handing messages to the core task. TCP and TLS
+//! connections are admitted by the allow-list and connection limits (before any handshake), and
+//! closed when they stay silent too long; a TLS handshake counts against the first-message
+//! time. A failed handshake is counted and logged with the peer and the reason, never a key.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use crate::call::Event;
 use crate::config::{Config, Transport};
@@ -19,26 +22,31 @@ use crate::sip::b2bua::Input;
 use crate::sip::framer::{Frame, FrameError, PONG, StreamFramer};
 use crate::sip::message::{Framing, Limits, Message};
 
-/// Messages waiting to be written on one TCP connection.
+/// Messages waiting to be written on one TCP or TLS connection.
 pub(super) const TCP_QUEUE: usize = 256;
+
+/// How long a TLS handshake tonewall starts may take.
+pub(super) const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// What the core task receives.
 pub(super) enum CoreMsg {
     Call(Event),
-    /// A TCP connection (accepted or opened) can carry messages to `peer`.
-    TcpUp {
+    /// A TCP or TLS connection (accepted or opened) can carry messages to `peer`.
+    ConnUp {
+        transport: Transport,
         peer: SocketAddr,
         tx: mpsc::Sender<Bytes>,
     },
     /// The connection whose queue is `tx` is gone (a newer one to the same peer may not be).
-    TcpDown {
+    ConnDown {
+        transport: Transport,
         peer: SocketAddr,
         tx: mpsc::Sender<Bytes>,
     },
 }
 
 impl CoreMsg {
-    fn sip(input: Input) -> CoreMsg {
+    pub(super) fn sip(input: Input) -> CoreMsg {
         CoreMsg::Call(Event::Sip(input))
     }
 }
@@ -47,6 +55,7 @@ impl CoreMsg {
 pub struct SipSockets {
     pub udp: Option<UdpSocket>,
     pub tcp: Option<TcpListener>,
+    pub tls: Option<TcpListener>,
 }
 
 /// Parses a received message, or answers / drops it (RFC 3261 §16.3 / §8.2.6).
@@ -105,12 +114,18 @@ pub(super) async fn udp_loop(sock: Arc<UdpSocket>, core_tx: mpsc::Sender<CoreMsg
     }
 }
 
-/// The `transport` label of SIP TCP connection metrics.
-const TCP_TRANSPORT: &str = "sip_tcp";
+/// The `transport` label of SIP connection metrics.
+fn conn_label(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Tls => "sip_tls",
+        Transport::Udp | Transport::Tcp => "sip_tcp",
+    }
+}
 
-/// What the TCP transport enforces on accepted connections: who may connect, how many, and
-/// how long a connection may stay without sending a whole message.
+/// What a stream transport (TCP or TLS) enforces on accepted connections: who may connect,
+/// how many, and how long a connection may stay without sending a whole message.
 pub(super) struct TcpGuard {
+    label: &'static str,
     policy: SourcePolicy,
     limiter: ConnLimiter,
     metrics: ConnMetrics,
@@ -119,11 +134,19 @@ pub(super) struct TcpGuard {
 }
 
 impl TcpGuard {
-    pub(super) fn from_config(config: &Config, metrics: &ConnMetrics) -> TcpGuard {
+    /// The guard of `transport`'s listener: the same caps and timers for TCP and TLS, each
+    /// counted on its own.
+    pub(super) fn from_config(
+        config: &Config,
+        metrics: &ConnMetrics,
+        transport: Transport,
+    ) -> TcpGuard {
+        let label = conn_label(transport);
         TcpGuard {
+            label,
             policy: SourcePolicy::sip_from_config(config),
             limiter: ConnLimiter::new(
-                TCP_TRANSPORT,
+                label,
                 config.sip.max_connections,
                 config.sip.max_connections_per_source,
                 metrics,
@@ -146,7 +169,7 @@ impl TcpGuard {
     }
 }
 
-/// How long a TCP connection may wait for its first whole message, and then between messages.
+/// How long a connection may wait for its first whole message, and then between messages.
 /// `None`: no limit (connections tonewall opened itself).
 #[derive(Clone, Copy, Debug)]
 struct ConnTimers {
@@ -161,8 +184,26 @@ impl ConnTimers {
     };
 }
 
-pub(super) async fn tcp_accept(
+/// A SIP stream: plain TCP, or TLS over it.
+pub(super) enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn transport(&self) -> Transport {
+        match self {
+            Stream::Tcp(_) => Transport::Tcp,
+            Stream::Tls(_) => Transport::Tls,
+        }
+    }
+}
+
+/// Accepts on a TCP listener, plain or (with `tls`) TLS: admission first, then the handshake
+/// under the first-message timer, then the connection.
+pub(super) async fn stream_accept(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     core_tx: mpsc::Sender<CoreMsg>,
     limits: Limits,
     guard: TcpGuard,
@@ -176,43 +217,56 @@ pub(super) async fn tcp_accept(
                     Err(refusal) => {
                         // Closed before anything is read: no message from it reaches the core.
                         drop(stream);
-                        guard.metrics.refused(TCP_TRANSPORT, refusal.label());
+                        guard.metrics.refused(guard.label, refusal.label());
                         if let Some(held) = guard.gate.admit(peer.ip(), std::time::Instant::now()) {
                             tracing::warn!(
                                 source = %peer.ip(),
+                                transport = guard.label,
                                 reason = refusal.label(),
                                 open = guard.limiter.open(),
                                 not_logged = held,
-                                "SIP TCP connection refused"
+                                "SIP connection refused"
                             );
                         }
                         continue;
                     }
                 };
-                let (tx, rx) = mpsc::channel(TCP_QUEUE);
-                if core_tx
-                    .send(CoreMsg::TcpUp {
-                        peer,
-                        tx: tx.clone(),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
                 let guard = guard.clone();
                 let core_tx = core_tx.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    let opened = Instant::now();
+                    let stream = match tls {
+                        None => Stream::Tcp(stream),
+                        Some(acceptor) => {
+                            match handshake_in(acceptor, stream, peer, opened, &guard).await {
+                                Some(s) => s,
+                                None => return drop(permit),
+                            }
+                        }
+                    };
+                    let (tx, rx) = mpsc::channel(TCP_QUEUE);
+                    let transport = stream.transport();
+                    let up = CoreMsg::ConnUp {
+                        transport,
+                        peer,
+                        tx: tx.clone(),
+                    };
+                    if core_tx.send(up).await.is_err() {
+                        return drop(permit);
+                    }
                     let closed =
-                        tcp_conn_with(stream, peer, core_tx, limits, tx, rx, guard.timers).await;
+                        conn_with(stream, peer, opened, core_tx, limits, tx, rx, guard.timers)
+                            .await;
                     if let Some(reason) = closed {
-                        guard.metrics.closed(TCP_TRANSPORT, reason);
+                        guard.metrics.closed(guard.label, reason);
                         if let Some(held) = guard.gate.admit(peer.ip(), std::time::Instant::now()) {
                             tracing::info!(
                                 source = %peer.ip(),
+                                transport = guard.label,
                                 reason,
                                 not_logged = held,
-                                "SIP TCP connection closed"
+                                "SIP connection closed"
                             );
                         }
                     }
@@ -221,28 +275,125 @@ pub(super) async fn tcp_accept(
             }
             Err(e) => {
                 // Out of descriptors and the like: back off rather than spin.
-                tracing::warn!(error = %e, "SIP TCP accept failed");
+                tracing::warn!(error = %e, "SIP stream accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-/// One TCP connection tonewall opened: no timeouts (it is ours, and at most one per peer).
-pub(super) async fn tcp_conn(
-    stream: TcpStream,
+/// The server side of a TLS handshake, bounded by the first-message timer. A failure is
+/// counted and logged (at most once a minute per source) with the peer and rustls's reason.
+async fn handshake_in(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    opened: Instant,
+    guard: &TcpGuard,
+) -> Option<Stream> {
+    let _ = tcp.set_nodelay(true);
+    let by = guard.timers.first_message.map(|d| opened + d);
+    let accept = acceptor.accept(tcp);
+    let result = match by {
+        Some(at) => tokio::time::timeout_at(at, accept)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => accept.await,
+    };
+    match result {
+        Ok(s) => Some(Stream::Tls(Box::new(TlsStream::Server(s)))),
+        Err(e) => {
+            let reason = super::tls::failure_label(&e);
+            guard.metrics.tls_handshake_failed("inbound", reason);
+            if let Some(held) = guard.gate.admit(peer.ip(), std::time::Instant::now()) {
+                tracing::warn!(
+                    %peer,
+                    reason,
+                    error = %e,
+                    not_logged = held,
+                    "SIP TLS handshake failed: connection closed"
+                );
+            }
+            None
+        }
+    }
+}
+
+/// One TCP or TLS connection tonewall opened: no timeouts (it is ours, and at most one per
+/// peer).
+pub(super) async fn opened_conn(
+    stream: Stream,
     peer: SocketAddr,
     core_tx: mpsc::Sender<CoreMsg>,
     limits: Limits,
     tx: mpsc::Sender<Bytes>,
     rx: mpsc::Receiver<Bytes>,
 ) {
-    let _ = tcp_conn_with(stream, peer, core_tx, limits, tx, rx, ConnTimers::NONE).await;
+    let opened = Instant::now();
+    let _ = conn_with(
+        stream,
+        peer,
+        opened,
+        core_tx,
+        limits,
+        tx,
+        rx,
+        ConnTimers::NONE,
+    )
+    .await;
 }
 
-/// Largest read from a TCP socket at once. The buffer lives on the stack of the read, not in
-/// the connection, so an idle connection holds no read buffer.
+/// Largest read from a TCP socket at once. For plain TCP the buffer lives on the stack of the
+/// read, not in the connection, so an idle connection holds no read buffer; rustls keeps its
+/// own buffers per TLS connection anyway.
 const TCP_READ: usize = 16 * 1024;
+
+/// The read half of a connection.
+enum Reader {
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    Tls(ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The write half of a connection.
+enum Writer {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Tls(WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl Writer {
+    async fn send(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Tcp(w) => w.write_all(b).await,
+            Writer::Tls(w) => {
+                // rustls may hold the last record until flushed.
+                w.write_all(b).await?;
+                w.flush().await
+            }
+        }
+    }
+}
+
+impl Reader {
+    /// Reads what the connection has into the framer: `Ok(0)` at end of stream. Cancel-safe:
+    /// nothing read is lost when the wait is abandoned (the idle timer).
+    async fn fill(&mut self, framer: &mut StreamFramer) -> std::io::Result<usize> {
+        match self {
+            Reader::Tcp(r) => loop {
+                r.readable().await?;
+                match read_into(r, framer) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            },
+            Reader::Tls(r) => {
+                let mut chunk = [0u8; TCP_READ];
+                let n = r.read(&mut chunk).await?;
+                framer.push(chunk.get(..n).unwrap_or_default());
+                Ok(n)
+            }
+        }
+    }
+}
 
 /// Reads what the socket has into the framer: `Ok(0)` at end of stream.
 fn read_into(
@@ -255,36 +406,49 @@ fn read_into(
     Ok(n)
 }
 
-/// One TCP connection: a writer draining `rx`, and a reader framing messages (RFC 3261 §18.3).
-/// Returns why tonewall closed it (a metric label), or `None` when the peer did or the core is
-/// gone.
-async fn tcp_conn_with(
-    stream: TcpStream,
+/// One TCP or TLS connection: a writer draining `rx`, and a reader framing messages (RFC 3261
+/// §18.3). Returns why tonewall closed it (a metric label), or `None` when the peer did or the
+/// core is gone.
+#[allow(clippy::too_many_arguments)]
+async fn conn_with(
+    stream: Stream,
     peer: SocketAddr,
+    opened: Instant,
     core_tx: mpsc::Sender<CoreMsg>,
     limits: Limits,
     tx: mpsc::Sender<Bytes>,
     mut rx: mpsc::Receiver<Bytes>,
     timers: ConnTimers,
 ) -> Option<&'static str> {
-    let _ = stream.set_nodelay(true);
-    let (reader, mut writer) = stream.into_split();
+    let transport = stream.transport();
+    let (mut reader, mut writer) = match stream {
+        Stream::Tcp(s) => {
+            let _ = s.set_nodelay(true);
+            let (r, w) = s.into_split();
+            (Reader::Tcp(r), Writer::Tcp(w))
+        }
+        Stream::Tls(s) => {
+            let (r, w) = tokio::io::split(*s);
+            (Reader::Tls(r), Writer::Tls(w))
+        }
+    };
     let writer_task = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
-            if writer.write_all(&b).await.is_err() {
+            if writer.send(&b).await.is_err() {
                 break;
             }
         }
     });
     let mut framer = StreamFramer::new(&limits);
-    // Until the first whole message or keep-alive, the first-message timer runs; after it,
-    // the idle timer, restarted by each whole message or keep-alive. Bytes alone do not
-    // restart it, so a message sent a byte at a time cannot hold the connection.
+    // Until the first whole message or keep-alive, the first-message timer runs (from the
+    // moment the connection opened: a TLS handshake spends it too); after it, the idle timer,
+    // restarted by each whole message or keep-alive. Bytes alone do not restart it, so a
+    // message sent a byte at a time cannot hold the connection.
     let mut greeted = false;
-    let mut deadline = timers.first_message.map(|d| Instant::now() + d);
+    let mut deadline = timers.first_message.map(|d| opened + d);
     let closed = 'conn: loop {
-        let ready = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, reader.readable()).await {
+        let read = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, reader.fill(&mut framer)).await {
                 Ok(r) => r,
                 Err(_) => {
                     break 'conn Some(if greeted {
@@ -294,16 +458,11 @@ async fn tcp_conn_with(
                     });
                 }
             },
-            None => reader.readable().await,
+            None => reader.fill(&mut framer).await,
         };
-        if ready.is_err() {
-            break None;
-        }
-        match read_into(&reader, &mut framer) {
-            Ok(0) => break None,
+        match read {
+            Ok(0) | Err(_) => break None,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => break None,
         }
         loop {
             let heard = match framer.next_frame() {
@@ -317,7 +476,7 @@ async fn tcp_conn_with(
                     match parse_or_answer(data, Framing::Stream, &limits) {
                         Ok(msg) => {
                             let input = Input::Received {
-                                transport: Transport::Tcp,
+                                transport,
                                 from: peer,
                                 msg,
                             };
@@ -334,7 +493,7 @@ async fn tcp_conn_with(
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(%peer, error = %e, "SIP TCP framing error: closing");
+                    tracing::debug!(%peer, error = %e, "SIP stream framing error: closing");
                     break 'conn Some(match e {
                         FrameError::TooLarge { .. } => "too_large",
                         FrameError::BadContentLength => "framing",
@@ -348,24 +507,38 @@ async fn tcp_conn_with(
         }
     };
     writer_task.abort();
-    let _ = core_tx.send(CoreMsg::TcpDown { peer, tx }).await;
+    let _ = core_tx
+        .send(CoreMsg::ConnDown {
+            transport,
+            peer,
+            tx,
+        })
+        .await;
     closed
 }
 
-/// Binds the SIP sockets the config asks for.
-pub async fn bind(config: &Config) -> std::io::Result<SipSockets> {
+/// Binds the SIP sockets the config asks for; a failure names the address.
+pub async fn bind(config: &Config) -> Result<SipSockets, (SocketAddr, std::io::Error)> {
     let addr = config.sip.listen;
-    let udp = if config.sip.transports.contains(&Transport::Udp) {
-        Some(UdpSocket::bind(addr).await?)
-    } else {
-        None
+    let tls_addr = config.sip.tls_listen_addr();
+    let on = |t| config.sip.transports.contains(&t);
+    let udp = match on(Transport::Udp) {
+        true => Some(UdpSocket::bind(addr).await.map_err(|e| (addr, e))?),
+        false => None,
     };
-    let tcp = if config.sip.transports.contains(&Transport::Tcp) {
-        Some(TcpListener::bind(addr).await?)
-    } else {
-        None
+    let tcp = match on(Transport::Tcp) {
+        true => Some(TcpListener::bind(addr).await.map_err(|e| (addr, e))?),
+        false => None,
     };
-    Ok(SipSockets { udp, tcp })
+    let tls = match on(Transport::Tls) {
+        true => Some(
+            TcpListener::bind(tls_addr)
+                .await
+                .map_err(|e| (tls_addr, e))?,
+        ),
+        false => None,
+    };
+    Ok(SipSockets { udp, tcp, tls })
 }
 
 /// For callers that need the shutdown signal as a future.

@@ -14,7 +14,7 @@ use super::state::{AckWait, CallLegs, Incoming, InviteRelay, LoopCall, Phase, Pu
 use super::transactions::{ALLOW, lossy, map_failure};
 use super::types::{CallEvent, CallId, EndCause, Leg, Output, Refusal, RelayPorts};
 use crate::rtp::srtp::SrtpPolicy;
-use crate::sip::dialog::Dialog;
+use crate::sip::dialog::{Dialog, is_sips};
 use crate::sip::headers::Contacts;
 use crate::sip::message::Message;
 use crate::sip::sdp::{Codecs, SdpError};
@@ -265,6 +265,20 @@ impl B2bua {
             let r = Reply::new(no.status, no.reason).tag(&tag);
             s.reply(&key, r.extra(&no.extra), cx);
         };
+        // A SIPS Request-URI asks for TLS on every hop (RFC 3261 §26.2.2, RFC 5630 §3.1.3): one
+        // that reached us in the clear has already lost that, so the call is not taken.
+        if transport != Transport::Tls && msg.request_uri_str().is_some_and(is_sips) {
+            let w = format!(
+                "399 {} \"SIPS Request-URI over {}\"",
+                self.cfg.sip_host,
+                transport.via_name()
+            );
+            return refuse(
+                self,
+                SetupRefusal::new(403, "Forbidden").with("Warning", w),
+                cx,
+            );
+        }
         let adm = match self.admit(&msg, from.ip()) {
             Ok(adm) => adm,
             Err(no) => return refuse(self, no, cx),
@@ -631,14 +645,15 @@ impl B2bua {
         }
         let reason = Self::reason_of(msg);
         if status < 200 {
-            let extra = [("Contact", self.local().0)];
+            let extra = [("Contact", self.server_contact(&relay.server))];
             let r = Reply::new(status, &reason).tag(&tag).extra(&extra);
             self.reply(&relay.server, r.body(body), cx);
         } else if status < 300 {
             let Some(req) = self.servers.get(&relay.server).map(|e| e.request.clone()) else {
                 return;
             };
-            let Some(resp) = self.build_2xx(&req, status, &reason, &tag, body) else {
+            let Some(resp) = self.build_2xx(&relay.server, &req, status, &reason, &tag, body)
+            else {
                 return;
             };
             let wait = AckWait {

@@ -103,7 +103,7 @@ impl B2bua {
         };
         let tag = c.a.local_tag.clone();
         let body = body.map(|b| ("application/sdp", b.to_vec()));
-        let Some(resp) = self.build_2xx(req, 200, "OK", &tag, body) else {
+        let Some(resp) = self.build_2xx(server, req, 200, "OK", &tag, body) else {
             return;
         };
         if !invite {

@@ -46,6 +46,7 @@ pub use types::{
     RelayPorts,
 };
 
+use crate::sip::Transport;
 use crate::sip::transaction::TimerConfig;
 use context::Cx;
 use state::{CallLegs, ClientEntry, Phase, SKey, ServerEntry};
@@ -53,8 +54,10 @@ use state::{CallLegs, ClientEntry, Phase, SKey, ServerEntry};
 /// Settings of the core.
 #[derive(Clone, Debug)]
 pub struct B2buaConfig {
-    /// host:port put in our Via and Contact.
+    /// host:port put in our Via and Contact on UDP and TCP legs.
     pub sip_host: String,
+    /// host:port of the TLS listener, put in our Via and Contact on TLS legs.
+    pub tls_host: String,
     /// Address SDP advertises for the relay's ports.
     pub media_address: IpAddr,
     pub routes: Vec<Route>,
@@ -215,11 +218,26 @@ impl B2bua {
         }
     }
 
-    pub(super) fn local(&self) -> (String, String) {
-        (
-            format!("<sip:{}>", self.cfg.sip_host),
-            self.cfg.user_agent.clone(),
-        )
+    /// Our Contact on a leg over `transport`: where the peer sends its requests in the dialog.
+    /// A `secure` dialog (its Request-URI or the peer's Contact is a SIPS URI) gets a SIPS
+    /// Contact (RFC 3261 §8.1.1.8, §12.1.1; RFC 5630 §3.1.3 drops `transport=tls` from it);
+    /// a plain sip: dialog over TLS names the transport, or the peer would come back over
+    /// UDP to the wrong port (§19.1.1).
+    pub(super) fn contact(&self, transport: Transport, secure: bool) -> String {
+        match transport {
+            Transport::Tls if secure => format!("<sips:{}>", self.cfg.tls_host),
+            Transport::Tls => format!("<sip:{};transport=tls>", self.cfg.tls_host),
+            Transport::Udp | Transport::Tcp => format!("<sip:{}>", self.cfg.sip_host),
+        }
+    }
+
+    /// The sent-by of our Via on a leg over `transport` (§18.2.2 answers a broken connection
+    /// there, so it names the listener of that transport).
+    pub(super) fn via_host(&self, transport: Transport) -> String {
+        match transport {
+            Transport::Tls => self.cfg.tls_host.clone(),
+            Transport::Udp | Transport::Tcp => self.cfg.sip_host.clone(),
+        }
     }
 
     /// Feeds one input; outputs are appended to `out`.
@@ -250,6 +268,9 @@ impl B2bua {
                 }
             }
             Input::Tick => self.on_tick(cx),
+            Input::TransportFailed { transport, peer } => {
+                self.transport_failed(transport, peer, cx)
+            }
             Input::MediaTimeout { call } => self.hangup(
                 call,
                 EndCause::MediaTimeout,
@@ -287,6 +308,7 @@ mod tests {
     fn ids_follow_the_seed_and_never_repeat() {
         let cfg = |seed: u8| B2buaConfig {
             sip_host: "127.0.0.1:5060".into(),
+            tls_host: "127.0.0.1:5061".into(),
             media_address: "127.0.0.1".parse().unwrap(),
             routes: Vec::new(),
             max_calls: 1,

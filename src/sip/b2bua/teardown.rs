@@ -12,6 +12,24 @@ use crate::sip::dialog::Local;
 use crate::sip::transaction::{ClientState, ClientTx, ServerState, TxAction, TxKind};
 use crate::sip::{Side, Transport};
 
+/// Why a request of ours got no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ClientFailure {
+    /// Timer B or F fired.
+    Timeout,
+    /// The shell could not reach the peer over this transport.
+    Unreachable(Transport),
+}
+
+impl ClientFailure {
+    fn cause(self, side: Side) -> EndCause {
+        match self {
+            ClientFailure::Timeout => EndCause::Timeout(side),
+            ClientFailure::Unreachable(_) => EndCause::Unreachable(side),
+        }
+    }
+}
+
 impl B2bua {
     pub(super) fn end_call(&mut self, call: CallId, cause: EndCause, cx: &mut Cx<'_>) {
         let Some(c) = self.calls.get_mut(&call) else {
@@ -94,7 +112,9 @@ impl B2bua {
     /// response, otherwise as soon as one arrives.
     pub(super) fn cancel_b(&mut self, call: CallId, cx: &mut Cx<'_>) {
         let ua = self.cfg.user_agent.clone();
-        let host = self.cfg.sip_host.clone();
+        let Some(host) = self.calls.get(&call).map(|c| self.via_host(c.b.transport)) else {
+            return;
+        };
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
@@ -133,7 +153,7 @@ impl B2bua {
         let (tx, actions) = ClientTx::start(
             TxKind::NonInvite,
             cancel.as_bytes().clone(),
-            transport == Transport::Tcp,
+            transport.reliable(),
             self.cfg.timers,
             cx.now,
         );
@@ -274,24 +294,74 @@ impl B2bua {
         }
     }
 
-    pub(super) fn client_timeout(&mut self, call: CallId, purpose: Purpose, cx: &mut Cx<'_>) {
+    /// Every client transaction towards `peer` over `transport` ends now as if the peer had
+    /// answered 503 (§8.1.3.1, §17.1.4): the shell could not reach it.
+    pub(super) fn transport_failed(
+        &mut self,
+        transport: Transport,
+        peer: std::net::SocketAddr,
+        cx: &mut Cx<'_>,
+    ) {
+        let failed: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.transport == transport && e.peer == peer)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in failed {
+            if let Some(e) = self.clients.remove(&k) {
+                let failure = ClientFailure::Unreachable(transport);
+                self.client_failed(e.call, e.purpose, failure, cx);
+            }
+        }
+    }
+
+    /// A request of ours that got no answer: Timer B/F fired (a 408 from the far side), or the
+    /// far side could not be reached (a 503), handed on to the side the request came from.
+    pub(super) fn client_failed(
+        &mut self,
+        call: CallId,
+        purpose: Purpose,
+        failure: ClientFailure,
+        cx: &mut Cx<'_>,
+    ) {
+        let (status, reason) = match failure {
+            ClientFailure::Timeout => (408, "Request Timeout"),
+            ClientFailure::Unreachable(_) => (503, "Service Unavailable"),
+        };
         let (server, from, initial) = match purpose {
             Purpose::Own => return,
             Purpose::Return => {
-                let cause = EndCause::Timeout(Side::ContactCentre);
-                self.return_failed(call, 408, cause, cx);
+                let cause = failure.cause(Side::ContactCentre);
+                self.return_failed(call, status, cause, cx);
                 return;
             }
             Purpose::Invite(r) => (r.server, r.from, r.initial),
             Purpose::Relay { server, from } => (server, from, false),
         };
         let tag = self.calls.get(&call).map(|c| c.local_tag(from).to_owned());
-        // §8.1.3.1: a timeout is a 408 from the far side.
         if initial && from == Leg::A && self.try_fallback(call, cx) {
             return;
         }
-        let end = initial.then_some(EndCause::Timeout(Side::from(from.other())));
-        let answer = Reply::new(408, "Request Timeout").maybe_tag(tag.as_deref());
+        let end = initial.then_some(failure.cause(Side::from(from.other())));
+        // RFC 3261 §20.43: 399 is a warning of our own; it tells the caller's side why
+        // without the peer's address or the TLS error, which stay in our log.
+        let warning = match failure {
+            ClientFailure::Timeout => None,
+            ClientFailure::Unreachable(t) => Some(format!(
+                "399 {} \"{} unreachable over {}\"",
+                self.cfg.sip_host,
+                match from.other() {
+                    Leg::A => "trunk",
+                    Leg::B => "contact centre",
+                },
+                t.via_name()
+            )),
+        };
+        let extra: Vec<(&str, String)> = warning.map(|w| ("Warning", w)).into_iter().collect();
+        let answer = Reply::new(status, reason)
+            .maybe_tag(tag.as_deref())
+            .extra(&extra);
         self.fail_invite(call, &server, answer, end, cx);
     }
 

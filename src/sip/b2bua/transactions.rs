@@ -10,9 +10,10 @@ use bytes::Bytes;
 use super::B2bua;
 use super::context::{Cx, Outgoing, Reply};
 use super::state::{AckWait, ClientEntry, Purpose, Retrans, SKey, ServerEntry};
+use super::teardown::ClientFailure;
 use super::types::{CallId, Leg, Output, Refusal};
 use crate::sip::Transport;
-use crate::sip::dialog::Local;
+use crate::sip::dialog::{Local, is_sips};
 use crate::sip::message::{Message, RequestBuilder, ResponseBuilder};
 use crate::sip::transaction::{ClientTx, ResponseFate, ServerTx, TxAction, TxKind};
 
@@ -130,8 +131,13 @@ impl B2bua {
         cx: &mut Cx<'_>,
     ) -> Option<(u32, String)> {
         let branch = self.new_id("z9hG4bK");
-        let (contact, ua) = self.local();
-        let host = self.cfg.sip_host.clone();
+        let (transport, secure) = {
+            let d = self.calls.get_mut(&call)?.dialog(leg);
+            (d.transport, d.secure())
+        };
+        let contact = self.contact(transport, secure);
+        let host = self.via_host(transport);
+        let ua = self.cfg.user_agent.clone();
         let timers = self.cfg.timers;
         let c = self.calls.get_mut(&call)?;
         let d = c.dialog(leg);
@@ -157,7 +163,7 @@ impl B2bua {
         let (tx, actions) = ClientTx::start(
             kind,
             req.as_bytes().clone(),
-            transport == Transport::Tcp,
+            transport.reliable(),
             timers,
             cx.now,
         );
@@ -208,15 +214,19 @@ impl B2bua {
         cx: &mut Cx<'_>,
     ) {
         let branch = self.new_id("z9hG4bK");
-        let (contact, ua) = self.local();
-        let host = self.cfg.sip_host.clone();
+        let Some(transport) = self.calls.get_mut(&call).map(|c| c.dialog(leg).transport) else {
+            return;
+        };
+        // An ACK carries no Contact (§17.1.1.3, §13.2.2.4 builds it like any in-dialog request).
+        let host = self.via_host(transport);
+        let ua = self.cfg.user_agent.clone();
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
         let d = c.dialog(leg);
         let local = Local {
             via_host: &host,
-            contact: &contact,
+            contact: "",
             user_agent: &ua,
         };
         if let Ok(ack) = d.request("ACK", &branch, &local, Some(cseq), &[], body) {
@@ -235,7 +245,7 @@ impl B2bua {
         peer: SocketAddr,
         request: Message,
     ) {
-        let tx = ServerTx::new(kind, transport == Transport::Tcp, self.cfg.timers);
+        let tx = ServerTx::new(kind, transport.reliable(), self.cfg.timers);
         self.servers.insert(
             key,
             ServerEntry {
@@ -428,21 +438,32 @@ impl B2bua {
                 self.clients.insert(k, e);
             }
             if timeout {
-                self.client_timeout(call, purpose, cx);
+                self.client_failed(call, purpose, ClientFailure::Timeout, cx);
             }
         }
     }
 
-    /// Our 2xx to `req`, with our Contact and what we allow.
+    /// Our Contact in a response through server transaction `server`: for the transport its
+    /// request came over, a SIPS one when that Request-URI is a SIPS URI (RFC 3261 §12.1.1).
+    pub(super) fn server_contact(&self, server: &SKey) -> String {
+        let Some(e) = self.servers.get(server) else {
+            return self.contact(Transport::Udp, false);
+        };
+        let secure = e.request.request_uri_str().is_some_and(is_sips);
+        self.contact(e.transport, secure)
+    }
+
+    /// Our 2xx to `req` (the request of `server`), with our Contact and what we allow.
     pub(super) fn build_2xx(
         &self,
+        server: &SKey,
         req: &Message,
         status: u16,
         reason: &str,
         tag: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Option<Message> {
-        let (contact, _) = self.local();
+        let contact = self.server_contact(server);
         let mut b = ResponseBuilder::new(req, status, reason)
             .to_tag(tag)
             .header("Contact", &contact)
@@ -470,7 +491,7 @@ impl B2bua {
         let reliable = self
             .servers
             .get(server)
-            .is_some_and(|e| e.transport == Transport::Tcp);
+            .is_some_and(|e| e.transport.reliable());
         if let Some(c) = self.calls.get_mut(&call) {
             c.ack_wait = Some(wait);
             c.retrans = Some(Retrans {

@@ -60,6 +60,13 @@ pub enum Input {
     },
     /// Time passed; fire due timers. Call at [`super::B2bua::next_deadline`].
     Tick,
+    /// The shell could not carry a message to `peer` over `transport` (connection refused, TLS
+    /// handshake failed): the requests waiting on that peer fail now, as if it had answered
+    /// 503 (RFC 3261 §8.1.3.1, §17.1.4), instead of when Timer B or F fires.
+    TransportFailed {
+        transport: Transport,
+        peer: SocketAddr,
+    },
     /// No media from either side for the configured time: hang up both legs.
     MediaTimeout { call: CallId },
     /// Hang up a call (control API, shutdown).
@@ -102,6 +109,8 @@ pub enum EndCause {
     Rejected(u16),
     /// Timer B/F, or no ACK for our 2xx: the side that did not answer.
     Timeout(Side),
+    /// The side could not be reached at all (connection refused, TLS handshake failed).
+    Unreachable(Side),
     MediaTimeout,
     Hangup,
     /// Loop route: the locator was not found (or not given in time) and no fallback took the call.
@@ -120,7 +129,7 @@ impl EndCause {
             EndCause::ByeFromA | EndCause::Cancelled | EndCause::NotLocated => Side::Trunk,
             EndCause::ByeFromB | EndCause::Rejected(_) => Side::ContactCentre,
             EndCause::MediaTimeout | EndCause::Hangup => Side::Internal,
-            EndCause::Timeout(side) | EndCause::Failed(side) => side,
+            EndCause::Timeout(side) | EndCause::Unreachable(side) | EndCause::Failed(side) => side,
         }
     }
 
@@ -132,6 +141,7 @@ impl EndCause {
             EndCause::Cancelled => "cancelled",
             EndCause::Rejected(_) => "rejected",
             EndCause::Timeout(_) => "timeout",
+            EndCause::Unreachable(_) => "unreachable",
             EndCause::MediaTimeout => "media_timeout",
             EndCause::Hangup => "hangup",
             EndCause::NotLocated => "not_located",
