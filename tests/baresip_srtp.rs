@@ -1,0 +1,293 @@
+//! Interop with a real SRTP peer (issue 22): baresip (Debian's, its `srtp` module) as the trunk
+//! and as the contact centre, `tonewall run` between them, in three combinations: SRTP trunk to
+//! a plain contact centre, plain trunk to an SRTP contact centre, and SRTP on both legs. The
+//! caller's audio is a card keyed in-band over speech; what the contact centre decrypted and
+//! decoded (baresip's `sndfile` dump) must hold no key an independent decoder hears, while
+//! tonewall's capture got every key.
+//!
+//! baresip will not put loopback in its SDP, so each run happens in a network namespace of its
+//! own (`unshare -n`), with loopback up and one more address on it (198.18.0.1, the
+//! benchmarking range) that exists only inside that namespace: no packet leaves it. That needs
+//! root and baresip: without them the test says why and passes on a developer's machine, and
+//! fails under CI (`CI` set), where the test command installs baresip and runs as root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use tonewall::dsp::spectrum;
+
+/// The address baresip and tonewall's media use inside the namespace.
+const NS_ADDR: &str = "198.18.0.1";
+
+struct Leg {
+    /// baresip's `mediaenc` for this side, if any.
+    mediaenc: Option<&'static str>,
+}
+
+fn can_run() -> Result<(), String> {
+    let which = |b: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {b}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    for b in ["baresip", "unshare", "ip"] {
+        if !which(b) {
+            return Err(format!("{b} is not installed"));
+        }
+    }
+    let ns = Command::new("unshare").args(["-n", "true"]).status();
+    if !ns.is_ok_and(|s| s.success()) {
+        return Err("cannot make a network namespace (needs root)".into());
+    }
+    Ok(())
+}
+
+fn skip_or_fail(why: String) {
+    if std::env::var_os("CI").is_some() {
+        panic!("baresip interop cannot run under CI: {why}");
+    }
+    eprintln!("baresip interop skipped: {why}");
+}
+
+fn baresip_config(dir: &Path, port: u16, source: &Path, dump: bool) {
+    let mut c = format!(
+        "poll_method epoll\nsip_listen 127.0.0.1:{port}\n\
+         audio_player aufile,{}\naudio_source aufile,{}\naudio_alert aufile,{}\n\
+         module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+         module srtp.so\nmodule_tmp account.so\nmodule_app menu.so\n",
+        dir.join("heard.wav").display(),
+        source.display(),
+        dir.join("alert.wav").display(),
+    );
+    if dump {
+        c.push_str(&format!("module sndfile.so\nsnd_path {}\n", dir.display()));
+    }
+    std::fs::write(dir.join("config"), c).unwrap();
+}
+
+fn account(user: &str, port: u16, leg: &Leg, answer: bool) -> String {
+    let mut a = format!("<sip:{user}@127.0.0.1:{port}>;regint=0;audio_codecs=PCMU");
+    if answer {
+        a.push_str(";answermode=auto");
+    }
+    if let Some(m) = leg.mediaenc {
+        a.push_str(&format!(";mediaenc={m}"));
+    }
+    a + "\n"
+}
+
+/// tonewall's sample config with media on the namespace's address and the route's SRTP
+/// policies set.
+fn tonewall_config(dir: &Path, srtp_trunk: &str, srtp_target: &str) -> PathBuf {
+    let sample =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tonewall.toml"))
+            .unwrap();
+    let mut out = String::new();
+    for line in sample.lines() {
+        if line.starts_with("address = \"127.0.0.1\"") {
+            out.push_str(&format!("address = \"{NS_ADDR}\"\n"));
+        } else if line.starts_with("scrub = \"always\"") {
+            out.push_str(&format!(
+                "{line}\nsrtp_trunk = \"{srtp_trunk}\"\nsrtp_target = \"{srtp_target}\"\n"
+            ));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let path = dir.join("tonewall.toml");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// What one run left: tonewall's log (colour codes removed) and the contact centre's
+/// decoded audio.
+struct Run {
+    log: String,
+    heard: Vec<i16>,
+}
+
+fn run(trunk: Leg, cc: Leg, srtp_trunk: &str, srtp_target: &str) -> Run {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (tdir, cdir) = (dir.join("trunk"), dir.join("cc"));
+    std::fs::create_dir_all(&tdir).unwrap();
+    std::fs::create_dir_all(&cdir).unwrap();
+    // Two seconds to set the call up, the card over speech, two seconds after.
+    let (mut sig, _) = tones(&card_keys(), ToneParams::default(), 2000.0, 11);
+    sig.extend(std::iter::repeat_n(0.0, 16_000));
+    let speech = tonewall::wav::read_wav(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/speech_en_hello.wav"),
+    )
+    .unwrap();
+    mix_under(&mut sig, &speech, -12.0);
+    let card = dir.join("card.wav");
+    tonewall::wav::write_wav_pcm16(&card, &to_i16(&sig)).unwrap();
+    let quiet = dir.join("quiet.wav");
+    tonewall::wav::write_wav_pcm16(&quiet, &vec![0i16; 8000 * 30]).unwrap();
+    let secs = sig.len() / 8000 + 1;
+
+    baresip_config(&tdir, 5070, &card, false);
+    baresip_config(&cdir, 5080, &quiet, true);
+    std::fs::write(
+        tdir.join("accounts"),
+        account("caller", 5070, &trunk, false),
+    )
+    .unwrap();
+    std::fs::write(cdir.join("accounts"), account("agents", 5080, &cc, true)).unwrap();
+    let cfg = tonewall_config(dir, srtp_trunk, srtp_target);
+    let script = format!(
+        "set -e\nip link set lo up\nip addr add {NS_ADDR}/32 dev lo\ncd {dir}\n\
+         export TONEWALL_MASTER_KEY=$(head -c32 /dev/urandom | od -An -tx1 | tr -d ' \\n')\n\
+         export TONEWALL_API_TOKENS=ops:$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \\n'):admin\n\
+         export NO_COLOR=1\n\
+         {bin} run --config {cfg} > tonewall.log 2>&1 & TW=$!\n\
+         sleep 1\n\
+         timeout {cc_t} baresip -f {cdir} -t {cc_s} > cc.log 2>&1 &\n\
+         sleep 1\n\
+         timeout {tr_t} baresip -f {tdir} -t {secs} -e '/dial sip:agents@127.0.0.1:5060' > trunk.log 2>&1 || true\n\
+         sleep 3\n\
+         kill $TW; wait $TW || true\n",
+        dir = dir.display(),
+        bin = env!("CARGO_BIN_EXE_tonewall"),
+        cfg = cfg.display(),
+        cdir = cdir.display(),
+        tdir = tdir.display(),
+        cc_s = secs + 3,
+        cc_t = secs + 10,
+        tr_t = secs + 8,
+    );
+    let status = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "the namespace's script failed");
+    let strip = |s: String| {
+        let mut out = String::new();
+        let mut esc = false;
+        for ch in s.chars() {
+            match (esc, ch) {
+                (_, '\u{1b}') => esc = true,
+                (true, 'm') => esc = false,
+                (true, _) => {}
+                (false, c) => out.push(c),
+            }
+        }
+        out
+    };
+    let log = strip(std::fs::read_to_string(dir.join("tonewall.log")).unwrap_or_default());
+    let dump = std::fs::read_dir(&cdir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"));
+    let heard = match dump {
+        Some(p) => tonewall::wav::read_wav(&p).unwrap(),
+        None => {
+            let cc_log = std::fs::read_to_string(dir.join("cc.log")).unwrap_or_default();
+            let tr_log = std::fs::read_to_string(dir.join("trunk.log")).unwrap_or_default();
+            panic!(
+                "the contact centre recorded nothing\n--- tonewall\n{log}\n--- cc\n{}\n--- trunk\n{}",
+                tail(&cc_log),
+                tail(&tr_log)
+            );
+        }
+    };
+    Run { log, heard }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.contains("audio=")).collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// A counter from the "media relay stopped" line.
+fn stat(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("media relay stopped"))
+        .unwrap_or_else(|| panic!("no relay ended in the log:\n{log}"));
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {line}"))
+}
+
+fn check(r: &Run, srtp_trunk: bool, srtp_cc: bool) {
+    let started = r
+        .log
+        .lines()
+        .find(|l| l.contains("media relay started"))
+        .unwrap_or_else(|| panic!("no relay started:\n{}", r.log));
+    assert!(
+        started.contains(&format!("srtp_trunk={srtp_trunk}")),
+        "{started}"
+    );
+    assert!(
+        started.contains(&format!("srtp_contact_centre={srtp_cc}")),
+        "{started}"
+    );
+    // Every key reached capture; none reached the agent.
+    assert_eq!(
+        stat(&r.log, "digits"),
+        card_keys().len() as u64,
+        "{}",
+        r.log
+    );
+    assert!(
+        stat(&r.log, "a_in") > 200 && stat(&r.log, "b_in") > 200,
+        "{}",
+        r.log
+    );
+    assert!(r.heard.len() > 8000 * 5, "{} samples heard", r.heard.len());
+    let found = spectrum::fft_decode(&r.heard, &mut |_| {});
+    assert!(
+        found.is_empty(),
+        "the contact centre heard {} keys after decrypting",
+        found.len()
+    );
+    // Nothing about keys in tonewall's log.
+    assert!(!r.log.contains("inline:"), "a key in the log");
+}
+
+#[test]
+fn baresip_srtp_trunk_plain_plain_srtp_and_both() {
+    if let Err(why) = can_run() {
+        return skip_or_fail(why);
+    }
+    let r = run(
+        Leg {
+            mediaenc: Some("srtp-mand"),
+        },
+        Leg { mediaenc: None },
+        "required",
+        "off",
+    );
+    check(&r, true, false);
+
+    let r = run(
+        Leg { mediaenc: None },
+        Leg {
+            mediaenc: Some("srtp-mand"),
+        },
+        "off",
+        "required",
+    );
+    check(&r, false, true);
+
+    let r = run(
+        Leg {
+            mediaenc: Some("srtp-mand"),
+        },
+        Leg {
+            mediaenc: Some("srtp-mand"),
+        },
+        "required",
+        "required",
+    );
+    check(&r, true, true);
+}
