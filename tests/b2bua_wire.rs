@@ -7,6 +7,7 @@ mod sipwire;
 
 use sipwire::*;
 use tonewall::digit::Digit;
+use tonewall::rtp::srtp::SrtpPolicy;
 use tonewall::sip::b2bua::{CallEvent, EndCause, Input, Leg, Output, Refusal, Side};
 use tonewall::sip::message::ResponseBuilder;
 
@@ -779,4 +780,98 @@ fn a_stranger_cannot_cancel_a_call_being_set_up() {
     assert_eq!(w.stranger.pop_front().unwrap().status(), Some(403));
     assert!(w.cc.is_empty(), "no CANCEL to the contact centre");
     assert!(w.ended().is_empty());
+}
+
+/// The trunk's SDP as an SRTP offer: RTP/SAVP (or best-effort RTP/AVP) with one a=crypto.
+fn srtp_offer(savp: bool) -> String {
+    let plain = sdp("192.0.2.10", 40000, "0 101", "sendrecv");
+    let proto = if savp { "RTP/SAVP" } else { "RTP/AVP" };
+    plain.replace("RTP/AVP", proto)
+        + "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n"
+}
+
+fn with_srtp(trunk: SrtpPolicy, target: SrtpPolicy) -> Wire {
+    let mut cfg = config(10);
+    cfg.routes[0].srtp_trunk = trunk;
+    cfg.routes[0].srtp_target = target;
+    Wire::with(cfg)
+}
+
+#[test]
+fn srtp_offer_to_a_route_with_srtp_off_gets_488_with_a_warning() {
+    let mut w = with_srtp(SrtpPolicy::Off, SrtpPolicy::Off);
+    w.deliver(TRUNK, &trunk_invite("1", Some(&srtp_offer(true)), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(488));
+    let warning = r
+        .get("Warning")
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert!(warning.is_some_and(|v| v.starts_with("399 ") && v.contains("srtp")));
+    assert!(w.cc.is_empty());
+    assert!(w.pool.live.is_empty());
+    // A plain offer to a route that requires SRTP: the same.
+    let mut w = with_srtp(SrtpPolicy::Required, SrtpPolicy::Off);
+    let plain = sdp("192.0.2.10", 40000, "0", "sendrecv");
+    w.deliver(TRUNK, &trunk_invite("2", Some(&plain), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    assert_eq!(w.next_to_trunk().status(), Some(488));
+    assert!(w.cc.is_empty());
+}
+
+#[test]
+fn srtp_trunk_is_answered_with_our_own_key_and_the_contact_centre_gets_plain_rtp() {
+    let mut w = with_srtp(SrtpPolicy::Optional, SrtpPolicy::Off);
+    w.deliver(TRUNK, &trunk_invite("1", Some(&srtp_offer(true)), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let inv = w.next_to_cc();
+    let offer = String::from_utf8_lossy(inv.body()).into_owned();
+    assert!(offer.contains(" RTP/AVP 0 101"), "{offer}");
+    assert!(
+        !offer.contains("crypto"),
+        "a key crossed to the contact centre:\n{offer}"
+    );
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    let ok = w.next_to_trunk();
+    assert_eq!(ok.status(), Some(200));
+    let body = String::from_utf8_lossy(ok.body()).into_owned();
+    assert!(body.contains(" RTP/SAVP 0 101"), "{body}");
+    let lines: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("a=crypto:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{body}");
+    assert!(lines[0].starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+    assert!(
+        !lines[0].contains("PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR"),
+        "our key is ours"
+    );
+    let mut trunk = trunk_peer(&ok);
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    // The relay is handed the trunk leg's transforms only.
+    let srtp = w.events.iter().find_map(|e| match e {
+        Output::Media { srtp, .. } => Some(srtp),
+        _ => None,
+    });
+    let srtp = srtp
+        .expect("media set up")
+        .as_deref()
+        .expect("SRTP on a leg");
+    assert!(srtp.a.is_some() && srtp.b.is_none());
+}
+
+#[test]
+fn a_required_contact_centre_that_answers_plain_fails_the_call() {
+    let mut w = with_srtp(SrtpPolicy::Optional, SrtpPolicy::Required);
+    let plain = sdp("192.0.2.10", 40000, "0", "sendrecv");
+    w.deliver(TRUNK, &trunk_invite("1", Some(&plain), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let inv = w.next_to_cc();
+    let offer = String::from_utf8_lossy(inv.body()).into_owned();
+    assert!(offer.contains(" RTP/SAVP 0"), "{offer}");
+    assert_eq!(offer.matches("a=crypto:").count(), 3, "{offer}");
+    let answer = sdp("198.51.100.20", 50000, "0", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    assert_eq!(w.next_to_trunk().status(), Some(488));
 }

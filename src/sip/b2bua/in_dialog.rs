@@ -5,7 +5,7 @@
 
 use super::B2bua;
 use super::context::{Cx, Outgoing, Reply};
-use super::media::{anchor, is_sdp, sdp_failure_reason, set_origin};
+use super::media::{anchor, is_sdp, sdp_failure_reason, sdp_warning, set_origin};
 use super::state::{CallLegs, Incoming, InviteRelay, Phase, Purpose, SKey};
 use super::transactions::{ALLOW, lossy, map_failure};
 use super::types::{CallEvent, CallId, EndCause, Leg, LegMedia, Output, Refusal};
@@ -227,7 +227,11 @@ impl B2bua {
                 Err(e) => {
                     let s = e.sip_status();
                     let r = sdp_failure_reason(s);
-                    self.reply(&key, Reply::new(s, r).tag(tag), cx);
+                    let warning: Vec<(&str, String)> = sdp_warning(&e, &self.cfg.sip_host)
+                        .map(|w| ("Warning", w))
+                        .into_iter()
+                        .collect();
+                    self.reply(&key, Reply::new(s, r).tag(tag).extra(&warning), cx);
                     return;
                 }
             }

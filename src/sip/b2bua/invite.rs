@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::B2bua;
 use super::context::{Cx, Outgoing, Reply};
-use super::media::{Origin, anchor, answer_offer, is_sdp, local_offer, sdp_failure_reason};
+use super::media::{
+    Origin, anchor, answer_offer, is_sdp, local_offer, sdp_failure_reason, sdp_warning,
+};
 use super::route::{LocatorSource, LoopRoute, Route, header_locator, match_user};
 use super::srtp::CallSrtp;
 use super::state::{AckWait, CallLegs, Incoming, InviteRelay, LoopCall, Phase, Purpose, SKey};
@@ -299,11 +301,11 @@ impl B2bua {
                 cx.ports.release(pa);
                 cx.ports.release(pb);
                 let status = e.sip_status();
-                return refuse(
-                    self,
-                    SetupRefusal::new(status, sdp_failure_reason(status)),
-                    cx,
-                );
+                let mut no = SetupRefusal::new(status, sdp_failure_reason(status));
+                if let Some(w) = sdp_warning(&e, &self.cfg.sip_host) {
+                    no = no.with("Warning", w);
+                }
+                return refuse(self, no, cx);
             }
         };
         let Some(r) = self.cfg.routes.get(adm.route).cloned() else {

@@ -28,6 +28,14 @@ pub(super) fn sdp_failure_reason(status: u16) -> &'static str {
     }
 }
 
+/// The Warning (RFC 3261 §20.43) for an SDP body refused by SRTP policy: which policy says
+/// it in words an operator can act on; none for other refusals, whose status says enough.
+pub(super) fn sdp_warning(e: &SdpError, host: &str) -> Option<String> {
+    matches!(e, SdpError::Srtp { .. }).then(|| {
+        format!("399 {host} \"SRTP offer or answer does not meet this route's srtp policy\"")
+    })
+}
+
 /// Result of anchoring one SDP body: the rewritten body and what the sender said.
 pub(super) struct Anchored {
     pub body: Vec<u8>,
