@@ -1,5 +1,6 @@
 //! Interop with a real SRTP peer (issue 22): baresip (Debian's, its `srtp` module) as the trunk
-//! and as the contact centre, `tonewall run` between them, in three combinations: SRTP trunk to
+//! and as the contact centre, `tonewall run` between them, SIP over TLS on both legs (a CA and
+//! certificate made for the run), in three combinations: SRTP trunk to
 //! a plain contact centre, plain trunk to an SRTP contact centre, and SRTP on both legs. The
 //! caller's audio is a card keyed in-band over speech; what the contact centre decrypted and
 //! decoded (baresip's `sndfile` dump) must hold no key an independent decoder hears, while
@@ -53,12 +54,42 @@ fn skip_or_fail(why: String) {
     eprintln!("baresip interop skipped: {why}");
 }
 
+/// A CA and one certificate for 127.0.0.1 signed by it, written as PEM files into `dir`:
+/// `ca.pem`, `leaf.pem`, `leaf.key`, and `combined.pem` (certificate and key, as baresip
+/// takes them). Everyone here uses the one leaf; each checks the others against the CA.
+fn pki(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "tonewall interop CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
+    std::fs::write(dir.join("leaf.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("leaf.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("combined.pem"), cert.pem() + &key.serialize_pem()).unwrap();
+}
+
+/// baresip listening on `port` (UDP and TCP) and `port + 1` (TLS).
 fn baresip_config(dir: &Path, port: u16, source: &Path, dump: bool) {
+    let pki = dir.parent().unwrap();
     let mut c = format!(
         "poll_method epoll\nsip_listen 127.0.0.1:{port}\n\
+         sip_certificate {}\nsip_cafile {}\n\
          audio_player aufile,{}\naudio_source aufile,{}\naudio_alert aufile,{}\n\
          module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
          module srtp.so\nmodule_tmp account.so\nmodule_app menu.so\n",
+        pki.join("combined.pem").display(),
+        pki.join("ca.pem").display(),
         dir.join("heard.wav").display(),
         source.display(),
         dir.join("alert.wav").display(),
@@ -88,7 +119,23 @@ fn tonewall_config(dir: &Path, srtp_trunk: &str, srtp_target: &str) -> PathBuf {
             .unwrap();
     let mut out = String::new();
     for line in sample.lines() {
-        if line.starts_with("level = \"info\"") {
+        if line.starts_with("listen = \"127.0.0.1:5060\"") {
+            out.push_str(&format!(
+                "{line}\ntransports = [\"udp\", \"tcp\", \"tls\"]\n\
+                 tls_listen = \"127.0.0.1:5061\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                dir.join("leaf.pem").display(),
+                dir.join("leaf.key").display()
+            ));
+        } else if line.starts_with("transports = ") {
+            // Replaced above.
+        } else if line.starts_with("target = \"sip:agents@127.0.0.1:5080\"") {
+            out.push_str("target = \"sip:agents@127.0.0.1:5081\"\n");
+        } else if line.starts_with("target_transport = ") {
+            out.push_str(&format!(
+                "target_transport = \"tls\"\ntarget_tls_ca = \"{}\"\n",
+                dir.join("ca.pem").display()
+            ));
+        } else if line.starts_with("level = \"info\"") {
             // Everything tonewall logs, SIP messages and SDP included, must still hold no key.
             out.push_str("level = \"trace\"\n");
         } else if line.starts_with("address = \"127.0.0.1\"") {
@@ -142,6 +189,7 @@ fn run(trunk: Leg, cc: Leg, srtp_trunk: &str, srtp_target: &str) -> Run {
     )
     .unwrap();
     std::fs::write(cdir.join("accounts"), account("agents", 5080, &cc, true)).unwrap();
+    pki(dir);
     let cfg = tonewall_config(dir, srtp_trunk, srtp_target);
     let script = format!(
         "set -e\nip link set lo up\nip addr add {NS_ADDR}/32 dev lo\ncd {dir}\n\
@@ -152,7 +200,7 @@ fn run(trunk: Leg, cc: Leg, srtp_trunk: &str, srtp_target: &str) -> Run {
          sleep 1\n\
          timeout {cc_t} baresip -f {cdir} -t {cc_s} > cc.log 2>&1 &\n\
          sleep 1\n\
-         timeout {tr_t} baresip -f {tdir} -t {secs} -e '/dial sip:agents@127.0.0.1:5060' > trunk.log 2>&1 || true\n\
+         timeout {tr_t} baresip -f {tdir} -t {secs} -e '/dial sip:agents@127.0.0.1:5061;transport=tls' > trunk.log 2>&1 || true\n\
          sleep 3\n\
          kill $TW; wait $TW || true\n",
         dir = dir.display(),
@@ -183,6 +231,20 @@ fn run(trunk: Leg, cc: Leg, srtp_trunk: &str, srtp_target: &str) -> Run {
         out
     };
     let log = strip(std::fs::read_to_string(dir.join("tonewall.log")).unwrap_or_default());
+    let trunk_log = std::fs::read_to_string(dir.join("trunk.log")).unwrap_or_default();
+    let cc_log = std::fs::read_to_string(dir.join("cc.log")).unwrap_or_default();
+    // Signalling went over TLS on both legs: the trunk dialled tonewall's TLS port, and the
+    // contact centre was reached on its own.
+    assert!(
+        trunk_log.contains("Call established: sip:agents@127.0.0.1:5061;transport=tls"),
+        "{}",
+        tail(&trunk_log)
+    );
+    assert!(
+        cc_log.contains("sip:agents@127.0.0.1:5081: Call with"),
+        "{}",
+        tail(&cc_log)
+    );
     let dump = std::fs::read_dir(&cdir)
         .unwrap()
         .filter_map(Result::ok)
@@ -191,12 +253,11 @@ fn run(trunk: Leg, cc: Leg, srtp_trunk: &str, srtp_target: &str) -> Run {
     let heard = match dump {
         Some(p) => tonewall::wav::read_wav(&p).unwrap(),
         None => {
-            let cc_log = std::fs::read_to_string(dir.join("cc.log")).unwrap_or_default();
-            let tr_log = std::fs::read_to_string(dir.join("trunk.log")).unwrap_or_default();
+            let tr_log = &trunk_log;
             panic!(
                 "the contact centre recorded nothing\n--- tonewall\n{log}\n--- cc\n{}\n--- trunk\n{}",
                 tail(&cc_log),
-                tail(&tr_log)
+                tail(tr_log)
             );
         }
     };
@@ -258,7 +319,7 @@ fn check(r: &Run, srtp_trunk: bool, srtp_cc: bool) {
 }
 
 #[test]
-fn baresip_srtp_trunk_plain_plain_srtp_and_both() {
+fn baresip_over_tls_srtp_trunk_plain_plain_srtp_and_both() {
     if let Err(why) = can_run() {
         return skip_or_fail(why);
     }
