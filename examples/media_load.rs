@@ -13,7 +13,7 @@
 //! --interleave MS (0; otherwise relays and forwarders are all up for the whole round and the
 //! generator feeds them in turn, MS milliseconds each),
 //! --bare KINDS (loop,tokio: which bare forwarders to measure against; see `BareKind`),
-//! --sink wait|poll (wait; how the sinks receive, see `SinkKind`),
+//! --sink wait|poll (wait; how the sinks receive, see `SinkKind`), --srtp (SRTP on both legs),
 //! --one-way-bare (`bare-loop` does not watch the sockets it sends from; see `forward_loop`),
 //! --base-port P (30000; the relay takes 4 ports per stream from P upwards, the forwarders take
 //! their own from the OS).
@@ -59,6 +59,8 @@ use tonewall::net::media::{
 use tonewall::net::ports::PortPool;
 use tonewall::rtp::packet::{RtpView, write_header};
 use tonewall::rtp::scrubber::{Scrubber, ScrubberConfig};
+use tonewall::rtp::srtp::{InboundSrtp, OutboundSrtp, SrtpMasterKey, SrtpSuite};
+use tonewall::sip::b2bua::{LegCrypto, RelaySrtp};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -109,6 +111,18 @@ struct Args {
     /// one-way forwarder, cheaper than anything that can carry a call (see `forward_loop`).
     #[arg(long)]
     one_way_bare: bool,
+    /// SRTP (AES_CM_128_HMAC_SHA1_80) on both legs of every relay: the generator sends SRTP,
+    /// the relay decrypts, scrubs and encrypts for the sinks. The bare forwarders carry the
+    /// same SRTP bytes unread, as a forwarder that does not scrub would.
+    #[arg(long)]
+    srtp: bool,
+}
+
+/// The master key of one side of every SRTP stream in the run (`--srtp`): fixed, so the
+/// generator and the relays agree without passing keys around; each stream still has its
+/// own context (its own SSRC, sequence and replay window).
+fn srtp_key(side: u8) -> SrtpMasterKey {
+    SrtpMasterKey::from_key_salt(SrtpSuite::AesCm128HmacSha1_80, &[side; 30]).expect("key")
 }
 
 /// How the sinks receive.
@@ -375,15 +389,26 @@ fn generate(
     targets: Arc<Vec<SocketAddr>>,
     seconds: u64,
     interleave_ms: u64,
+    srtp: bool,
 ) {
     let audio = audio_bytes();
     let n = targets.len();
+    // Built before the clock starts; protecting a packet is then the generator's own cost,
+    // outside every measured thread.
+    let mut ctxs: Vec<OutboundSrtp> = if srtp {
+        (0..n)
+            .map(|_| OutboundSrtp::new(&srtp_key(1)).expect("SRTP context"))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let per = shared.per_subject.max(1);
     let subjects = n.div_ceil(per).max(1) as u64;
     // Each stream's own packet count, so that its sequence numbers and timestamps run on without
     // gaps while its subject waits its turn.
     let mut frames = vec![0u64; n];
     let mut pkt = [0u8; 172];
+    let mut wire = [0u8; 256];
     let begin = Instant::now();
     let slots = seconds * 1000;
     for slot in 0..slots {
@@ -407,7 +432,15 @@ fn generate(
             *frame += 1;
             shared.sent_at[i * SLOTS + (seq as usize % SLOTS)]
                 .store(shared.now_us(), Ordering::Relaxed);
-            if socks[i % GEN_SOCKETS].send_to(&pkt, targets[i]).is_ok()
+            let out: &[u8] = match ctxs.get_mut(i) {
+                Some(c) => {
+                    wire[..pkt.len()].copy_from_slice(&pkt);
+                    let len = c.protect_rtp(&mut wire, pkt.len()).unwrap_or(0);
+                    &wire[..len]
+                }
+                None => &pkt,
+            };
+            if socks[i % GEN_SOCKETS].send_to(out, targets[i]).is_ok()
                 && let Some(c) = shared.sent.get(j)
             {
                 c.fetch_add(1, Ordering::Relaxed);
@@ -621,6 +654,7 @@ fn drive(
                 .collect(),
         );
         let cores = load_cores;
+        let srtp = args.srtp;
         let interleave = if subjects.len() > 1 {
             args.interleave.max(1)
         } else {
@@ -630,7 +664,7 @@ fn drive(
             .name("generator".into())
             .spawn(move || {
                 pin_to(&cores, &AtomicU64::new(0));
-                generate(shared, socks, inputs, seconds, interleave)
+                generate(shared, socks, inputs, seconds, interleave, srtp)
             })
             .expect("generator thread")
             .join()
@@ -762,17 +796,31 @@ impl Relays {
         for i in 0..n {
             let a = pool.allocate().expect("leg A ports");
             let b = pool.allocate().expect("leg B ports");
-            relays.push(MediaRelay::start_with(
+            let leg = |peer: u8, ours: u8| LegCrypto {
+                inbound: InboundSrtp::new(&srtp_key(peer)).expect("SRTP context"),
+                outbound: OutboundSrtp::new(&srtp_key(ours)).expect("SRTP context"),
+            };
+            let srtp = args.srtp.then(|| {
+                Box::new(RelaySrtp {
+                    epoch: 1,
+                    a: Some(leg(1, 2)),
+                    b: Some(leg(3, 4)),
+                })
+            });
+            relays.push(MediaRelay::start_secure(
                 a,
                 b,
-                Some(gen_addrs[i % GEN_SOCKETS]),
-                Some(sink_addrs[i % SINK_SOCKETS]),
+                (
+                    Some(gen_addrs[i % GEN_SOCKETS]),
+                    Some(sink_addrs[i % SINK_SOCKETS]),
+                ),
                 ScrubberConfig::default(),
                 !args.no_scrub,
                 RelayOptions {
                     workers: Some(workers.clone()),
                     ..RelayOptions::default()
                 },
+                srtp,
             ));
         }
         Relays {
