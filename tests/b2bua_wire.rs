@@ -875,3 +875,58 @@ fn a_required_contact_centre_that_answers_plain_fails_the_call() {
     w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
     assert_eq!(w.next_to_trunk().status(), Some(488));
 }
+
+#[test]
+fn a_reinvite_with_new_keys_rekeys_the_relay() {
+    let mut w = with_srtp(SrtpPolicy::Optional, SrtpPolicy::Off);
+    w.deliver(TRUNK, &trunk_invite("1", Some(&srtp_offer(true)), ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let inv = w.next_to_cc();
+    let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+    w.deliver(CC, &cc_answer(&inv, 200, "OK", Some(&answer)));
+    let ok = w.next_to_trunk();
+    let first_line = String::from_utf8_lossy(ok.body())
+        .lines()
+        .find(|l| l.starts_with("a=crypto:"))
+        .map(str::to_owned)
+        .unwrap();
+    let mut trunk = trunk_peer(&ok);
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    let epochs = |w: &Wire| -> Vec<u32> {
+        w.events
+            .iter()
+            .filter_map(|e| match e {
+                Output::Media { srtp: Some(s), .. } => Some(s.epoch),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(epochs(&w).len(), 1);
+    assert_eq!(w.next_to_cc().method().unwrap().as_str(), "ACK");
+    // The trunk offers a new key in a re-INVITE.
+    let rekey = srtp_offer(true).replace(
+        "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR",
+        "d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj",
+    );
+    let contact = "Contact: <sip:trunk@192.0.2.10>\r\n";
+    w.deliver(TRUNK, &trunk.request("INVITE", Some(&rekey), contact));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let re = w.next_to_cc();
+    assert!(!String::from_utf8_lossy(re.body()).contains("crypto"));
+    w.deliver(CC, &cc_answer(&re, 200, "OK", Some(&answer)));
+    let ok2 = w.trunk_final_or_prov();
+    assert_eq!(ok2.status(), Some(200));
+    let second_line = String::from_utf8_lossy(ok2.body())
+        .lines()
+        .find(|l| l.starts_with("a=crypto:"))
+        .map(str::to_owned)
+        .unwrap();
+    assert_ne!(
+        first_line, second_line,
+        "a new offer gets a new key of ours"
+    );
+    w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+    let e = epochs(&w);
+    assert_eq!(e.len(), 2, "the relay is handed the new keys");
+    assert!(e[1] != e[0]);
+}

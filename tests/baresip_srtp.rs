@@ -202,7 +202,7 @@ fn run(trunk: Leg, cc: Leg, srtp_trunk: &str, srtp_target: &str) -> Run {
          sleep 1\n\
          timeout {tr_t} baresip -f {tdir} -t {secs} -e '/dial sip:agents@127.0.0.1:5061;transport=tls' > trunk.log 2>&1 || true\n\
          sleep 3\n\
-         kill $TW; wait $TW || true\n",
+         {{ kill $TW; wait $TW; }} 2>/dev/null || true\n",
         dir = dir.display(),
         bin = env!("CARGO_BIN_EXE_tonewall"),
         cfg = cfg.display(),
