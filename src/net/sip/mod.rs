@@ -737,6 +737,15 @@ fn fold_stats(api: &ApiState, last: &mut RelayStatsSnapshot, now: RelayStatsSnap
         "send_error",
         now.send_errors.saturating_sub(last.send_errors),
     );
+    m.dropped(
+        "srtp_auth",
+        now.dropped_srtp_auth.saturating_sub(last.dropped_srtp_auth),
+    );
+    m.dropped(
+        "srtp_replay",
+        now.dropped_srtp_replay
+            .saturating_sub(last.dropped_srtp_replay),
+    );
     m.dtmf_keys_heard
         .inc_by(now.digits.saturating_sub(last.digits));
     m.samples_masked
@@ -797,6 +806,10 @@ async fn supervise(
                             a_out = s.a_out,
                             dropped_stranger = s.dropped_stranger,
                             dropped_scrubber = s.dropped_scrubber,
+                            rtcp_a_in = s.rtcp_a_in,
+                            rtcp_b_in = s.rtcp_b_in,
+                            dropped_srtp_auth = s.dropped_srtp_auth,
+                            dropped_srtp_replay = s.dropped_srtp_replay,
                             samples_masked = s.samples_masked,
                             digits = s.digits,
                             "media relay stopped"
