@@ -62,29 +62,6 @@ async fn call(base: u16, scrub_on: bool, opts: RelayOptions) -> Call {
     }
 }
 
-/// Sends packets paced a little (loopback keeps order; pacing keeps socket buffers small).
-async fn send_all(sock: &UdpSocket, to: SocketAddr, packets: &[Vec<u8>]) {
-    for (i, p) in packets.iter().enumerate() {
-        sock.send_to(p, to).await.unwrap();
-        if i % 10 == 9 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-/// Receives until `n` datagrams arrived or nothing came for a while.
-async fn recv_n(sock: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 2048];
-    while got.len() < n {
-        match timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await {
-            Ok(Ok((len, _))) => got.push(buf[..len].to_vec()),
-            _ => break,
-        }
-    }
-    got
-}
-
 async fn stop(mut c: Call) -> (RelayOutcome, String) {
     assert!(c.handle.stop().await);
     let out = timeout(WAIT, c.task).await.unwrap().unwrap().unwrap();

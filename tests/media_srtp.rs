@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use common::*;
-use tokio::net::UdpSocket;
 use tokio::time::timeout;
 use tonewall::dsp::spectrum;
 use tonewall::net::media::{MediaHandle, MediaRelay, RelayOptions, RelayOutcome};
@@ -78,27 +77,6 @@ async fn call(base: u16, a: Option<&Keys>, b: Option<&Keys>) -> Call {
         caller,
         agent,
     }
-}
-
-async fn send_all(sock: &UdpSocket, to: SocketAddr, packets: &[Vec<u8>]) {
-    for (i, p) in packets.iter().enumerate() {
-        sock.send_to(p, to).await.unwrap();
-        if i % 10 == 9 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-async fn recv_n(sock: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 2048];
-    while got.len() < n {
-        match timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await {
-            Ok(Ok((len, _))) => got.push(buf[..len].to_vec()),
-            _ => break,
-        }
-    }
-    got
 }
 
 fn protect_all(key: &SrtpMasterKey, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {

@@ -186,3 +186,27 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// Sends packets paced a little (loopback keeps order; pacing keeps socket buffers small).
+pub async fn send_all(sock: &tokio::net::UdpSocket, to: std::net::SocketAddr, packets: &[Vec<u8>]) {
+    for (i, p) in packets.iter().enumerate() {
+        sock.send_to(p, to).await.unwrap();
+        if i % 10 == 9 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Receives until `n` datagrams arrived or nothing came for three seconds.
+pub async fn recv_n(sock: &tokio::net::UdpSocket, n: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.len() < n {
+        let wait = std::time::Duration::from_secs(3);
+        match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+            Ok(Ok((len, _))) => got.push(buf[..len].to_vec()),
+            _ => break,
+        }
+    }
+    got
+}

@@ -540,44 +540,31 @@ impl Relay {
                 return;
             }
         };
-        if let Some(c) = self.srtp.as_deref_mut().and_then(|s| s.b.as_mut()) {
-            // Recorded in the clear (as the agent hears it), then encrypted in place.
-            if self.b_peer.dest().is_some()
-                && let Some(rec) = self.recorder.as_mut()
-            {
-                rec.put(
-                    Channel::Agent,
-                    out.get(..len).unwrap_or_default(),
-                    ms as usize * 8,
-                );
-            }
-            let len = match c.outbound.protect_rtp(out, len) {
+        // Recorded in the clear, as the agent hears it, and only what has somewhere to go;
+        // before an SRTP leg's encryption overwrites it.
+        if self.b_peer.dest().is_some()
+            && let Some(rec) = self.recorder.as_mut()
+        {
+            rec.put(
+                Channel::Agent,
+                out.get(..len).unwrap_or_default(),
+                ms as usize * 8,
+            );
+        }
+        let len = match self.srtp.as_deref_mut().and_then(|s| s.b.as_mut()) {
+            Some(c) => match c.outbound.protect_rtp(out, len) {
                 Ok(len) => len,
                 Err(e) => return srtp_dropped(e, &self.stats),
-            };
-            let pkt = out.get(..len).unwrap_or_default();
-            forward(
-                &self.b.rtp,
-                pkt,
-                self.b_peer.dest(),
-                &self.stats.b_out,
-                &self.stats,
-            );
-            return;
-        }
-        let pkt = out.get(..len).unwrap_or_default();
-        if !forward(
+            },
+            None => len,
+        };
+        forward(
             &self.b.rtp,
-            pkt,
+            out.get(..len).unwrap_or_default(),
             self.b_peer.dest(),
             &self.stats.b_out,
             &self.stats,
-        ) {
-            return;
-        }
-        if let Some(rec) = self.recorder.as_mut() {
-            rec.put(Channel::Agent, pkt, ms as usize * 8);
-        }
+        );
     }
 
     /// Decrypts, in `rx`, what `leg`'s SRTP peer sent; `None` (counted) when it does not
@@ -632,34 +619,25 @@ impl Relay {
         };
         self.clock.heard(now);
         let pkt = rx.get(..n).unwrap_or_default();
-        let sent = match self.srtp.as_deref_mut().and_then(|s| s.a.as_mut()) {
+        let wire = match self.srtp.as_deref_mut().and_then(|s| s.a.as_mut()) {
             // Encrypted from a copy: the tap and the recorder below read the clear packet.
             Some(c) => {
                 let Some(o) = out.get_mut(..n) else { return };
                 o.copy_from_slice(pkt);
                 match c.outbound.protect_rtp(out, n) {
-                    Ok(len) => forward(
-                        &self.a.rtp,
-                        out.get(..len).unwrap_or_default(),
-                        self.a_peer.dest(),
-                        &self.stats.a_out,
-                        &self.stats,
-                    ),
-                    Err(e) => {
-                        srtp_dropped(e, &self.stats);
-                        return;
-                    }
+                    Ok(len) => out.get(..len).unwrap_or_default(),
+                    Err(e) => return srtp_dropped(e, &self.stats),
                 }
             }
-            None => forward(
-                &self.a.rtp,
-                pkt,
-                self.a_peer.dest(),
-                &self.stats.a_out,
-                &self.stats,
-            ),
+            None => pkt,
         };
-        if !sent {
+        if !forward(
+            &self.a.rtp,
+            wire,
+            self.a_peer.dest(),
+            &self.stats.a_out,
+            &self.stats,
+        ) {
             return;
         }
         // Listened to after it has gone out as it came: the tap only reads.

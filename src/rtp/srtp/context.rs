@@ -228,6 +228,20 @@ fn check_version(pkt: &[u8]) -> Result<(), SrtpError> {
     }
 }
 
+/// The packet in `buf[..len]` to protect, once `buf` has `overhead` bytes of room past it and
+/// the packet is at least a header of `header` bytes with RTP's version.
+fn outgoing(buf: &[u8], len: usize, overhead: usize, header: usize) -> Result<&[u8], SrtpError> {
+    if buf.len() < len + overhead {
+        return Err(SrtpError::BufferTooSmall);
+    }
+    let pkt = buf.get(..len).ok_or(SrtpError::BufferTooSmall)?;
+    if len < header {
+        return Err(SrtpError::TooShort);
+    }
+    check_version(pkt)?;
+    Ok(pkt)
+}
+
 /// Copies the crate's output back over the caller's buffer.
 fn copy_back(buf: &mut [u8], out: &[u8]) -> Result<usize, SrtpError> {
     buf.get_mut(..out.len())
@@ -411,14 +425,7 @@ impl OutboundSrtp {
     /// Protects the RTP packet in `buf[..len]` in place; `buf` needs
     /// [`SrtpSuite::rtp_overhead`] bytes of room past `len`. Returns the SRTP length.
     pub fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
-        if buf.len() < len + self.suite.rtp_overhead() {
-            return Err(SrtpError::BufferTooSmall);
-        }
-        let pkt = buf.get(..len).ok_or(SrtpError::BufferTooSmall)?;
-        if len < RTP_HEADER_LEN {
-            return Err(SrtpError::TooShort);
-        }
-        check_version(pkt)?;
+        let pkt = outgoing(buf, len, self.suite.rtp_overhead(), RTP_HEADER_LEN)?;
         self.rtp_streams.admit(ssrc_at(pkt, 8)?)?;
         let out = self
             .ctx
@@ -430,14 +437,7 @@ impl OutboundSrtp {
     /// Protects the RTCP compound packet in `buf[..len]` in place; `buf` needs
     /// [`SrtpSuite::rtcp_overhead`] bytes of room past `len`. Returns the SRTCP length.
     pub fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
-        if buf.len() < len + self.suite.rtcp_overhead() {
-            return Err(SrtpError::BufferTooSmall);
-        }
-        let pkt = buf.get(..len).ok_or(SrtpError::BufferTooSmall)?;
-        if len < RTCP_HEADER_LEN {
-            return Err(SrtpError::TooShort);
-        }
-        check_version(pkt)?;
+        let pkt = outgoing(buf, len, self.suite.rtcp_overhead(), RTCP_HEADER_LEN)?;
         self.rtcp_streams.admit(ssrc_at(pkt, 4)?)?;
         let out = self
             .ctx

@@ -256,13 +256,14 @@ impl CallSrtp {
 
 /// The peer's attributes we can read; `None` when there are none or one is malformed.
 fn parse(values: &[&[u8]]) -> Option<Vec<CryptoAttribute>> {
-    let lines: Vec<String> = values
-        .iter()
-        .map(|v| format!("crypto:{}", String::from_utf8_lossy(v)))
-        .collect();
+    // The copies hold the peer's keys: wiped when they go.
+    let lines: zeroize::Zeroizing<Vec<String>> = zeroize::Zeroizing::new(
+        values
+            .iter()
+            .map(|v| format!("crypto:{}", String::from_utf8_lossy(v)))
+            .collect(),
+    );
     let attrs = CryptoAttribute::parse_all(lines.iter().map(String::as_str)).ok()?;
-    let lines = zeroize::Zeroizing::new(lines);
-    drop(lines);
     (!attrs.is_empty()).then_some(attrs)
 }
 
