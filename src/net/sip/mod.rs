@@ -847,6 +847,7 @@ async fn supervise(
                             dropped_srtp_auth = s.dropped_srtp_auth,
                             dropped_srtp_replay = s.dropped_srtp_replay,
                             samples_masked = s.samples_masked,
+                            events_stripped = s.events_stripped,
                             digits = s.digits,
                             "media relay stopped"
                         );
