@@ -540,6 +540,7 @@ function render(v) {
   $('close').hidden = !ended;
   if (ended && previous && !ENDED.has(previous.state)) $('close').focus();
   if (waiting !== (previous && previous.state === 'pending')) refreshCalls();
+  if (!previous || previous.state !== v.state) refreshRecent();
   announce(v);
 }
 
