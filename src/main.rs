@@ -48,6 +48,10 @@ enum Command {
         /// Only the media path, in process, without SIP or sockets.
         #[arg(long)]
         offline: bool,
+        /// Wait for Enter before the call and before stopping, to watch the payment on the
+        /// agent's desk page (its address and a desk token are printed).
+        #[arg(long)]
+        pause: bool,
     },
     #[cfg(feature = "tools")]
     /// Run a recording through the relay's scrubber as a trunk would send it; write what the agent hears.
@@ -111,7 +115,11 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run { config } => run(config),
         #[cfg(feature = "tools")]
-        Command::Demo { out, offline } => demo(out, offline),
+        Command::Demo {
+            out,
+            offline,
+            pause,
+        } => demo(out, offline, pause),
         #[cfg(feature = "tools")]
         Command::Scrub {
             input,
@@ -143,14 +151,14 @@ fn main() -> Result<()> {
 }
 
 #[cfg(feature = "tools")]
-fn demo(out: PathBuf, offline: bool) -> Result<()> {
+fn demo(out: PathBuf, offline: bool, pause: bool) -> Result<()> {
     let mut stdout = std::io::stdout();
     let summary = if offline {
         tonewall::demo::run_offline(&out, &mut stdout)?
     } else {
         // Before any other thread: the SIP demo sets its relay's token and key in the
         // environment.
-        tonewall::demo::run(&out, &mut stdout)?
+        tonewall::demo::run(&out, &mut stdout, pause)?
     };
     let paid = summary.card_sealed && summary.card_unlocked && summary.second_unlock_refused;
     if summary.decoded_on_agent_side + summary.residue_on_agent_side + summary.events_reaching_agent

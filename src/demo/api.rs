@@ -16,10 +16,19 @@ pub(super) struct Api {
     token: Zeroizing<String>,
 }
 
-/// What `POST /v1/sessions` returns; the retrieval token and PIN are secrets.
+/// What `POST /v1/sessions` returns to the agent's desk: no token, no PIN.
+#[derive(serde::Deserialize)]
+pub(super) struct DeskCreated {
+    pub(super) id: String,
+    pub(super) locator: String,
+}
+
+/// The session as the payment integration holds it, once it has taken the retrieval token and
+/// PIN (`POST /v1/sessions/{id}/credentials`); both are secrets.
 #[derive(serde::Deserialize)]
 pub(super) struct Created {
     pub(super) id: String,
+    #[serde(default)]
     pub(super) locator: String,
     pub(super) token: secrecy::SecretString,
     pub(super) pin: secrecy::SecretString,

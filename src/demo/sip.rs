@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use super::analysis::{CallOutcome, analyse};
-use super::api::{Api, Created, Unlocked, brand_name, error_code, follow};
+use super::api::{Api, Created, DeskCreated, Unlocked, brand_name, error_code, follow};
 use super::{
     AGENT, DEMO_PAN, DemoError, DemoSummary, LOOP_USER, SIP_TIMEOUT, caller_audio, caller_speech,
     chain, hex, synthetic_voice,
@@ -156,17 +156,32 @@ async fn printer(
 /// It puts a fresh API token and vault master key for the in-process relay into the process
 /// environment (`TONEWALL_DEMO_API_TOKENS`, `TONEWALL_DEMO_MASTER_KEY`), because `run()` reads
 /// them from there; call it before the process starts other threads (the CLI does).
-pub fn run(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, DemoError> {
+///
+/// With `pause`, it waits for Enter (on standard input) before the caller is transferred and
+/// before it shuts down, so that someone can log in to the agent's desk page (its address and
+/// desk token are printed) and watch the payment there.
+pub fn run(out_dir: &Path, w: &mut dyn Write, pause: bool) -> Result<DemoSummary, DemoError> {
     let io = |e| DemoError::Output(out_dir.to_path_buf(), e);
     std::fs::create_dir_all(out_dir).map_err(io)?;
-    let token = Zeroizing::new(hex(&rand::random::<[u8; 16]>()));
+    let tokens = Tokens {
+        payment: Zeroizing::new(hex(&rand::random::<[u8; 16]>())),
+        desk: Zeroizing::new(hex(&rand::random::<[u8; 16]>())),
+    };
     let key = Zeroizing::new(hex(&rand::random::<[u8; 32]>()));
     // SAFETY: set before this function starts its runtime; the CLI calls it from `main` with
     // no other thread running, so nothing reads the environment concurrently.
     unsafe {
-        // The demo plays the payment integration, which creates the session and so holds the
-        // token and PIN (a desk token's create answer carries neither).
-        std::env::set_var(TOKENS_ENV, format!("demo:{}:payment", token.as_str()));
+        // The demo plays the agent's desk (a desk token named after the agent: it opens the
+        // session and follows it, and logs in to the desk page) and the payment integration,
+        // which takes the session's token and PIN once and unlocks the card.
+        std::env::set_var(
+            TOKENS_ENV,
+            format!(
+                "demo:{}:payment,{AGENT}:{}:desk",
+                tokens.payment.as_str(),
+                tokens.desk.as_str()
+            ),
+        );
         std::env::set_var(KEY_ENV, key.as_str());
     }
     drop(key);
@@ -174,7 +189,22 @@ pub fn run(out_dir: &Path, w: &mut dyn Write) -> Result<DemoSummary, DemoError> 
         .enable_all()
         .build()
         .map_err(DemoError::Network)?;
-    rt.block_on(sip_demo(out_dir, w, &token))
+    rt.block_on(sip_demo(out_dir, w, &tokens, pause))
+}
+
+/// The demo's API tokens: the payment integration's and the agent's desk.
+struct Tokens {
+    payment: Zeroizing<String>,
+    desk: Zeroizing<String>,
+}
+
+/// Waits for a line on standard input (or its end).
+async fn wait_for_enter() {
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    })
+    .await;
 }
 
 /// Seconds of 8 kHz audio.
@@ -198,8 +228,10 @@ struct Script<'a> {
 async fn sip_demo(
     out_dir: &Path,
     w: &mut dyn Write,
-    token: &str,
+    tokens: &Tokens,
+    pause: bool,
 ) -> Result<DemoSummary, DemoError> {
+    let token = tokens.payment.as_str();
     let io = |e| DemoError::Output(out_dir.to_path_buf(), e);
     let (speech, source) = caller_speech();
     let (caller, inband, events) = caller_audio(&speech);
@@ -236,8 +268,25 @@ async fn sip_demo(
     )
     .map_err(io)?;
 
+    writeln!(
+        w,
+        "     The agent's desk page: http://{}/desk (log in with the desk token {}, agent {AGENT}).",
+        cfg.api.listen,
+        tokens.desk.as_str()
+    )
+    .map_err(io)?;
+
     let api = Api::new(cfg.api.listen, token)?;
-    let created = open_session(out_dir, w, &api).await?;
+    let desk = Api::new(cfg.api.listen, tokens.desk.as_str())?;
+    let created = open_session(out_dir, w, (&desk, &api)).await?;
+    if pause {
+        writeln!(
+            w,
+            "     Paused: open the desk page, log in and open the payment under \"Recent payments\"; press Enter to go on."
+        )
+        .map_err(io)?;
+        wait_for_enter().await;
+    }
     let (mut a, mut b) = loop_call(out_dir, w, (&trunk, &mut cc), &cfg, &created).await?;
     let script = Script {
         caller: &caller,
@@ -258,33 +307,60 @@ async fn sip_demo(
     .await?;
     teardown(out_dir, w, &mut a, &mut b).await?;
     unlock_twice(out_dir, w, &api, &created, &mut sum).await?;
+    if pause {
+        writeln!(
+            w,
+            "     Paused: the desk page shows how the payment ended; press Enter to stop tonewall."
+        )
+        .map_err(io)?;
+        wait_for_enter().await;
+    }
     relay.stop().await?;
 
     analyse(out_dir, w, &caller, &inband, &events, &outcome, &mut sum)?;
     Ok(sum)
 }
 
-/// Step 2: the payment integration opens a session for the agent.
-async fn open_session(out_dir: &Path, w: &mut dyn Write, api: &Api) -> Result<Created, DemoError> {
+/// Step 2: the agent's desk opens a session; the payment integration takes its token and PIN.
+async fn open_session(
+    out_dir: &Path,
+    w: &mut dyn Write,
+    (desk, api): (&Api, &Api),
+) -> Result<Created, DemoError> {
     let io = |e| DemoError::Output(out_dir.to_path_buf(), e);
-    let created = api
+    let opened = desk
         .expect(
             "/v1/sessions",
             &serde_json::json!({"agent": AGENT, "amount": "GBP 42.00", "reference": "demo-order-1"}),
             201,
         )
         .await?;
-    let created: Created = serde_json::from_slice(&created)
+    let opened: DeskCreated = serde_json::from_slice(&opened)
         .map_err(|e| DemoError::Api(format!("session body: {e}")))?;
     writeln!(
         w,
-        "  2. The payment integration creates a session for agent {AGENT} (POST /v1/sessions): {}, locator {}.",
-        created.id, created.locator
+        "  2. Agent {AGENT}'s desk opens a payment session (POST /v1/sessions): {}, locator {}.",
+        opened.id, opened.locator
+    )
+    .map_err(io)?;
+    let creds = api
+        .expect(
+            &format!("/v1/sessions/{}/credentials", opened.id),
+            &serde_json::json!({}),
+            200,
+        )
+        .await?;
+    let mut created: Created = serde_json::from_slice(&creds)
+        .map_err(|e| DemoError::Api(format!("credentials body: {e}")))?;
+    created.locator = opened.locator;
+    writeln!(
+        w,
+        "     The payment integration takes the session's retrieval token and PIN once (POST …/credentials, not shown)"
     )
     .map_err(io)?;
     writeln!(
         w,
-        "     It keeps the retrieval token and PIN it was given (not shown) to unlock the card later."
+        "     to unlock the card later; the desk never holds them."
     )
     .map_err(io)?;
 

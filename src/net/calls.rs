@@ -36,6 +36,9 @@ struct Entry {
     /// The route scrubs always: no switch turns it off.
     always: bool,
     control: Option<ControlSender>,
+    /// The agent the call is with, once known: a call bound to a payment session takes the
+    /// session's agent; the contact centre's CTI may name it (`PUT /v1/calls/{id}/agent`).
+    agent: Option<String>,
 }
 
 /// A call as the API shows it.
@@ -48,6 +51,9 @@ pub struct CallView {
     pub scrubbing: bool,
     /// `always` (the route's `scrub = "always"`: cannot be switched off) or `on-demand`.
     pub scrub_mode: &'static str,
+    /// The agent the call is with, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// Why a scrubbing change was refused.
@@ -98,6 +104,7 @@ impl CallRegistry {
                 scrubbing: always,
                 always,
                 control: None,
+                agent: None,
             },
         );
     }
@@ -143,6 +150,24 @@ impl CallRegistry {
         Ok(())
     }
 
+    /// Tags the call with the agent it is with; `false` when no live call has this id.
+    pub fn assign(&self, id: CallId, agent: &str) -> bool {
+        match self.lock().get_mut(&id) {
+            Some(e) => {
+                e.agent = Some(agent.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The live calls tagged with `agent`, oldest first.
+    pub fn list_for(&self, agent: &str) -> Vec<CallView> {
+        let mut v = self.list();
+        v.retain(|c| c.agent.as_deref() == Some(agent));
+        v
+    }
+
     pub fn view(&self, id: CallId) -> Option<CallView> {
         self.lock().get(&id).map(|e| view(id, e))
     }
@@ -171,6 +196,7 @@ fn view(id: CallId, e: &Entry) -> CallView {
         info: e.info.clone(),
         scrubbing: e.scrubbing,
         scrub_mode: if e.always { "always" } else { "on-demand" },
+        agent: e.agent.clone(),
     }
 }
 
@@ -220,6 +246,23 @@ mod tests {
             "{json}"
         );
         assert!(json.contains("\"scrub_mode\":\"always\""), "{json}");
+    }
+
+    #[test]
+    fn an_agent_sees_only_the_calls_tagged_with_it() {
+        let r = CallRegistry::default();
+        r.started(CallId(1), info(), false);
+        r.started(CallId(2), info(), false);
+        r.started(CallId(3), info(), false);
+        assert!(r.assign(CallId(1), "7001"));
+        assert!(r.assign(CallId(2), "7002"));
+        assert!(!r.assign(CallId(4), "7001"), "no such call");
+        let mine: Vec<CallId> = r.list_for("7001").iter().map(|c| c.call_id).collect();
+        assert_eq!(mine, vec![CallId(1)]);
+        assert!(r.list_for("7003").is_empty());
+        assert_eq!(r.list().len(), 3, "admin still sees every call");
+        let json = serde_json::to_string(&r.view(CallId(2)).unwrap()).unwrap();
+        assert!(json.contains("\"agent\":\"7002\""), "{json}");
     }
 
     #[tokio::test]

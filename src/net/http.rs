@@ -182,6 +182,7 @@ async fn connection(c: Conn) {
     let _ = tcp.set_nodelay(true);
     let served = Served {
         peer,
+        tls: tls.is_some(),
         app,
         limits,
         metrics,
@@ -204,9 +205,15 @@ async fn connection(c: Conn) {
     }
 }
 
+/// Whether the request came over TLS: a request extension (the desk login marks its cookie
+/// `Secure` then).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverTls(pub bool);
+
 /// A connection past its TLS handshake (if any), served until it ends, times out or `stop`.
 struct Served {
     peer: SocketAddr,
+    tls: bool,
     app: Router,
     limits: HttpLimits,
     metrics: ConnMetrics,
@@ -221,6 +228,7 @@ impl Served {
     {
         let Served {
             peer,
+            tls,
             app,
             limits,
             metrics,
@@ -242,6 +250,7 @@ impl Served {
                 // Handlers that limit per source (the locator look-up) read the peer here.
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
+                req.extensions_mut().insert(OverTls(tls));
                 hyper::service::Service::call(&inner, req)
             })
         };

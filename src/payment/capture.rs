@@ -58,6 +58,9 @@ pub struct CaptureConfig {
     pub max_attempts: u32,
     /// Accept a Luhn-valid 12-19 digit PAN outside every known IIN range.
     pub allow_unknown_brand: bool,
+    /// Fields the caller keys twice (match-twice): a valid first entry is held while the
+    /// caller keys it again, and only a matching second entry is accepted.
+    pub confirm: Vec<FieldName>,
 }
 
 impl Default for CaptureConfig {
@@ -69,6 +72,7 @@ impl Default for CaptureConfig {
             inter_digit_timeout_ms: 6_000,
             max_attempts: 3,
             allow_unknown_brand: false,
+            confirm: Vec::new(),
         }
     }
 }
@@ -93,6 +97,24 @@ impl CaptureConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// The same capture with `confirm`'s fields keyed twice (match-twice); each must be one
+    /// of the captured fields.
+    pub fn with_confirm(mut self, confirm: &[FieldName]) -> Result<CaptureConfig, CaptureError> {
+        for f in confirm {
+            let captured = match f {
+                FieldName::Pan => true,
+                FieldName::Expiry => self.expiry,
+                FieldName::Cvv => self.cvv,
+                other => self.extra.iter().any(|e| &e.name == other),
+            };
+            if !captured {
+                return Err(CaptureError::UnknownField);
+            }
+        }
+        self.confirm = confirm.to_vec();
+        Ok(self)
     }
 }
 
@@ -134,28 +156,38 @@ pub enum FieldState {
     Skipped,
 }
 
-/// Why an entry was rejected.
+/// Why an entry was rejected: error kinds an agent can put into words for the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     NotDigits,
-    Length,
-    Luhn,
+    /// Fewer digits than the field (or the card's brand) needs.
+    TooShort,
+    /// More digits than the field (or the card's brand) allows.
+    TooLong,
+    /// The card number's check digit is wrong (a mistyped digit).
+    LuhnFailed,
     UnknownBrand,
-    Month,
+    /// The expiry's month is not 01-12.
+    BadMonth,
     Expired,
     /// The inter-digit timeout ended an entry that was not acceptable.
     Timeout,
+    /// A field that must be keyed twice was keyed differently the second time.
+    Mismatch,
 }
 
-impl From<CardError> for RejectReason {
-    fn from(e: CardError) -> Self {
+impl RejectReason {
+    /// `Length` split by which way the entry was wrong: `max` is the longest entry the field
+    /// takes.
+    fn from_card(e: CardError, len: usize, max: usize) -> RejectReason {
         match e {
             CardError::NotDigits => RejectReason::NotDigits,
-            CardError::Length => RejectReason::Length,
-            CardError::Luhn => RejectReason::Luhn,
+            CardError::Length if len > max => RejectReason::TooLong,
+            CardError::Length => RejectReason::TooShort,
+            CardError::Luhn => RejectReason::LuhnFailed,
             CardError::UnknownBrand => RejectReason::UnknownBrand,
-            CardError::Month => RejectReason::Month,
+            CardError::Month => RejectReason::BadMonth,
             CardError::Expired => RejectReason::Expired,
         }
     }
@@ -176,9 +208,15 @@ pub struct FieldProgress {
     pub last4: Option<Last4>,
     /// Rejected entries so far.
     pub attempts: u32,
+    /// Rejected entries the caller may still make before the capture fails.
+    pub attempts_left: u32,
     /// Why the last entry was rejected, while the state is `invalid`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<RejectReason>,
+    /// The field is keyed twice; `true` while the first entry is taken and the caller is to
+    /// key it again to confirm.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub confirming: bool,
 }
 
 /// What the capture tells the agent (and the shell, which may play prompts). Serialises as
@@ -260,13 +298,19 @@ struct Field {
     summary: Option<Summary>,
     attempts: u32,
     reason: Option<RejectReason>,
+    /// Match-twice: the caller keys this field twice.
+    confirm: bool,
+    /// Match-twice: the first entry, held (allocated once, never grown) until the second.
+    first: Zeroizing<Vec<u8>>,
 }
 
 impl Field {
-    fn new(kind: Kind) -> Field {
+    fn new(kind: Kind, confirm: bool) -> Field {
         Field {
             kind,
             buf: Zeroizing::new(Vec::with_capacity(PAN_MAX_LEN)),
+            confirm,
+            first: Zeroizing::new(Vec::with_capacity(if confirm { PAN_MAX_LEN } else { 0 })),
             value: None,
             summary: None,
             attempts: 0,
@@ -286,6 +330,7 @@ impl Field {
     fn clear(&mut self) {
         // Zeroize before truncating: `clear` alone leaves the bytes in the allocation.
         zeroize::Zeroize::zeroize(&mut *self.buf);
+        zeroize::Zeroize::zeroize(&mut *self.first);
         self.value = None;
         self.summary = None;
         self.reason = None;
@@ -318,15 +363,16 @@ impl Capture {
     /// A capture waiting for the first PAN digit. `today` is the month expiry is checked
     /// against.
     pub fn new(cfg: CaptureConfig, today: YearMonth) -> Capture {
-        let mut fields = vec![Field::new(Kind::Pan)];
+        let twice = |name: FieldName| cfg.confirm.contains(&name);
+        let mut fields = vec![Field::new(Kind::Pan, twice(FieldName::Pan))];
         if cfg.expiry {
-            fields.push(Field::new(Kind::Expiry));
+            fields.push(Field::new(Kind::Expiry, twice(FieldName::Expiry)));
         }
         if cfg.cvv {
-            fields.push(Field::new(Kind::Cvv));
+            fields.push(Field::new(Kind::Cvv, twice(FieldName::Cvv)));
         }
         for e in &cfg.extra {
-            fields.push(Field::new(Kind::Extra(e.clone())));
+            fields.push(Field::new(Kind::Extra(e.clone()), twice(e.name.clone())));
         }
         Capture {
             cfg,
@@ -506,25 +552,29 @@ impl Capture {
     /// Validates the current entry as it stands.
     fn evaluate(&self, idx: usize) -> Result<Value, RejectReason> {
         let Some(f) = self.fields.get(idx) else {
-            return Err(RejectReason::Length);
+            return Err(RejectReason::TooShort);
         };
+        let (len, max) = (f.buf.len(), self.max_len(idx));
+        let why = |e: CardError| RejectReason::from_card(e, len, max);
         match &f.kind {
             Kind::Pan => Pan::parse(&f.buf, self.cfg.allow_unknown_brand)
                 .map(Value::Pan)
-                .map_err(RejectReason::from),
+                .map_err(why),
             Kind::Expiry => Expiry::parse(&f.buf, self.today)
                 .map(Value::Expiry)
-                .map_err(RejectReason::from),
+                .map_err(why),
             Kind::Cvv => Cvv::parse(&f.buf, self.pan_brand())
                 .map(Value::Cvv)
-                .map_err(RejectReason::from),
+                .map_err(why),
             Kind::Extra(e) => {
-                if (e.min_digits..=e.max_digits).contains(&f.buf.len()) {
-                    let mut v = Zeroizing::new(Vec::with_capacity(f.buf.len()));
+                if len < e.min_digits {
+                    Err(RejectReason::TooShort)
+                } else if len > e.max_digits {
+                    Err(RejectReason::TooLong)
+                } else {
+                    let mut v = Zeroizing::new(Vec::with_capacity(len));
                     v.extend_from_slice(&f.buf);
                     Ok(Value::Digits(v))
-                } else {
-                    Err(RejectReason::Length)
                 }
             }
         }
@@ -553,8 +603,19 @@ impl Capture {
             return;
         }
         self.last_digit_at = None;
-        match self.evaluate(idx) {
-            Ok(value) => {
+        let verdict = self
+            .evaluate(idx)
+            .and_then(|value| self.confirmed(idx, value));
+        match verdict {
+            Ok(None) => {
+                // Match-twice: the first entry is held; the caller keys the field again.
+                if let Some(f) = self.fields.get_mut(idx) {
+                    f.first.extend_from_slice(&f.buf);
+                    zeroize::Zeroize::zeroize(&mut *f.buf);
+                }
+                self.push_progress(CaptureEvent::FieldRequested, out);
+            }
+            Ok(Some(value)) => {
                 let is_pan = matches!(value, Value::Pan(_));
                 if let Some(f) = self.fields.get_mut(idx) {
                     let (brand, last4) = match &value {
@@ -598,6 +659,28 @@ impl Capture {
                     self.push_progress(CaptureEvent::FieldRequested, out);
                 }
             }
+        }
+    }
+
+    /// Match-twice: `Some(value)` when the field is accepted now (it is keyed once, or this
+    /// second entry matches the first), `None` when this was the first of two entries, and a
+    /// mismatch when the second differs. Compared in constant time.
+    fn confirmed(&self, idx: usize, value: Value) -> Result<Option<Value>, RejectReason> {
+        let Some(f) = self.fields.get(idx) else {
+            return Ok(Some(value));
+        };
+        if !f.confirm {
+            return Ok(Some(value));
+        }
+        if f.first.is_empty() {
+            return Ok(None);
+        }
+        let same = f.first.len() == f.buf.len()
+            && bool::from(subtle::ConstantTimeEq::ct_eq(&f.first[..], &f.buf[..]));
+        if same {
+            Ok(Some(value))
+        } else {
+            Err(RejectReason::Mismatch)
         }
     }
 
@@ -692,7 +775,9 @@ impl Capture {
             brand,
             last4,
             attempts: f.attempts,
+            attempts_left: self.cfg.max_attempts.saturating_sub(f.attempts),
             reason: f.reason,
+            confirming: f.summary.is_none() && !f.first.is_empty(),
         })
     }
 }
@@ -863,11 +948,11 @@ mod tests {
             (0, FieldState::Waiting, 0)
         );
         r.keys("411111111#");
-        assert_eq!(r.rejected(), vec![(FieldName::Pan, RejectReason::Length)]);
+        assert_eq!(r.rejected(), vec![(FieldName::Pan, RejectReason::TooShort)]);
         r.keys("4111111111111112#");
         assert_eq!(
             r.rejected().last(),
-            Some(&(FieldName::Pan, RejectReason::Luhn))
+            Some(&(FieldName::Pan, RejectReason::LuhnFailed))
         );
         assert_eq!(r.field(FieldName::Pan).attempts, 2);
         // A stray `#` on an empty field costs nothing.
@@ -897,7 +982,10 @@ mod tests {
     fn expiry_and_cvv_are_checked() {
         let mut r = Rig::new(CaptureConfig::default());
         r.keys("4111111111111111#").keys("1330");
-        assert_eq!(r.rejected(), vec![(FieldName::Expiry, RejectReason::Month)]);
+        assert_eq!(
+            r.rejected(),
+            vec![(FieldName::Expiry, RejectReason::BadMonth)]
+        );
         r.keys("0525");
         assert_eq!(
             r.rejected().last(),
@@ -906,7 +994,7 @@ mod tests {
         r.keys("1230").keys("12#");
         assert_eq!(
             r.rejected().last(),
-            Some(&(FieldName::Cvv, RejectReason::Length))
+            Some(&(FieldName::Cvv, RejectReason::TooShort))
         );
         r.keys("123");
         assert_eq!(r.cap.status(), CaptureStatus::Complete);
@@ -1034,7 +1122,7 @@ mod tests {
         r.keys("4111111111111111#1230123").keys("12#");
         assert_eq!(
             r.rejected(),
-            vec![(FieldName::Other("member".into()), RejectReason::Length)]
+            vec![(FieldName::Other("member".into()), RejectReason::TooShort)]
         );
         r.keys("12345678");
         let card = r.cap.take_card().unwrap();
@@ -1116,6 +1204,94 @@ mod tests {
         assert_eq!(progress["digits"], 1);
         assert_eq!(progress["state"], "capturing");
         assert!(!format!("{:?}", r.cap).contains("41111"));
+    }
+
+    #[test]
+    fn match_twice_accepts_a_matching_second_entry_and_rejects_a_different_one() {
+        let cfg = CaptureConfig::default()
+            .with_confirm(&[FieldName::Cvv])
+            .unwrap();
+        let mut r = Rig::new(cfg);
+        r.keys("4111111111111111#1230").keys("123");
+        // The first entry is held: the CVV is asked again, nothing accepted yet.
+        let cvv = r.field(FieldName::Cvv);
+        assert!(cvv.confirming);
+        assert_eq!((cvv.state, cvv.digits), (FieldState::Waiting, 0));
+        assert_eq!(r.cap.current_field(), Some(FieldName::Cvv));
+        assert_eq!(r.cap.status(), CaptureStatus::Capturing);
+        // A different second entry is a mismatch: both go, an attempt is spent.
+        r.keys("124");
+        assert_eq!(
+            r.rejected().last(),
+            Some(&(FieldName::Cvv, RejectReason::Mismatch))
+        );
+        let cvv = r.field(FieldName::Cvv);
+        assert!(!cvv.confirming);
+        assert_eq!((cvv.attempts, cvv.attempts_left), (1, 2));
+        // Keyed the same twice: accepted, and the card holds it.
+        r.keys("321").keys("321");
+        assert_eq!(r.cap.status(), CaptureStatus::Complete);
+        assert_eq!(r.cap.take_card().unwrap().cvv().unwrap().reveal(), "321");
+        let json = serde_json::to_string(&r.events).unwrap();
+        assert!(json.contains("\"reason\":\"mismatch\""), "{json}");
+        assert!(json.contains("\"confirming\":true"), "{json}");
+        for secret in ["123", "124", "321"] {
+            assert!(!json.contains(secret), "{json}");
+        }
+    }
+
+    #[test]
+    fn match_twice_an_invalid_first_entry_is_rejected_at_once() {
+        let cfg = CaptureConfig::default()
+            .with_confirm(&[FieldName::Pan, FieldName::Expiry])
+            .unwrap();
+        let mut r = Rig::new(cfg);
+        r.keys("4111111111111112#");
+        assert_eq!(
+            r.rejected(),
+            vec![(FieldName::Pan, RejectReason::LuhnFailed)]
+        );
+        assert!(!r.field(FieldName::Pan).confirming);
+        r.keys("4111111111111111#4111111111111111#");
+        assert_eq!(r.field(FieldName::Pan).state, FieldState::Complete);
+        // Asking for the field again forgets a held first entry.
+        r.keys("1230");
+        assert!(r.field(FieldName::Expiry).confirming);
+        r.cap
+            .handle(CaptureInput::Request {
+                field: FieldName::Expiry,
+                now_ms: r.t,
+            })
+            .unwrap();
+        assert!(!r.field(FieldName::Expiry).confirming);
+        r.keys("1230").keys("1230").keys("123");
+        assert_eq!(r.cap.status(), CaptureStatus::Complete);
+    }
+
+    #[test]
+    fn confirm_names_only_captured_fields() {
+        let base = CaptureConfig::for_fields(&[FieldName::Pan, FieldName::Expiry]).unwrap();
+        assert_eq!(
+            base.clone().with_confirm(&[FieldName::Cvv]),
+            Err(CaptureError::UnknownField)
+        );
+        assert!(base.with_confirm(&[FieldName::Expiry]).is_ok());
+    }
+
+    #[test]
+    fn amex_needs_four_cvv_digits_and_attempts_left_count_down() {
+        let mut r = Rig::new(CaptureConfig::default());
+        r.keys("378282246310005").keys("1230");
+        assert_eq!(r.field(FieldName::Pan).brand, Some(Brand::Amex));
+        r.keys("123#");
+        let cvv = r.field(FieldName::Cvv);
+        assert_eq!(cvv.reason, Some(RejectReason::TooShort));
+        assert_eq!((cvv.attempts, cvv.attempts_left), (1, 2));
+        let json = serde_json::to_value(&cvv).unwrap();
+        assert_eq!(json["reason"], "too_short");
+        assert_eq!(json["attempts_left"], 2);
+        r.keys("1234");
+        assert_eq!(r.cap.status(), CaptureStatus::Complete);
     }
 
     #[test]

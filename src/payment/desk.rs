@@ -253,6 +253,20 @@ impl Desk {
         })
     }
 
+    /// The sessions `owner` created that the desk still knows (live, or ended and lingering),
+    /// newest first.
+    pub fn owned_by(&self, owner: &str) -> Vec<SessionId> {
+        let mut v: Vec<(u64, SessionId)> = self
+            .live
+            .keys()
+            .filter_map(|id| self.table.get(id))
+            .filter(|s| s.owner() == Some(owner))
+            .map(|s| (s.created_at_ms(), s.id()))
+            .collect();
+        v.sort_by(|a, b| b.cmp(a));
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// The session bound to `call`, if any.
     pub fn session_on(&self, call: CallId) -> Option<SessionId> {
         self.calls.get(&call).copied()
@@ -271,8 +285,21 @@ impl Desk {
         shared: bool,
         now_ms: u64,
     ) -> Result<(Created, Option<String>), DeskError> {
+        self.create_confirming(new, &[], shared, now_ms)
+    }
+
+    /// [`Desk::create`] with `confirm`'s fields keyed twice (match-twice). The choice stays on
+    /// this relay: a session another relay adopts from the shared directory keys each field
+    /// once.
+    pub fn create_confirming(
+        &mut self,
+        new: NewSession,
+        confirm: &[FieldName],
+        shared: bool,
+        now_ms: u64,
+    ) -> Result<(Created, Option<String>), DeskError> {
         self.advance(now_ms);
-        let live = self.live_for(&new.fields, now_ms, shared)?;
+        let live = self.live_for(&new.fields, confirm, now_ms, shared)?;
         let created = self.table.create(new, now_ms)?;
         self.live.insert(created.id, live);
         let entry = if shared {
@@ -317,7 +344,7 @@ impl Desk {
         now_ms: u64,
     ) -> Result<(SessionId, AgentId), DeskError> {
         self.advance(now_ms);
-        let live = self.live_for(&shared.fields, now_ms, false)?;
+        let live = self.live_for(&shared.fields, &[], now_ms, false)?;
         let (id, agent) = (shared.id, shared.agent.clone());
         self.table.adopt(shared, now_ms)?;
         self.live.insert(id, live);
@@ -554,10 +581,11 @@ impl Desk {
     fn live_for(
         &self,
         fields: &[FieldName],
+        confirm: &[FieldName],
         now_ms: u64,
         published: bool,
     ) -> Result<Live, DeskError> {
-        let mut capture_cfg = CaptureConfig::for_fields(fields)?;
+        let mut capture_cfg = CaptureConfig::for_fields(fields)?.with_confirm(confirm)?;
         capture_cfg.inter_digit_timeout_ms = self.cfg.capture.inter_digit_timeout_ms;
         capture_cfg.max_attempts = self.cfg.capture.max_attempts;
         capture_cfg.allow_unknown_brand = self.cfg.capture.allow_unknown_brand;

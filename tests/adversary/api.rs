@@ -291,6 +291,8 @@ async fn another_desk_cannot_read_steer_bind_or_cancel_a_session() {
     assert_eq!(r.status, StatusCode::NO_CONTENT);
 }
 
+/// A desk lists only the calls tagged with its own agent (its token's name); payment and
+/// metrics tokens list none; only admin views one call or switches scrubbing.
 #[tokio::test]
 async fn desks_and_payment_cannot_list_calls_or_switch_scrubbing() {
     use tonewall::net::calls::CallInfo;
@@ -308,9 +310,28 @@ async fn desks_and_payment_cannot_list_calls_or_switch_scrubbing() {
         },
         true,
     );
+    // Another agent's call: a desk's list stays empty, whatever it tries.
+    assert!(calls.assign(CallId(41), "someone-else"));
+    let r = api.call(Method::GET, "/v1/calls", Some(DESK_A), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["calls"], json!([]), "{}", r.text);
+    // Naming the agent of a call is the operator's (or its CTI's), not a desk's.
+    let r = api
+        .call(
+            Method::PUT,
+            "/v1/calls/41/agent",
+            Some(DESK_A),
+            Some(json!({"agent": "desk-a"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    for who in [PAY, PROM] {
+        let r = api.call(Method::GET, "/v1/calls", Some(who), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert!(!r.text.contains("447700900123"), "{}", r.text);
+    }
     for who in [DESK_A, PAY, PROM] {
         for (method, uri, body) in [
-            (Method::GET, "/v1/calls", None),
             (Method::GET, "/v1/calls/41", None),
             (
                 Method::PUT,

@@ -9,15 +9,18 @@
 //! line or a metric label. Error messages are fixed text, never an inner error's `Display` that
 //! could echo input (serde's messages quote the offending value).
 //!
-//! `tokens` holds the bearer tokens, `auth` who may do what, `state` the shell, `error` the
-//! one mapping of domain errors onto HTTP, `reply` the JSON helpers; `sessions`, `locators` and
-//! `calls` are the handlers.
+//! `tokens` holds the bearer tokens, `login` the desk page's cookie logins, `auth` who may do
+//! what, `state` the shell, `error` the one mapping of domain errors onto HTTP, `reply` the JSON
+//! helpers; `sessions`, `locators` and `calls` are the handlers, `page` the agent's desk page
+//! (`/desk`) and its login.
 
 mod admin;
 mod auth;
 mod calls;
 mod error;
 mod locators;
+mod login;
+mod page;
 mod reply;
 mod sessions;
 mod state;
@@ -33,7 +36,7 @@ use axum::routing::{get, post};
 use tokio_rustls::TlsAcceptor;
 
 pub use auth::AUDIT_TARGET;
-use auth::{ADMIN, DESK_PAY, DESK_PAY_ADMIN, PAYMENT, SCRAPERS, allow};
+use auth::{ADMIN, DESK, DESK_ADMIN, DESK_PAY, DESK_PAY_ADMIN, PAYMENT, SCRAPERS, allow};
 pub use error::ApiError;
 use reply::json_response;
 pub use state::{ApiInitError, ApiSettings, ApiState};
@@ -77,7 +80,8 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The control API's routes over `state`. Every route but `/healthz` needs a bearer token,
+/// The control API's routes over `state`. Every route but `/healthz`, the desk page's files
+/// and its login needs a bearer token (or the desk page's login cookie, which is the desk role),
 /// and each admits the roles named here (docs/openapi.yaml `x-roles`); handlers then check
 /// that the session is the caller's.
 ///
@@ -90,7 +94,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics).route_layer(only(SCRAPERS)))
         .route(
             "/v1/sessions",
-            post(sessions::create_session).route_layer(only(DESK_PAY)),
+            post(sessions::create_session)
+                .get(sessions::list_sessions)
+                .route_layer(only(DESK_PAY)),
         )
         .route(
             "/v1/sessions/{id}",
@@ -134,7 +140,18 @@ pub fn router(state: ApiState) -> Router {
             "/v1/locators/{locator}",
             get(locators::get_locator).route_layer(only(DESK_PAY_ADMIN)),
         )
-        .route("/v1/calls", get(calls::list_calls).route_layer(only(ADMIN)))
+        .route(
+            "/v1/calls",
+            get(calls::list_calls).route_layer(only(DESK_ADMIN)),
+        )
+        .route(
+            "/v1/calls/{id}/agent",
+            axum::routing::put(calls::put_agent).route_layer(only(ADMIN)),
+        )
+        .route(
+            "/v1/desk/logout",
+            post(page::logout).route_layer(only(DESK)),
+        )
         .route(
             "/v1/calls/{id}",
             get(calls::get_call).route_layer(only(ADMIN)),
@@ -153,6 +170,14 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::auth));
     Router::new()
         .route("/healthz", get(healthz))
+        // The desk page and its login: no bearer token (the login is how a browser gets in).
+        .route("/desk", get(page::index))
+        .route("/desk/", get(page::index))
+        .route("/desk/desk.css", get(page::css))
+        .route("/desk/desk.js", get(page::js))
+        .route("/desk/icon.svg", get(page::icon))
+        .route("/v1/desk/login", post(page::login))
+        .route("/v1/desk/me", get(page::me))
         .merge(authed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -26,11 +26,19 @@ use crate::payment::pin::Pin;
 use crate::payment::session::{AgentId, NewSession, RetrievalToken, SessionError, SessionId};
 use crate::payment::store::{UnlockError, VaultStore};
 
+/// How soon a browser's EventSource reconnects a cut progress stream.
+const SSE_RETRY: std::time::Duration = std::time::Duration::from_millis(1_000);
+
 #[derive(Deserialize)]
 struct CreateBody {
-    agent: String,
+    /// The agent taking the payment; a desk may leave it out to mean itself (its token's name).
+    #[serde(default)]
+    agent: Option<String>,
     #[serde(default)]
     fields: Option<Vec<String>>,
+    /// Fields the caller keys twice (match-twice), each one of `fields`.
+    #[serde(default)]
+    confirm: Option<Vec<String>>,
     #[serde(default)]
     amount: Option<String>,
     #[serde(default)]
@@ -82,13 +90,29 @@ pub(super) async fn create_session(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: CreateBody = parse_json(&body)?;
-    let agent = AgentId::parse(&req.agent)?;
+    let agent = match (&req.agent, who.role) {
+        (Some(a), _) => AgentId::parse(a)?,
+        (None, Role::Desk) => AgentId::parse(&who.name)?,
+        (None, _) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "name the agent taking the payment",
+            ));
+        }
+    };
     let fields: Vec<FieldName> = match req.fields {
         Some(f) if !f.is_empty() => f.iter().map(|s| FieldName::parse(s)).collect(),
         _ => vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
     };
+    let confirm: Vec<FieldName> = req
+        .confirm
+        .unwrap_or_default()
+        .iter()
+        .map(|s| FieldName::parse(s))
+        .collect();
     // Refuse bad field lists before anything is created.
-    CaptureConfig::for_fields(&fields)?;
+    CaptureConfig::for_fields(&fields)?.with_confirm(&confirm)?;
     let new = NewSession {
         agent,
         ttl_ms: req.ttl_s.map(|s| s.saturating_mul(1_000)),
@@ -100,7 +124,7 @@ pub(super) async fn create_session(
         // integration's one `/credentials` call.
         hand_out: who.role != Role::Payment,
     };
-    let created = match st.create(new).await {
+    let created = match st.create(new, &confirm).await {
         Ok(c) => c,
         Err(e) => {
             let reason = match &e {
@@ -178,6 +202,22 @@ fn session_response(book: &Book, id: &SessionId) -> Result<Response, ApiError> {
         json,
     )
         .into_response())
+}
+
+/// `GET /v1/sessions`: the caller's own sessions the relay still knows (live, or ended and
+/// not yet purged), newest first: a desk page picks up where it was after a reload.
+pub(super) async fn list_sessions(
+    State(st): State<ApiState>,
+    axum::Extension(who): axum::Extension<Caller>,
+) -> Response {
+    #[derive(Serialize)]
+    struct Sessions<'a> {
+        sessions: Vec<super::state::SessionView<'a>>,
+    }
+    let book = st.book(st.now());
+    let ids = book.desk.owned_by(&who.name);
+    let sessions = ids.iter().filter_map(|id| book.view(id)).collect();
+    json_response(StatusCode::OK, &Sessions { sessions })
 }
 
 pub(super) async fn get_session(
@@ -439,12 +479,14 @@ pub(super) async fn session_events(
         rx: broadcast::Receiver<Update>,
         shutdown: watch::Receiver<bool>,
         done: bool,
+        first_sent: bool,
     }
     let init = S {
         first: Some(first),
         rx,
         shutdown,
         done: false,
+        first_sent: false,
     };
     let stream = futures_util::stream::unfold(init, |mut s| async move {
         if s.done {
@@ -472,7 +514,13 @@ pub(super) async fn session_events(
             },
         };
         s.done = update.last;
-        let ev = Event::default().event("progress").data(&*update.json);
+        let mut ev = Event::default().event("progress").data(&*update.json);
+        if !s.first_sent {
+            // Browsers reconnect a cut stream after this long; each event is the whole
+            // session, so the first one after a reconnect brings the follower up to date.
+            s.first_sent = true;
+            ev = ev.retry(SSE_RETRY);
+        }
         Some((Ok::<Event, Infallible>(ev), s))
     });
     Ok(Sse::new(stream)

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use super::error::ApiError;
+use super::login::{LoginConfig, Logins};
 use super::tokens::{ApiTokens, TokenConfigError};
 use crate::config::{Config, StoreName};
 use crate::digit::{Digit, DigitSource};
@@ -22,8 +23,10 @@ use crate::net::clock::{Clock, rfc3339};
 use crate::net::drain::DrainSwitch;
 use crate::net::metrics::Metrics;
 use crate::payment::capture::{CaptureConfig, CaptureEvent, CaptureStatus, FieldProgress};
+use crate::payment::card::FieldName;
 use crate::payment::desk::{
     DEFAULT_LINGER_MS, DEFAULT_RECORD_TTL_MS, Desk, DeskConfig, DeskError, Notice, SealJob, Tick,
+    outcome,
 };
 use crate::payment::directory;
 use crate::payment::guard::{GuardConfig, Locked, LookupGuard};
@@ -92,12 +95,21 @@ pub(super) struct Book {
 }
 
 #[derive(Serialize)]
-struct SessionView<'a> {
+pub(super) struct SessionView<'a> {
     id: SessionId,
     agent: &'a str,
     locator: &'a str,
     state: &'static str,
+    /// How the session ended, once it has (`desk::outcome`'s words).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
     capture: CaptureStatus,
+    /// The field the caller is keying, while capturing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_field: Option<FieldName>,
+    /// Why the capture failed: `max_attempts` (a field ran out of attempts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     call_id: Option<CallId>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,22 +123,31 @@ struct SessionView<'a> {
 impl Book {
     /// The session as the API shows it, and whether it has ended.
     pub(super) fn view_json(&self, id: &SessionId) -> Option<(String, bool)> {
+        let view = self.view(id)?;
+        let json = serde_json::to_string(&view).ok()?;
+        Some((json, self.desk.session(id)?.state().is_terminal()))
+    }
+
+    /// The session as the API shows it.
+    pub(super) fn view(&self, id: &SessionId) -> Option<SessionView<'_>> {
         let v = self.desk.view(id)?;
         let s = v.session;
-        let view = SessionView {
+        let status = v.capture.status();
+        Some(SessionView {
             id: s.id(),
             agent: s.agent().as_str(),
             locator: s.locator().as_str(),
             state: s.state().api_name(),
-            capture: v.capture.status(),
+            outcome: s.state().is_terminal().then(|| outcome(s.state())),
+            capture: status,
+            current_field: v.capture.current_field(),
+            error: (status == CaptureStatus::Failed).then_some("max_attempts"),
             call_id: v.call,
             amount: s.amount(),
             reference: s.reference(),
             fields: v.capture.progress(),
             expires_at: rfc3339(s.expires_at_ms()),
-        };
-        let json = serde_json::to_string(&view).ok()?;
-        Some((json, s.state().is_terminal()))
+        })
     }
 
     /// A new follower of the session's progress; `None` when the desk does not know it.
@@ -208,6 +229,8 @@ pub(super) struct Inner {
     pub(super) store: AnyStore,
     pub(super) master: Arc<MasterKey>,
     pub(super) tokens: ApiTokens,
+    /// The desk page's logins (cookie sessions); its own lock, never taken with `book`'s.
+    pub(super) logins: Mutex<Logins>,
     record_ttl_ms: u64,
     pub(super) clock: Clock,
     pub(super) metrics: Metrics,
@@ -255,6 +278,7 @@ impl ApiState {
                 store,
                 master,
                 tokens: settings.tokens,
+                logins: Mutex::new(Logins::new(LoginConfig::default())),
                 record_ttl_ms: settings.record_ttl_ms,
                 clock,
                 metrics: Metrics::new(),
@@ -361,13 +385,20 @@ impl ApiState {
 
     /// AddAgent. With a shared store the session is also filed in its directory, so a call
     /// that lands on another relay finds it; a locator another relay holds is not handed out.
-    pub(super) async fn create(&self, new: NewSession) -> Result<Created, DeskError> {
+    pub(super) async fn create(
+        &self,
+        new: NewSession,
+        confirm: &[FieldName],
+    ) -> Result<Created, DeskError> {
         let store = &self.inner.store;
         let shared = store.shares_sessions();
         // A clash needs another relay holding the same random locator: a few tries suffice.
         for _ in 0..8 {
             let now = self.now();
-            let (created, entry) = self.book(now).desk.create(new.clone(), shared, now)?;
+            let (created, entry) =
+                self.book(now)
+                    .desk
+                    .create_confirming(new.clone(), confirm, shared, now)?;
             if let Some(entry) = entry {
                 let ttl = created.expires_at_ms.saturating_sub(now);
                 match store.publish_session(&created.locator, &entry, ttl).await {
@@ -453,8 +484,18 @@ impl ApiState {
         }
         self.claim_back(&id).await?;
         let now = self.now();
-        self.book(now).desk.bind(id, call, start, now)?;
+        let agent = {
+            let mut book = self.book(now);
+            book.desk.bind(id, call, start, now)?;
+            book.desk
+                .session(&id)
+                .map(|s| s.agent().as_str().to_string())
+        };
         tracing::info!(session = %id, %call, started = start, "call bound");
+        // The call is with the session's agent: their desk now lists it.
+        if let Some(agent) = agent {
+            registry.assign(call, &agent);
+        }
         if registry.attached() && registry.set_scrubbing(call, true).is_err() {
             // The call ended between the check and now; its end fails the session.
             self.call_ended(call);
@@ -599,6 +640,11 @@ impl ApiState {
         for job in seals {
             self.file(job).await;
         }
+        self.inner
+            .logins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .sweep(now);
         if let Err(e) = self.inner.store.purge_expired(now).await {
             tracing::warn!(error = %e, "purging expired records failed");
         }

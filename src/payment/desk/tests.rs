@@ -248,3 +248,47 @@ fn a_capture_over_refuses_commands() {
         Err(DeskError::NotFound)
     );
 }
+
+#[test]
+fn a_confirming_session_seals_only_after_the_cvv_is_keyed_twice_alike() {
+    let (mut desk, master) = desk();
+    let (created, _) = desk
+        .create_confirming(new_session(None), &[FieldName::Cvv], false, T0)
+        .unwrap();
+    let id = created.id;
+    let call = CallId(5);
+    desk.bind(id, call, true, T0).unwrap();
+    assert!(feed_all(&mut desk, call, "4111111111111111#1230123", T0 + 1_000).is_none());
+    let cvv = desk
+        .view(&id)
+        .unwrap()
+        .capture
+        .progress()
+        .into_iter()
+        .find(|p| p.field == FieldName::Cvv)
+        .unwrap();
+    assert!(cvv.confirming, "the first CVV entry waits for its twin");
+    let job = feed_all(&mut desk, call, "123", T0 + 10_000).expect("the twin seals it");
+    let card = vault::open(&job.record, &master, &created.pin, &id).unwrap();
+    assert_eq!(card.cvv().unwrap().reveal(), "123");
+    // A confirm list naming a field the session does not capture is refused.
+    let mut pan_only = new_session(None);
+    pan_only.fields = vec![FieldName::Pan];
+    assert_eq!(
+        desk.create_confirming(pan_only, &[FieldName::Cvv], false, T0)
+            .err(),
+        Some(DeskError::Capture(CaptureError::UnknownField))
+    );
+}
+
+#[test]
+fn owned_by_lists_only_the_owners_sessions_newest_first() {
+    let (mut desk, _) = desk();
+    let (a, _) = desk.create(new_session(None), false, T0).unwrap();
+    let mut other = new_session(None);
+    other.owner = Some("someone-else".into());
+    desk.create(other, false, T0 + 1).unwrap();
+    let (b, _) = desk.create(new_session(None), false, T0 + 2).unwrap();
+    assert_eq!(desk.owned_by("desk"), vec![b.id, a.id]);
+    assert!(desk.owned_by("nobody").is_empty());
+}
