@@ -77,9 +77,10 @@ fn card_leak(text: &str, known_random: &[String]) -> Option<String> {
         .split('\n')
         .map(|l| l.trim_end_matches('\r'))
         .filter(|l| {
-            let lower = l.to_ascii_lowercase();
-            !lower.starts_with("content-length:")
-                && !(l.len() <= 8 && !l.is_empty() && l.chars().all(|c| c.is_ascii_hexdigit()))
+            let length = l.to_ascii_lowercase().starts_with("content-length:");
+            let chunk_size =
+                !l.is_empty() && l.len() <= 8 && l.chars().all(|c| c.is_ascii_hexdigit());
+            !(length || chunk_size)
         })
         .collect::<Vec<_>>()
         .join("\n");
