@@ -315,6 +315,7 @@ impl B2bua {
         }
         match purpose {
             Purpose::Own => {}
+            Purpose::Refresh => self.refresh_answered(call, status, cx),
             Purpose::Invite(relay) => self.invite_response(call, leg, relay, &msg, status, cx),
             Purpose::Relay { server, from } => {
                 self.relay_response(call, from, &server, &msg, status, cx)
@@ -469,6 +470,9 @@ impl B2bua {
             .header("Contact", &contact)
             .header("Allow", ALLOW)
             .header("Server", &self.cfg.user_agent);
+        for (name, value) in self.timer_headers(server) {
+            b = b.header(name, &value);
+        }
         if let Some((ct, body)) = body {
             b = b.body(ct, body);
         }
@@ -493,6 +497,10 @@ impl B2bua {
             .get(server)
             .is_some_and(|e| e.transport.reliable());
         if let Some(c) = self.calls.get_mut(&call) {
+            // RFC 4028 §9: a 2xx to the trunk's INVITE starts (or refreshes) the session.
+            if let Some(t) = c.timer.as_mut().filter(|_| wait.from == Leg::A) {
+                t.refreshed(cx.now);
+            }
             c.ack_wait = Some(wait);
             c.retrans = Some(Retrans {
                 leg: wait.from,
