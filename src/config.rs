@@ -87,8 +87,11 @@ pub struct SipConfig {
     pub advertised_host: Option<String>,
     /// Calls in progress beyond which new INVITEs get 503 with Retry-After.
     pub max_calls: usize,
-    /// Seconds suggested in Retry-After when over the call limit.
+    /// Seconds suggested in Retry-After when over the call limit or draining.
     pub retry_after_s: u32,
+    /// Draining (SIGTERM, `POST /v1/admin/drain`): how long calls in progress may go on
+    /// before the ones still up are hung up.
+    pub drain_s: u64,
     pub max_message_size: usize,
     /// Headers carried from the A-leg INVITE to the B-leg (besides From/To users and P-Asserted-Identity).
     pub carry_headers: Vec<String>,
@@ -136,6 +139,7 @@ impl Default for SipConfig {
             advertised_host: None,
             max_calls: 1000,
             retry_after_s: 5,
+            drain_s: 300,
             max_message_size: 65_535,
             carry_headers: vec!["X-Agent".into(), "X-Locator".into(), "X-Call-Ref".into()],
             user_agent: concat!("tonewall/", env!("CARGO_PKG_VERSION")).into(),
@@ -709,6 +713,12 @@ impl Config {
         self.validate_sip_tls()?;
         if self.sip.max_calls == 0 {
             return Err(invalid("sip.max_calls", "must be at least 1"));
+        }
+        if self.sip.drain_s > 86_400 {
+            return Err(invalid(
+                "sip.drain_s",
+                "must be at most 86400 (a day); 0 hangs calls up at once",
+            ));
         }
         if !(1024..=1_048_576).contains(&self.sip.max_message_size) {
             return Err(invalid(

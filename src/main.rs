@@ -180,14 +180,30 @@ fn run(config: Option<PathBuf>) -> Result<()> {
     tonewall::logging::init(&config.log)?;
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let shutdown = async {
-            if let Err(e) = tokio::signal::ctrl_c().await {
-                tracing::error!(error = %e, "cannot listen for ctrl-c; stop with a signal");
-                std::future::pending::<()>().await;
-            }
-            tracing::info!("ctrl-c: shutting down");
-        };
-        tonewall::net::run::run(config, shutdown).await
+        use futures_util::stream;
+        use tokio::signal::unix::{SignalKind, signal};
+        use tonewall::net::run::Stop;
+        // SIGTERM (systemctl stop) drains: no new calls, the calls in progress may finish
+        // within sip.drain_s. SIGINT (Ctrl-C), or a second SIGTERM, hangs up at once.
+        let term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        let stops = stream::unfold((term, int), |(mut term, mut int)| async move {
+            let stop = tokio::select! {
+                Some(()) = term.recv() => {
+                    tracing::info!("SIGTERM: draining (again: hang up at once)");
+                    Stop::Drain
+                }
+                Some(()) = int.recv() => {
+                    tracing::info!("SIGINT: hanging up and shutting down");
+                    Stop::Now
+                }
+                else => return None,
+            };
+            Some((stop, (term, int)))
+        });
+        tonewall::net::run::run_until(config, stops)
+            .await
+            .map_err(anyhow::Error::from)
     })?;
     Ok(())
 }

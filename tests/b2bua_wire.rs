@@ -930,3 +930,110 @@ fn a_reinvite_with_new_keys_rekeys_the_relay() {
     assert_eq!(e.len(), 2, "the relay is handed the new keys");
     assert!(e[1] != e[0]);
 }
+
+/// An out-of-dialog OPTIONS from the trunk, as a load balancer's probe looks.
+fn probe(n: u32) -> String {
+    format!(
+        "OPTIONS sip:10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKprobe{n}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:ping@192.0.2.10>;tag=p{n}\r\nTo: <sip:10.0.0.1>\r\nCall-ID: probe-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn options_probe_answers_503_at_the_call_limit() {
+    let mut w = Wire::with(config(1));
+    w.deliver(TRUNK, &probe(1));
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    answered_call(&mut w);
+    w.deliver(TRUNK, &probe(2));
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(503), "full: the probe must say so");
+    assert_eq!(r.retry_after().unwrap().unwrap().seconds, 7);
+    assert!(!w.core.accepting() && !w.core.draining());
+}
+
+#[test]
+fn drain_refuses_new_calls_lets_calls_go_on_then_hangs_up_with_reason() {
+    let mut w = Wire::new();
+    let (mut trunk, _cc) = answered_call(&mut w);
+    w.input(Input::Drain {
+        limit_ms: Some(60_000),
+    });
+    assert!(w.core.draining());
+    // New calls and probes: 503 with Retry-After; nothing reaches the contact centre.
+    w.deliver(TRUNK, &probe(1));
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(503));
+    assert!(r.retry_after().unwrap().is_some());
+    w.deliver(
+        TRUNK,
+        &trunk_invite("2", Some(&sdp("192.0.2.10", 40002, "0", "sendrecv")), ""),
+    );
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    let r = w.next_to_trunk();
+    assert_eq!(r.status(), Some(503));
+    assert!(r.retry_after().unwrap().is_some());
+    assert!(w.cc.is_empty());
+    // The call in progress goes on: in-dialog requests are still served.
+    w.advance(30_000);
+    drop_503_retransmissions(&mut w);
+    w.deliver(TRUNK, &trunk.request("OPTIONS", None, ""));
+    assert_eq!(w.next_to_trunk().status(), Some(200), "in-dialog OPTIONS");
+    assert!(w.ended().is_empty(), "nothing ends before the limit");
+    assert_eq!(w.core.active_calls(), 1);
+    // A second drain order does not move the deadline.
+    w.input(Input::Drain {
+        limit_ms: Some(600_000),
+    });
+    // The limit passes: both legs get a BYE that says why.
+    w.advance(30_001);
+    drop_503_retransmissions(&mut w);
+    let a = w.next_to_trunk();
+    let b = w.next_to_cc();
+    for m in [&a, &b] {
+        assert_eq!(m.method().unwrap().as_str(), "BYE");
+        assert!(
+            text(m).contains("Reason: SIP;cause=503;text=\"node draining\""),
+            "{}",
+            text(m)
+        );
+    }
+    assert_eq!(w.ended(), vec![EndCause::Drained]);
+    assert_eq!(w.core.active_calls(), 0);
+    assert!(w.pool.live.is_empty());
+    assert_eq!(
+        w.core.open_requests(),
+        2,
+        "the two BYEs await their answers"
+    );
+}
+
+#[test]
+fn resume_takes_calls_again() {
+    let mut w = Wire::new();
+    w.input(Input::Drain { limit_ms: None });
+    w.deliver(TRUNK, &probe(1));
+    assert_eq!(w.next_to_trunk().status(), Some(503));
+    // Without a limit nothing is ever hung up.
+    answered_call_refused(&mut w);
+    w.input(Input::Resume);
+    assert!(w.core.accepting());
+    w.deliver(TRUNK, &probe(2));
+    assert_eq!(w.next_to_trunk().status(), Some(200));
+    answered_call(&mut w);
+    assert_eq!(w.core.active_calls(), 1);
+}
+
+fn answered_call_refused(w: &mut Wire) {
+    w.deliver(TRUNK, &trunk_invite("9", None, ""));
+    assert_eq!(w.next_to_trunk().status(), Some(100));
+    assert_eq!(w.next_to_trunk().status(), Some(503));
+    w.advance(3_600_000);
+    drop_503_retransmissions(w);
+    assert!(w.cc.is_empty());
+}
+
+/// This script never ACKs a refusal, so the core resent it (§17.2.1) meanwhile.
+fn drop_503_retransmissions(w: &mut Wire) {
+    w.trunk.retain(|m| m.status() != Some(503));
+}

@@ -2,7 +2,8 @@
 //! and as the contact centre, `tonewall run` between them, SIP over TLS on both legs (a CA and
 //! certificate made for the run), in three combinations: SRTP trunk to
 //! a plain contact centre, plain trunk to an SRTP contact centre, and SRTP on both legs. The
-//! caller's audio is a card keyed in-band over speech; what the contact centre decrypted and
+//! caller keys a card in-band over speech, then more keys as RFC 4733 events (baresip's `cons`
+//! console types them into the call); what the contact centre decrypted and
 //! decoded (baresip's `sndfile` dump) must hold no key an independent decoder hears, while
 //! tonewall's capture got every key, and tonewall's log at trace level holds no SDES key.
 //!
@@ -80,6 +81,12 @@ fn pki(dir: &Path) {
 }
 
 /// baresip listening on `port` (UDP and TCP) and `port + 1` (TLS).
+/// The trunk's keys sent as RFC 4733 events (baresip's `cons` console: a digit typed in a
+/// call is sent as a telephone-event), after the in-band card.
+const EVENT_KEYS: &str = "9876";
+/// Where the trunk's console listens for those keys.
+const CONS_PORT: u16 = 5170;
+
 fn baresip_config(dir: &Path, port: u16, source: &Path, dump: bool) {
     let pki = dir.parent().unwrap();
     let mut c = format!(
@@ -96,6 +103,10 @@ fn baresip_config(dir: &Path, port: u16, source: &Path, dump: bool) {
     );
     if dump {
         c.push_str(&format!("module sndfile.so\nsnd_path {}\n", dir.display()));
+    } else {
+        c.push_str(&format!(
+            "module cons.so\ncons_listen 127.0.0.1:{CONS_PORT}\n"
+        ));
     }
     std::fs::write(dir.join("config"), c).unwrap();
 }
@@ -167,9 +178,11 @@ fn run(trunk: Leg, cc: Leg, srtp_trunk: &str, srtp_target: &str) -> Run {
     let (tdir, cdir) = (dir.join("trunk"), dir.join("cc"));
     std::fs::create_dir_all(&tdir).unwrap();
     std::fs::create_dir_all(&cdir).unwrap();
-    // Two seconds to set the call up, the card over speech, two seconds after.
+    // Two seconds to set the call up, the card over speech, then six seconds in which the
+    // caller keys more digits as RFC 4733 events.
     let (mut sig, _) = tones(&card_keys(), ToneParams::default(), 2000.0, 11);
-    sig.extend(std::iter::repeat_n(0.0, 16_000));
+    let keys_end_s = sig.len() / 8000 + 1;
+    sig.extend(std::iter::repeat_n(0.0, 48_000));
     let speech = tonewall::wav::read_wav(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/speech_en_hello.wav"),
     )
@@ -200,7 +213,10 @@ fn run(trunk: Leg, cc: Leg, srtp_trunk: &str, srtp_target: &str) -> Run {
          sleep 1\n\
          timeout {cc_t} baresip -f {cdir} -t {cc_s} > cc.log 2>&1 &\n\
          sleep 1\n\
-         timeout {tr_t} baresip -f {tdir} -t {secs} -e '/dial sip:agents@127.0.0.1:5061;transport=tls' > trunk.log 2>&1 || true\n\
+         timeout {tr_t} baresip -f {tdir} -t {secs} -e '/dial sip:agents@127.0.0.1:5061;transport=tls' > trunk.log 2>&1 & TR=$!\n\
+         sleep {keys_at}\n\
+         for k in {event_keys}; do printf $k > /dev/udp/127.0.0.1/{CONS_PORT}; sleep 0.5; done\n\
+         wait $TR || true\n\
          sleep 3\n\
          {{ kill $TW; wait $TW; }} 2>/dev/null || true\n",
         dir = dir.display(),
@@ -211,9 +227,15 @@ fn run(trunk: Leg, cc: Leg, srtp_trunk: &str, srtp_target: &str) -> Run {
         cc_s = secs + 3,
         cc_t = secs + 10,
         tr_t = secs + 8,
+        keys_at = keys_end_s + 1,
+        event_keys = EVENT_KEYS
+            .chars()
+            .map(String::from)
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     let status = Command::new("unshare")
-        .args(["-n", "sh", "-c", &script])
+        .args(["-n", "bash", "-c", &script])
         .status()
         .unwrap();
     assert!(status.success(), "the namespace's script failed");
@@ -295,10 +317,16 @@ fn check(r: &Run, srtp_trunk: bool, srtp_cc: bool) {
         started.contains(&format!("srtp_contact_centre={srtp_cc}")),
         "{started}"
     );
-    // Every key reached capture; none reached the agent.
+    // Every key reached capture, the in-band card and the RFC 4733 events decrypted from
+    // SRTP alike; none reached the agent: each event packet was replaced with masking audio.
     assert_eq!(
         stat(&r.log, "digits"),
-        card_keys().len() as u64,
+        (card_keys().len() + EVENT_KEYS.len()) as u64,
+        "{}",
+        r.log
+    );
+    assert!(
+        stat(&r.log, "events_stripped") >= EVENT_KEYS.len() as u64,
         "{}",
         r.log
     );

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub calls_started: Counter,
     /// Calls in progress.
     pub calls_active: Gauge,
+    /// 1 while the node drains (refuses new calls), else 0.
+    pub draining: Gauge,
     /// Calls that ended, by cause (`bye_caller`, `bye_agent`, `cancelled`, `rejected`, …) and
     /// by the side it came from or failed on (`trunk`, `contact_centre`, `internal`).
     pub calls_ended: Family<[(&'static str, &'static str); 2], Counter>,
@@ -86,6 +88,7 @@ impl Metrics {
             store_up: Gauge::default(),
             store_errors: Counter::default(),
             calls_active: Gauge::default(),
+            draining: Gauge::default(),
             calls_ended: Family::default(),
             rtp_packets: Family::default(),
             rtp_dropped: Family::default(),
@@ -120,6 +123,11 @@ impl Metrics {
             "calls_active",
             "Calls in progress",
             self.calls_active.clone(),
+        );
+        registry.register(
+            "draining",
+            "1 while the node drains: new calls and OPTIONS get 503",
+            self.draining.clone(),
         );
         registry.register(
             "calls_ended",

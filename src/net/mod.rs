@@ -6,6 +6,7 @@
 pub mod api;
 pub mod calls;
 pub mod clock;
+pub mod drain;
 pub mod fuzz;
 pub mod http;
 pub mod limits;

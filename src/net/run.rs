@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use futures_util::{Stream, StreamExt, stream};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -42,8 +43,24 @@ pub enum RunError {
     FileLimit(#[from] FileLimitError),
 }
 
+/// What the process was told to do (by a signal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Leave gracefully (SIGTERM): no new calls, the calls in progress go on for up to
+    /// `sip.drain_s`, then the rest is hung up and `run` returns. A second `Drain` is `Now`.
+    Drain,
+    /// Hang up every call and return (SIGINT).
+    Now,
+}
+
 /// Runs tonewall until `shutdown` resolves: hangs up calls in progress, stops the API, returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    run_until(config, stream::once(shutdown).map(|()| Stop::Now)).await
+}
+
+/// Runs tonewall, obeying each [`Stop`] from `stops` as it comes; returns when a drain has
+/// ended (no call left) or after a [`Stop::Now`].
+pub async fn run_until(config: Config, stops: impl Stream<Item = Stop>) -> Result<(), RunError> {
     // Fail on a bad route, or a config the open-file limit cannot hold, before binding anything.
     config.b2bua([0; 32])?;
     let nofile = limits::ensure_nofile(&config)?;
@@ -91,18 +108,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         HttpLimits::from_config(&config.api),
         api_stop,
     ));
+    let drain = api_state.clone();
     let sip_task = sip::serve(&config, sockets, sip_tls, pool, workers, api_state, stop_rx);
     tokio::pin!(sip_task);
-    tokio::pin!(shutdown);
-    let sip_result = tokio::select! {
-        r = &mut sip_task => {
-            // SIP ended on its own (cannot happen while its channel is open); stop the rest.
-            let _ = stop_tx.send(true);
-            r
-        }
-        () = &mut shutdown => {
-            let _ = stop_tx.send(true);
-            sip_task.await
+    tokio::pin!(stops);
+    let mut stops_open = true;
+    let sip_result = loop {
+        tokio::select! {
+            r = &mut sip_task => {
+                // SIP ended on its own: a drain left no call. Stop the rest.
+                let _ = stop_tx.send(true);
+                break r;
+            }
+            stop = stops.next(), if stops_open => match stop {
+                Some(Stop::Drain) if !drain.drain().order().exit => {
+                    tracing::info!(drain_s = config.sip.drain_s, "draining before exit");
+                    drain.drain().drain(true, drain.clock().now_ms());
+                }
+                Some(_) => {
+                    let _ = stop_tx.send(true);
+                    break sip_task.await;
+                }
+                None => stops_open = false,
+            },
         }
     };
     let api_result = api_task.await;

@@ -13,6 +13,7 @@
 //! one mapping of domain errors onto HTTP, `reply` the JSON helpers; `sessions`, `locators` and
 //! `calls` are the handlers.
 
+mod admin;
 mod auth;
 mod calls;
 mod error;
@@ -138,6 +139,13 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/calls/{id}",
             get(calls::get_call).route_layer(only(ADMIN)),
+        )
+        .route(
+            "/v1/admin/drain",
+            get(admin::get_drain)
+                .post(admin::post_drain)
+                .delete(admin::delete_drain)
+                .route_layer(only(ADMIN)),
         )
         .route(
             "/v1/calls/{id}/scrub",

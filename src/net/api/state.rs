@@ -19,6 +19,7 @@ use crate::digit::{Digit, DigitSource};
 use crate::ids::CallId;
 use crate::net::calls::{CallError, CallRegistry};
 use crate::net::clock::{Clock, rfc3339};
+use crate::net::drain::DrainSwitch;
 use crate::net::metrics::Metrics;
 use crate::payment::capture::{CaptureConfig, CaptureEvent, CaptureStatus, FieldProgress};
 use crate::payment::desk::{
@@ -46,6 +47,8 @@ pub struct ApiSettings {
     pub capture: CaptureConfig,
     /// Failed locator look-ups per source before a lockout (`GET /v1/locators/{locator}`).
     pub lookup_guard: GuardConfig,
+    /// `sip.drain_s` in milliseconds.
+    pub drain_ms: u64,
 }
 
 impl ApiSettings {
@@ -57,6 +60,9 @@ impl ApiSettings {
             linger_ms: DEFAULT_LINGER_MS,
             capture: CaptureConfig::default(),
             lookup_guard: GuardConfig::default(),
+            drain_ms: crate::config::SipConfig::default()
+                .drain_s
+                .saturating_mul(1_000),
         }
     }
 }
@@ -207,6 +213,9 @@ pub(super) struct Inner {
     pub(super) metrics: Metrics,
     pub(super) calls: CallRegistry,
     pub(super) shutdown: watch::Sender<bool>,
+    pub(super) drain: DrainSwitch,
+    /// `sip.drain_s` in milliseconds, for the API's answer to a drain.
+    drain_ms: u64,
 }
 
 /// The API's shared state: the desk, the vault store, metrics, live calls. Cheap to clone.
@@ -251,6 +260,8 @@ impl ApiState {
                 metrics: Metrics::new(),
                 calls: CallRegistry::default(),
                 shutdown,
+                drain: DrainSwitch::new(),
+                drain_ms: settings.drain_ms,
             }),
         }
     }
@@ -283,6 +294,7 @@ impl ApiState {
         };
         let mut settings = ApiSettings::new(tokens);
         settings.record_ttl_ms = cfg.vault.ttl_s.saturating_mul(1_000);
+        settings.drain_ms = cfg.sip.drain_s.saturating_mul(1_000);
         let p = &cfg.payment;
         settings.sessions.locator_len = p.locator_len;
         settings.sessions.pin_len = p.pin_len;
@@ -306,6 +318,16 @@ impl ApiState {
 
     pub fn clock(&self) -> Clock {
         self.inner.clock
+    }
+
+    /// Where a drain is ordered (signals, the admin API) and the SIP shell learns of it.
+    pub fn drain(&self) -> &DrainSwitch {
+        &self.inner.drain
+    }
+
+    /// How long a drain lets calls go on, in milliseconds (`sip.drain_s`).
+    pub fn drain_ms(&self) -> u64 {
+        self.inner.drain_ms
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -156,6 +156,11 @@ pub async fn serve(
 
     let mut out = Vec::new();
     let mut grace: Option<Instant> = None;
+    let mut drain_rx = shell.api.drain().subscribe();
+    let mut drain_open = true;
+    // A signal's drain: leave once the last call has ended.
+    let mut exit_when_idle = false;
+    let drain_ms = config.sip.drain_s.saturating_mul(1_000);
     loop {
         let deadline = core
             .next_deadline()
@@ -174,6 +179,28 @@ pub async fn serve(
                 None
             }
             _ = sleep_opt(grace) => break,
+            changed = drain_rx.changed(), if drain_open => {
+                if changed.is_err() {
+                    drain_open = false;
+                    None
+                } else {
+                    let order = *drain_rx.borrow_and_update();
+                    exit_when_idle = order.exit;
+                    shell.api.metrics().draining.set(i64::from(order.draining));
+                    if order.draining {
+                        tracing::info!(
+                            calls = core.active_calls(),
+                            drain_s = config.sip.drain_s,
+                            exit = order.exit,
+                            "draining: refusing new calls"
+                        );
+                        Some(Event::Sip(Input::Drain { limit_ms: Some(drain_ms) }))
+                    } else {
+                        tracing::info!("drain ended: taking calls again");
+                        Some(Event::Sip(Input::Resume))
+                    }
+                }
+            }
             msg = core_rx.recv() => match msg {
                 Some(CoreMsg::Call(event)) => Some(event),
                 Some(CoreMsg::ConnUp { transport, peer, tx }) => {
@@ -195,8 +222,17 @@ pub async fn serve(
             core.handle(event, shell.now(), &mut shell.ports, &mut out);
             shell.perform(&mut out).await;
         }
-        if grace.is_some() && core.active_calls() == 0 {
-            break;
+        let leaving = grace.is_some() || exit_when_idle;
+        if leaving && core.active_calls() == 0 {
+            // The last BYEs get their answers (or the grace runs out) before we go: on UDP a
+            // lost BYE is only retransmitted while we are here.
+            if core.sip().open_requests() == 0 {
+                break;
+            }
+            if grace.is_none() {
+                tracing::info!("drained: no call left; leaving");
+                grace = Some(Instant::now() + SHUTDOWN_GRACE);
+            }
         }
     }
     for task in tasks {
@@ -811,6 +847,7 @@ async fn supervise(
                             dropped_srtp_auth = s.dropped_srtp_auth,
                             dropped_srtp_replay = s.dropped_srtp_replay,
                             samples_masked = s.samples_masked,
+                            events_stripped = s.events_stripped,
                             digits = s.digits,
                             "media relay stopped"
                         );

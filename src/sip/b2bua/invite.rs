@@ -216,18 +216,17 @@ impl B2bua {
                 self.reply_stateless(&inc.msg, t, f, 481, r, cx);
             }
             other => {
-                let answer = if other == "OPTIONS" {
+                let mut extra = vec![("Allow", ALLOW.to_owned())];
+                let answer = if other != "OPTIONS" {
+                    Reply::new(501, "Not Implemented")
+                } else if self.accepting() {
+                    extra.push(("Accept", "application/sdp".to_owned()));
                     Reply::new(200, "OK")
                 } else {
-                    Reply::new(501, "Not Implemented")
-                };
-                let extra = if other == "OPTIONS" {
-                    vec![
-                        ("Allow", ALLOW.to_owned()),
-                        ("Accept", "application/sdp".to_owned()),
-                    ]
-                } else {
-                    vec![("Allow", ALLOW.to_owned())]
+                    // A load balancer probes with OPTIONS (Kamailio's dispatcher): answer
+                    // what an INVITE would get now, so it sends new calls elsewhere.
+                    extra.push(("Retry-After", self.cfg.retry_after_s.to_string()));
+                    Reply::new(503, "Service Unavailable")
                 };
                 let key = inc.key.clone();
                 let Incoming {
@@ -415,7 +414,7 @@ impl B2bua {
             let list = req.join(", ");
             return Err(SetupRefusal::new(420, "Bad Extension").with("Unsupported", list));
         }
-        if self.active >= self.cfg.max_calls {
+        if self.draining() || self.active >= self.cfg.max_calls {
             let ra = self.cfg.retry_after_s.to_string();
             return Err(SetupRefusal::new(503, "Service Unavailable").with("Retry-After", ra));
         }

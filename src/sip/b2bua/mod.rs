@@ -126,7 +126,22 @@ pub struct B2bua {
     scanned_at: std::cell::Cell<u64>,
     /// Whether an input came since the last scan, and the time of the latest.
     stale: std::cell::Cell<Option<u64>>,
+    /// Leaving service: set by [`Input::Drain`], cleared by [`Input::Resume`].
+    drain: Option<Drain>,
 }
+
+/// A drain in progress.
+#[derive(Clone, Copy, Debug)]
+struct Drain {
+    /// When the calls still up are hung up; none: they may last.
+    deadline: Option<u64>,
+    /// The deadline passed and they were.
+    done: bool,
+}
+
+/// The Reason (RFC 3326) on the BYEs of calls still up when the drain limit passes: the
+/// far ends' logs say why the call ended.
+const DRAIN_REASON: &str = "SIP;cause=503;text=\"node draining\"";
 
 /// How late a deadline set by an input may fire: the deadlines are rescanned at most this
 /// often while inputs keep coming. SIP's timers run in half seconds (T1) and more.
@@ -145,7 +160,29 @@ impl B2bua {
             deadline: std::cell::Cell::new(None),
             scanned_at: std::cell::Cell::new(0),
             stale: std::cell::Cell::new(None),
+            drain: None,
         }
+    }
+
+    /// Whether a drain is in progress (new calls and OPTIONS get 503).
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// Whether a new call would be taken now: not draining and below the call limit. OPTIONS
+    /// answers 200 exactly then, so a load balancer's probe tells what an INVITE would get.
+    pub fn accepting(&self) -> bool {
+        self.drain.is_none() && self.active < self.cfg.max_calls
+    }
+
+    /// Requests of ours still waiting for an answer (a BYE at shutdown, say): a shell that
+    /// is about to exit gives them a moment to complete.
+    pub fn open_requests(&self) -> usize {
+        use crate::sip::transaction::ClientState as S;
+        self.clients
+            .values()
+            .filter(|e| matches!(e.tx.state(), S::Calling | S::Trying | S::Proceeding))
+            .count()
     }
 
     /// Calls not yet ended (what the call limit counts).
@@ -202,7 +239,8 @@ impl B2bua {
             let timer = c.timer.filter(|_| c.a_up()).and_then(|t| t.deadline());
             [retrans, lp, timer].into_iter().flatten().min()
         });
-        s.chain(c).chain(r).min()
+        let d = self.drain.filter(|d| !d.done).and_then(|d| d.deadline);
+        s.chain(c).chain(r).chain(d).min()
     }
 
     /// A tag, branch or Call-ID: 64 random bits after `prefix`.
@@ -270,7 +308,10 @@ impl B2bua {
                     self.on_response(from, msg, cx);
                 }
             }
-            Input::Tick => self.on_tick(cx),
+            Input::Tick => {
+                self.drain_tick(cx);
+                self.on_tick(cx);
+            }
             Input::TransportFailed { transport, peer } => {
                 self.transport_failed(transport, peer, cx)
             }
@@ -283,7 +324,36 @@ impl B2bua {
             Input::Hangup { call } => {
                 self.hangup(call, EndCause::Hangup, None, cx);
             }
+            Input::Drain { limit_ms } => {
+                if self.drain.is_none() {
+                    self.drain = Some(Drain {
+                        deadline: limit_ms.map(|l| now.saturating_add(l)),
+                        done: false,
+                    });
+                    // The new deadline must be seen by the next scan.
+                    self.deadline.set(None);
+                }
+            }
+            Input::Resume => self.drain = None,
             Input::Located { call, outcome } => self.on_located(call, outcome, cx),
+        }
+    }
+
+    /// Hangs up every call still up once the drain's deadline has passed.
+    fn drain_tick(&mut self, cx: &mut Cx<'_>) {
+        let Some(d) = &mut self.drain else { return };
+        if d.done || d.deadline.is_none_or(|at| cx.now < at) {
+            return;
+        }
+        d.done = true;
+        let live: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| !c.ended())
+            .map(|(id, _)| *id)
+            .collect();
+        for call in live {
+            self.hangup(call, EndCause::Drained, Some(DRAIN_REASON), cx);
         }
     }
 

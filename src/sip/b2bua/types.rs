@@ -71,6 +71,12 @@ pub enum Input {
     MediaTimeout { call: CallId },
     /// Hang up a call (control API, shutdown).
     Hangup { call: CallId },
+    /// Leave service gracefully: refuse new calls (503 with Retry-After, OPTIONS too) and,
+    /// `limit_ms` after this input (none: never), hang up the calls still up with a Reason.
+    /// A second `Drain` while draining keeps the first deadline.
+    Drain { limit_ms: Option<u64> },
+    /// Take calls again after a [`Input::Drain`].
+    Resume,
     /// Loop route: the answer to [`Output::Locate`].
     Located {
         call: CallId,
@@ -113,6 +119,8 @@ pub enum EndCause {
     Unreachable(Side),
     MediaTimeout,
     Hangup,
+    /// Still up when the drain limit passed.
+    Drained,
     /// Loop route: the locator was not found (or not given in time) and no fallback took the call.
     NotLocated,
     /// Something we could not relay: an SDP answer from that side we cannot use, or
@@ -128,7 +136,7 @@ impl EndCause {
         match self {
             EndCause::ByeFromA | EndCause::Cancelled | EndCause::NotLocated => Side::Trunk,
             EndCause::ByeFromB | EndCause::Rejected(_) => Side::ContactCentre,
-            EndCause::MediaTimeout | EndCause::Hangup => Side::Internal,
+            EndCause::MediaTimeout | EndCause::Hangup | EndCause::Drained => Side::Internal,
             EndCause::Timeout(side) | EndCause::Unreachable(side) | EndCause::Failed(side) => side,
         }
     }
@@ -144,6 +152,7 @@ impl EndCause {
             EndCause::Unreachable(_) => "unreachable",
             EndCause::MediaTimeout => "media_timeout",
             EndCause::Hangup => "hangup",
+            EndCause::Drained => "drained",
             EndCause::NotLocated => "not_located",
             EndCause::Failed(_) => "failed",
         }
