@@ -48,6 +48,12 @@ fn the_trunk_refreshes_and_the_2xx_says_so() {
         Some("120;refresher=uac")
     );
     assert_eq!(header(&ok, "Require").as_deref(), Some("timer"));
+    // The trunk's proxy stays in the dialog (RFC 3261 §12.1.1), or its refreshes cannot
+    // reach the node that holds the call.
+    assert_eq!(
+        header(&ok, "Record-Route").as_deref(),
+        Some("<sip:rr.trunk.example;lr>")
+    );
 }
 
 #[test]
@@ -65,7 +71,10 @@ fn without_a_session_expires_there_is_no_timer() {
 fn an_interval_below_min_se_gets_422_and_no_call() {
     let mut w = Wire::new();
     let offer = sdp("192.0.2.10", 40000, "0 8 101", "sendrecv");
-    w.deliver(TRUNK, &trunk_invite("1", Some(&offer), "Session-Expires: 30\r\n"));
+    w.deliver(
+        TRUNK,
+        &trunk_invite("1", Some(&offer), "Session-Expires: 30\r\n"),
+    );
     assert_eq!(w.next_to_trunk().status(), Some(100));
     let r = w.next_to_trunk();
     assert_eq!(r.status(), Some(422));
@@ -93,7 +102,10 @@ fn bodiless_updates_are_answered_here_and_keep_the_call_up() {
             Some("90;refresher=uac")
         );
     }
-    assert!(w.cc.is_empty(), "a pure refresh is not the contact centre's business");
+    assert!(
+        w.cc.is_empty(),
+        "a pure refresh is not the contact centre's business"
+    );
     assert!(w.ended().is_empty());
     assert_eq!(w.core.active_calls(), 1);
 }
@@ -106,7 +118,11 @@ fn a_reinvite_refreshes_through_the_contact_centre() {
     let offer = sdp("192.0.2.10", 40000, "0 101", "sendrecv");
     w.deliver(
         TRUNK,
-        &trunk.request("INVITE", Some(&offer), "Session-Expires: 90\r\nSupported: timer\r\n"),
+        &trunk.request(
+            "INVITE",
+            Some(&offer),
+            "Session-Expires: 90\r\nSupported: timer\r\n",
+        ),
     );
     assert_eq!(w.next_to_trunk().status(), Some(100));
     let reinv = w.next_to_cc();
@@ -198,7 +214,10 @@ fn an_unanswered_refresh_of_ours_ends_the_call() {
     w.advance(40_000);
     while let Some(m) = w.trunk.pop_front() {
         assert!(
-            matches!(m.method().map(|m| m.as_str().to_owned()).as_deref(), Some("UPDATE" | "BYE")),
+            matches!(
+                m.method().map(|m| m.as_str().to_owned()).as_deref(),
+                Some("UPDATE" | "BYE")
+            ),
             "{}",
             text(&m)
         );
@@ -209,7 +228,11 @@ fn an_unanswered_refresh_of_ours_ends_the_call() {
 
 /// The trunk's response to a request tonewall sent it.
 fn cc_answer_as_trunk(req: &Message, status: u16) -> String {
-    let reason = if status == 200 { "OK" } else { "Call Does Not Exist" };
+    let reason = if status == 200 {
+        "OK"
+    } else {
+        "Call Does Not Exist"
+    };
     text(
         &tonewall::sip::message::ResponseBuilder::new(req, status, reason)
             .build()
