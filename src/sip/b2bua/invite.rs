@@ -294,7 +294,12 @@ impl B2bua {
                 interval_s,
                 refresher,
                 trunk_supports,
-            } => Some(SessionTimer::new(interval_s, refresher, trunk_supports, cx.now)),
+            } => Some(SessionTimer::new(
+                interval_s,
+                refresher,
+                trunk_supports,
+                cx.now,
+            )),
             Ask::None => None,
         };
         let (Some(pa), Some(pb)) = (cx.ports.allocate(), cx.ports.allocate()) else {

@@ -40,8 +40,8 @@ use rand::{Rng, SeedableRng};
 
 pub use crate::ids::CallId;
 pub use crate::sip::Side;
-pub use session_timer::MIN_SE_S;
 pub use route::{LocatorSource, LoopRoute, OnFailure, Route, RouteMode, any_route_allows};
+pub use session_timer::MIN_SE_S;
 pub use srtp::{LegCrypto, RelaySrtp};
 pub use types::{
     CallEvent, EndCause, Input, Leg, LegMedia, LocateOutcome, Output, PortAllocator, Refusal,

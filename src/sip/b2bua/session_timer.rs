@@ -82,10 +82,7 @@ pub fn ask(msg: &Message) -> Ask {
     let supports = msg
         .supported()
         .is_ok_and(|t| t.iter().any(|t| t.eq_ignore_ascii_case("timer")));
-    let their_min = msg
-        .get("Min-SE")
-        .and_then(parse_se)
-        .map_or(0, |(n, _)| n);
+    let their_min = msg.get("Min-SE").and_then(parse_se).map_or(0, |(n, _)| n);
     let floor = MIN_SE_S.max(their_min).min(MAX_SE_S);
     if se < MIN_SE_S && supports {
         return Ask::TooSmall { min_se_s: floor };
@@ -410,7 +407,9 @@ Max-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
             }
         );
         assert!(matches!(
-            ask(&invite("Supported: timer\r\nSession-Expires: 4294967295\r\n")),
+            ask(&invite(
+                "Supported: timer\r\nSession-Expires: 4294967295\r\n"
+            )),
             Ask::Timer {
                 interval_s: MAX_SE_S,
                 ..
