@@ -309,7 +309,7 @@ impl Kamailio {
         let mut c = Command::new(KAMAILIO);
         c.arg("-f")
             .arg(&cfg)
-            .args(["-DD", "-E", "-m", "64", "-M", "8"])
+            .args(["-DD", "-E", "-m", "256", "-M", "8"])
             .arg("-P")
             .arg(dir.join("kamailio.pid"))
             .arg("-Y")
@@ -854,7 +854,7 @@ async fn load_one_node_against_two() {
             &format!("load-{round}"),
             calls,
             rate,
-            20_000,
+            5_000,
             1000,
             6100,
         );
@@ -874,6 +874,10 @@ async fn load_one_node_against_two() {
         }
         let o = outcome(&dir, &format!("load-{round}"), run.take().unwrap()).await;
         let secs = t.elapsed().as_secs_f64();
+        if o.failed > 0 {
+            let e = errors(&dir, &format!("load-{round}"));
+            eprintln!("{}", e.chars().take(1500).collect::<String>());
+        }
         eprintln!(
             "load with {round} node(s): {calls} calls offered at {rate}/s, {o:?}, \
              peak concurrent {peak}, {secs:.1} s, {:.0} calls/s completed",
