@@ -431,7 +431,7 @@ async fn outcome(dir: &Path, name: &str, child: Child) -> Outcome {
     let text = std::fs::read_to_string(dir.join(name).join("stats.csv")).unwrap_or_default();
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines.next().unwrap_or_default().split(';').collect();
-    let last: Vec<&str> = lines.last().unwrap_or_default().split(';').collect();
+    let last: Vec<&str> = lines.next_back().unwrap_or_default().split(';').collect();
     let col = |n: &str| {
         header
             .iter()
