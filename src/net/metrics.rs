@@ -61,6 +61,11 @@ pub struct Metrics {
     /// Session creations refused, by `reason` (`quota`: the token's live sessions; `limit`:
     /// the relay's).
     pub sessions_refused: Family<Label, Counter>,
+    /// 1 while the vault store answers (always, for the in-memory store), 0 while Redis is
+    /// unreachable: payment operations then answer 503 `unavailable`; calls go on.
+    pub store_up: Gauge,
+    /// Operations on the shared store (and connection attempts) that failed.
+    pub store_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -80,6 +85,8 @@ impl Metrics {
             digits_captured: Counter::default(),
             unlocks: Family::default(),
             calls_started: Counter::default(),
+            store_up: Gauge::default(),
+            store_errors: Counter::default(),
             calls_active: Gauge::default(),
             draining: Gauge::default(),
             calls_ended: Family::default(),
@@ -194,6 +201,16 @@ impl Metrics {
             "payment_sessions_refused",
             "Payment session creations refused, by reason",
             self.sessions_refused.clone(),
+        );
+        registry.register(
+            "store_up",
+            "1 while the vault store (Redis) answers, 0 while it cannot be reached",
+            self.store_up.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Operations on the vault store and connection attempts that failed",
+            self.store_errors.clone(),
         );
     }
 

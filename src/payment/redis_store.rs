@@ -36,9 +36,9 @@
 //! the round trips run against a real `redis-server` in `tests/vault_redis.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
@@ -178,12 +178,81 @@ pub fn record_key(prefix: &str, id: &SessionId) -> String {
     format!("{prefix}vault:{id}")
 }
 
-fn backend(e: redis::RedisError) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// How long after a failed connection attempt the next one may be made: while Redis is
+/// down, payment operations fail at once instead of each waiting for a connect timeout.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// How often the housekeeping pings Redis (so that `up` is true to the minute and the
+/// connection comes back before a payment needs it).
+const PING_EVERY_MS: u64 = 1_000;
+
+/// The connection to Redis, made again after it broke. A `MultiplexedConnection` does not
+/// reconnect by itself: once Redis restarts, every request on the old one fails. So an error
+/// that says the connection is gone drops it, and the next operation (or the housekeeping's
+/// ping) connects again, at most once per [`RECONNECT_AFTER`].
+struct Link {
+    client: redis::Client,
+    cfg: AsyncConnectionConfig,
+    conn: Mutex<Option<MultiplexedConnection>>,
+    /// No connection attempt before this, after one failed.
+    retry_at: Mutex<Option<Instant>>,
+    up: AtomicBool,
+    errors: AtomicU64,
+    last_ping_ms: AtomicU64,
 }
 
-fn unlock_backend(e: redis::RedisError) -> UnlockError {
-    UnlockError::Backend(e.to_string())
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Link {
+    /// The live connection, or a new one.
+    async fn get(&self) -> Result<MultiplexedConnection, String> {
+        if let Some(c) = lock(&self.conn).clone() {
+            return Ok(c);
+        }
+        if lock(&self.retry_at).is_some_and(|at| Instant::now() < at) {
+            return Err("not connected to Redis".into());
+        }
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.cfg)
+            .await
+        {
+            Ok(c) => {
+                *lock(&self.conn) = Some(c.clone());
+                *lock(&self.retry_at) = None;
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    tracing::info!("connected to Redis");
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                *lock(&self.retry_at) = Some(Instant::now() + RECONNECT_AFTER);
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                if self.up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot connect to Redis; payment operations fail until it is back");
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// An operation failed: counted; a broken connection is dropped so the next one reconnects.
+    fn failed(&self, e: &redis::RedisError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.is_unrecoverable_error()
+        {
+            *lock(&self.conn) = None;
+            if self.up.swap(false, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "lost the connection to Redis; payment operations fail until it is back");
+            }
+        }
+    }
 }
 
 /// Deletes a directory entry only if it still names this session (the locator may have been
@@ -205,7 +274,7 @@ pub fn locator_key(prefix: &str, locator: &Locator) -> String {
 /// Sealed records in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: MultiplexedConnection,
+    link: Arc<Link>,
     master: Arc<MasterKey>,
     mac: Arc<RecordMac>,
     /// Records this relay counted tries on or saw end (rollback check).
@@ -230,7 +299,9 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects (bounded: 2 s to connect, 2 s per reply). Keys go under `tonewall:`.
+    /// Connects (bounded: 2 s to connect, 2 s per reply). Keys go under `tonewall:`. Only a
+    /// malformed URL is an error: when Redis cannot be reached the store starts without a
+    /// connection (calls and scrubbing need none) and makes one when Redis answers.
     pub async fn connect(
         url: &str,
         master: Arc<MasterKey>,
@@ -242,12 +313,19 @@ impl RedisStore {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(backend)?;
+        let link = Arc::new(Link {
+            client,
+            cfg,
+            conn: Mutex::new(None),
+            retry_at: Mutex::new(None),
+            up: AtomicBool::new(true),
+            errors: AtomicU64::new(0),
+            last_ping_ms: AtomicU64::new(0),
+        });
+        // The first connection now, so that a Redis down at start-up is said at once.
+        let _ = link.get().await;
         Ok(RedisStore {
-            conn,
+            link,
             mac: Arc::new(RecordMac::new(&master)),
             master,
             seen: Arc::new(Mutex::new(HashMap::new())),
@@ -271,6 +349,48 @@ impl RedisStore {
         record_key(&self.prefix, id)
     }
 
+    fn backend(&self, e: redis::RedisError) -> StoreError {
+        self.link.failed(&e);
+        StoreError::Backend(e.to_string())
+    }
+
+    fn unlock_backend(&self, e: redis::RedisError) -> UnlockError {
+        self.link.failed(&e);
+        UnlockError::Backend(e.to_string())
+    }
+
+    /// Whether the last exchange with Redis (an operation or the housekeeping's ping) worked.
+    pub fn up(&self) -> bool {
+        self.link.up.load(Ordering::Relaxed)
+    }
+
+    /// Operations and connection attempts that failed since start.
+    pub fn errors_total(&self) -> u64 {
+        self.link.errors.load(Ordering::Relaxed)
+    }
+
+    /// PING, at most once per [`PING_EVERY_MS`] (the housekeeping calls it far more often):
+    /// keeps [`Self::up`] true to the second and reconnects before a payment needs it.
+    async fn ping(&self, now_ms: u64) {
+        let last = self.link.last_ping_ms.load(Ordering::Relaxed);
+        if now_ms < last.saturating_add(PING_EVERY_MS) {
+            return;
+        }
+        self.link.last_ping_ms.store(now_ms, Ordering::Relaxed);
+        let Ok(mut conn) = self.link.get().await else {
+            return;
+        };
+        let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+        match pong {
+            Ok(_) => {
+                if !self.link.up.swap(true, Ordering::Relaxed) {
+                    tracing::info!("Redis answers again");
+                }
+            }
+            Err(e) => self.link.failed(&e),
+        }
+    }
+
     /// Files a session that waits for its call under its locator, unless another relay's live
     /// session holds that locator (then false: pick another locator). Expires with the session.
     pub async fn publish_session(
@@ -279,7 +399,7 @@ impl RedisStore {
         entry: &str,
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.get().await.map_err(StoreError::Backend)?;
         let set: Option<String> = redis::cmd("SET")
             .arg(locator_key(&self.prefix, locator))
             .arg(entry)
@@ -288,27 +408,27 @@ impl RedisStore {
             .arg(ttl_ms.max(1))
             .query_async(&mut conn)
             .await
-            .map_err(backend)?;
+            .map_err(|e| self.backend(e))?;
         Ok(set.is_some())
     }
 
     /// Takes the session filed under `locator` out of the directory (GETDEL: exactly one relay
     /// gets it).
     pub async fn claim_session(&self, locator: &Locator) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.get().await.map_err(StoreError::Backend)?;
         redis::cmd("GETDEL")
             .arg(locator_key(&self.prefix, locator))
             .query_async(&mut conn)
             .await
-            .map_err(backend)
+            .map_err(|e| self.backend(e))
     }
 
     /// Reads the entry without taking it (GetAgent over HTTP on another node).
     pub async fn peek_session(&self, locator: &Locator) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.get().await.map_err(StoreError::Backend)?;
         conn.get(locator_key(&self.prefix, locator))
             .await
-            .map_err(backend)
+            .map_err(|e| self.backend(e))
     }
 
     /// Removes the entry of session `id` (it ended or was taken here before anyone claimed it).
@@ -317,26 +437,26 @@ impl RedisStore {
         locator: &Locator,
         id: &SessionId,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.get().await.map_err(StoreError::Backend)?;
         let _: i64 = self
             .withdraw
             .key(locator_key(&self.prefix, locator))
             .arg(id.to_string())
             .invoke_async(&mut conn)
             .await
-            .map_err(backend)?;
+            .map_err(|e| self.backend(e))?;
         Ok(())
     }
 
     async fn bury(&self, key: &str, why: Gone) -> Result<(), UnlockError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.get().await.map_err(UnlockError::Backend)?;
         let _: String = self
             .take
             .key(key)
             .arg(why.as_str())
             .invoke_async(&mut conn)
             .await
-            .map_err(unlock_backend)?;
+            .map_err(|e| self.unlock_backend(e))?;
         Ok(())
     }
 }
@@ -439,7 +559,7 @@ impl RedisStore {
         let (rec, th, tries, exp, mac, gone): Row = conn
             .hmget(key, &["rec", "th", "tries", "exp", "mac", "gone"])
             .await
-            .map_err(unlock_backend)?;
+            .map_err(|e| self.unlock_backend(e))?;
         let Some(rec) = rec else {
             return Err(match gone {
                 Some(why) => Gone::parse(&why).map_or(UnlockError::NotFound, Gone::error),
@@ -500,7 +620,7 @@ impl VaultStore for RedisStore {
             .mac
             .tag(&record.session(), &fields)
             .ok_or_else(|| StoreError::Backend("record MAC failed".into()))?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.get().await.map_err(StoreError::Backend)?;
         let created: i64 = self
             .put
             .key(self.key(&record.session()))
@@ -511,7 +631,7 @@ impl VaultStore for RedisStore {
             .arg(mac)
             .invoke_async(&mut conn)
             .await
-            .map_err(backend)?;
+            .map_err(|e| self.backend(e))?;
         if created == 1 {
             Ok(())
         } else {
@@ -527,7 +647,7 @@ impl VaultStore for RedisStore {
         now_ms: u64,
     ) -> Result<CardData, UnlockError> {
         let key = self.key(id);
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.get().await.map_err(UnlockError::Backend)?;
         let mut counted = None;
         for _ in 0..RACE_RETRIES {
             // 1. The record as Redis holds it, checked before anything is believed.
@@ -554,7 +674,7 @@ impl VaultStore for RedisStore {
                 .arg(next_mac)
                 .invoke_async(&mut conn)
                 .await
-                .map_err(unlock_backend)?;
+                .map_err(|e| self.unlock_backend(e))?;
             if done == 1 {
                 self.remember(id, Some(next.tries), false, r.exp_ms);
                 counted = Some((next.tries, r.exp_ms, r.rec));
@@ -576,7 +696,7 @@ impl VaultStore for RedisStore {
                     .arg(Gone::Unlocked.as_str())
                     .invoke_async(&mut conn)
                     .await
-                    .map_err(unlock_backend)?;
+                    .map_err(|e| self.unlock_backend(e))?;
                 self.remember(id, None, true, exp_ms);
                 // On Err the card drops here and zeroizes: another relay took it first.
                 parse_take(&reply).map(|()| card)
@@ -594,14 +714,14 @@ impl VaultStore for RedisStore {
     }
 
     async fn destroy(&self, id: &SessionId, now_ms: u64) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.get().await.map_err(StoreError::Backend)?;
         let reply: String = self
             .take
             .key(self.key(id))
             .arg(Gone::Destroyed.as_str())
             .invoke_async(&mut conn)
             .await
-            .map_err(backend)?;
+            .map_err(|e| self.backend(e))?;
         self.remember(id, None, true, now_ms.saturating_add(ENDED_KEPT_MS));
         Ok(reply == "taken")
     }
@@ -609,6 +729,7 @@ impl VaultStore for RedisStore {
     /// Redis expires keys itself; only this relay's memory of records is trimmed here.
     async fn purge_expired(&self, now_ms: u64) -> Result<usize, StoreError> {
         self.forget_expired(now_ms);
+        self.ping(now_ms).await;
         Ok(0)
     }
 }

@@ -59,6 +59,7 @@ async fn metrics(axum::extract::State(st): axum::extract::State<ApiState>) -> Re
         let book = st.book(st.now());
         st.inner.metrics.sessions_live.set(book.desk.live() as i64);
     }
+    st.fold_store_health();
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,

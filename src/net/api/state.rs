@@ -650,6 +650,19 @@ impl ApiState {
         }
     }
 
+    /// Copies the store's health into the metrics (at each scrape): whether Redis answers,
+    /// and the failures it counted.
+    pub fn fold_store_health(&self) {
+        let m = &self.inner.metrics;
+        let (up, errors) = match &self.inner.store {
+            AnyStore::Memory(_) => (true, 0),
+            AnyStore::Redis(r) => (r.up(), r.errors_total()),
+        };
+        m.store_up.set(i64::from(up));
+        m.store_errors
+            .inc_by(errors.saturating_sub(m.store_errors.get()));
+    }
+
     /// Ends every SSE stream (graceful shutdown would otherwise wait for them).
     pub fn close_streams(&self) {
         let _ = self.inner.shutdown.send(true);

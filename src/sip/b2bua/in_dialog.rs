@@ -111,6 +111,10 @@ impl B2bua {
         cx: &mut Cx<'_>,
     ) {
         let allow = [("Allow", ALLOW.to_owned())];
+        let refresh = matches!(req.method(), Some(Method::Invite | Method::Update));
+        if leg == Leg::A && refresh && self.trunk_refresh(call, &key, req, tag, cx) {
+            return;
+        }
         match req.method().map_or("", |m| m.as_str()) {
             "BYE" => {
                 self.reply(&key, Reply::new(200, "OK").tag(tag), cx);
@@ -442,10 +446,17 @@ impl B2bua {
             self.media_update(call, cx);
         }
         let reason = Self::reason_of(msg);
+        let timer = if (200..300).contains(&status) {
+            self.timer_headers(server)
+        } else {
+            Vec::new()
+        };
+        let timer: Vec<(&str, String)> = timer.into_iter().collect();
         self.reply(
             server,
             Reply::new(map_failure(status), &reason)
                 .maybe_tag(tag.as_deref())
+                .extra(&timer)
                 .body(body),
             cx,
         );

@@ -11,6 +11,7 @@ use super::media::{
     Origin, anchor, answer_offer, is_sdp, local_offer, sdp_failure_reason, sdp_warning,
 };
 use super::route::{LocatorSource, LoopRoute, Route, header_locator, match_user};
+use super::session_timer::{self, Ask, SessionTimer};
 use super::srtp::CallSrtp;
 use super::state::{AckWait, CallLegs, Incoming, InviteRelay, LoopCall, Phase, Purpose, SKey};
 use super::transactions::{ALLOW, lossy, map_failure};
@@ -284,6 +285,23 @@ impl B2bua {
             Ok(adm) => adm,
             Err(no) => return refuse(self, no, cx),
         };
+        let timer = match session_timer::ask(&msg) {
+            Ask::TooSmall { min_se_s } => {
+                let no = SetupRefusal::new(422, "Session Interval Too Small");
+                return refuse(self, no.with("Min-SE", min_se_s.to_string()), cx);
+            }
+            Ask::Timer {
+                interval_s,
+                refresher,
+                trunk_supports,
+            } => Some(SessionTimer::new(
+                interval_s,
+                refresher,
+                trunk_supports,
+                cx.now,
+            )),
+            Ask::None => None,
+        };
         let (Some(pa), Some(pb)) = (cx.ports.allocate(), cx.ports.allocate()) else {
             // Either may have succeeded; give it back.
             return refuse(self, SetupRefusal::new(503, "Service Unavailable"), cx);
@@ -314,6 +332,9 @@ impl B2bua {
         let (from_user, to_user) = b_users(&msg, &adm, r.loop_route.is_some());
         let b = self.b_dialog(&r, &from_user, to_user.as_deref());
         let call = self.register_call(&key, &adm, (a, b), (pa, pb), media.a_remote, srtp);
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.timer = timer;
+        }
         cx.out.push(Output::Event {
             call,
             event: CallEvent::Started {
@@ -527,6 +548,7 @@ impl B2bua {
                 lp: None,
                 srtp,
                 last_srtp: 0,
+                timer: None,
             },
         );
         call

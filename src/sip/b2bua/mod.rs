@@ -15,7 +15,7 @@
 //! per transaction), `context` (what one input carries), `media` (SDP anchoring and the SDP
 //! we write), `transactions` (sending, answering, responses), `invite` (new calls and their
 //! INVITE), `in_dialog` (requests within a dialog), `teardown` (ending calls, timers) and
-//! `loop_call` (the loop model).
+//! `loop_call` (the loop model) and `session_timer` (RFC 4028 on the trunk's leg).
 
 #![warn(clippy::unwrap_used, clippy::indexing_slicing)]
 
@@ -25,6 +25,7 @@ mod invite;
 mod loop_call;
 mod media;
 mod route;
+mod session_timer;
 mod srtp;
 mod state;
 mod teardown;
@@ -40,6 +41,7 @@ use rand::{Rng, SeedableRng};
 pub use crate::ids::CallId;
 pub use crate::sip::Side;
 pub use route::{LocatorSource, LoopRoute, OnFailure, Route, RouteMode, any_route_allows};
+pub use session_timer::MIN_SE_S;
 pub use srtp::{LegCrypto, RelaySrtp};
 pub use types::{
     CallEvent, EndCause, Input, Leg, LegMedia, LocateOutcome, Output, PortAllocator, Refusal,
@@ -234,7 +236,8 @@ impl B2bua {
                 Phase::Announcing { until } => Some(until),
                 _ => None,
             };
-            [retrans, lp].into_iter().flatten().min()
+            let timer = c.timer.filter(|_| c.a_up()).and_then(|t| t.deadline());
+            [retrans, lp, timer].into_iter().flatten().min()
         });
         let d = self.drain.filter(|d| !d.done).and_then(|d| d.deadline);
         s.chain(c).chain(r).chain(d).min()

@@ -43,6 +43,8 @@ pub(super) enum Purpose {
     Return,
     /// Our own request (BYE, CANCEL): responses need no mapping.
     Own,
+    /// Our session refresh (RFC 4028) to the trunk: a 408, a 481 or no answer ends the call.
+    Refresh,
 }
 
 #[derive(Debug)]
@@ -121,6 +123,8 @@ pub(super) struct CallLegs {
     /// Each leg's SRTP keys, and the keying epoch last handed to the relay.
     pub srtp: super::srtp::CallSrtp,
     pub last_srtp: u32,
+    /// The trunk leg's session timer (RFC 4028), when the trunk asked for one.
+    pub timer: Option<super::session_timer::SessionTimer>,
 }
 
 impl CallLegs {
@@ -149,6 +153,10 @@ impl CallLegs {
     /// Loop call whose A-leg we answered ourselves (DTMF mode).
     pub(super) fn a_answered(&self) -> bool {
         self.lp.as_ref().is_some_and(|l| l.answered)
+    }
+    /// The trunk's dialog is confirmed: bridged, or a loop call we answered ourselves.
+    pub(super) fn a_up(&self) -> bool {
+        self.bridged() || (self.a_answered() && !self.ended())
     }
     /// Both legs are up and requests relay between them.
     pub(super) fn bridged(&self) -> bool {

@@ -248,6 +248,7 @@ impl B2bua {
         }
         self.loop_tick(id, cx);
         self.tick_retrans(id, cx);
+        self.session_tick(id, cx);
     }
 
     /// Drops an ended call, its dialogs, and its server transactions without timers
@@ -331,6 +332,11 @@ impl B2bua {
         };
         let (server, from, initial) = match purpose {
             Purpose::Own => return,
+            Purpose::Refresh => {
+                // RFC 4028 §10: a refresh that times out ends the session.
+                self.session_gone(call, cx);
+                return;
+            }
             Purpose::Return => {
                 let cause = failure.cause(Side::ContactCentre);
                 self.return_failed(call, status, cause, cx);

@@ -14,7 +14,7 @@ use super::teardown::ClientFailure;
 use super::types::{CallId, Leg, Output, Refusal};
 use crate::sip::Transport;
 use crate::sip::dialog::{Local, is_sips};
-use crate::sip::message::{Message, RequestBuilder, ResponseBuilder};
+use crate::sip::message::{Message, Method, RequestBuilder, ResponseBuilder};
 use crate::sip::transaction::{ClientTx, ResponseFate, ServerTx, TxAction, TxKind};
 
 /// Methods we implement; anything else gets 501 (RFC 3261 §8.2.1) and the call goes on.
@@ -72,6 +72,11 @@ impl B2bua {
         let mut b = ResponseBuilder::new(&e.request, status, reason);
         if status > 100 {
             b = b.to_tag(&tag);
+        }
+        // An early dialog's route set comes from Record-Route in the provisional response
+        // (RFC 3261 §12.1.1), as a confirmed one's from the 2xx (`build_2xx`).
+        if status > 100 && status < 200 && e.request.method() == Some(Method::Invite) {
+            b = b.record_route();
         }
         for (n, v) in extra {
             b = b.header(n, v);
@@ -315,6 +320,7 @@ impl B2bua {
         }
         match purpose {
             Purpose::Own => {}
+            Purpose::Refresh => self.refresh_answered(call, status, cx),
             Purpose::Invite(relay) => self.invite_response(call, leg, relay, &msg, status, cx),
             Purpose::Relay { server, from } => {
                 self.relay_response(call, from, &server, &msg, status, cx)
@@ -464,11 +470,17 @@ impl B2bua {
         body: Option<(&str, Vec<u8>)>,
     ) -> Option<Message> {
         let contact = self.server_contact(server);
+        // RFC 3261 §12.1.1: the trunk's proxies (a Kamailio dispatcher in front of several
+        // nodes) stay in the dialog only if our 2xx copies their Record-Route.
         let mut b = ResponseBuilder::new(req, status, reason)
+            .record_route()
             .to_tag(tag)
             .header("Contact", &contact)
             .header("Allow", ALLOW)
             .header("Server", &self.cfg.user_agent);
+        for (name, value) in self.timer_headers(server) {
+            b = b.header(name, &value);
+        }
         if let Some((ct, body)) = body {
             b = b.body(ct, body);
         }
@@ -493,6 +505,10 @@ impl B2bua {
             .get(server)
             .is_some_and(|e| e.transport.reliable());
         if let Some(c) = self.calls.get_mut(&call) {
+            // RFC 4028 §9: a 2xx to the trunk's INVITE starts (or refreshes) the session.
+            if let Some(t) = c.timer.as_mut().filter(|_| wait.from == Leg::A) {
+                t.refreshed(cx.now);
+            }
             c.ack_wait = Some(wait);
             c.retrans = Some(Retrans {
                 leg: wait.from,
