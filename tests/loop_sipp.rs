@@ -471,6 +471,9 @@ fn assert_view_has_no_values(v: &Value) {
         "agent",
         "locator",
         "state",
+        "outcome",
+        "current_field",
+        "error",
         "capture",
         "call_id",
         "amount",
@@ -482,7 +485,15 @@ fn assert_view_has_no_values(v: &Value) {
         assert!(allowed.contains(&k.as_str()), "session view key {k:?}");
     }
     let field_keys = [
-        "field", "digits", "state", "brand", "last4", "attempts", "reason",
+        "field",
+        "digits",
+        "state",
+        "brand",
+        "last4",
+        "attempts",
+        "attempts_left",
+        "reason",
+        "confirming",
     ];
     for f in v["fields"].as_array().unwrap() {
         for (k, val) in f.as_object().unwrap() {
