@@ -206,7 +206,7 @@ fn request_uri_locator_found_bridges_and_bye_from_return_leg_ends_both() {
     let (a, b) = last_media(&w);
     assert_eq!(a.remote, Some(addr("192.0.2.10:40000")));
     assert_eq!(b.remote, Some(addr("198.51.100.20:50000")));
-    assert!(has_event(&w, &CallEvent::Answered));
+    assert!(has_event(&w, &CallEvent::Answered { agent: None }));
 
     w.deliver(CC, &cc.request("BYE", None, ""));
     assert_eq!(w.next_to_cc().status(), Some(200));
@@ -306,7 +306,7 @@ fn dtmf_mode_answers_the_caller_then_bridges_the_return_leg() {
         (b.local.rtp, b.remote),
         (30002, Some(addr("198.51.100.20:50000")))
     );
-    assert!(has_event(&w, &CallEvent::Answered));
+    assert!(has_event(&w, &CallEvent::Answered { agent: None }));
 
     // The return leg re-INVITEs: relayed into the dialog we answered ourselves.
     let re_offer = sdp("198.51.100.20", 50004, "0 101", "sendrecv");
@@ -729,7 +729,7 @@ fn caller_leaving_while_the_return_leg_rings_cancels_it() {
     assert_eq!(method(&w.next_to_cc()), "ACK");
     assert_eq!(method(&w.next_to_cc()), "BYE");
     assert!(w.trunk.is_empty());
-    assert!(!has_event(&w, &CallEvent::Answered));
+    assert!(!has_event(&w, &CallEvent::Answered { agent: None }));
 }
 
 #[test]

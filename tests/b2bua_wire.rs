@@ -58,7 +58,7 @@ fn basic_call_bye_from_trunk() {
     assert!(w.events.iter().any(|e| matches!(
         e,
         Output::Event {
-            event: CallEvent::Answered,
+            event: CallEvent::Answered { agent: None },
             ..
         }
     )));
@@ -1036,4 +1036,49 @@ fn answered_call_refused(w: &mut Wire) {
 /// This script never ACKs a refusal, so the core resent it (§17.2.1) meanwhile.
 fn drop_503_retransmissions(w: &mut Wire) {
     w.trunk.retain(|m| m.status() != Some(503));
+}
+
+/// The contact centre's 2xx names the agent (`X-Agent`); the answered event carries it for the
+/// agent's desk, and it never reaches the trunk. A value no desk name could be is ignored.
+#[test]
+fn the_contact_centres_answer_names_the_agent_for_the_desk() {
+    for (header, expect) in [
+        ("7001", Some("7001")),
+        ("agent.7001@cc-1", Some("agent.7001@cc-1")),
+        ("70 01<script>", None),
+        ("", None),
+    ] {
+        let mut w = Wire::new();
+        let offer = sdp("192.0.2.10", 40000, "0 101", "sendrecv");
+        w.deliver(TRUNK, &trunk_invite("1", Some(&offer), ""));
+        w.next_to_trunk();
+        let inv = w.next_to_cc();
+        let answer = sdp("198.51.100.20", 50000, "0 101", "sendrecv");
+        let ok = cc_answer(&inv, 200, "OK", Some(&answer)).replacen(
+            "Content-Length",
+            &format!("X-Agent: {header}\r\nContent-Length"),
+            1,
+        );
+        w.deliver(CC, &ok);
+        let ok = w.trunk_final_or_prov();
+        assert_eq!(ok.status(), Some(200));
+        assert!(
+            !text(&ok).contains("X-Agent"),
+            "the agent stays on our side"
+        );
+        let mut trunk = trunk_peer(&ok);
+        w.deliver(TRUNK, &trunk.request("ACK", None, ""));
+        let agent = w.events.iter().find_map(|e| match e {
+            Output::Event {
+                event: CallEvent::Answered { agent },
+                ..
+            } => Some(agent.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            agent,
+            Some(expect.map(str::to_owned)),
+            "X-Agent: {header:?}"
+        );
+    }
 }

@@ -200,6 +200,8 @@ pub enum Action {
     },
     Answered {
         call: CallId,
+        /// The agent the contact centre named in its answer, for the agent's desk.
+        agent: Option<String>,
     },
     /// `known`: the call had started (its start was counted).
     Ended {
@@ -459,12 +461,12 @@ impl CallCore {
                     scrub: rule.policy.scrub_always,
                 });
             }
-            CallEvent::Answered => {
+            CallEvent::Answered { agent } => {
                 // Bridged: from now on the caller's keys are card digits.
                 if let Some(c) = self.calls.get_mut(&call) {
                     c.caller = CallerKeys::Capture;
                 }
-                out.push(Action::Answered { call });
+                out.push(Action::Answered { call, agent });
             }
             CallEvent::Ended(cause) => {
                 let known = self.calls.remove(&call).is_some();

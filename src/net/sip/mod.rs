@@ -399,7 +399,13 @@ impl Shell {
                     };
                     self.api.calls().started(call, info, scrub);
                 }
-                Action::Answered { call } => tracing::info!(call = call.0, "call answered"),
+                Action::Answered { call, agent } => {
+                    tracing::info!(call = call.0, agent = agent.as_deref(), "call answered");
+                    // The agent's desk lists the calls tagged with its agent.
+                    if let Some(agent) = agent {
+                        self.api.calls().assign(call, &agent);
+                    }
+                }
                 Action::Ended { call, cause, known } => {
                     let side = cause.side().label();
                     tracing::info!(call = call.0, ?cause, side, "call ended");

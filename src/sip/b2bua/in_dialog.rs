@@ -417,9 +417,10 @@ impl B2bua {
         self.send_ack(call, leg.other(), w.to_cseq, b, cx);
         self.media_update(call, cx);
         if first {
+            let agent = self.calls.get(&call).and_then(|c| c.agent.clone());
             cx.out.push(Output::Event {
                 call,
-                event: CallEvent::Answered,
+                event: CallEvent::Answered { agent },
             });
         }
     }

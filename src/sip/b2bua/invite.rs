@@ -549,6 +549,7 @@ impl B2bua {
                 srtp,
                 last_srtp: 0,
                 timer: None,
+                agent: None,
             },
         );
         call
@@ -727,6 +728,16 @@ impl B2bua {
 /// What a response to our INVITE on `leg` tells about that dialog: the contact centre's tag
 /// of an early dialog (later CANCEL/UPDATE need it), and on a 2xx the confirmed dialog's tag,
 /// route set and remote target (§12.1.2).
+/// An agent identity from the contact centre's `X-Agent`: 1-64 characters a desk token's name
+/// may hold; anything else is ignored (it only labels the call for the agent's desk).
+fn agent_id(v: &[u8]) -> Option<String> {
+    let v = std::str::from_utf8(v).ok()?.trim();
+    let ok = (1..=64).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b));
+    ok.then(|| v.to_owned())
+}
+
 fn learn_dialog(c: &mut CallLegs, leg: Leg, initial: bool, msg: &Message, status: u16) {
     if initial
         && status > 100
@@ -739,6 +750,9 @@ fn learn_dialog(c: &mut CallLegs, leg: Leg, initial: bool, msg: &Message, status
     }
     if !(200..300).contains(&status) {
         return;
+    }
+    if initial && leg == Leg::B {
+        c.agent = msg.get("X-Agent").and_then(agent_id);
     }
     let d = c.dialog(leg);
     if initial {

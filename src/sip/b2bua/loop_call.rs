@@ -585,7 +585,8 @@ impl B2bua {
         self.media_update(call, cx);
         cx.out.push(Output::Event {
             call,
-            event: CallEvent::Answered,
+            // The locator named the agent; binding tags the call with it.
+            event: CallEvent::Answered { agent: None },
         });
     }
 

@@ -125,6 +125,8 @@ pub(super) struct CallLegs {
     pub last_srtp: u32,
     /// The trunk leg's session timer (RFC 4028), when the trunk asked for one.
     pub timer: Option<super::session_timer::SessionTimer>,
+    /// The agent the contact centre's 2xx named (`X-Agent`), for the agent's desk.
+    pub agent: Option<String>,
 }
 
 impl CallLegs {

@@ -169,7 +169,10 @@ pub enum CallEvent {
         from: String,
         to: String,
     },
-    Answered,
+    /// Both legs answered; `agent` is who the contact centre's 2xx named (`X-Agent`), if any.
+    Answered {
+        agent: Option<String>,
+    },
     Ended(EndCause),
     /// Loop route: the locator resolved to this agent; the return call is being placed.
     Located {
