@@ -2,7 +2,8 @@
 //! run` to a contact-centre UA, the agent keys the payment session's locator on their own phone
 //! (agent→caller direction), tonewall binds the call to the session and starts capture, and the
 //! card the caller then keys is captured and sealed while the agent receives no
-//! telephone-event. The call list shows the call scrubbed.
+//! telephone-event. The call list shows the call scrubbed. The contact centre's 200 OK names the
+//! agent (`X-Agent`), so that agent's desk token sees the call and another agent's does not.
 
 mod common;
 
@@ -22,6 +23,9 @@ use tonewall::rtp::trunk::{TrunkConfig, packetize};
 const TOKEN: &str = "inlinetest0123456789";
 /// The operator's token: calls and metrics.
 const OPS: &str = "inlineops01234567890";
+/// Desk tokens of agent 7001 (who takes the call) and of agent 7002.
+const DESK_7001: &str = "inlinedesk7001abcdef";
+const DESK_7002: &str = "inlinedesk7002abcdef";
 const KEYS: &str = "4111111111111111#1230123";
 
 struct Http {
@@ -68,7 +72,9 @@ async fn the_agent_keying_the_locator_binds_the_call_and_the_card_is_captured() 
     unsafe {
         std::env::set_var(
             "TONEWALL_INLINE_TEST_TOKENS",
-            format!("pay:{TOKEN}:payment,ops:{OPS}:admin"),
+            format!(
+                "pay:{TOKEN}:payment,ops:{OPS}:admin,7001:{DESK_7001}:desk,7002:{DESK_7002}:desk"
+            ),
         );
         std::env::set_var("TONEWALL_INLINE_TEST_KEY", "22".repeat(32));
     }
@@ -150,9 +156,25 @@ master_key_env = "TONEWALL_INLINE_TEST_KEY"
     let target = format!("sip:5550100@{sip}");
     let (a, b) = tokio::join!(trunk.call(&target, sip, &[]), async {
         let inc = cc.accept().await?;
-        inc.answer().await
+        inc.answer_with(&[("X-Agent", "7001")]).await
     });
     let (a, b) = (a.unwrap(), b.unwrap());
+    // The agent the contact centre named sees the call on their desk; another agent does not.
+    let desk = |token| Http {
+        token,
+        client: http.client.clone(),
+        base: http.base.clone(),
+    };
+    let (st, mine) = desk(DESK_7001)
+        .send(reqwest::Method::GET, "/v1/calls", None)
+        .await;
+    assert_eq!(st, 200, "{mine}");
+    assert_eq!(mine["calls"].as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(mine["calls"][0]["agent"], "7001", "{mine}");
+    let (_, theirs) = desk(DESK_7002)
+        .send(reqwest::Method::GET, "/v1/calls", None)
+        .await;
+    assert_eq!(theirs["calls"], json!([]), "{theirs}");
     // On-demand route: nothing scrubbed until a session is bound.
     let (_, calls) = ops.send(reqwest::Method::GET, "/v1/calls", None).await;
     assert_eq!(calls["calls"][0]["scrubbing"], false, "{calls}");

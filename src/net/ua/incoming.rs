@@ -119,20 +119,28 @@ impl Incoming {
 
     /// Answers 200 with an SDP answer, resends it until the ACK arrives (§13.3.1.4) and
     /// returns the established call.
-    pub async fn answer(mut self) -> Result<Call, UaError> {
+    pub async fn answer(self) -> Result<Call, UaError> {
+        self.answer_with(&[]).await
+    }
+
+    /// [`Incoming::answer`] with `headers` in the 200 (a contact centre naming the agent who
+    /// took the call, say).
+    pub async fn answer_with(mut self, headers: &[(&str, &str)]) -> Result<Call, UaError> {
         let sh = self.shared.clone();
         let cfg = &sh.cfg;
         let (remote_rtp, codec, event_pt) = offer_media(self.invite.body(), cfg.codec)?;
         let rtp = UdpSocket::bind(SocketAddr::new(cfg.ip, 0)).await?;
         let body = sdp_body(cfg.ip, rtp.local_addr()?.port(), &[codec], event_pt);
-        let ok = ResponseBuilder::new(&self.invite, 200, "OK")
+        let mut ok = ResponseBuilder::new(&self.invite, 200, "OK")
             .to_tag(&self.tag)
             .record_route()
             .header("Contact", &sh.contact)
             .header("User-Agent", &cfg.user_agent)
-            .header("Allow", super::ALLOW)
-            .body("application/sdp", body.into_bytes())
-            .build()?;
+            .header("Allow", super::ALLOW);
+        for (name, value) in headers {
+            ok = ok.header(name, value);
+        }
+        let ok = ok.body("application/sdp", body.into_bytes()).build()?;
         // The transaction ends with the 2xx; from here the retransmissions are ours.
         self.respond(200, &ok).await?;
         self.await_ack(&ok).await?;
