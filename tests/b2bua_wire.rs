@@ -275,9 +275,7 @@ fn options_answered_locally() {
     assert_eq!(r.status(), Some(200));
     assert!(w.cc.is_empty(), "OPTIONS is not relayed");
     // Out of dialog, from the trunk: also 200.
-    let opt = "OPTIONS sip:10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKtrunkopt\r\n\
-Max-Forwards: 70\r\nFrom: <sip:ping@192.0.2.10>;tag=p\r\nTo: <sip:10.0.0.1>\r\nCall-ID: trunk-call-ping\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
-    w.deliver(TRUNK, opt);
+    w.deliver(TRUNK, &probe(0));
     let r = w.next_to_trunk();
     assert_eq!(r.status(), Some(200));
     assert!(text(&r).contains("Allow: INVITE"));

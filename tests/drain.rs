@@ -167,6 +167,21 @@ level = "info"
         let status = text[8..11].parse().unwrap();
         (status, text.contains("\r\nRetry-After: "))
     }
+
+    /// Probes until `done` holds for the status (the shell takes a drain order
+    /// asynchronously), at most [`WAIT`]; the last answer.
+    async fn probe_until(&self, done: impl Fn(u16) -> bool) -> (u16, bool) {
+        let t0 = Instant::now();
+        let mut n = 0;
+        loop {
+            n += 1;
+            let seen = self.probe(n).await;
+            if done(seen.0) || t0.elapsed() > WAIT {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 fn ua(user: &str) -> UaConfig {
@@ -253,13 +268,7 @@ async fn admin_drain_refuses_new_calls_keeps_the_call_and_resumes() {
     assert_eq!(v["exiting"], false);
     assert_eq!(v["calls_active"], 1);
     assert!(v["hangup_at"].is_string());
-    // The shell takes the order asynchronously: the probe says so once it has.
-    let t0 = Instant::now();
-    let mut seen = relay.probe(2).await;
-    while seen.0 == 200 && t0.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        seen = relay.probe(3).await;
-    }
+    let seen = relay.probe_until(|s| s != 200).await;
     assert_eq!(
         seen,
         (503, true),
@@ -275,13 +284,7 @@ async fn admin_drain_refuses_new_calls_keeps_the_call_and_resumes() {
     // Back in service.
     let (st, body) = relay.http("DELETE", "/v1/admin/drain");
     assert_eq!(st, 200, "{body}");
-    let t0 = Instant::now();
-    let mut seen = relay.probe(4).await;
-    while seen.0 != 200 && t0.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        seen = relay.probe(5).await;
-    }
-    assert_eq!(seen.0, 200);
+    assert_eq!(relay.probe_until(|s| s == 200).await.0, 200);
     assert_eq!(relay.metric("tonewall_draining"), Some(0.0));
     let (mut a2, _b2) = place(&trunk, &relay, &mut cc).await;
     assert_eq!(a2.hangup().await.unwrap(), Ending::ByUs(200));
@@ -297,13 +300,7 @@ async fn sigterm_drains_then_exits_when_the_last_call_ends() {
     let (mut a, b) = place(&trunk, &relay, &mut cc).await;
 
     relay.signal(libc::SIGTERM);
-    let t0 = Instant::now();
-    let mut seen = relay.probe(1).await;
-    while seen.0 == 200 && t0.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        seen = relay.probe(2).await;
-    }
-    assert_eq!(seen, (503, true));
+    assert_eq!(relay.probe_until(|s| s != 200).await, (503, true));
     let (st, body) = relay.http("GET", "/v1/admin/drain");
     assert_eq!(st, 200);
     assert!(body.contains("\"exiting\":true"), "{body}");
